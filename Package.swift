@@ -1,0 +1,59 @@
+// swift-tools-version:6.2
+//
+// Modules, lowest first; nothing imports upward:
+//   C shims (CFerryLinux, COpenSSL, CSystemd)
+//   → FerrySystem   syscalls, sockets, epoll loop, workers, timers, systemd
+//   → FerryWire     pure codecs (HTTP/1.1 heads, STUN/TURN messages)
+//   → FerryConfig   the config file model, parser and validation (pure)
+//   → FerryServer   listeners, data plane, admin HTTP, metrics, composition
+//   → ferryd, ferry thin executables
+import PackageDescription
+
+let strict: [SwiftSetting] = [
+    .swiftLanguageMode(.v6),
+    .treatAllWarnings(as: .error),
+]
+
+let package = Package(
+    name: "Ferry",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "ferryd", targets: ["ferryd"]),
+        .executable(name: "ferry", targets: ["ferry"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
+    ],
+    targets: [
+        .target(name: "CFerryLinux"),
+        .systemLibrary(name: "COpenSSL", pkgConfig: "openssl",
+                       providers: [.apt(["libssl-dev"])]),
+        .systemLibrary(name: "CSystemd", pkgConfig: "libsystemd",
+                       providers: [.apt(["libsystemd-dev"])]),
+        .target(name: "FerrySystem", dependencies: ["CFerryLinux", "CSystemd"],
+                swiftSettings: strict),
+        .target(name: "FerryWire", dependencies: ["COpenSSL"], swiftSettings: strict),
+        .target(name: "FerryConfig",
+                dependencies: ["FerrySystem", .product(name: "TOMLKit", package: "TOMLKit")],
+                swiftSettings: strict),
+        .target(name: "FerryServer",
+                dependencies: ["FerrySystem", "FerryWire", "FerryConfig",
+                               .product(name: "Logging", package: "swift-log")],
+                swiftSettings: strict),
+        .executableTarget(name: "ferryd",
+                          dependencies: ["FerryServer", "FerryConfig",
+                                         .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                                         .product(name: "Logging", package: "swift-log")],
+                          swiftSettings: strict),
+        .executableTarget(name: "ferry",
+                          dependencies: ["FerryConfig", "FerryWire", "FerrySystem",
+                                         .product(name: "ArgumentParser", package: "swift-argument-parser")],
+                          swiftSettings: strict),
+        .testTarget(name: "FerrySystemTests", dependencies: ["FerrySystem"], swiftSettings: strict),
+        .testTarget(name: "FerryWireTests", dependencies: ["FerryWire"], swiftSettings: strict),
+        .testTarget(name: "FerryConfigTests", dependencies: ["FerryConfig"], swiftSettings: strict),
+        .testTarget(name: "FerryServerTests", dependencies: ["FerryServer"], swiftSettings: strict),
+    ]
+)

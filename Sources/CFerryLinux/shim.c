@@ -1,0 +1,86 @@
+#define _GNU_SOURCE
+#include "CFerryLinux.h"
+#include <pthread.h>
+#include <sched.h>
+#include <string.h>
+#include <unistd.h>
+#include <netinet/udp.h>
+
+_Static_assert(sizeof(struct ferry_mmsghdr) == sizeof(struct mmsghdr), "mmsghdr layout");
+_Static_assert(offsetof(struct ferry_mmsghdr, msg_len) == offsetof(struct mmsghdr, msg_len), "mmsghdr layout");
+
+int ferry_recvmmsg(int fd, struct ferry_mmsghdr *msgs, unsigned int vlen, int flags) {
+    return recvmmsg(fd, (struct mmsghdr *)msgs, vlen, flags, NULL);
+}
+
+int ferry_sendmmsg(int fd, struct ferry_mmsghdr *msgs, unsigned int vlen, int flags) {
+    return sendmmsg(fd, (struct mmsghdr *)msgs, vlen, flags);
+}
+
+size_t ferry_cmsg_space_segment(void) { return CMSG_SPACE(sizeof(uint16_t)); }
+size_t ferry_cmsg_space_gro(void) { return CMSG_SPACE(sizeof(int)); }
+
+void ferry_cmsg_set_segment(struct msghdr *hdr, uint16_t segment) {
+    if (segment == 0) { hdr->msg_controllen = 0; return; }
+    hdr->msg_controllen = CMSG_SPACE(sizeof(uint16_t));
+    struct cmsghdr *cm = CMSG_FIRSTHDR(hdr);
+    cm->cmsg_level = SOL_UDP;
+    cm->cmsg_type = UDP_SEGMENT;
+    cm->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+    memcpy(CMSG_DATA(cm), &segment, sizeof(segment));
+}
+
+int ferry_cmsg_gro_size(const struct msghdr *hdr) {
+    if (hdr->msg_controllen == 0) return 0;
+    for (struct cmsghdr *cm = CMSG_FIRSTHDR((struct msghdr *)hdr); cm != NULL;
+         cm = CMSG_NXTHDR((struct msghdr *)hdr, cm)) {
+        if (cm->cmsg_level == SOL_UDP && cm->cmsg_type == UDP_GRO) {
+            int size = 0;
+            memcpy(&size, CMSG_DATA(cm), sizeof(size));
+            return size;
+        }
+    }
+    return 0;
+}
+
+int ferry_pin_current_thread(int cpu) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(cpu, &set);
+    return pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
+}
+
+int ferry_set_thread_name(const char *name) {
+    char buf[16];
+    strncpy(buf, name, sizeof(buf) - 1);
+    buf[sizeof(buf) - 1] = 0;
+    return pthread_setname_np(pthread_self(), buf);
+}
+
+static void fill_set(sigset_t *set, const int *signals, int count) {
+    sigemptyset(set);
+    for (int i = 0; i < count; i++) sigaddset(set, signals[i]);
+}
+
+int ferry_block_signals(const int *signals, int count) {
+    sigset_t set;
+    fill_set(&set, signals, count);
+    return pthread_sigmask(SIG_BLOCK, &set, NULL);
+}
+
+int ferry_signalfd(const int *signals, int count) {
+    sigset_t set;
+    fill_set(&set, signals, count);
+    return signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
+}
+
+int ferry_cpu_count(void) {
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof(set), &set) == 0) return CPU_COUNT(&set);
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (int)n : 1;
+}
+
+int ferry_accept4(int fd, struct sockaddr_storage *addr, socklen_t *len) {
+    return accept4(fd, (struct sockaddr *)addr, len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+}

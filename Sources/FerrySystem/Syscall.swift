@@ -1,0 +1,86 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+/// A failed system call: which call, and the errno it returned.
+public struct SystemError: Error, Equatable, CustomStringConvertible, Sendable {
+    public let call: String
+    public let errno: Int32
+
+    public init(call: String, errno: Int32) {
+        self.call = call
+        self.errno = errno
+    }
+
+    public var description: String {
+        "\(call): \(String(cString: strerror(errno))) (errno \(errno))"
+    }
+}
+
+/// The outcome of a non-blocking call: done with a value, or the kernel would have blocked.
+public enum IOResult<Value> {
+    case done(Value)
+    case wouldBlock
+
+    /// The value, or nil when the call would have blocked.
+    @inlinable public var value: Value? {
+        if case .done(let v) = self { return v }
+        return nil
+    }
+}
+
+/// The one way Ferry makes a system call (after swift-nio's `System.swift`): retries `EINTR`,
+/// reports `EAGAIN` as `.wouldBlock`, and throws a typed error naming the call otherwise.
+/// Errnos that can only mean a bug in Ferry (`EBADF`, `EFAULT`) stop the process at once:
+/// continuing would act on the wrong descriptor or on freed memory.
+@inlinable
+public func syscall<T: FixedWidthInteger>(
+    _ name: StaticString, _ body: () -> T
+) throws(SystemError) -> IOResult<T> {
+    while true {
+        let result = body()
+        if result >= 0 { return .done(result) }
+        let err = Glibc.errno
+        switch err {
+        case EINTR:
+            continue
+        case EAGAIN, EWOULDBLOCK:
+            return .wouldBlock
+        case EBADF, EFAULT:
+            preconditionFailure("\(name) failed with an errno that means a bug: \(err)")
+        default:
+            throw SystemError(call: "\(name)", errno: err)
+        }
+    }
+}
+
+/// A call that must not block (setup calls, `close`): `.wouldBlock` is an error here.
+@inlinable
+@discardableResult
+public func syscallValue<T: FixedWidthInteger>(
+    _ name: StaticString, _ body: () -> T
+) throws(SystemError) -> T {
+    switch try syscall(name, body) {
+    case .done(let v): return v
+    case .wouldBlock: throw SystemError(call: "\(name)", errno: EAGAIN)
+    }
+}
+
+/// Monotonic time in nanoseconds. The loop reads it once per iteration and hands it down;
+/// protocol logic never reads a clock itself.
+@inlinable
+public func monotonicNanos() -> UInt64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec)
+}
+
+/// Wall-clock seconds since the epoch (for credentials with an expiry, and logs).
+@inlinable
+public func wallClockSeconds() -> UInt64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_REALTIME, &ts)
+    return UInt64(ts.tv_sec)
+}

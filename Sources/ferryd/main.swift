@@ -1,0 +1,76 @@
+import ArgumentParser
+import FerryConfig
+import FerryServer
+import Logging
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// ferryd: the Ferry relay and signaling server.
+struct Ferryd: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "ferryd",
+        abstract: "Ferry relay server: STUN/TURN and signaling for WireGuard overlays.",
+        discussion: "Without --config (or FERRY_CONFIG) it runs a safe development default on loopback.",
+        version: FerryVersion.string)
+
+    @Option(name: .shortAndLong, help: "Path of the TOML config file (env FERRY_CONFIG).")
+    var config: String?
+
+    @Option(help: "Worker threads; 0 = one per core (env FERRY_WORKERS).")
+    var workers: Int?
+
+    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical (env FERRY_LOG_LEVEL).")
+    var logLevel: String?
+
+    @Option(help: "Log format: text or json (env FERRY_LOG_FORMAT).")
+    var logFormat: String?
+
+    @Option(help: "Admin HTTP address, \"\" to disable (env FERRY_ADMIN_ADDRESS).")
+    var adminAddress: String?
+
+    func run() throws {
+        let env = ProcessEnvironment.variables
+        let path = config ?? env["FERRY_CONFIG"]
+        let load: () throws -> FerryConfig = { try loadConfig(path: path, env: env) }
+        let cfg: FerryConfig
+        do {
+            cfg = try load()
+        } catch {
+            printError("ferryd: invalid configuration\n\(error)")
+            throw ExitCode(2)
+        }
+        let levelBox = LoggingBootstrap.start(cfg)
+        let logger = Logger(label: "ferryd")
+        if path == nil {
+            logger.notice("no config file given: running the built-in development default (loopback only)")
+        }
+        let server = try Server(config: cfg, reload: path == nil ? nil : load, logger: logger, levelBox: levelBox)
+        let code = try server.run()
+        if code != 0 { throw ExitCode(code) }
+    }
+
+    /// File (or the development default), then environment, then flags.
+    func loadConfig(path: String?, env: [String: String]) throws -> FerryConfig {
+        var cfg: FerryConfig
+        if let path {
+            guard let text = readFile(path) else {
+                throw ConfigErrors(issues: [ConfigIssue(key: "", message: "cannot read \(path)")])
+            }
+            cfg = try FerryConfig.parse(text)
+        } else {
+            cfg = .development
+        }
+        try cfg.applyEnvironment(env)
+        var flags: [String: String] = [:]
+        if let workers { flags["FERRY_WORKERS"] = String(workers) }
+        if let logLevel { flags["FERRY_LOG_LEVEL"] = logLevel }
+        if let logFormat { flags["FERRY_LOG_FORMAT"] = logFormat }
+        if let adminAddress { flags["FERRY_ADMIN_ADDRESS"] = adminAddress }
+        try cfg.applyEnvironment(flags)
+        return cfg
+    }
+}
+
+Ferryd.main()
