@@ -51,7 +51,7 @@ let package = Package(
                           dependencies: ["FerryConfig", "FerryWire", "FerrySystem",
                                          .product(name: "ArgumentParser", package: "swift-argument-parser")],
                           swiftSettings: strict),
-        .testTarget(name: "FerrySystemTests", dependencies: ["FerrySystem"], swiftSettings: strict),
+        .testTarget(name: "FerrySystemTests", dependencies: ["FerrySystem", "CFerryLinux"], swiftSettings: strict),
         .testTarget(name: "FerryWireTests", dependencies: ["FerryWire"], swiftSettings: strict),
         .testTarget(name: "FerryConfigTests", dependencies: ["FerryConfig"], swiftSettings: strict),
         .testTarget(name: "FerryServerTests", dependencies: ["FerryServer"], swiftSettings: strict),

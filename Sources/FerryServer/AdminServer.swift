@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import FerrySystem
 import FerryWire
 import Logging
@@ -105,6 +108,10 @@ final class HTTPConnection: EventHandler {
     private var input: [UInt8] = []
     private var output: [UInt8] = []
     private var closeAfterWrite = false
+    /// After an answer that closes the connection: write side shut, unread input discarded until
+    /// the client closes or a short timer ends, so the kernel does not reset the connection
+    /// (and destroy the answer) over bytes we never read.
+    private var lingering = false
     private var timer: TimerID?
     private let timeoutNanos: UInt64
     private static let limits = HTTPHeadParser.Limits()
@@ -130,8 +137,8 @@ final class HTTPConnection: EventHandler {
 
     func handleEvent(_ events: UInt32, loop: EventLoop) {
         if events & Epoll.output != 0 { flush() }
-        if events & (Epoll.input | Epoll.readHangup | Epoll.hangup | Epoll.error) != 0 && registration != nil && !closeAfterWrite {
-            readAvailable()
+        if events & (Epoll.input | Epoll.readHangup | Epoll.hangup | Epoll.error) != 0 && registration != nil {
+            if lingering { discardInput() } else if !closeAfterWrite { readAvailable() }
         }
         if events & (Epoll.error | Epoll.hangup) != 0 && registration != nil { close() }
     }
@@ -147,6 +154,18 @@ final class HTTPConnection: EventHandler {
             case .success(.done(let n)):
                 input.append(contentsOf: chunk[0..<n])
                 processInput()
+            }
+        }
+    }
+
+    private func discardInput() {
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        while registration != nil {
+            let result = chunk.withUnsafeMutableBytes { buf in Result { () throws(SystemError) in try Sockets.read(fd.raw, into: buf) } }
+            switch result {
+            case .success(.wouldBlock): return
+            case .success(.done(let n)) where n > 0: continue
+            default: close(); return
             }
         }
     }
@@ -196,7 +215,16 @@ final class HTTPConnection: EventHandler {
             case .success(.done(let n)): output.removeFirst(n)
             }
         }
-        if closeAfterWrite { close(); return }
+        if closeAfterWrite {
+            guard !lingering, let registration else { return }
+            lingering = true
+            _ = shutdown(fd.raw, Int32(SHUT_WR))
+            try? loop.modify(fd: fd.raw, registration, events: Epoll.input | Epoll.readHangup)
+            if let timer { loop.cancel(timer) }
+            timer = loop.schedule(after: 2_000_000_000) { [weak self] in self?.close() }
+            discardInput()
+            return
+        }
         if let registration { try? loop.modify(fd: fd.raw, registration, events: Epoll.input | Epoll.readHangup) }
     }
 

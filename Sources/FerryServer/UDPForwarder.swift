@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import FerrySystem
 
 /// The engine's plain UDP forwarding mode (`service = "forward"`): every datagram received on
@@ -21,17 +24,22 @@ final class UDPForwarder: EventHandler {
 
     /// All owned by the worker the forwarder is registered on.
     private let fd: FileDescriptor
-    private let target: SocketAddress
+    /// The target in kernel form, written once: copied per packet rather than re-encoded.
+    private let target: UnsafeMutablePointer<sockaddr_storage>
+    private let targetLength: socklen_t
     private let batch: UDPReceiveBatch
     private let queue: UDPSendQueue
     private let metrics: CounterBlock
     private let counters: Counters
     private var registration: Registration?
+    private var hot = false
 
     init(fd: FileDescriptor, target: SocketAddress, batchSize: Int, maxDatagram: Int, gro: Bool,
          ipv6Socket: Bool, loop: EventLoop, metrics: CounterBlock, counters: Counters) throws(SystemError) {
         self.fd = fd
-        self.target = target
+        self.target = .allocate(capacity: 1)
+        self.target.initialize(to: sockaddr_storage())
+        self.targetLength = target.write(to: UnsafeMutableRawPointer(self.target), asIPv6: ipv6Socket)
         batch = UDPReceiveBatch(capacity: batchSize, slotSize: gro ? 65535 : maxDatagram, gro: gro)
         queue = UDPSendQueue(capacity: batchSize, ipv6Socket: ipv6Socket)
         self.metrics = metrics
@@ -41,11 +49,15 @@ final class UDPForwarder: EventHandler {
 
     func handleEvent(_ events: UInt32, loop: EventLoop) {
         let raw = fd.raw
+        let target = UnsafeRawPointer(self.target), targetLength = self.targetLength
         // At most 16 batches per wakeup, then let other sockets on this loop have a turn.
         for _ in 0..<16 {
             let n: Int
             do {
-                guard let got = try batch.receive(from: raw).value else { return }
+                guard let got = try batch.receive(from: raw).value else {
+                    settle(n: 0, loop: loop)
+                    return
+                }
                 n = got
             } catch {
                 metrics.add(counters.sendError)
@@ -58,7 +70,7 @@ final class UDPForwarder: EventHandler {
                 let length = batch.length(i)
                 bytes += UInt64(length)
                 let segment = batch.groSegment(i)
-                queue.append(batch.data(i), length, to: target, segment: segment > 0 && segment < length ? UInt16(segment) : 0)
+                queue.append(batch.data(i), length, toStorage: target, storageLength: targetLength, segment: segment > 0 && segment < length ? UInt16(segment) : 0)
             }
             let result = queue.flush(raw)
             metrics.add(counters.received, UInt64(n))
@@ -68,9 +80,27 @@ final class UDPForwarder: EventHandler {
             if result.bufferFull > 0 { metrics.add(counters.bufferFull, UInt64(result.bufferFull)) }
             if result.failed > 0 { metrics.add(counters.sendError, UInt64(result.failed)) }
             counters.batches.observe(UInt64(n), in: metrics)
-            if n < batch.capacity { return }
+            if n < batch.capacity {
+                settle(n: n, loop: loop)
+                return
+            }
+        }
+        settle(n: batch.capacity, loop: loop)
+    }
+
+    /// Full batches: the socket is saturated, poll it without epoll wakeups; a partial batch or
+    /// an empty socket: back to sleeping in epoll.
+    private func settle(n: Int, loop: EventLoop) {
+        guard let registration else { return }
+        if n == batch.capacity {
+            if !hot { loop.suspendWakeups(fd: fd.raw, registration, events: Epoll.input); hot = true }
+        } else if hot {
+            loop.resumeWakeups(fd: fd.raw, registration)
+            hot = false
         }
     }
+
+    deinit { target.deallocate() }
 
     func close(loop: EventLoop) {
         if let registration { loop.deregister(fd: fd.raw, registration) }

@@ -81,8 +81,10 @@ public final class UDPReceiveBatch {
 /// until `flush`. Optionally each entry carries a `UDP_SEGMENT` size (GSO).
 public final class UDPSendQueue {
     public let capacity: Int
-    @usableFromInline var queued = 0
-    public var count: Int { queued }
+    /// The number of queued datagrams, kept behind a pointer rather than in a stored `var`:
+    /// a class's stored var costs a dynamic exclusivity check on every write, per packet here.
+    @usableFromInline let queued: UnsafeMutablePointer<Int>
+    public var count: Int { queued.pointee }
     @usableFromInline let iovecs: UnsafeMutablePointer<iovec>
     @usableFromInline let headers: UnsafeMutablePointer<ferry_mmsghdr>
     @usableFromInline let names: UnsafeMutablePointer<sockaddr_storage>
@@ -99,6 +101,8 @@ public final class UDPSendQueue {
         names = .allocate(capacity: capacity)
         controlSize = ferry_cmsg_space_segment()
         controls = .allocate(byteCount: capacity * controlSize, alignment: 8)
+        queued = .allocate(capacity: 1)
+        queued.initialize(to: 0)
         for i in 0..<capacity {
             headers[i] = ferry_mmsghdr()
             headers[i].msg_hdr.msg_name = UnsafeMutableRawPointer(names + i)
@@ -113,31 +117,32 @@ public final class UDPSendQueue {
         headers.deallocate()
         names.deallocate()
         controls.deallocate()
+        queued.deallocate()
     }
 
-    public var isFull: Bool { count == capacity }
+    public var isFull: Bool { queued.pointee == capacity }
 
     /// Queues one datagram (or, with `segment > 0`, a GSO train of `segment`-byte datagrams).
     @inlinable
     public func append(_ bytes: UnsafeRawPointer, _ length: Int, to destination: SocketAddress, segment: UInt16 = 0) {
-        precondition(count < capacity, "UDPSendQueue overfilled: flush when isFull")
-        let i = count
+        let i = queued.pointee
+        precondition(i < capacity, "UDPSendQueue overfilled: flush when isFull")
         iovecs[i] = iovec(iov_base: UnsafeMutableRawPointer(mutating: bytes), iov_len: length)
         headers[i].msg_hdr.msg_namelen = destination.write(to: UnsafeMutableRawPointer(names + i), asIPv6: ipv6Socket)
         setSegment(i, segment)
-        queued = i + 1
+        queued.pointee = i + 1
     }
 
     /// Queues one datagram to a destination already in kernel form (copied as is).
     @inlinable
     public func append(_ bytes: UnsafeRawPointer, _ length: Int, toStorage storage: UnsafeRawPointer, storageLength: socklen_t, segment: UInt16 = 0) {
-        precondition(count < capacity, "UDPSendQueue overfilled: flush when isFull")
-        let i = count
+        let i = queued.pointee
+        precondition(i < capacity, "UDPSendQueue overfilled: flush when isFull")
         iovecs[i] = iovec(iov_base: UnsafeMutableRawPointer(mutating: bytes), iov_len: length)
         UnsafeMutableRawPointer(names + i).copyMemory(from: storage, byteCount: Int(storageLength))
         headers[i].msg_hdr.msg_namelen = storageLength
         setSegment(i, segment)
-        queued = i + 1
+        queued.pointee = i + 1
     }
 
     @usableFromInline
@@ -164,6 +169,7 @@ public final class UDPSendQueue {
     @discardableResult
     public func flush(_ fd: Int32) -> FlushResult {
         var result = FlushResult()
+        let count = queued.pointee
         var start = 0
         while start < count {
             let remaining = count - start
@@ -185,10 +191,10 @@ public final class UDPSendQueue {
                 start += 1
             }
         }
-        queued = 0
+        queued.pointee = 0
         return result
     }
 
     /// Forgets queued entries without sending.
-    public func reset() { queued = 0 }
+    public func reset() { queued.pointee = 0 }
 }

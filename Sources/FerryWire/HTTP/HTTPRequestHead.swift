@@ -68,6 +68,11 @@ public enum HTTPHeadParser {
     public static func parse(_ bytes: UnsafeRawBufferPointer, limits: Limits = .init()) -> Result {
         // Find the blank line ending the head.
         guard let end = findHeadEnd(bytes, limit: limits.maxHeadBytes) else {
+            // Fail early on what can never become a valid head, rather than waiting for more.
+            let n = min(bytes.count, limits.maxHeadBytes)
+            for i in 0..<n where bytes[i] == 0x0A && (i == 0 || bytes[i - 1] != 0x0D) {
+                return .failure(.badRequest("bare LF"))
+            }
             return bytes.count >= limits.maxHeadBytes ? .failure(.tooLarge) : .incomplete
         }
         let head = UnsafeRawBufferPointer(rebasing: bytes[0..<end])

@@ -1,0 +1,165 @@
+"""Helpers for the integration tests: they run the real ferryd and ferry binaries over real
+sockets and talk to them with clients nobody here wrote (curl, systemd-socket-activate, coturn's
+tools, aioice)."""
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+
+import pytest
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+BIN = os.environ.get("FERRY_BIN_DIR") or os.path.join(ROOT, ".build", "release")
+
+
+def binary(name):
+    path = os.path.join(BIN, name)
+    if not os.path.exists(path):
+        pytest.fail(f"{path} not built: run scripts/test.sh (or set FERRY_BIN_DIR)")
+    return path
+
+
+def free_port(kind=socket.SOCK_STREAM):
+    """A port that is free for both TCP and UDP at the moment of asking."""
+    while True:
+        with socket.socket(socket.AF_INET, kind) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        other = socket.SOCK_DGRAM if kind == socket.SOCK_STREAM else socket.SOCK_STREAM
+        try:
+            with socket.socket(socket.AF_INET, other) as s:
+                s.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            continue
+
+
+def http_get(port, path, timeout=3):
+    """(status, body) of GET http://127.0.0.1:port/path with urllib; errors give their status."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def metric(port, name, labels=None):
+    """The value of one series in /metrics, or None."""
+    _, body = http_get(port, "/metrics")
+    want = name if not labels else name + "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}"
+    for line in body.splitlines():
+        if line.startswith("#"):
+            continue
+        key, _, value = line.rpartition(" ")
+        if key == want:
+            return float(value)
+    return None
+
+
+class NotifySocket:
+    """A NOTIFY_SOCKET like systemd's: collects sd_notify datagrams."""
+
+    def __init__(self, directory):
+        self.path = os.path.join(directory, "notify.sock")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        self.messages = []
+
+    def wait_for(self, text, timeout=10):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if any(text in m for m in self.messages):
+                return True
+            self.sock.settimeout(max(0.01, deadline - time.time()))
+            try:
+                self.messages.append(self.sock.recv(4096).decode())
+            except socket.timeout:
+                break
+        return any(text in m for m in self.messages)
+
+    def close(self):
+        self.sock.close()
+
+
+class Ferryd:
+    """A running ferryd with its own config file, admin port and captured log."""
+
+    def __init__(self, config_text, tmpdir, extra_args=(), env=None, prefix=(), admin_port=None, wait=True):
+        self.tmpdir = tmpdir
+        self.admin_port = admin_port or free_port()
+        self.config_path = os.path.join(tmpdir, "ferry.toml")
+        if config_text is not None and "[admin]" not in config_text:
+            config_text = f'[admin]\naddress = "127.0.0.1:{self.admin_port}"\n' + config_text
+        if config_text is not None:
+            with open(self.config_path, "w") as f:
+                f.write(config_text)
+        self.log_path = os.path.join(tmpdir, "ferryd.log")
+        self.log = open(self.log_path, "w")
+        args = list(prefix) + [binary("ferryd")]
+        if config_text is not None:
+            args += ["--config", self.config_path]
+        args += list(extra_args)
+        full_env = dict(os.environ)
+        full_env.pop("NOTIFY_SOCKET", None)
+        full_env.update(env or {})
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=full_env)
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self, timeout=15):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"ferryd exited with {self.proc.returncode}:\n{self.output()}")
+            try:
+                if http_get(self.admin_port, "/readyz", timeout=1)[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"ferryd not ready after {timeout}s:\n{self.output()}")
+
+    def output(self):
+        self.log.flush()
+        with open(self.log_path) as f:
+            return f.read()
+
+    def metric(self, name, labels=None):
+        return metric(self.admin_port, name, labels)
+
+    def signal(self, sig):
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout=15):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def tmpdir_path():
+    with tempfile.TemporaryDirectory(prefix="ferry-test-") as d:
+        yield d
+
+
+@pytest.fixture
+def ferryd_factory(tmpdir_path):
+    started = []
+
+    def start(config_text, **kw):
+        f = Ferryd(config_text, tmpdir_path, **kw)
+        started.append(f)
+        return f
+
+    yield start
+    for f in started:
+        f.stop()

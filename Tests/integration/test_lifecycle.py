@@ -1,0 +1,171 @@
+"""Process life: readiness and stop through a NOTIFY_SOCKET, socket activation with
+systemd-socket-activate, reload on SIGHUP, and configuration errors."""
+import os
+import signal
+import socket
+import subprocess
+import time
+
+from conftest import Ferryd, NotifySocket, binary, free_port, http_get
+
+
+def forward_config(name, port, sink_port):
+    return f"""
+[[listener]]
+name = "{name}"
+address = "127.0.0.1:{port}"
+service = "forward"
+forward_to = "127.0.0.1:{sink_port}"
+"""
+
+
+def test_ready_then_sigterm_exits_zero_with_stopping(tmpdir_path):
+    notify = NotifySocket(tmpdir_path)
+    f = Ferryd("[server]\ndrain_seconds = 3\n", tmpdir_path, env={"NOTIFY_SOCKET": notify.path})
+    assert notify.wait_for("READY=1")
+    assert any("STATUS=serving" in m for m in notify.messages)
+    started = time.time()
+    f.signal(signal.SIGTERM)
+    assert f.proc.wait(10) == 0
+    assert time.time() - started < 3, "with no sessions the drain ends at once"
+    assert notify.wait_for("STOPPING=1")
+    notify.close()
+    f.stop()
+
+
+def test_draining_server_reports_not_ready(tmpdir_path):
+    # SIGINT twice: the first starts the drain, the second stops at once.
+    f = Ferryd("", tmpdir_path)
+    assert http_get(f.admin_port, "/readyz")[0] == 200
+    f.signal(signal.SIGINT)
+    assert f.proc.wait(10) == 0
+    f.stop()
+
+
+def test_socket_activation_uses_passed_udp_and_tcp_sockets(tmpdir_path):
+    """ferryd under systemd-socket-activate: a TCP socket named "admin" and two UDP sockets named
+    "bench" (one per worker). The config names other ports, which must stay unbound."""
+    notify = NotifySocket(tmpdir_path)
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.bind(("127.0.0.1", 0))
+    sink.settimeout(5)
+    cfg_udp, act_udp1, act_udp2 = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_DGRAM)
+    cfg_admin, act_admin = free_port(), free_port()
+    config = f'[server]\nworkers = 2\n[admin]\naddress = "127.0.0.1:{cfg_admin}"\n' + forward_config("bench", cfg_udp, sink.getsockname()[1])
+    prefix = ["systemd-socket-activate", "-l", f"127.0.0.1:{act_admin}", "--fdname=admin", "-E", "NOTIFY_SOCKET",
+              "--", "systemd-socket-activate", "--datagram", "-l", f"127.0.0.1:{act_udp1}", "-l", f"127.0.0.1:{act_udp2}",
+              "--fdname=admin:bench:bench", "-E", "NOTIFY_SOCKET", "--"]
+    f = Ferryd(config, tmpdir_path, prefix=prefix, env={"NOTIFY_SOCKET": notify.path}, admin_port=act_admin, wait=False)
+    # systemd-socket-activate execs the service on the first connection / datagram.
+    deadline = time.time() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", act_admin), timeout=1).close()
+            break
+        except OSError:
+            assert time.time() < deadline
+            time.sleep(0.05)
+    # The pending connection also starts the inner systemd-socket-activate, and so ferryd.
+    assert notify.wait_for("READY=1"), f.output()
+    f.wait_ready()
+    # Datagrams to both passed sockets are forwarded to the sink.
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.sendto(b"first", ("127.0.0.1", act_udp1))
+    probe.sendto(b"second", ("127.0.0.1", act_udp2))
+    got = {sink.recvfrom(100)[0], sink.recvfrom(100)[0]}
+    assert got == {b"first", b"second"}
+    assert "socket activation" in f.output()
+    # The configured ports were never bound: ferryd used the passed sockets instead.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", cfg_udp))
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", cfg_admin))
+    f.signal(signal.SIGTERM)
+    assert f.proc.wait(10) == 0
+    assert notify.wait_for("STOPPING=1")
+    f.stop()
+    notify.close()
+
+
+def test_unclaimed_activated_socket_is_reported(tmpdir_path):
+    port, admin = free_port(socket.SOCK_DGRAM), free_port()
+    prefix = ["systemd-socket-activate", "--datagram", "-l", f"127.0.0.1:{port}", "--fdname=mystery", "--"]
+    f = Ferryd(f'[admin]\naddress = "127.0.0.1:{admin}"\n', tmpdir_path, prefix=prefix, admin_port=admin, wait=False)
+    # systemd-socket-activate starts ferryd on the first datagram; keep knocking until it listens.
+    knock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    deadline = time.time() + 10
+    while "ferryd ready" not in f.output():
+        assert time.time() < deadline, f.output()
+        knock.sendto(b"x", ("127.0.0.1", port))
+        time.sleep(0.1)
+    f.wait_ready()
+    assert "no listener uses" in f.output() and "mystery" in f.output()
+    assert f.stop() == 0
+
+
+def test_bad_config_exits_nonzero_naming_the_key(tmpdir_path):
+    path = os.path.join(tmpdir_path, "bad.toml")
+    with open(path, "w") as fh:
+        fh.write("[engine]\nbatch_size = 0\n[server]\nworkerz = 1\n")
+    r = subprocess.run([binary("ferryd"), "--config", path], capture_output=True, text=True, timeout=20)
+    assert r.returncode == 2
+    assert "engine.batch_size: must be from 1 to 1024, got 0" in r.stderr
+    assert "server.workerz: unknown key" in r.stderr
+
+
+def test_bad_flag_value_is_rejected(tmpdir_path):
+    r = subprocess.run([binary("ferryd"), "--log-level", "loud"], capture_output=True, text=True, timeout=20)
+    assert r.returncode == 2
+    assert "FERRY_LOG_LEVEL" in r.stderr and "loud" in r.stderr
+
+
+def test_ferry_config_check(tmpdir_path):
+    good = os.path.join(tmpdir_path, "good.toml")
+    with open(good, "w") as fh:
+        fh.write("[server]\nworkers = 2\n")
+    r = subprocess.run([binary("ferry"), "config", "check", good], capture_output=True, text=True)
+    assert r.returncode == 0 and "OK" in r.stdout
+    bad = os.path.join(tmpdir_path, "bad.toml")
+    with open(bad, "w") as fh:
+        fh.write("[log]\nlevel = \"loud\"\n[admin]\naddress = \"x\"\n")
+    r = subprocess.run([binary("ferry"), "config", "check", bad], capture_output=True, text=True)
+    assert r.returncode == 1
+    assert "log.level" in r.stderr and "admin.address" in r.stderr
+    example = os.path.join(os.path.dirname(__file__), "..", "..", "config", "ferry.example.toml")
+    assert subprocess.run([binary("ferry"), "config", "check", example], capture_output=True).returncode == 0
+    r = subprocess.run([binary("ferry"), "version"], capture_output=True, text=True)
+    assert r.stdout.startswith("ferry ")
+
+
+def test_sighup_reloads_and_keeps_old_config_when_new_is_bad(tmpdir_path):
+    notify = NotifySocket(tmpdir_path)
+    f = Ferryd("[log]\nlevel = \"info\"\n", tmpdir_path, env={"NOTIFY_SOCKET": notify.path})
+    assert notify.wait_for("READY=1")
+    text = open(f.config_path).read()
+    with open(f.config_path, "w") as fh:
+        fh.write(text.replace('level = "info"', 'level = "debug"'))
+    f.signal(signal.SIGHUP)
+    deadline = time.time() + 5
+    while f.metric("ferry_reloads_total", {"result": "ok"}) != 1:
+        assert time.time() < deadline
+        time.sleep(0.05)
+    assert notify.wait_for("RELOADING=1")
+    with open(f.config_path, "w") as fh:
+        fh.write(text + "\nnonsense = 1\n")
+    f.signal(signal.SIGHUP)
+    while f.metric("ferry_reloads_total", {"result": "failed"}) != 1:
+        assert time.time() < deadline
+        time.sleep(0.05)
+    assert "reload failed; keeping the running configuration" in f.output()
+    assert "nonsense: unknown key" in f.output()
+    assert http_get(f.admin_port, "/readyz")[0] == 200
+    assert f.stop() == 0
+    notify.close()
+
+
+def test_development_default_runs_on_loopback(tmpdir_path):
+    """No config file: the built-in default, admin on 127.0.0.1:9090 unless overridden."""
+    admin = free_port()
+    f = Ferryd(None, tmpdir_path, extra_args=["--admin-address", f"127.0.0.1:{admin}"], admin_port=admin)
+    assert "development default" in f.output()
+    assert f.stop() == 0
