@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Runs ferryd on the built-in development default: loopback only, development credentials
+# printed at start. Installs what the build needs, builds release, then runs in the foreground
+# (Ctrl-C stops it). Extra arguments go to ferryd (for example --admin-address 127.0.0.1:9191).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+scripts/setup.sh build
+swift build -c release --product ferryd
+exec .build/release/ferryd "$@"

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs what building and testing Ferry needs on Debian (run as root, or with sudo present).
+#   scripts/setup.sh build   — the C libraries ferryd links (OpenSSL, libsystemd) and pkg-config
+#   scripts/setup.sh test    — also the real clients the tests drive (curl, coturn's tools,
+#                              systemd-socket-activate, Python's pytest and aioice)
+# Idempotent: apt-get runs only when a package is missing.
+set -euo pipefail
+mode=${1:-test}
+apt_pkgs=(pkg-config libssl-dev libsystemd-dev)
+pip_pkgs=()
+if [ "$mode" = test ]; then
+  apt_pkgs+=(curl systemd coturn gcc openssl iproute2)
+  pip_pkgs+=(pytest aioice)
+fi
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+missing=()
+for p in "${apt_pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+if [ ${#pip_pkgs[@]} -gt 0 ]; then
+  python3 -m pip install -q --disable-pip-version-check "${pip_pkgs[@]}" 2>&1 | grep -v "WARNING: Running pip as the 'root' user" || true
+fi
