@@ -34,7 +34,7 @@ let package = Package(
                        providers: [.apt(["libsystemd-dev"])]),
         .target(name: "FerrySystem", dependencies: ["CFerryLinux", "CSystemd"],
                 swiftSettings: strict),
-        .target(name: "FerryWire", dependencies: ["COpenSSL"], swiftSettings: strict),
+        .target(name: "FerryWire", dependencies: ["COpenSSL", "FerrySystem"], swiftSettings: strict),
         .target(name: "FerryConfig",
                 dependencies: ["FerrySystem", .product(name: "TOMLKit", package: "TOMLKit")],
                 swiftSettings: strict),

@@ -1,0 +1,136 @@
+import COpenSSL
+
+/// The digests and MACs STUN needs, through OpenSSL's one-shot calls (no context kept, no
+/// allocation on Ferry's side). Used on the control path (requests), never per relayed packet.
+public enum Crypto {
+    /// HMAC-SHA1 (20 bytes) into `out`.
+    public static func hmacSHA1(key: UnsafeRawBufferPointer, data: UnsafeRawBufferPointer, into out: UnsafeMutableRawPointer) {
+        hmac(EVP_sha1(), key: key, data: data, into: out)
+    }
+
+    /// HMAC-SHA256 (32 bytes) into `out`.
+    public static func hmacSHA256(key: UnsafeRawBufferPointer, data: UnsafeRawBufferPointer, into out: UnsafeMutableRawPointer) {
+        hmac(EVP_sha256(), key: key, data: data, into: out)
+    }
+
+    static func hmac(_ md: OpaquePointer?, key: UnsafeRawBufferPointer, data: UnsafeRawBufferPointer, into out: UnsafeMutableRawPointer) {
+        var len: UInt32 = 0
+        let dataPtr = data.baseAddress?.assumingMemoryBound(to: UInt8.self)
+        let result = HMAC(md, key.baseAddress, Int32(key.count), dataPtr, data.count,
+                          out.assumingMemoryBound(to: UInt8.self), &len)
+        precondition(result != nil, "HMAC failed")
+    }
+
+    /// A digest (`EVP_md5()`, `EVP_sha1()`, `EVP_sha256()`) of `data`.
+    static func digest(_ md: OpaquePointer?, _ data: UnsafeRawBufferPointer, size: Int) -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: size)
+        var len: UInt32 = 0
+        let ok = out.withUnsafeMutableBufferPointer { o in
+            EVP_Digest(data.baseAddress, data.count, o.baseAddress, &len, md, nil)
+        }
+        precondition(ok == 1, "EVP_Digest failed")
+        return out
+    }
+
+    public static func md5(_ bytes: [UInt8]) -> [UInt8] { bytes.withUnsafeBytes { digest(EVP_md5(), $0, size: 16) } }
+    public static func sha256(_ bytes: [UInt8]) -> [UInt8] { bytes.withUnsafeBytes { digest(EVP_sha256(), $0, size: 32) } }
+
+    public static func hmacSHA1(key: [UInt8], data: [UInt8]) -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: 20)
+        key.withUnsafeBytes { k in data.withUnsafeBytes { d in out.withUnsafeMutableBytes { hmacSHA1(key: k, data: d, into: $0.baseAddress!) } } }
+        return out
+    }
+
+    public static func hmacSHA256(key: [UInt8], data: [UInt8]) -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: 32)
+        key.withUnsafeBytes { k in data.withUnsafeBytes { d in out.withUnsafeMutableBytes { hmacSHA256(key: k, data: d, into: $0.baseAddress!) } } }
+        return out
+    }
+
+    /// Compares in time independent of where the bytes differ (CRYPTO_memcmp).
+    public static func constantTimeEqual(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer) -> Bool {
+        a.count == b.count && (a.count == 0 || CRYPTO_memcmp(a.baseAddress, b.baseAddress, a.count) == 0)
+    }
+
+    public static func constantTimeEqual(_ a: [UInt8], _ b: [UInt8]) -> Bool {
+        a.withUnsafeBytes { x in b.withUnsafeBytes { y in constantTimeEqual(x, y) } }
+    }
+
+    /// Cryptographically random bytes.
+    public static func randomBytes(_ n: Int) -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: n)
+        let ok = out.withUnsafeMutableBufferPointer { RAND_bytes($0.baseAddress, Int32(n)) }
+        precondition(ok == 1, "RAND_bytes failed")
+        return out
+    }
+
+    /// Standard base64 with padding.
+    public static func base64(_ bytes: [UInt8]) -> String {
+        let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".utf8)
+        var out: [UInt8] = []
+        out.reserveCapacity((bytes.count + 2) / 3 * 4)
+        var i = 0
+        while i < bytes.count {
+            let b0 = UInt32(bytes[i]), b1 = i + 1 < bytes.count ? UInt32(bytes[i + 1]) : 0, b2 = i + 2 < bytes.count ? UInt32(bytes[i + 2]) : 0
+            let v = b0 << 16 | b1 << 8 | b2
+            out.append(alphabet[Int(v >> 18 & 63)])
+            out.append(alphabet[Int(v >> 12 & 63)])
+            out.append(i + 1 < bytes.count ? alphabet[Int(v >> 6 & 63)] : UInt8(ascii: "="))
+            out.append(i + 2 < bytes.count ? alphabet[Int(v & 63)] : UInt8(ascii: "="))
+            i += 3
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    /// Lower-case hex.
+    public static func hex(_ bytes: [UInt8]) -> String {
+        let digits = Array("0123456789abcdef".utf8)
+        var out: [UInt8] = []
+        for b in bytes { out.append(digits[Int(b >> 4)]); out.append(digits[Int(b & 15)]) }
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    public static func unhex(_ s: String) -> [UInt8]? {
+        let chars = Array(s.utf8)
+        guard chars.count % 2 == 0 else { return nil }
+        var out: [UInt8] = []
+        var i = 0
+        func v(_ c: UInt8) -> UInt8? {
+            switch c {
+            case 48...57: return c - 48
+            case 97...102: return c - 87
+            case 65...70: return c - 55
+            default: return nil
+            }
+        }
+        while i < chars.count {
+            guard let h = v(chars[i]), let l = v(chars[i + 1]) else { return nil }
+            out.append(h << 4 | l)
+            i += 2
+        }
+        return out
+    }
+}
+
+/// CRC-32 (ISO-HDLC, the zlib polynomial) for STUN's FINGERPRINT, incremental so the header can
+/// be fed with its length adjusted without copying the message.
+public struct CRC32 {
+    static let table: [UInt32] = (0..<256).map { i -> UInt32 in
+        var c = UInt32(i)
+        for _ in 0..<8 { c = c & 1 != 0 ? 0xEDB8_8320 ^ (c >> 1) : c >> 1 }
+        return c
+    }
+
+    public private(set) var state: UInt32 = 0xFFFF_FFFF
+    public init() {}
+
+    public mutating func update(_ bytes: UnsafeRawBufferPointer) {
+        var c = state
+        CRC32.table.withUnsafeBufferPointer { t in
+            for b in bytes { c = t[Int((c ^ UInt32(b)) & 0xFF)] ^ (c >> 8) }
+        }
+        state = c
+    }
+
+    public var value: UInt32 { state ^ 0xFFFF_FFFF }
+}
