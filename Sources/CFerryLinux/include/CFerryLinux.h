@@ -4,10 +4,10 @@
 #ifndef C_FERRY_LINUX_H
 #define C_FERRY_LINUX_H
 
-#ifndef _GNU_SOURCE
-#define _GNU_SOURCE
-#endif
-
+// No _GNU_SOURCE here: this header is read in the same clang module graph as Glibc's and
+// libsystemd's, and a different macro state makes their shared system headers clash
+// ("fds_bits ... is not present in definition of fd_set"). What needs _GNU_SOURCE (mmsghdr,
+// recvmmsg, CPU_SET) stays in shim.c behind plain wrappers.
 #include <stdint.h>
 #include <stddef.h>
 #include <sys/epoll.h>
