@@ -4,6 +4,7 @@
 //   C shims (CFerryLinux, COpenSSL, CSystemd)
 //   → FerrySystem   syscalls, sockets, epoll loop, workers, timers, systemd
 //   → FerryWire     pure codecs (HTTP/1.1 heads, STUN/TURN messages)
+//   → FerryTURN     TURN state machines: allocations, auth, nonces, peer policy, quotas (pure)
 //   → FerryConfig   the config file model, parser and validation (pure)
 //   → FerryServer   listeners, data plane, admin HTTP, metrics, composition
 //   → ferryd, ferry thin executables
@@ -35,11 +36,12 @@ let package = Package(
         .target(name: "FerrySystem", dependencies: ["CFerryLinux", "CSystemd"],
                 swiftSettings: strict),
         .target(name: "FerryWire", dependencies: ["COpenSSL", "FerrySystem"], swiftSettings: strict),
+        .target(name: "FerryTURN", dependencies: ["FerrySystem", "FerryWire"], swiftSettings: strict),
         .target(name: "FerryConfig",
                 dependencies: ["FerrySystem", .product(name: "TOMLKit", package: "TOMLKit")],
                 swiftSettings: strict),
         .target(name: "FerryServer",
-                dependencies: ["FerrySystem", "FerryWire", "FerryConfig",
+                dependencies: ["FerrySystem", "FerryWire", "FerryTURN", "FerryConfig",
                                .product(name: "Logging", package: "swift-log")],
                 swiftSettings: strict),
         .executableTarget(name: "ferryd",
@@ -52,7 +54,8 @@ let package = Package(
                                          .product(name: "ArgumentParser", package: "swift-argument-parser")],
                           swiftSettings: strict),
         .testTarget(name: "FerrySystemTests", dependencies: ["FerrySystem", "CFerryLinux"], swiftSettings: strict),
-        .testTarget(name: "FerryWireTests", dependencies: ["FerryWire"], swiftSettings: strict),
+        .testTarget(name: "FerryWireTests", dependencies: ["FerryWire"], exclude: ["Vectors"], swiftSettings: strict),
+        .testTarget(name: "FerryTURNTests", dependencies: ["FerryTURN"], swiftSettings: strict),
         .testTarget(name: "FerryConfigTests", dependencies: ["FerryConfig"], swiftSettings: strict),
         .testTarget(name: "FerryServerTests", dependencies: ["FerryServer"], swiftSettings: strict),
     ]

@@ -1,47 +1,6 @@
 import CFerryLinux
+import FerrySystem
 import Synchronization
-
-/// A counter slot: an index into every worker's counter block.
-public struct CounterID: Hashable, Sendable {
-    public let index: Int
-    @inlinable public init(index: Int) { self.index = index }
-}
-
-/// A histogram: `bucketCount` slots, then sum, then count, in every worker's block.
-public struct HistogramID: Sendable {
-    public let first: Int
-    public let bounds: [UInt64]
-
-    /// Records one observation. Called per batch, never per packet.
-    @inlinable
-    public func observe(_ value: UInt64, in block: CounterBlock) {
-        var i = 0
-        while i < bounds.count && value > bounds[i] { i += 1 }
-        block.add(CounterID(index: first + i), 1)
-        block.add(CounterID(index: first + bounds.count + 1), value)
-        block.add(CounterID(index: first + bounds.count + 2), 1)
-    }
-}
-
-/// One worker's counters: plain memory written only by its own thread (relaxed stores, no
-/// read-modify-write, no lock) and summed by the scraper at `/metrics` time.
-public struct CounterBlock: @unchecked Sendable {
-    @usableFromInline let base: UnsafeMutablePointer<UInt64>
-
-    @inlinable @inline(__always)
-    public func add(_ id: CounterID, _ n: UInt64 = 1) {
-        ferry_counter_add(base + id.index, n)
-    }
-
-    /// For gauges owned by one worker (active allocations on that worker).
-    @inlinable @inline(__always)
-    public func set(_ id: CounterID, _ v: UInt64) {
-        ferry_counter_set(base + id.index, v)
-    }
-
-    @inlinable
-    public func load(_ id: CounterID) -> UInt64 { ferry_counter_load(base + id.index) }
-}
 
 /// Every metric Ferry exports (the table is docs/metrics.md). Series are registered at start,
 /// before workers run; each worker gets its own block and the scrape sums the blocks.

@@ -1,0 +1,158 @@
+import FerrySystem
+import FerryWire
+
+/// How a TURN allocation's state is laid out on one worker: three flat slabs allocated once
+/// (allocations, and per allocation a fixed number of permission and channel slots), so the
+/// relay path reaches everything through a pointer and an index: no allocation, no hashing but
+/// the client lookup, no retain/release, no exclusivity checks.
+public struct Allocation {
+    public var active = false
+    /// Bumped on every reuse of the slot, so stale relay-socket events are recognised.
+    public var generation: UInt32 = 0
+    public var client = SocketAddress(ip: .ipv4Any, port: 0)
+    public var listener: Int32 = 0
+    /// Relayed sockets (handles from the `RelayProvider`), -1 when absent.
+    public var relay4: Int32 = -1
+    public var relay6: Int32 = -1
+    /// The relayed transport addresses as advertised to the client.
+    public var relayAddress4 = SocketAddress(ip: .ipv4Any, port: 0)
+    public var relayAddress6 = SocketAddress(ip: .ipv6Any, port: 0)
+    /// Monotonic nanoseconds.
+    public var expiry: UInt64 = 0
+    public var username = ""
+    public var key: [UInt8] = []
+    public var allocateTransaction = TransactionID(high: 0, low: 0)
+    public var permissionCount: Int32 = 0
+    public var channelCount: Int32 = 0
+    /// Bandwidth token bucket (bytes), both directions together.
+    public var tokens: Double = 0
+    public var tokensAt: UInt64 = 0
+
+    public func relay(for family: IPFamily) -> Int32 { family == .ipv4 ? relay4 : relay6 }
+}
+
+public enum IPFamily: UInt8, Sendable {
+    case ipv4 = 1
+    case ipv6 = 2
+
+    public init(_ ip: IPAddress) { self = ip.isIPv4 ? .ipv4 : .ipv6 }
+}
+
+/// A permission (RFC 8656 §9): peer IP, no port, for 300 s.
+public struct Permission {
+    public var ip = IPAddress.ipv4Any
+    public var expiry: UInt64 = 0
+}
+
+/// A channel binding (RFC 8656 §12): number ↔ peer transport address for 600 s, then 300 s
+/// more during which neither may be rebound to something else.
+public struct ChannelBinding {
+    public var number: UInt16 = 0
+    public var peer = SocketAddress(ip: .ipv4Any, port: 0)
+    public var expiry: UInt64 = 0
+    public var reservedUntil: UInt64 = 0
+}
+
+/// Identifies a client's flow on a worker: its address and the listener it came in on.
+public struct ClientKey: Hashable, Sendable {
+    public var address: SocketAddress
+    public var listener: Int32
+
+    public init(address: SocketAddress, listener: Int32) {
+        self.address = address
+        self.listener = listener
+    }
+}
+
+/// The slabs and the client index. Reached through one pointer by the relay path.
+public struct AllocationTable {
+    public let capacity: Int
+    public let permissionsPer: Int
+    public let channelsPer: Int
+    public let allocations: UnsafeMutablePointer<Allocation>
+    public let permissions: UnsafeMutablePointer<Permission>
+    public let channels: UnsafeMutablePointer<ChannelBinding>
+    public var byClient: [ClientKey: Int32] = [:]
+    var free: [Int32]
+    public private(set) var activeCount = 0
+
+    public init(capacity: Int, permissionsPer: Int, channelsPer: Int) {
+        self.capacity = capacity
+        self.permissionsPer = permissionsPer
+        self.channelsPer = channelsPer
+        allocations = .allocate(capacity: capacity)
+        allocations.initialize(repeating: Allocation(), count: capacity)
+        permissions = .allocate(capacity: capacity * permissionsPer)
+        permissions.initialize(repeating: Permission(), count: capacity * permissionsPer)
+        channels = .allocate(capacity: capacity * channelsPer)
+        channels.initialize(repeating: ChannelBinding(), count: capacity * channelsPer)
+        free = (0..<Int32(capacity)).reversed().map { $0 }
+    }
+
+    public func release() {
+        allocations.deinitialize(count: capacity)
+        allocations.deallocate()
+        permissions.deallocate()
+        channels.deallocate()
+    }
+
+    mutating func take(_ key: ClientKey) -> Int32? {
+        guard let slot = free.popLast() else { return nil }
+        let g = allocations[Int(slot)].generation &+ 1
+        allocations[Int(slot)] = Allocation()
+        allocations[Int(slot)].generation = g
+        allocations[Int(slot)].active = true
+        allocations[Int(slot)].client = key.address
+        allocations[Int(slot)].listener = key.listener
+        byClient[key] = slot
+        activeCount += 1
+        return slot
+    }
+
+    mutating func remove(_ slot: Int32) {
+        let a = allocations[Int(slot)]
+        guard a.active else { return }
+        byClient[ClientKey(address: a.client, listener: a.listener)] = nil
+        allocations[Int(slot)].active = false
+        allocations[Int(slot)].key = []
+        allocations[Int(slot)].username = ""
+        allocations[Int(slot)].generation &+= 1
+        free.append(slot)
+        activeCount -= 1
+    }
+
+    @inlinable public func permissionBase(_ slot: Int32) -> UnsafeMutablePointer<Permission> {
+        permissions + Int(slot) * permissionsPer
+    }
+
+    @inlinable public func channelBase(_ slot: Int32) -> UnsafeMutablePointer<ChannelBinding> {
+        channels + Int(slot) * channelsPer
+    }
+
+    /// True when `ip` has a live permission on allocation `slot`.
+    @inlinable
+    public func hasPermission(_ slot: Int32, _ ip: IPAddress, now: UInt64) -> Bool {
+        let p = permissionBase(slot)
+        let n = Int(allocations[Int(slot)].permissionCount)
+        for i in 0..<n where p[i].ip == ip && p[i].expiry > now { return true }
+        return false
+    }
+
+    /// The live channel bound to `peer`, or 0.
+    @inlinable
+    public func channel(_ slot: Int32, peer: SocketAddress, now: UInt64) -> UInt16 {
+        let c = channelBase(slot)
+        let n = Int(allocations[Int(slot)].channelCount)
+        for i in 0..<n where c[i].peer == peer && c[i].expiry > now { return c[i].number }
+        return 0
+    }
+
+    /// The peer of live channel `number`, or nil.
+    @inlinable
+    public func peer(_ slot: Int32, channel number: UInt16, now: UInt64) -> SocketAddress? {
+        let c = channelBase(slot)
+        let n = Int(allocations[Int(slot)].channelCount)
+        for i in 0..<n where c[i].number == number && c[i].expiry > now { return c[i].peer }
+        return nil
+    }
+}
