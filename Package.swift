@@ -45,7 +45,7 @@ let package = Package(
                                .product(name: "Logging", package: "swift-log")],
                 swiftSettings: strict),
         .executableTarget(name: "ferryd",
-                          dependencies: ["FerryServer", "FerryConfig",
+                          dependencies: ["FerryServer", "FerryConfig", "FerryWire",
                                          .product(name: "ArgumentParser", package: "swift-argument-parser"),
                                          .product(name: "Logging", package: "swift-log")],
                           swiftSettings: strict),

@@ -19,6 +19,8 @@ public struct FerryConfig: Sendable, Equatable {
 
     /// What a listener serves.
     public enum Service: String, CaseIterable, Sendable {
+        /// STUN (RFC 8489) and TURN (RFC 8656) for clients: the relay's front door.
+        case turn
         /// Plain UDP forwarding of every datagram to `forward_to`: the engine benchmark mode.
         case forward
     }
@@ -30,6 +32,54 @@ public struct FerryConfig: Sendable, Equatable {
         /// How long a graceful stop waits for sessions to finish.
         public var drainSeconds = 10
         public var software = "ferry"
+        /// Where ferryd keeps state that must survive restarts (the nonce key, later the
+        /// signaling key). "" keeps it in memory only.
+        public var stateDirectory = ""
+    }
+
+    /// A static TURN user: a password, or the precomputed MD5(user:realm:password) key in hex.
+    public struct TURNUser: Sendable, Equatable {
+        public var name: String
+        public var password: String?
+        public var key: String?
+
+        public init(name: String, password: String?, key: String?) {
+            self.name = name
+            self.password = password
+            self.key = key
+        }
+    }
+
+    public struct TURN: Sendable, Equatable {
+        public var realm = "ferry"
+        public var relayIPv4: IPAddress?
+        public var relayIPv6: IPAddress?
+        public var externalIPv4: IPAddress?
+        public var externalIPv6: IPAddress?
+        public var portMin = 49152
+        public var portMax = 65535
+        public var defaultLifetime = 600
+        public var maxLifetime = 3600
+        public var nonceLifetime = 600
+        public var nonceSecret = ""
+        public var maxAllocations = 10000
+        public var maxAllocationsPerUser = 10
+        public var maxPermissionsPerAllocation = 16
+        public var maxChannelsPerAllocation = 16
+        public var bandwidthPerAllocation = 0
+        public var bandwidthBurst = 0
+        public var unauthorizedPerSecond = 5
+        public var unauthorizedBurst = 20
+        public var strictChannelNumbers = false
+        public var staticAuthSecrets: [String] = []
+        public var users: [TURNUser] = []
+    }
+
+    public struct Policy: Sendable, Equatable {
+        /// CIDRs a relay may reach even though the defaults deny them (peers inside a VPC).
+        public var allow: [String] = []
+        /// CIDRs a relay never reaches; overrides everything.
+        public var deny: [String] = []
     }
 
     public struct Log: Sendable, Equatable {
@@ -71,12 +121,21 @@ public struct FerryConfig: Sendable, Equatable {
     public var engine = Engine()
     public var admin = Admin()
     public var listeners: [Listener] = []
+    public var turn = TURN()
+    public var policy = Policy()
 
     public init() {}
 
     /// The built-in development default: loopback only.
+    /// The built-in development default: STUN/TURN on 127.0.0.1:3478 with relays on loopback,
+    /// admin on 127.0.0.1:9090. ferryd adds a generated user and shared secret and prints them.
     public static var development: FerryConfig {
-        FerryConfig()
+        var c = FerryConfig()
+        c.listeners = [Listener(name: "turn-udp", transport: .udp, address: SocketAddress("127.0.0.1:3478")!,
+                                service: .turn, forwardTo: nil)]
+        c.turn.realm = "ferry.dev"
+        c.turn.relayIPv4 = IPAddress("127.0.0.1")
+        return c
     }
 
     /// Parses and validates TOML text. Throws `ConfigErrors` listing every problem found.
@@ -96,6 +155,7 @@ public struct FerryConfig: Sendable, Equatable {
         c.server.pinWorkers = server.bool("pin_workers", default: true)
         c.server.drainSeconds = server.int("drain_seconds", default: 10, range: 0...3600)
         c.server.software = server.string("software", default: "ferry") ?? "ferry"
+        c.server.stateDirectory = server.string("state_directory", default: "") ?? ""
         server.finish()
 
         let log = root.table("log")
@@ -129,7 +189,7 @@ public struct FerryConfig: Sendable, Equatable {
             let name = l.string("name", default: nil)
             let transport = l.choice("transport", default: Transport.udp)
             let address = l.address("address", default: nil)
-            let service = l.choice("service", default: Service.forward)
+            let service = l.choice("service", default: Service.turn)
             let forwardTo = l.address("forward_to", default: nil)
             if name == nil { l.report("name", "is required") }
             if address == nil && l.table?["address"] == nil { l.report("address", "is required") }
@@ -142,11 +202,76 @@ public struct FerryConfig: Sendable, Equatable {
             }
             if service == .forward && forwardTo == nil { l.report("forward_to", "is required when service = \"forward\"") }
             if service != .forward && forwardTo != nil { l.report("forward_to", "is only allowed when service = \"forward\"") }
-            if transport == .tcp { l.report("transport", "\"tcp\" is not served yet by service \"\(service.rawValue)\"; use \"udp\"") }
+            if transport == .tcp { l.report("transport", "\"tcp\" is not served yet; use \"udp\"") }
             l.finish()
             if let name, let address {
                 c.listeners.append(Listener(name: name, transport: transport, address: address, service: service, forwardTo: forwardTo))
             }
+        }
+        let turn = root.table("turn")
+        c.turn.realm = turn.string("realm", default: "ferry") ?? "ferry"
+        if c.turn.realm.isEmpty || c.turn.realm.utf8.count > 763 { turn.report("realm", "must be 1–763 bytes") }
+        func ip(_ key: String, family v4: Bool) -> IPAddress? {
+            guard let s = turn.string(key, default: ""), !s.isEmpty else { return nil }
+            guard let a = IPAddress(s), a.isIPv4 == v4 else {
+                turn.report(key, "must be an \(v4 ? "IPv4" : "IPv6") address, got \"\(s)\"")
+                return nil
+            }
+            return a
+        }
+        c.turn.relayIPv4 = ip("relay_ipv4", family: true)
+        c.turn.relayIPv6 = ip("relay_ipv6", family: false)
+        c.turn.externalIPv4 = ip("external_ipv4", family: true)
+        c.turn.externalIPv6 = ip("external_ipv6", family: false)
+        c.turn.portMin = turn.int("port_min", default: 49152, range: 1024...65535)
+        c.turn.portMax = turn.int("port_max", default: 65535, range: 1024...65535)
+        if c.turn.portMax < c.turn.portMin { turn.report("port_max", "must not be below turn.port_min (\(c.turn.portMin))") }
+        c.turn.defaultLifetime = turn.int("default_lifetime", default: 600, range: 60...86400)
+        c.turn.maxLifetime = turn.int("max_lifetime", default: 3600, range: 60...86400)
+        if c.turn.maxLifetime < c.turn.defaultLifetime { turn.report("max_lifetime", "must not be below turn.default_lifetime") }
+        c.turn.nonceLifetime = turn.int("nonce_lifetime", default: 600, range: 30...86400)
+        c.turn.nonceSecret = turn.string("nonce_secret", default: "") ?? ""
+        c.turn.maxAllocations = turn.int("max_allocations", default: 10000, range: 1...10_000_000)
+        c.turn.maxAllocationsPerUser = turn.int("max_allocations_per_user", default: 10, range: 1...10_000_000)
+        c.turn.maxPermissionsPerAllocation = turn.int("max_permissions_per_allocation", default: 16, range: 1...1024)
+        c.turn.maxChannelsPerAllocation = turn.int("max_channels_per_allocation", default: 16, range: 1...4096)
+        c.turn.bandwidthPerAllocation = turn.int("bandwidth_per_allocation", default: 0, range: 0...(1 << 40))
+        c.turn.bandwidthBurst = turn.int("bandwidth_burst", default: 0, range: 0...(1 << 40))
+        c.turn.unauthorizedPerSecond = turn.int("unauthorized_per_second", default: 5, range: 0...1_000_000)
+        c.turn.unauthorizedBurst = turn.int("unauthorized_burst", default: 20, range: 1...1_000_000)
+        c.turn.strictChannelNumbers = turn.bool("strict_channel_numbers", default: false)
+        c.turn.staticAuthSecrets = turn.stringArray("static_auth_secrets", default: [])
+        for (i, secret) in c.turn.staticAuthSecrets.enumerated() where secret.utf8.count < 16 {
+            turn.report("static_auth_secrets[\(i)]", "must be at least 16 bytes")
+        }
+        var userNames: Set<String> = []
+        for u in turn.tables("user") {
+            let name = u.string("name", default: nil)
+            let password = u.string("password", default: nil)
+            let key = u.string("key", default: nil)
+            if name == nil || name!.isEmpty { u.report("name", "is required") }
+            if (password == nil) == (key == nil) { u.report("password", "give exactly one of password or key") }
+            if let key, key.utf8.count != 32 || !key.utf8.allSatisfy({ ($0 >= 48 && $0 <= 57) || ($0 >= 97 && $0 <= 102) }) {
+                u.report("key", "must be 32 lower-case hex digits: MD5(name:realm:password)")
+            }
+            if let name, !userNames.insert(name).inserted { u.report("name", "\"\(name)\" is defined twice") }
+            u.finish()
+            if let name { c.turn.users.append(TURNUser(name: name, password: password, key: key)) }
+        }
+        turn.finish()
+
+        let policy = root.table("policy")
+        c.policy.allow = policy.stringArray("allow", default: [])
+        c.policy.deny = policy.stringArray("deny", default: [])
+        for (key, list) in [("allow", c.policy.allow), ("deny", c.policy.deny)] {
+            for (i, cidr) in list.enumerated() where !FerryConfig.isCIDR(cidr) {
+                policy.report("\(key)[\(i)]", "must be an address block like \"10.0.0.0/8\" or \"fd00::/8\", got \"\(cidr)\"")
+            }
+        }
+        policy.finish()
+
+        if c.listeners.contains(where: { $0.service == .turn }) && c.turn.relayIPv4 == nil && c.turn.relayIPv6 == nil {
+            sink.issues.append(ConfigIssue(key: "turn.relay_ipv4", message: "is required (or turn.relay_ipv6) when a listener has service = \"turn\": the address relayed sockets bind to"))
         }
         root.finish()
         if !sink.issues.isEmpty { throw ConfigErrors(issues: sink.issues) }
@@ -177,6 +302,15 @@ public struct FerryConfig: Sendable, Equatable {
             }
         }
         if !issues.isEmpty { throw ConfigErrors(issues: issues) }
+    }
+
+    /// `a.b.c.d/n`, `x::/n` or a bare address.
+    public static func isCIDR(_ text: String) -> Bool {
+        let parts = text.split(separator: "/", omittingEmptySubsequences: false)
+        guard parts.count <= 2, let ip = IPAddress(String(parts[0])) else { return false }
+        if parts.count == 1 { return true }
+        guard let p = Int(parts[1]) else { return false }
+        return (0...(ip.isIPv4 ? 32 : 128)).contains(p)
     }
 
     /// The effective worker count.

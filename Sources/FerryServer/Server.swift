@@ -4,13 +4,18 @@ import Glibc
 import FerrySystem
 import FerryConfig
 import FerryWire
+import FerryTURN
 import Logging
 import Synchronization
 
 /// The composition of one `ferryd`: the engine and its listeners, the admin endpoint, systemd
 /// readiness and watchdog, reload and graceful drain. Runs its control loop on the calling
 /// thread; workers run on their own threads.
-public final class Server {
+///
+/// `@unchecked Sendable`: worker tasks posted through `EventLoop.execute` reach their own
+/// worker's entry of `turnWorkers` (static after set-up; each entry used only on its worker's
+/// thread); everything else is used on the control thread.
+public final class Server: @unchecked Sendable {
     /// Re-reads the configuration for a reload (file, environment and flags applied).
     public typealias ConfigSource = () throws -> FerryConfig
 
@@ -25,6 +30,9 @@ public final class Server {
     private var admin: AdminServer?
     private var signals: SignalSource?
     private var forwarders: [(loop: EventLoop, handler: UDPForwarder)] = []
+    /// One per worker when any listener serves TURN.
+    private var turnWorkers: [TURNWorker] = []
+    private var turnCounters: TURNCounters?
     private var boundAddresses: [String: SocketAddress] = [:]
     private let state = ServerState()
     private var drainDeadline: UInt64 = 0
@@ -73,6 +81,7 @@ public final class Server {
         control.run()
         engine.stopAndJoin()
         for f in forwarders { f.handler.close(loop: f.loop) }
+        for w in turnWorkers { w.close() }
         admin?.close()
         logger.info("ferryd stopped")
         return 0
@@ -82,9 +91,13 @@ public final class Server {
         var registry = ListenerRegistry(passed: Systemd.takeListenedSockets(), logger: logger)
         if registry.activated { logger.info("socket activation", metadata: ["names": "\(registry.passed.keys.sorted())"]) }
         registerGlobalMetrics()
-        let options = Sockets.UDPOptions(reusePort: true, receiveBuffer: config.engine.udpReceiveBuffer,
-                                         sendBuffer: config.engine.udpSendBuffer, gro: config.engine.gro)
+        if config.listeners.contains(where: { $0.service == .turn }) { try setUpTURN() }
         for listener in config.listeners {
+            // GRO coalesces trains only where a flow can be forwarded whole; TURN parses each
+            // datagram, so its sockets read one datagram per slot.
+            let options = Sockets.UDPOptions(reusePort: true, receiveBuffer: config.engine.udpReceiveBuffer,
+                                             sendBuffer: config.engine.udpSendBuffer,
+                                             gro: config.engine.gro && listener.service == .forward)
             let sockets = try registry.udpSockets(listener, workers: engine.loops.count, options: options)
             if let first = sockets.first { boundAddresses[listener.name] = try Sockets.localAddress(first.fd.raw) }
             for (worker, fd) in sockets {
@@ -98,6 +111,8 @@ public final class Server {
                                              ipv6Socket: !local.ip.isIPv4, loop: loop,
                                              metrics: metrics.block(worker), counters: counters)
                     forwarders.append((loop, f))
+                case .turn:
+                    try turnWorkers[worker].addListener(fd: fd)
                 }
             }
             logger.info("listening", metadata: ["listener": "\(listener.name)", "service": "\(listener.service.rawValue)",
@@ -126,6 +141,114 @@ public final class Server {
         }
         registry.closeUnclaimed()
         signals = try SignalSource(loop: control) { [unowned self] signal in self.handleSignal(signal) }
+    }
+
+    // MARK: TURN
+
+    static func credentials(_ t: FerryConfig.TURN, realm: String) -> CredentialStore {
+        var users: [String: CredentialStore.StaticKey] = [:]
+        for u in t.users {
+            if let p = u.password { users[u.name] = .password(p) } else if let k = u.key, let bytes = Crypto.unhex(k) { users[u.name] = .key(bytes) }
+        }
+        return CredentialStore(realm: realm, users: users, secrets: t.staticAuthSecrets)
+    }
+
+    static func policy(_ p: FerryConfig.Policy) -> PeerPolicy {
+        PeerPolicy(allow: p.allow.compactMap { CIDR($0) }, deny: p.deny.compactMap { CIDR($0) })
+    }
+
+    /// The nonce key: configured, else kept in the state directory, else random per process.
+    private func nonceSecret() throws -> [UInt8] {
+        if !config.turn.nonceSecret.isEmpty { return Array(config.turn.nonceSecret.utf8) }
+        if !config.server.stateDirectory.isEmpty {
+            return try StateFiles.secret(directory: config.server.stateDirectory, name: "nonce.key", bytes: 32)
+        }
+        logger.notice("no turn.nonce_secret and no server.state_directory: nonces are valid for this process only (clients just retry after 438)")
+        return Crypto.randomBytes(32)
+    }
+
+    private func setUpTURN() throws {
+        let t = config.turn
+        let counters = registerTURNMetrics()
+        turnCounters = counters
+        let workers = engine.loops.count
+        var settings = TURNSettings()
+        settings.realm = t.realm
+        settings.software = config.server.software.isEmpty ? nil : config.server.software
+        settings.relayIPv4 = t.relayIPv4
+        settings.relayIPv6 = t.relayIPv6
+        settings.externalIPv4 = t.externalIPv4
+        settings.externalIPv6 = t.externalIPv6
+        settings.defaultLifetime = UInt32(t.defaultLifetime)
+        settings.maxLifetime = UInt32(t.maxLifetime)
+        settings.maxAllocations = (t.maxAllocations + workers - 1) / workers
+        settings.maxAllocationsPerUser = t.maxAllocationsPerUser
+        settings.maxPermissionsPerAllocation = t.maxPermissionsPerAllocation
+        settings.maxChannelsPerAllocation = t.maxChannelsPerAllocation
+        settings.bandwidthPerAllocation = UInt64(t.bandwidthPerAllocation)
+        settings.bandwidthBurst = UInt64(t.bandwidthBurst)
+        settings.unauthorizedPerSecond = Double(t.unauthorizedPerSecond)
+        settings.unauthorizedBurst = Double(t.unauthorizedBurst)
+        settings.strictChannelNumbers = t.strictChannelNumbers
+        let credentials = Server.credentials(t, realm: t.realm)
+        let policy = Server.policy(config.policy)
+        let nonces = NonceCodec(secret: try nonceSecret(), lifetimeSeconds: UInt64(t.nonceLifetime))
+        let shared = TURNShared()
+        // Each worker relays from its own contiguous block of the port range.
+        let span = t.portMax - t.portMin + 1
+        let block = max(1, span / workers)
+        let histograms = (client: metrics.histogram("ferry_turn_batch_size", "Datagrams per recvmmsg on TURN sockets, by side.",
+                                                     bounds: [1, 2, 4, 8, 16, 32, 64, 128, 256], labels: [("side", "client")]),
+                          peer: metrics.histogram("ferry_turn_batch_size", "Datagrams per recvmmsg on TURN sockets, by side.",
+                                                  bounds: [1, 2, 4, 8, 16, 32, 64, 128, 256], labels: [("side", "peer")]))
+        for loop in engine.loops {
+            let lo = t.portMin + loop.index * block
+            let hi = loop.index == workers - 1 ? t.portMax : lo + block - 1
+            let worker = TURNWorker(loop: loop, batchSize: config.engine.batchSize, maxDatagram: config.engine.maxDatagram,
+                                    portRange: lo...max(lo, hi), metrics: metrics.block(loop.index), batchHistograms: histograms)
+            let server = TURNServer(settings: settings, credentials: credentials, nonces: nonces, policy: policy,
+                                    relays: worker, shared: shared, counters: counters, metrics: metrics.block(loop.index))
+            worker.attach(server)
+            turnWorkers.append(worker)
+            loop.onSweep { now in server.sweep(now: now) }
+        }
+        logger.info("turn", metadata: ["realm": "\(t.realm)", "relay_ipv4": "\(t.relayIPv4.map { "\($0)" } ?? "-")",
+                                       "relay_ipv6": "\(t.relayIPv6.map { "\($0)" } ?? "-")",
+                                       "ports": "\(t.portMin)-\(t.portMax)", "users": "\(credentials.userCount)",
+                                       "shared_secrets": "\(credentials.secretCount)",
+                                       "allowed_peers": "\(config.policy.allow)", "denied_peers": "\(config.policy.deny)"])
+    }
+
+    private func registerTURNMetrics() -> TURNCounters {
+        let requests = TURNCounters.methods.map { m in
+            TURNCounters.results.map { r in
+                metrics.counter("ferry_stun_requests_total", "STUN/TURN requests answered, by method and result (ok or the error code).",
+                                labels: [("method", STUN.Method.name(m)), ("result", r == 0 ? "ok" : "\(r)")])
+            }
+        }
+        var auth: [TURNCounters.AuthFailure: CounterID] = [:]
+        for a in TURNCounters.AuthFailure.allCases {
+            auth[a] = metrics.counter("ferry_turn_auth_failures_total", "Requests that failed authentication, by reason.", labels: [("reason", a.rawValue)])
+        }
+        var drops: [TURNCounters.Drop: CounterID] = [:]
+        for d in TURNCounters.Drop.allCases {
+            drops[d] = metrics.counter("ferry_turn_drops_total", "Datagrams and messages dropped by the TURN relay, by reason.", labels: [("reason", d.rawValue)])
+        }
+        func c(_ name: String, _ help: String, _ labels: [(String, String)] = []) -> CounterID {
+            metrics.counter(name, help, labels: labels)
+        }
+        return TURNCounters(
+            requests: requests, authFailures: auth, drops: drops,
+            allocationsCreated: c("ferry_turn_allocations_created_total", "Allocations created."),
+            allocationsExpired: c("ferry_turn_allocations_expired_total", "Allocations removed because their lifetime ran out."),
+            allocationsDeleted: c("ferry_turn_allocations_deleted_total", "Allocations deleted by a Refresh with lifetime 0."),
+            allocationsActive: metrics.counter("ferry_turn_allocations_active", "Allocations alive now.", kind: .gauge),
+            permissionsCreated: c("ferry_turn_permissions_created_total", "Permissions installed (refreshes not counted)."),
+            channelsBound: c("ferry_turn_channels_bound_total", "Channel bindings made (refreshes not counted)."),
+            relayedPackets: (c("ferry_turn_relayed_packets_total", "Datagrams relayed, by direction.", [("direction", "to_peer")]),
+                             c("ferry_turn_relayed_packets_total", "Datagrams relayed, by direction.", [("direction", "to_client")])),
+            relayedBytes: (c("ferry_turn_relayed_bytes_total", "Payload bytes relayed, by direction.", [("direction", "to_peer")]),
+                           c("ferry_turn_relayed_bytes_total", "Payload bytes relayed, by direction.", [("direction", "to_client")])))
     }
 
     // MARK: Metrics
@@ -208,6 +331,23 @@ public final class Server {
                 restartOnly.append("server.workers/pin_workers")
             }
             if next.log.format != config.log.format { restartOnly.append("log.format") }
+            if next.turn.realm != config.turn.realm || next.turn.relayIPv4 != config.turn.relayIPv4
+                || next.turn.relayIPv6 != config.turn.relayIPv6 || next.turn.portMin != config.turn.portMin
+                || next.turn.portMax != config.turn.portMax || next.turn.maxAllocations != config.turn.maxAllocations
+                || next.turn.nonceSecret != config.turn.nonceSecret {
+                restartOnly.append("turn.(realm|relay_*|port_*|max_allocations|nonce_secret)")
+            }
+            if !turnWorkers.isEmpty {
+                // Users, shared secrets and the peer policy apply to the next request.
+                let credentials = Server.credentials(next.turn, realm: config.turn.realm)
+                let policy = Server.policy(next.policy)
+                for loop in engine.loops {
+                    loop.execute { [self] l in self.turnWorkers[l.index].server.update(credentials: credentials, policy: policy) }
+                }
+                config.turn.users = next.turn.users
+                config.turn.staticAuthSecrets = next.turn.staticAuthSecrets
+                config.policy = next.policy
+            }
             levelBox.level = Logger.Level(next.log.level)
             config.log.level = next.log.level
             config.server.drainSeconds = next.server.drainSeconds
@@ -245,8 +385,11 @@ public final class Server {
         control.schedule(after: 100_000_000) { [unowned self] in self.checkDrain() }
     }
 
-    /// Sessions that a drain waits for. The plain forwarding service keeps none.
-    private func activeSessions() -> Int { 0 }
+    /// Sessions that a drain waits for: TURN allocations (the forwarding service keeps none).
+    private func activeSessions() -> Int {
+        guard let c = turnCounters else { return 0 }
+        return Int(metrics.total(c.allocationsActive))
+    }
 
     // MARK: Watchdog
 

@@ -32,7 +32,7 @@ final class UDPForwarder: EventHandler {
     private let metrics: CounterBlock
     private let counters: Counters
     private var registration: Registration?
-    private var hot = false
+    private var hot = HotSocket()
 
     init(fd: FileDescriptor, target: SocketAddress, batchSize: Int, maxDatagram: Int, gro: Bool,
          ipv6Socket: Bool, loop: EventLoop, metrics: CounterBlock, counters: Counters) throws(SystemError) {
@@ -91,13 +91,7 @@ final class UDPForwarder: EventHandler {
     /// Full batches: the socket is saturated, poll it without epoll wakeups; a partial batch or
     /// an empty socket: back to sleeping in epoll.
     private func settle(n: Int, loop: EventLoop) {
-        guard let registration else { return }
-        if n == batch.capacity {
-            if !hot { loop.suspendWakeups(fd: fd.raw, registration, events: Epoll.input); hot = true }
-        } else if hot {
-            loop.resumeWakeups(fd: fd.raw, registration)
-            hot = false
-        }
+        hot.settle(received: n, capacity: batch.capacity, fd: fd.raw, registration: registration, loop: loop)
     }
 
     deinit { target.deallocate() }

@@ -9,6 +9,9 @@ import CFerryLinux
 public final class UDPReceiveBatch {
     public let capacity: Int
     public let slotSize: Int
+    /// Bytes kept free before each datagram, so a header can be written in front of it in
+    /// place (TURN prepends ChannelData or Data-indication headers without copying).
+    public let headroom: Int
     public let buffers: UnsafeMutableRawPointer
     @usableFromInline let iovecs: UnsafeMutablePointer<iovec>
     @usableFromInline let headers: UnsafeMutablePointer<ferry_mmsghdr>
@@ -17,10 +20,12 @@ public final class UDPReceiveBatch {
     @usableFromInline let controlSize: Int
 
     /// `slotSize` should be 65535 with GRO (a coalesced train), else the largest datagram kept.
-    public init(capacity: Int, slotSize: Int, gro: Bool = false) {
-        precondition(capacity > 0 && slotSize > 0)
+    /// `tailroom` bytes after the datagram stay free too (padding a STUN DATA attribute).
+    public init(capacity: Int, slotSize: Int, gro: Bool = false, headroom: Int = 0, tailroom: Int = 0) {
+        precondition(capacity > 0 && slotSize > headroom + tailroom)
         self.capacity = capacity
         self.slotSize = slotSize
+        self.headroom = headroom
         buffers = UnsafeMutableRawPointer.allocate(byteCount: capacity * slotSize, alignment: 64)
         iovecs = .allocate(capacity: capacity)
         headers = .allocate(capacity: capacity)
@@ -28,7 +33,7 @@ public final class UDPReceiveBatch {
         controlSize = gro ? ferry_cmsg_space_gro() : 0
         controls = gro ? UnsafeMutableRawPointer.allocate(byteCount: capacity * controlSize, alignment: 8) : nil
         for i in 0..<capacity {
-            iovecs[i] = iovec(iov_base: buffers + i * slotSize, iov_len: slotSize)
+            iovecs[i] = iovec(iov_base: buffers + i * slotSize + headroom, iov_len: slotSize - headroom - tailroom)
             headers[i] = ferry_mmsghdr()
             headers[i].msg_hdr.msg_name = UnsafeMutableRawPointer(names + i)
             headers[i].msg_hdr.msg_iov = iovecs + i
@@ -61,7 +66,7 @@ public final class UDPReceiveBatch {
         }
     }
 
-    @inlinable public func data(_ i: Int) -> UnsafeMutableRawPointer { buffers + i * slotSize }
+    @inlinable public func data(_ i: Int) -> UnsafeMutableRawPointer { buffers + i * slotSize + headroom }
     @inlinable public func length(_ i: Int) -> Int { Int(headers[i].msg_len) }
     /// Where datagram `i` came from, in kernel form (for `SocketAddress(storage:)`).
     @inlinable public func sourceStorage(_ i: Int) -> UnsafeRawPointer { UnsafeRawPointer(names + i) }

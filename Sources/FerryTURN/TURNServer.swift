@@ -499,12 +499,14 @@ public final class TURNServer {
         case .slot(let s): slot = s
         }
         // "The request contains both a CHANNEL-NUMBER and an XOR-PEER-ADDRESS attribute; the
-        // channel number is in the range 0x4000 through 0x4FFF (inclusive)" — else 400.
+        // channel number is in the range 0x4000 through 0x4FFF (inclusive)" — else 400. RFC 5766
+        // allowed up to 0x7FFE and coturn's clients still use it: accepted unless strict.
         guard let cn = ctx.msg.attribute(STUN.Attribute.channelNumber), cn.count == 4 else {
             return error(ctx, 400, reason: "Missing CHANNEL-NUMBER")
         }
         let number = cn.u16(0)
-        guard ChannelData.isValidChannel(number) else { return error(ctx, 400, reason: "Channel number out of range") }
+        let highest = settings.strictChannelNumbers ? ChannelData.maxChannel : ChannelData.maxLegacyChannel
+        guard number >= ChannelData.minChannel && number <= highest else { return error(ctx, 400, reason: "Channel number out of range") }
         guard let peer = ctx.msg.xorAddress(STUN.Attribute.xorPeerAddress) else {
             metrics.add(counters.drops[.malformed]!)
             return error(ctx, 400, reason: "Missing or malformed XOR-PEER-ADDRESS")

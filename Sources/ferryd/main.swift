@@ -1,6 +1,7 @@
 import ArgumentParser
 import FerryConfig
 import FerryServer
+import FerryWire
 import Logging
 
 #if canImport(Glibc)
@@ -34,13 +35,14 @@ struct Ferryd: ParsableCommand {
         let env = ProcessEnvironment.variables
         let path = config ?? env["FERRY_CONFIG"]
         let load: () throws -> FerryConfig = { try loadConfig(path: path, env: env) }
-        let cfg: FerryConfig
+        var cfg: FerryConfig
         do {
             cfg = try load()
         } catch {
             printError("ferryd: invalid configuration\n\(error)")
             throw ExitCode(2)
         }
+        if path == nil { addDevelopmentCredentials(&cfg) }
         let levelBox = LoggingBootstrap.start(cfg)
         let logger = Logger(label: "ferryd")
         if path == nil {
@@ -49,6 +51,24 @@ struct Ferryd: ParsableCommand {
         let server = try Server(config: cfg, reload: path == nil ? nil : load, logger: logger, levelBox: levelBox)
         let code = try server.run()
         if code != 0 { throw ExitCode(code) }
+    }
+
+    /// The development default gets a user and a TURN REST secret made up now, printed once.
+    func addDevelopmentCredentials(_ cfg: inout FerryConfig) {
+        let password = Crypto.hex(Crypto.randomBytes(12))
+        let secret = Crypto.hex(Crypto.randomBytes(16))
+        cfg.turn.users.append(FerryConfig.TURNUser(name: "ferry-dev", password: password, key: nil))
+        cfg.turn.staticAuthSecrets.append(secret)
+        let listener = cfg.listeners.first.map { "\($0.address)" } ?? "-"
+        print("""
+            ferryd development mode: loopback only. Do not use these credentials anywhere else.
+              STUN/TURN  turn:\(listener)?transport=udp   realm \(cfg.turn.realm)
+              user       ferry-dev
+              password   \(password)
+              shared secret (TURN REST, coturn's static-auth-secret)  \(secret)
+              admin      http://\(cfg.admin.address.map { "\($0)" } ?? "disabled")/metrics
+            """)
+        fflush(nil)
     }
 
     /// File (or the development default), then environment, then flags.

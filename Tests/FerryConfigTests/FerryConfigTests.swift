@@ -65,7 +65,7 @@ import FerrySystem
     @Test func unknownKeysAreNamed() {
         #expect(issues("[server]\nworkerz = 2") == ["server.workerz: unknown key"])
         #expect(issues("colour = 1") == ["colour: unknown key"])
-        #expect(issues("[[listener]]\nname=\"a\"\naddress=\"127.0.0.1:1\"\nforward_to=\"127.0.0.1:2\"\nport = 3")
+        #expect(issues("[[listener]]\nname=\"a\"\naddress=\"127.0.0.1:1\"\nservice=\"forward\"\nforward_to=\"127.0.0.1:2\"\nport = 3")
                 == ["listener[0].port: unknown key"])
     }
 
@@ -82,16 +82,75 @@ import FerrySystem
     }
 
     @Test func listenerRules() {
-        #expect(issues("[[listener]]\naddress = \"127.0.0.1:1\"\nforward_to=\"127.0.0.1:2\"") == ["listener[0].name: is required"])
-        #expect(issues("[[listener]]\nname = \"a\"\nforward_to=\"127.0.0.1:2\"") == ["listener[0].address: is required"])
-        #expect(issues("[[listener]]\nname = \"a\"\naddress = \"127.0.0.1:1\"")
+        #expect(issues("[[listener]]\naddress = \"127.0.0.1:1\"\nservice=\"forward\"\nforward_to=\"127.0.0.1:2\"") == ["listener[0].name: is required"])
+        #expect(issues("[[listener]]\nname = \"a\"\nservice=\"forward\"\nforward_to=\"127.0.0.1:2\"") == ["listener[0].address: is required"])
+        #expect(issues("[[listener]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\nservice = \"forward\"")
                 == ["listener[0].forward_to: is required when service = \"forward\""])
-        #expect(issues("[[listener]]\nname = \"a b\"\naddress = \"127.0.0.1:1\"\nforward_to=\"127.0.0.1:2\"")
+        #expect(issues("[[listener]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\nforward_to = \"127.0.0.1:2\"\n[turn]\nrelay_ipv4 = \"127.0.0.1\"")
+                == ["listener[0].forward_to: is only allowed when service = \"forward\""])
+        #expect(issues("[[listener]]\nname = \"a b\"\naddress = \"127.0.0.1:1\"\nservice=\"forward\"\nforward_to=\"127.0.0.1:2\"")
                 == ["listener[0].name: must be 1–255 characters of letters, digits, '-', '_' or '.', got \"a b\""])
-        let dup = "[[listener]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\nforward_to=\"127.0.0.1:2\"\n"
+        let dup = "[[listener]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\nservice=\"forward\"\nforward_to=\"127.0.0.1:2\"\n"
         #expect(issues(dup + dup) == ["listener[1].name: \"a\" is used by another listener"])
-        #expect(issues("[[listener]]\nname = \"a\"\naddress = \"1.2.3.4\"\nforward_to=\"127.0.0.1:2\"")
+        #expect(issues("[[listener]]\nname = \"a\"\naddress = \"1.2.3.4\"\nservice=\"forward\"\nforward_to=\"127.0.0.1:2\"")
                 == ["listener[0].address: must be an address like \"127.0.0.1:3478\" or \"[::1]:3478\", got \"1.2.3.4\""])
+    }
+
+    @Test func turnSection() throws {
+        let c = try FerryConfig.parse("""
+            [turn]
+            realm = "example.org"
+            relay_ipv4 = "192.0.2.1"
+            relay_ipv6 = "2001:db8::1"
+            external_ipv4 = "198.51.100.1"
+            port_min = 50000
+            port_max = 50999
+            max_allocations = 500
+            static_auth_secrets = ["0123456789abcdef"]
+            [[turn.user]]
+            name = "alice"
+            password = "x"
+            [[turn.user]]
+            name = "bob"
+            key = "0123456789abcdef0123456789abcdef"
+            [policy]
+            allow = ["10.0.0.0/8"]
+            deny = ["10.9.0.0/16", "fd00::1"]
+            [[listener]]
+            name = "turn-udp"
+            address = "0.0.0.0:3478"
+            """)
+        #expect(c.turn.realm == "example.org")
+        #expect(c.turn.relayIPv4 == IPAddress("192.0.2.1") && c.turn.relayIPv6 == IPAddress("2001:db8::1"))
+        #expect(c.turn.portMin == 50000 && c.turn.portMax == 50999 && c.turn.maxAllocations == 500)
+        #expect(c.turn.users.map(\.name) == ["alice", "bob"])
+        #expect(c.policy.allow == ["10.0.0.0/8"] && c.policy.deny.count == 2)
+        #expect(c.listeners[0].service == .turn)
+    }
+
+    @Test func turnErrors() {
+        #expect(issues("[[listener]]\nname = \"t\"\naddress = \"127.0.0.1:3478\"")
+                == ["turn.relay_ipv4: is required (or turn.relay_ipv6) when a listener has service = \"turn\": the address relayed sockets bind to"])
+        #expect(issues("[turn]\nrelay_ipv4 = \"::1\"") == ["turn.relay_ipv4: must be an IPv4 address, got \"::1\""])
+        #expect(issues("[turn]\nport_min = 60000\nport_max = 50000") == ["turn.port_max: must not be below turn.port_min (60000)"])
+        #expect(issues("[turn]\nstatic_auth_secrets = [\"short\"]") == ["turn.static_auth_secrets[0]: must be at least 16 bytes"])
+        #expect(issues("[[turn.user]]\nname = \"a\"") == ["turn.user[0].password: give exactly one of password or key"])
+        #expect(issues("[[turn.user]]\nname = \"a\"\nkey = \"xyz\"") == ["turn.user[0].key: must be 32 lower-case hex digits: MD5(name:realm:password)"])
+        #expect(issues("[[turn.user]]\nname = \"a\"\npassword = \"p\"\n[[turn.user]]\nname = \"a\"\npassword = \"q\"")
+                == ["turn.user[1].name: \"a\" is defined twice"])
+        #expect(issues("[policy]\nallow = [\"10.0.0.0/33\", \"nope\"]") == [
+            "policy.allow[0]: must be an address block like \"10.0.0.0/8\" or \"fd00::/8\", got \"10.0.0.0/33\"",
+            "policy.allow[1]: must be an address block like \"10.0.0.0/8\" or \"fd00::/8\", got \"nope\""])
+        #expect(issues("[turn]\nbogus = 1") == ["turn.bogus: unknown key"])
+    }
+
+    @Test func developmentDefaultServesTURNOnLoopback() {
+        let c = FerryConfig.development
+        #expect(c.listeners.count == 1 && c.listeners[0].service == .turn)
+        #expect(c.listeners[0].address.ip == IPAddress("127.0.0.1"))
+        #expect(c.turn.relayIPv4 == IPAddress("127.0.0.1"))
+        #expect(c.admin.address?.ip == IPAddress("127.0.0.1"))
+        #expect(c.policy.allow.isEmpty, "loopback peers stay denied even in development")
     }
 
     @Test func everyProblemIsReportedAtOnce() {

@@ -458,7 +458,7 @@ final class Harness {
             }
         }
         #expect(bind(0x3FFF, peer)?.code == 400)
-        #expect(bind(0x5000, peer)?.code == 400)
+        #expect(bind(0x7FFF, peer)?.code == 400)
         #expect(bind(0x4000, SocketAddress("10.1.1.1:5")!)?.code == 403)
         #expect(bind(0x4000, peer)?.isSuccess == true)
         #expect(bind(0x4000, peer)?.isSuccess == true, "rebinding the same pair refreshes")
@@ -477,6 +477,22 @@ final class Harness {
         #expect(bind(0x4000, SocketAddress("192.0.2.11:7000")!)?.code == 400)
         h.advance(seconds: 300)
         #expect(bind(0x4000, SocketAddress("192.0.2.11:7000")!)?.isSuccess == true)
+    }
+
+    @Test func strictChannelNumbersFollowRFC8656() {
+        let h = Harness { $0.strictChannelNumbers = true }
+        _ = h.allocate()
+        let r = h.request(STUN.Method.channelBind) { w in
+            w.append(STUN.Attribute.channelNumber, uint32: 0x5000 << 16)
+            w.append(STUN.Attribute.xorPeerAddress, xorAddress: peer)
+        }
+        #expect(r?.code == 400)
+        let lenient = Harness()
+        _ = lenient.allocate()
+        #expect(lenient.request(STUN.Method.channelBind) { w in
+            w.append(STUN.Attribute.channelNumber, uint32: 0x7FFE << 16)
+            w.append(STUN.Attribute.xorPeerAddress, xorAddress: peer)
+        }?.isSuccess == true)
     }
 
     @Test func peerRouteUsesChannelOrIndication() {

@@ -84,6 +84,23 @@ class NotifySocket:
         self.sock.close()
 
 
+_running = []
+
+
+@pytest.fixture(autouse=True)
+def _reap_ferryd():
+    """Whatever a test started, it does not outlive the test, even when the test fails."""
+    yield
+    while _running:
+        f = _running.pop()
+        if f.proc.poll() is None:
+            try:
+                os.killpg(f.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            f.proc.wait()
+
+
 class Ferryd:
     """A running ferryd with its own config file, admin port and captured log."""
 
@@ -105,7 +122,8 @@ class Ferryd:
         full_env = dict(os.environ)
         full_env.pop("NOTIFY_SOCKET", None)
         full_env.update(env or {})
-        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=full_env)
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=full_env, start_new_session=True)
+        _running.append(self)
         if wait:
             self.wait_ready()
 

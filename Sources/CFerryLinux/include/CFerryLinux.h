@@ -35,6 +35,7 @@ static const int ferry_ipv6_v6only = IPV6_V6ONLY;
 static const int ferry_ip_mtu_discover = IP_MTU_DISCOVER;
 static const int ferry_ip_pmtudisc_do = IP_PMTUDISC_DO;
 static const int ferry_ip_pmtudisc_dont = IP_PMTUDISC_DONT;
+static const int ferry_ipv6_mtu_discover = IPV6_MTU_DISCOVER;
 
 // Layout-identical to glibc's `struct mmsghdr`, which is hidden from Swift without _GNU_SOURCE.
 struct ferry_mmsghdr {

@@ -1,0 +1,375 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CFerryLinux
+import FerrySystem
+import FerryWire
+import FerryTURN
+
+/// One worker's TURN data plane: its listener sockets (one per TURN listener, from the
+/// SO_REUSEPORT group), the relayed sockets of the allocations that live here, and the batched
+/// I/O between them. The protocol decisions are `TURNServer`'s; this class only moves bytes.
+///
+/// Hot path, hand-written: a client's ChannelData is read in a `recvmmsg` batch and sent on
+/// from the same buffer (offset 4) with `sendmmsg`; a peer's datagram is read into a slot with
+/// headroom, and the ChannelData or Data-indication header is written in front of it in place.
+/// Per packet: one client lookup (hash) or one relay-slot index, a scan of a few permission or
+/// channel slots, no allocation, lock, atomic read-modify-write or dynamic dispatch.
+///
+/// Ownership: everything here belongs to the worker's loop thread.
+final class TURNWorker: RelayProvider {
+    struct Listener {
+        let fd: FileDescriptor
+        let ipv6: Bool
+        let toClient: UDPSendQueue
+        var registration: Registration?
+        var hot = HotSocket()
+    }
+
+    private unowned let loop: EventLoop
+    private(set) var server: TURNServer!
+    private var listeners: [Listener] = []
+    private var listenerHandlers: [ListenerHandler] = []
+    /// Client-side reads; also the memory Send-indication payloads are sent from.
+    private let clientBatch: UDPReceiveBatch
+    /// Peer-side reads, with room for a Data-indication header in front and padding behind.
+    private let peerBatch: UDPReceiveBatch
+    /// Client → peer sends, flushed whenever the relay socket changes and after each batch.
+    private let toPeer4: UDPSendQueue
+    private let toPeer6: UDPSendQueue
+    private var toPeerFD: Int32 = -1
+    /// Replies to STUN requests in one batch, one 1500-byte slot each.
+    private let replies: UnsafeMutableRawPointer
+    private static let replySlot = 1500
+    private var relaySockets: [Int32: RelaySocket] = [:]
+    private let portMin: Int
+    private let portMax: Int
+    private var portCursor: Int
+    private let metrics: CounterBlock
+    private let batchSize: Int
+    private var transactionCounter: UInt64 = 0
+    /// Where a Data indication's header starts before the payload: 20 (header) + 24 (IPv6
+    /// XOR-PEER-ADDRESS) + 4 (DATA header) = 48; IPv4 uses 36 of it.
+    static let headroom = 48
+
+    private let batchHistograms: (client: HistogramID, peer: HistogramID)
+
+    init(loop: EventLoop, batchSize: Int, maxDatagram: Int, portRange: ClosedRange<Int>, metrics: CounterBlock,
+         batchHistograms: (client: HistogramID, peer: HistogramID)) {
+        self.loop = loop
+        self.batchHistograms = batchHistograms
+        self.batchSize = batchSize
+        self.metrics = metrics
+        clientBatch = UDPReceiveBatch(capacity: batchSize, slotSize: maxDatagram)
+        peerBatch = UDPReceiveBatch(capacity: batchSize, slotSize: TURNWorker.headroom + maxDatagram + 4,
+                                    headroom: TURNWorker.headroom, tailroom: 4)
+        toPeer4 = UDPSendQueue(capacity: batchSize, ipv6Socket: false)
+        toPeer6 = UDPSendQueue(capacity: batchSize, ipv6Socket: true)
+        replies = .allocate(byteCount: batchSize * TURNWorker.replySlot, alignment: 8)
+        portMin = portRange.lowerBound
+        portMax = portRange.upperBound
+        portCursor = Int.random(in: portRange)
+    }
+
+    deinit { replies.deallocate() }
+
+    func attach(_ server: TURNServer) { self.server = server }
+
+    /// Adds a TURN listener socket owned by this worker; returns its index.
+    func addListener(fd: FileDescriptor) throws(SystemError) {
+        let ipv6 = !(try Sockets.localAddress(fd.raw)).ip.isIPv4
+        let index = Int32(listeners.count)
+        let handler = ListenerHandler(worker: self, index: index)
+        let registration = try loop.register(fd: fd.raw, events: Epoll.input, handler: handler)
+        listeners.append(Listener(fd: fd, ipv6: ipv6, toClient: UDPSendQueue(capacity: batchSize, ipv6Socket: ipv6),
+                                  registration: registration))
+        listenerHandlers.append(handler)
+    }
+
+    func close() {
+        server?.closeAll()
+        for l in listeners { if let r = l.registration { loop.deregister(fd: l.fd.raw, r) } }
+        listeners.removeAll()
+        listenerHandlers.removeAll()
+    }
+
+    // MARK: Client side
+
+    fileprivate func clientReadable(_ index: Int32) {
+        let li = Int(index)
+        let fd = listeners[li].fd.raw
+        let toClient = listeners[li].toClient
+        let now = loop.now
+        var wallNow: UInt64 = 0
+        for _ in 0..<16 {
+            let n: Int
+            do {
+                guard let got = try clientBatch.receive(from: fd).value else {
+                    listeners[li].hot.settle(received: 0, capacity: batchSize, fd: fd, registration: listeners[li].registration, loop: loop)
+                    return
+                }
+                n = got
+            } catch {
+                server.countDrop(.sendError)
+                return
+            }
+            batchHistograms.client.observe(UInt64(n), in: metrics)
+            var relayedPackets: UInt64 = 0
+            var relayedBytes: UInt64 = 0
+            var replyCount = 0
+            for i in 0..<n {
+                let data = clientBatch.data(i)
+                let length = clientBatch.length(i)
+                guard length >= 4, !clientBatch.truncated(i), let source = clientBatch.source(i) else {
+                    server.countDrop(.malformed)
+                    continue
+                }
+                let first = data.load(as: UInt8.self)
+                if ChannelData.isChannelData(firstByte: first) {
+                    // RFC 8656 §12.4: over UDP the length may be followed by padding; anything
+                    // shorter than it says is malformed.
+                    let bytes = UnsafeRawBufferPointer(start: data, count: length)
+                    guard let (channel, payload) = ChannelData.parse(bytes) else {
+                        server.countDrop(.malformed)
+                        continue
+                    }
+                    guard let target = server.channelTarget(client: ClientKey(address: source, listener: index),
+                                                            channel: channel, length: payload, now: now) else { continue }
+                    queueToPeer(handle: target.handle, peer: target.peer, data + 4, payload)
+                    relayedPackets += 1
+                    relayedBytes += UInt64(payload)
+                    continue
+                }
+                // Otherwise it must be STUN (RFC 7983 demultiplexing); anything else is dropped.
+                let bytes = UnsafeRawBufferPointer(start: data, count: length)
+                guard case .success(let msg) = STUNMessage.parse(bytes) else {
+                    server.countDrop(.malformed)
+                    continue
+                }
+                if wallNow == 0 { wallNow = wallClockSeconds() }
+                let out = UnsafeMutableRawBufferPointer(start: replies + replyCount * TURNWorker.replySlot, count: TURNWorker.replySlot)
+                switch server.handle(msg, client: source, listener: index, now: now, wallNow: wallNow, out: out) {
+                case .none:
+                    break
+                case .reply(let len):
+                    if toClient.isFull { flushClient(toClient, fd) }
+                    toClient.append(out.baseAddress!, len, to: source)
+                    replyCount += 1
+                case .relay(let handle, let peer, let payload):
+                    queueToPeer(handle: handle, peer: peer, payload.baseAddress!, payload.count)
+                }
+            }
+            flushPeer()
+            flushClient(toClient, fd)
+            if relayedPackets > 0 { server.countRelayed(toPeer: true, packets: relayedPackets, bytes: relayedBytes) }
+            if n < batchSize {
+                listeners[li].hot.settle(received: n, capacity: batchSize, fd: fd, registration: listeners[li].registration, loop: loop)
+                return
+            }
+        }
+        listeners[li].hot.settle(received: batchSize, capacity: batchSize, fd: fd, registration: listeners[li].registration, loop: loop)
+    }
+
+    /// Queues one datagram for a relayed socket. sendmmsg takes one socket, so a change of
+    /// relay flushes what is queued; consecutive packets of one client share a relay.
+    @inline(__always)
+    private func queueToPeer(handle: Int32, peer: SocketAddress, _ bytes: UnsafeRawPointer, _ length: Int) {
+        if handle != toPeerFD || toPeer4.isFull || toPeer6.isFull {
+            flushPeer()
+            toPeerFD = handle
+        }
+        if peer.ip.isIPv4 { toPeer4.append(bytes, length, to: peer) } else { toPeer6.append(bytes, length, to: peer) }
+    }
+
+    private func flushPeer() {
+        guard toPeerFD >= 0 else { return }
+        for q in [toPeer4, toPeer6] where q.count > 0 {
+            account(q.flush(toPeerFD))
+        }
+        toPeerFD = -1
+    }
+
+    private func flushClient(_ q: UDPSendQueue, _ fd: Int32) {
+        if q.count > 0 { account(q.flush(fd)) }
+    }
+
+    private func account(_ r: UDPSendQueue.FlushResult) {
+        if r.bufferFull > 0 { server.countDrop(.bufferFull, UInt64(r.bufferFull)) }
+        if r.failed > 0 { server.countDrop(.sendError, UInt64(r.failed)) }
+    }
+
+    // MARK: Peer side
+
+    fileprivate func relayReadable(_ relay: RelaySocket) {
+        let fd = relay.fd.raw
+        let now = loop.now
+        for _ in 0..<16 {
+            let n: Int
+            do {
+                guard let got = try peerBatch.receive(from: fd).value else {
+                    relay.hot.settle(received: 0, capacity: batchSize, fd: fd, registration: relay.registration, loop: loop)
+                    return
+                }
+                n = got
+            } catch {
+                // ICMP errors surface here (ECONNREFUSED): nothing to read, count and go on.
+                server.countDrop(.sendError)
+                return
+            }
+            batchHistograms.peer.observe(UInt64(n), in: metrics)
+            var packets: UInt64 = 0
+            var bytes: UInt64 = 0
+            var touched: UInt64 = 0
+            for i in 0..<n {
+                let data = peerBatch.data(i)
+                let length = peerBatch.length(i)
+                guard !peerBatch.truncated(i), let peer = peerBatch.source(i) else {
+                    server.countDrop(.malformed)
+                    continue
+                }
+                switch server.peerRoute(slot: relay.slot, generation: relay.generation, peer: peer, length: length, now: now) {
+                case .drop:
+                    continue
+                case .channel(let number, let client, let listener):
+                    let start = data - ChannelData.headerLength
+                    ChannelData.writeHeader(channel: number, length: length, at: start)
+                    let q = listeners[Int(listener)].toClient
+                    if q.isFull { flushClient(q, listeners[Int(listener)].fd.raw) }
+                    q.append(start, length + ChannelData.headerLength, to: client)
+                    touched |= 1 << UInt64(listener & 63)
+                case .indication(let client, let listener):
+                    let start = writeDataIndication(before: data, length: length, peer: peer)
+                    let total = start.distance(to: data) + (length + 3) & ~3
+                    let q = listeners[Int(listener)].toClient
+                    if q.isFull { flushClient(q, listeners[Int(listener)].fd.raw) }
+                    q.append(UnsafeRawPointer(start), total, to: client)
+                    touched |= 1 << UInt64(listener & 63)
+                }
+                packets += 1
+                bytes += UInt64(length)
+            }
+            var li = 0
+            while touched != 0 {
+                if touched & 1 != 0 { flushClient(listeners[li].toClient, listeners[li].fd.raw) }
+                touched >>= 1
+                li += 1
+            }
+            if packets > 0 { server.countRelayed(toPeer: false, packets: packets, bytes: bytes) }
+            if n < batchSize {
+                relay.hot.settle(received: n, capacity: batchSize, fd: fd, registration: relay.registration, loop: loop)
+                return
+            }
+        }
+        relay.hot.settle(received: batchSize, capacity: batchSize, fd: fd, registration: relay.registration, loop: loop)
+    }
+
+    /// Writes a Data indication (RFC 8656 §10.3) ending right before `data`: header,
+    /// XOR-PEER-ADDRESS, DATA header; pads the payload. Returns where the message starts.
+    private func writeDataIndication(before data: UnsafeMutableRawPointer, length: Int, peer: SocketAddress) -> UnsafeMutableRawPointer {
+        let addressLength = XORAddress.encodedLength(peer)
+        let start = data - (STUN.headerLength + 4 + addressLength + 4)
+        transactionCounter &+= 1
+        let tid = TransactionID(high: 0x4652_5259, low: transactionCounter)  // "FRRY", then a counter
+        let padded = (length + 3) & ~3
+        start.storeBytes(of: STUNType.encode(method: STUN.Method.data, class: .indication).bigEndian, as: UInt16.self)
+        start.storeBytes(of: UInt16(4 + addressLength + 4 + padded).bigEndian, toByteOffset: 2, as: UInt16.self)
+        start.storeBytes(of: STUN.magicCookie.bigEndian, toByteOffset: 4, as: UInt32.self)
+        start.storeBytes(of: tid.high.bigEndian, toByteOffset: 8, as: UInt32.self)
+        start.storeBytes(of: tid.low.bigEndian, toByteOffset: 12, as: UInt64.self)
+        var p = start + STUN.headerLength
+        p.storeBytes(of: STUN.Attribute.xorPeerAddress.bigEndian, as: UInt16.self)
+        p.storeBytes(of: UInt16(addressLength).bigEndian, toByteOffset: 2, as: UInt16.self)
+        XORAddress.encode(peer, transactionID: tid, into: p + 4)
+        p += 4 + addressLength
+        p.storeBytes(of: STUN.Attribute.data.bigEndian, as: UInt16.self)
+        p.storeBytes(of: UInt16(length).bigEndian, toByteOffset: 2, as: UInt16.self)
+        for i in length..<padded { (data + i).storeBytes(of: UInt8(0), as: UInt8.self) }
+        return start
+    }
+
+    // MARK: RelayProvider
+
+    /// Relayed ports come from this worker's block of `turn.port_min…port_max` (the range is cut
+    /// into one contiguous block per worker), so workers never race for a port; the kernel's
+    /// bind is the final word (a port some other process holds is skipped).
+    func openRelay(ip: IPAddress, evenPort: Bool, slot: Int32, generation: UInt32) -> (handle: Int32, port: UInt16)? {
+        let span = portMax - portMin + 1
+        for _ in 0..<min(span, 256) {
+            portCursor = portCursor >= portMax ? portMin : portCursor + 1
+            if evenPort && portCursor % 2 == 1 { continue }
+            let address = SocketAddress(ip: ip, port: UInt16(portCursor))
+            guard let fd = try? Sockets.udp(bind: address, options: .init(reusePort: false)) else { continue }
+            let relay = RelaySocket(fd: fd, slot: slot, generation: generation, worker: self)
+            guard let registration = try? loop.register(fd: fd.raw, events: Epoll.input, handler: relay) else { return nil }
+            relay.registration = registration
+            relaySockets[fd.raw] = relay
+            return (fd.raw, UInt16(portCursor))
+        }
+        return nil
+    }
+
+    func openReserved(ip: IPAddress, port: UInt16) -> Int32? {
+        guard let fd = try? Sockets.udp(bind: SocketAddress(ip: ip, port: port), options: .init(reusePort: false)) else { return nil }
+        // Held as a raw number until some worker adopts or expires it (see TURNShared).
+        return fd.release()
+    }
+
+    func adopt(handle: Int32, slot: Int32, generation: UInt32) {
+        let relay = RelaySocket(fd: FileDescriptor(handle), slot: slot, generation: generation, worker: self)
+        relay.registration = try? loop.register(fd: handle, events: Epoll.input, handler: relay)
+        relaySockets[handle] = relay
+    }
+
+    func closeRelay(handle: Int32) {
+        guard let relay = relaySockets.removeValue(forKey: handle) else {
+            // An unclaimed reservation: never registered anywhere.
+            _ = Glibc.close(handle)
+            return
+        }
+        if let r = relay.registration { loop.deregister(fd: handle, r) }
+        relay.fd.close()
+    }
+
+    func setDontFragment(handle: Int32) {
+        guard let local = try? Sockets.localAddress(handle) else { return }
+        if local.ip.isIPv4 {
+            _ = try? Sockets.setOption(handle, Int32(IPPROTO_IP), ferry_ip_mtu_discover, ferry_ip_pmtudisc_do, "setsockopt(IP_MTU_DISCOVER)")
+        } else {
+            _ = try? Sockets.setOption(handle, Int32(IPPROTO_IPV6), ferry_ipv6_mtu_discover, ferry_ip_pmtudisc_do, "setsockopt(IPV6_MTU_DISCOVER)")
+        }
+    }
+
+    var relayCount: Int { relaySockets.count }
+}
+
+/// Readiness of one TURN listener socket.
+final class ListenerHandler: EventHandler {
+    private unowned let worker: TURNWorker
+    private let index: Int32
+
+    init(worker: TURNWorker, index: Int32) {
+        self.worker = worker
+        self.index = index
+    }
+
+    func handleEvent(_ events: UInt32, loop: EventLoop) { worker.clientReadable(index) }
+}
+
+/// One relayed socket: which allocation slot (and generation) it serves.
+final class RelaySocket: EventHandler {
+    let fd: FileDescriptor
+    let slot: Int32
+    let generation: UInt32
+    var registration: Registration?
+    var hot = HotSocket()
+    private unowned let worker: TURNWorker
+
+    init(fd: FileDescriptor, slot: Int32, generation: UInt32, worker: TURNWorker) {
+        self.fd = fd
+        self.slot = slot
+        self.generation = generation
+        self.worker = worker
+    }
+
+    func handleEvent(_ events: UInt32, loop: EventLoop) { worker.relayReadable(self) }
+}
