@@ -229,7 +229,7 @@ public struct FerryConfig: Sendable, Equatable {
         c.turn.defaultLifetime = turn.int("default_lifetime", default: 600, range: 60...86400)
         c.turn.maxLifetime = turn.int("max_lifetime", default: 3600, range: 60...86400)
         if c.turn.maxLifetime < c.turn.defaultLifetime { turn.report("max_lifetime", "must not be below turn.default_lifetime") }
-        c.turn.nonceLifetime = turn.int("nonce_lifetime", default: 600, range: 30...86400)
+        c.turn.nonceLifetime = turn.int("nonce_lifetime", default: 600, range: 5...86400)
         c.turn.nonceSecret = turn.string("nonce_secret", default: "") ?? ""
         c.turn.maxAllocations = turn.int("max_allocations", default: 10000, range: 1...10_000_000)
         c.turn.maxAllocationsPerUser = turn.int("max_allocations_per_user", default: 10, range: 1...10_000_000)
