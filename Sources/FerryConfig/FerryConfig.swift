@@ -98,6 +98,8 @@ public struct FerryConfig: Sendable, Equatable {
         public var udpSendBuffer = 8 << 20
         /// Read GSO trains as one coalesced buffer (UDP_GRO) where the service allows it.
         public var gro = true
+        /// Send runs of equal-size datagrams to one destination as one UDP_SEGMENT (GSO) train.
+        public var gso = true
     }
 
     public struct Admin: Sendable, Equatable {
@@ -169,6 +171,7 @@ public struct FerryConfig: Sendable, Equatable {
         c.engine.udpReceiveBuffer = engine.int("udp_receive_buffer", default: 8 << 20, range: 0...(1 << 30))
         c.engine.udpSendBuffer = engine.int("udp_send_buffer", default: 8 << 20, range: 0...(1 << 30))
         c.engine.gro = engine.bool("gro", default: true)
+        c.engine.gso = engine.bool("gso", default: true)
         engine.finish()
 
         let admin = root.table("admin")

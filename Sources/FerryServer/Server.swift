@@ -71,6 +71,11 @@ public final class Server: @unchecked Sendable {
     /// SIGINT and the drain are over. Returns the process exit code.
     public func run() throws -> Int32 {
         SignalSource.blockProcessSignals()
+        let files = raiseOpenFileLimit()
+        if files < UInt64(config.turn.maxAllocations) * 2 && config.listeners.contains(where: { $0.service == .turn }) {
+            logger.warning("open-file limit is below twice turn.max_allocations; raise LimitNOFILE",
+                           metadata: ["limit": "\(files)", "max_allocations": "\(config.turn.maxAllocations)"])
+        }
         try setUp()
         try engine.start()
         state.ready.store(true, ordering: .relaxed)
@@ -205,7 +210,8 @@ public final class Server: @unchecked Sendable {
             let lo = t.portMin + loop.index * block
             let hi = loop.index == workers - 1 ? t.portMax : lo + block - 1
             let worker = TURNWorker(loop: loop, batchSize: config.engine.batchSize, maxDatagram: config.engine.maxDatagram,
-                                    portRange: lo...max(lo, hi), metrics: metrics.block(loop.index), batchHistograms: histograms)
+                                    portRange: lo...max(lo, hi), metrics: metrics.block(loop.index), batchHistograms: histograms,
+                                    gso: config.engine.gso)
             let server = TURNServer(settings: settings, credentials: credentials, nonces: nonces, policy: policy,
                                     relays: worker, shared: shared, counters: counters, metrics: metrics.block(loop.index))
             worker.attach(server)

@@ -38,6 +38,26 @@ final class TURNWorker: RelayProvider {
     private let toPeer4: UDPSendQueue
     private let toPeer6: UDPSendQueue
     private var toPeerFD: Int32 = -1
+    /// UDP GSO for client → peer: consecutive equal-size datagrams from one relay to one peer
+    /// (a bulk WireGuard flow) are copied into one contiguous run and sent as a single
+    /// `UDP_SEGMENT` train; the kernel splits it after routing, once instead of per datagram.
+    /// The first datagram of a run is not copied until a second joins it.
+    private let gso: Bool
+    private let arena: UnsafeMutableRawPointer
+    private let arenaCapacity: Int
+    private var arenaUsed = 0
+    private var train = Train()
+    struct Train {
+        var count = 0
+        var handle: Int32 = -1
+        var peer = SocketAddress(ip: .ipv4Any, port: 0)
+        var segment = 0
+        var first: UnsafeRawPointer?
+        var start: UnsafeMutableRawPointer?
+    }
+    /// The kernel's UDP_MAX_SEGMENTS, and a train's byte limit (an IP datagram's payload).
+    static let maxSegments = 64
+    static let maxTrainBytes = 65000
     /// Replies to STUN requests in one batch, one 1500-byte slot each.
     private let replies: UnsafeMutableRawPointer
     private static let replySlot = 1500
@@ -55,8 +75,11 @@ final class TURNWorker: RelayProvider {
     private let batchHistograms: (client: HistogramID, peer: HistogramID)
 
     init(loop: EventLoop, batchSize: Int, maxDatagram: Int, portRange: ClosedRange<Int>, metrics: CounterBlock,
-         batchHistograms: (client: HistogramID, peer: HistogramID)) {
+         batchHistograms: (client: HistogramID, peer: HistogramID), gso: Bool) {
         self.loop = loop
+        self.gso = gso
+        arenaCapacity = batchSize * maxDatagram
+        arena = .allocate(byteCount: arenaCapacity, alignment: 64)
         self.batchHistograms = batchHistograms
         self.batchSize = batchSize
         self.metrics = metrics
@@ -71,7 +94,10 @@ final class TURNWorker: RelayProvider {
         portCursor = Int.random(in: portRange)
     }
 
-    deinit { replies.deallocate() }
+    deinit {
+        replies.deallocate()
+        arena.deallocate()
+    }
 
     func attach(_ server: TURNServer) { self.server = server }
 
@@ -170,18 +196,61 @@ final class TURNWorker: RelayProvider {
         listeners[li].hot.settle(received: batchSize, capacity: batchSize, fd: fd, registration: listeners[li].registration, loop: loop)
     }
 
-    /// Queues one datagram for a relayed socket. sendmmsg takes one socket, so a change of
-    /// relay flushes what is queued; consecutive packets of one client share a relay.
+    /// Queues one datagram for a relayed socket, extending the current GSO train when it can.
     @inline(__always)
     private func queueToPeer(handle: Int32, peer: SocketAddress, _ bytes: UnsafeRawPointer, _ length: Int) {
+        if gso && train.count > 0 && handle == train.handle && length == train.segment && peer == train.peer
+            && train.count < TURNWorker.maxSegments && (train.count + 1) * length <= TURNWorker.maxTrainBytes {
+            if train.start == nil {
+                // The second datagram: move the first into the arena too.
+                guard arenaUsed + TURNWorker.maxTrainBytes <= arenaCapacity else {
+                    closeTrain()
+                    startTrain(handle, peer, bytes, length)
+                    return
+                }
+                let start = arena + arenaUsed
+                start.copyMemory(from: train.first!, byteCount: length)
+                train.start = start
+            }
+            (train.start! + train.count * length).copyMemory(from: bytes, byteCount: length)
+            train.count += 1
+            return
+        }
+        closeTrain()
+        startTrain(handle, peer, bytes, length)
+    }
+
+    @inline(__always)
+    private func startTrain(_ handle: Int32, _ peer: SocketAddress, _ bytes: UnsafeRawPointer, _ length: Int) {
+        train = Train(count: 1, handle: handle, peer: peer, segment: length, first: bytes, start: nil)
+    }
+
+    /// Hands the current train to the send queue: one datagram, or one GSO send. sendmmsg takes
+    /// one socket, so a change of relay flushes what is queued; one client's packets share one.
+    private func closeTrain() {
+        guard train.count > 0 else { return }
+        let handle = train.handle
         if handle != toPeerFD || toPeer4.isFull || toPeer6.isFull {
-            flushPeer()
+            flushQueued()
             toPeerFD = handle
         }
-        if peer.ip.isIPv4 { toPeer4.append(bytes, length, to: peer) } else { toPeer6.append(bytes, length, to: peer) }
+        let q = train.peer.ip.isIPv4 ? toPeer4 : toPeer6
+        if let start = train.start {
+            q.append(start, train.count * train.segment, to: train.peer, segment: UInt16(train.segment))
+            arenaUsed += train.count * train.segment
+        } else {
+            q.append(train.first!, train.segment, to: train.peer)
+        }
+        train.count = 0
     }
 
     private func flushPeer() {
+        closeTrain()
+        flushQueued()
+        arenaUsed = 0
+    }
+
+    private func flushQueued() {
         guard toPeerFD >= 0 else { return }
         for q in [toPeer4, toPeer6] where q.count > 0 {
             account(q.flush(toPeerFD))

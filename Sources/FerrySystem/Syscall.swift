@@ -84,3 +84,17 @@ public func wallClockSeconds() -> UInt64 {
     clock_gettime(CLOCK_REALTIME, &ts)
     return UInt64(ts.tv_sec)
 }
+
+/// Raises the soft limit on open files to the hard limit (every allocation holds a relayed
+/// socket; the default soft limit of 1024 would cap a relay at a few hundred sessions).
+/// Returns the new soft limit.
+@discardableResult
+public func raiseOpenFileLimit() -> UInt64 {
+    var lim = rlimit()
+    guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &lim) == 0 else { return 0 }
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max
+        _ = setrlimit(Int32(RLIMIT_NOFILE.rawValue), &lim)
+    }
+    return UInt64(lim.rlim_cur)
+}

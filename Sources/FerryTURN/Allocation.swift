@@ -73,7 +73,10 @@ public struct AllocationTable {
     public let permissions: UnsafeMutablePointer<Permission>
     public let channels: UnsafeMutablePointer<ChannelBinding>
     public var byClient: [ClientKey: Int32] = [:]
-    var free: [Int32]
+    var free: [Int32] = []
+    /// Slots below this have been initialized. The slabs are reserved for `capacity` at start
+    /// but touched (made resident) only as allocations first use them.
+    private var highWater = 0
     public private(set) var activeCount = 0
 
     public init(capacity: Int, permissionsPer: Int, channelsPer: Int) {
@@ -81,23 +84,30 @@ public struct AllocationTable {
         self.permissionsPer = permissionsPer
         self.channelsPer = channelsPer
         allocations = .allocate(capacity: capacity)
-        allocations.initialize(repeating: Allocation(), count: capacity)
         permissions = .allocate(capacity: capacity * permissionsPer)
-        permissions.initialize(repeating: Permission(), count: capacity * permissionsPer)
         channels = .allocate(capacity: capacity * channelsPer)
-        channels.initialize(repeating: ChannelBinding(), count: capacity * channelsPer)
-        free = (0..<Int32(capacity)).reversed().map { $0 }
     }
 
     public func release() {
-        allocations.deinitialize(count: capacity)
+        allocations.deinitialize(count: highWater)
         allocations.deallocate()
         permissions.deallocate()
         channels.deallocate()
     }
 
     mutating func take(_ key: ClientKey) -> Int32? {
-        guard let slot = free.popLast() else { return nil }
+        let slot: Int32
+        if let reused = free.popLast() {
+            slot = reused
+        } else if highWater < capacity {
+            slot = Int32(highWater)
+            (allocations + highWater).initialize(to: Allocation())
+            (permissions + highWater * permissionsPer).initialize(repeating: Permission(), count: permissionsPer)
+            (channels + highWater * channelsPer).initialize(repeating: ChannelBinding(), count: channelsPer)
+            highWater += 1
+        } else {
+            return nil
+        }
         let g = allocations[Int(slot)].generation &+ 1
         allocations[Int(slot)] = Allocation()
         allocations[Int(slot)].generation = g
@@ -120,6 +130,9 @@ public struct AllocationTable {
         free.append(slot)
         activeCount -= 1
     }
+
+    /// Slots that have ever held an allocation (the sweep looks at no others).
+    public var usedSlots: Int { highWater }
 
     @inlinable public func permissionBase(_ slot: Int32) -> UnsafeMutablePointer<Permission> {
         permissions + Int(slot) * permissionsPer

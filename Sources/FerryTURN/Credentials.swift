@@ -142,6 +142,10 @@ public struct RateLimiter<Key: Hashable> {
 
     /// Forgets sources whose buckets have been full for a while (called by the sweep).
     public mutating func sweep(now: UInt64) {
+        guard ratePerSecond > 0 else {
+            buckets.removeAll()
+            return
+        }
         let refill = UInt64(burst / ratePerSecond * 1e9)
         buckets = buckets.filter { now &- $0.value.last < refill }
     }

@@ -686,9 +686,9 @@ public final class TURNServer {
     /// reused) — lookups already compare expiry times.
     public func sweep(now: UInt64) {
         let t = table
-        for i in 0..<t.pointee.capacity {
-            let a = t.pointee.allocations[i]
-            if a.active && a.expiry <= now {
+        for i in 0..<t.pointee.usedSlots {
+            let a = t.pointee.allocations + i
+            if a.pointee.active && a.pointee.expiry <= now {
                 delete(Int32(i))
                 metrics.add(counters.allocationsExpired)
             }
@@ -699,7 +699,7 @@ public final class TURNServer {
 
     /// Every allocation goes (shutdown).
     public func closeAll() {
-        for i in 0..<table.pointee.capacity where table.pointee.allocations[i].active { delete(Int32(i)) }
+        for i in 0..<table.pointee.usedSlots where table.pointee.allocations[i].active { delete(Int32(i)) }
     }
 
     // MARK: Answers

@@ -401,6 +401,15 @@ final class Harness {
         #expect(h.count(h.counters.allocationsExpired) == 1)
     }
 
+    @Test func sweepWithUnlimitedUnauthorizedRate() {
+        // unauthorized_per_second = 0 (no limit) once crashed the first sweep.
+        let h = Harness { $0.unauthorizedPerSecond = 0 }
+        _ = h.allocate()
+        h.advance(seconds: 1)
+        h.server.sweep(now: h.now)
+        #expect(h.server.activeAllocations == 1)
+    }
+
     @Test func createPermissionChecks() {
         let h = Harness()
         _ = h.allocate()
