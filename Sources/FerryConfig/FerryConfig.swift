@@ -137,6 +137,10 @@ public struct FerryConfig: Sendable, Equatable {
                                 service: .turn, forwardTo: nil)]
         c.turn.realm = "ferry.dev"
         c.turn.relayIPv4 = IPAddress("127.0.0.1")
+        // Only local processes can reach a server on 127.0.0.1, and they can reach loopback
+        // anyway: relaying to loopback peers gives them nothing new, and lets a developer try
+        // relaying on one machine. Every real config starts from deny.
+        c.policy.allow = ["127.0.0.0/8"]
         return c
     }
 

@@ -150,7 +150,8 @@ import FerrySystem
         #expect(c.listeners[0].address.ip == IPAddress("127.0.0.1"))
         #expect(c.turn.relayIPv4 == IPAddress("127.0.0.1"))
         #expect(c.admin.address?.ip == IPAddress("127.0.0.1"))
-        #expect(c.policy.allow.isEmpty, "loopback peers stay denied even in development")
+        #expect(c.policy.allow == ["127.0.0.0/8"], "only loopback clients reach it, so loopback peers are allowed")
+        #expect((try? FerryConfig.parse(""))?.policy.allow.isEmpty == true, "a config file starts from deny")
     }
 
     @Test func everyProblemIsReportedAtOnce() {
