@@ -4,6 +4,7 @@
 //   C shims (CFerryLinux, COpenSSL, CSystemd)
 //   → FerrySystem   syscalls, sockets, epoll loop, workers, timers, systemd
 //   → FerryWire     pure codecs (HTTP/1.1 heads, STUN/TURN messages)
+//   → FerryTLS      OpenSSL contexts (SNI, ALPN, reload) and non-blocking sessions
 //   → FerryTURN     TURN state machines: allocations, auth, nonces, peer policy, quotas (pure)
 //   → FerryConfig   the config file model, parser and validation (pure)
 //   → FerryServer   listeners, data plane, admin HTTP, metrics, composition
@@ -33,15 +34,17 @@ let package = Package(
                        providers: [.apt(["libssl-dev"])]),
         .systemLibrary(name: "CSystemd", pkgConfig: "libsystemd",
                        providers: [.apt(["libsystemd-dev"])]),
+        .target(name: "CFerryTLS", dependencies: ["COpenSSL"]),
         .target(name: "FerrySystem", dependencies: ["CFerryLinux", "CSystemd"],
                 swiftSettings: strict),
         .target(name: "FerryWire", dependencies: ["COpenSSL", "FerrySystem"], swiftSettings: strict),
+        .target(name: "FerryTLS", dependencies: ["COpenSSL", "CFerryTLS"], swiftSettings: strict),
         .target(name: "FerryTURN", dependencies: ["FerrySystem", "FerryWire"], swiftSettings: strict),
         .target(name: "FerryConfig",
                 dependencies: ["FerrySystem", .product(name: "TOMLKit", package: "TOMLKit")],
                 swiftSettings: strict),
         .target(name: "FerryServer",
-                dependencies: ["FerrySystem", "FerryWire", "FerryTURN", "FerryConfig",
+                dependencies: ["FerrySystem", "FerryWire", "FerryTURN", "FerryTLS", "FerryConfig",
                                .product(name: "Logging", package: "swift-log")],
                 swiftSettings: strict),
         .executableTarget(name: "ferryd",
@@ -55,6 +58,7 @@ let package = Package(
                           swiftSettings: strict),
         .testTarget(name: "FerrySystemTests", dependencies: ["FerrySystem", "CFerryLinux"], swiftSettings: strict),
         .testTarget(name: "FerryWireTests", dependencies: ["FerryWire"], exclude: ["Vectors"], swiftSettings: strict),
+        .testTarget(name: "FerryTLSTests", dependencies: ["FerryTLS"], swiftSettings: strict),
         .testTarget(name: "FerryTURNTests", dependencies: ["FerryTURN"], swiftSettings: strict),
         .testTarget(name: "FerryConfigTests", dependencies: ["FerryConfig"], swiftSettings: strict),
         .testTarget(name: "FerryServerTests", dependencies: ["FerryServer"], swiftSettings: strict),

@@ -1,0 +1,53 @@
+// Thin C glue for OpenSSL that Swift cannot express directly: macros (SSL_CTX_set_mode,
+// SSL_CTX_set_min_proto_version, the SNI callback setter, BIO_get_mem_data), callbacks that need
+// C function pointers with a context (ALPN selection, SNI), and building a self-signed
+// certificate for the development default. Policy (which names, which protocols, when to
+// reload) stays in Swift.
+#ifndef C_FERRY_TLS_H
+#define C_FERRY_TLS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct ssl_ctx_st SSL_CTX;
+typedef struct ssl_st SSL;
+
+// A server context: TLS 1.2 minimum (or 1.3 when min13), no compression or renegotiation,
+// server cipher preference, SSL_MODE_RELEASE_BUFFERS (idle connections keep no buffers),
+// session tickets and a server-side session cache for resumption. NULL on failure.
+SSL_CTX *ferry_tls_server_ctx(int min13);
+
+// Loads a PEM certificate chain and private key from memory; 1 on success. On failure, writes
+// OpenSSL's reason into err (size errlen).
+int ferry_tls_use_pem(SSL_CTX *ctx, const char *cert_pem, size_t cert_len, const char *key_pem, size_t key_len,
+                      char *err, size_t errlen);
+
+// ALPN: the server picks the first of its own protocols (wire format: length-prefixed) that the
+// client offers; without overlap the handshake continues with no ALPN (RFC 7301 allows it).
+void ferry_tls_set_alpn(SSL_CTX *ctx, const unsigned char *protos, unsigned int len);
+
+// SNI: a table of host names (lower case, "*.example.org" wildcards) to contexts. The callback
+// switches the connection to the matching context; unknown names keep the default.
+typedef struct ferry_sni_table ferry_sni_table;
+ferry_sni_table *ferry_sni_table_new(int capacity);
+void ferry_sni_table_add(ferry_sni_table *t, const char *name, SSL_CTX *ctx);
+void ferry_sni_table_free(ferry_sni_table *t);
+void ferry_tls_set_sni(SSL_CTX *default_ctx, ferry_sni_table *t);
+
+// The DNS names of a PEM certificate's subjectAltName (else its CN), written as a
+// NUL-separated list into out; returns the number of names.
+int ferry_tls_cert_names(const char *cert_pem, size_t cert_len, char *out, size_t outlen);
+// notAfter of a PEM certificate as Unix seconds, or -1.
+int64_t ferry_tls_cert_not_after(const char *cert_pem, size_t cert_len);
+
+// A self-signed EC P-256 certificate for CN/SAN `name` (plus IP 127.0.0.1 and ::1), valid for
+// `days`. PEM texts are malloc'd; the caller frees them. 1 on success.
+int ferry_tls_self_signed(const char *name, int days, char **cert_pem, char **key_pem);
+
+// Per-connection helpers.
+int ferry_tls_selected_alpn(const SSL *ssl, char *out, size_t outlen);
+const char *ferry_tls_version(const SSL *ssl);
+// Drains OpenSSL's per-thread error queue into err (size errlen).
+void ferry_tls_last_error(char *err, size_t errlen);
+
+#endif

@@ -1,0 +1,267 @@
+#include "CFerryTLS.h"
+#include <openssl/ssl.h>
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/x509v3.h>
+#include <openssl/evp.h>
+#include <openssl/ec.h>
+#include <openssl/rand.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <ctype.h>
+
+void ferry_tls_last_error(char *err, size_t errlen) {
+    if (!err || errlen == 0) return;
+    err[0] = 0;
+    unsigned long e;
+    while ((e = ERR_get_error()) != 0) ERR_error_string_n(e, err, errlen);
+}
+
+SSL_CTX *ferry_tls_server_ctx(int min13) {
+    SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+    if (!ctx) return NULL;
+    SSL_CTX_set_min_proto_version(ctx, min13 ? TLS1_3_VERSION : TLS1_2_VERSION);
+    SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
+    SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_SERVER);
+    static const unsigned char sid[] = "ferry";
+    SSL_CTX_set_session_id_context(ctx, sid, sizeof sid - 1);
+    return ctx;
+}
+
+int ferry_tls_use_pem(SSL_CTX *ctx, const char *cert_pem, size_t cert_len, const char *key_pem, size_t key_len,
+                      char *err, size_t errlen) {
+    ERR_clear_error();
+    int ok = 0;
+    BIO *cb = BIO_new_mem_buf(cert_pem, (int)cert_len);
+    BIO *kb = BIO_new_mem_buf(key_pem, (int)key_len);
+    X509 *leaf = cb ? PEM_read_bio_X509(cb, NULL, NULL, NULL) : NULL;
+    EVP_PKEY *key = kb ? PEM_read_bio_PrivateKey(kb, NULL, NULL, NULL) : NULL;
+    if (!leaf) { snprintf(err, errlen, "no certificate in PEM"); goto done; }
+    if (!key) { snprintf(err, errlen, "no private key in PEM"); goto done; }
+    if (SSL_CTX_use_certificate(ctx, leaf) != 1) goto fail;
+    SSL_CTX_clear_chain_certs(ctx);
+    X509 *extra;
+    while ((extra = PEM_read_bio_X509(cb, NULL, NULL, NULL)) != NULL) {
+        if (SSL_CTX_add0_chain_cert(ctx, extra) != 1) { X509_free(extra); goto fail; }
+    }
+    ERR_clear_error();  // the loop ends on a "no start line" error
+    if (SSL_CTX_use_PrivateKey(ctx, key) != 1) goto fail;
+    if (SSL_CTX_check_private_key(ctx) != 1) { snprintf(err, errlen, "private key does not match the certificate"); goto done; }
+    ok = 1;
+    goto done;
+fail:
+    ferry_tls_last_error(err, errlen);
+done:
+    X509_free(leaf);
+    EVP_PKEY_free(key);
+    BIO_free(cb);
+    BIO_free(kb);
+    return ok;
+}
+
+static int alpn_select(SSL *ssl, const unsigned char **out, unsigned char *outlen, const unsigned char *in,
+                       unsigned int inlen, void *arg) {
+    (void)ssl;
+    const unsigned char *server = arg;
+    unsigned int slen = server[0] | (server[1] << 8);
+    const unsigned char *protos = server + 2;
+    // Server preference: the first of ours the client also offers.
+    for (unsigned int i = 0; i < slen;) {
+        unsigned int l = protos[i];
+        for (unsigned int j = 0; j < inlen;) {
+            unsigned int cl = in[j];
+            if (cl == l && memcmp(in + j + 1, protos + i + 1, l) == 0) {
+                *out = in + j + 1;
+                *outlen = (unsigned char)cl;
+                return SSL_TLSEXT_ERR_OK;
+            }
+            j += 1 + cl;
+        }
+        i += 1 + l;
+    }
+    return SSL_TLSEXT_ERR_NOACK;
+}
+
+void ferry_tls_set_alpn(SSL_CTX *ctx, const unsigned char *protos, unsigned int len) {
+    // Kept for the context's lifetime (contexts live until the process ends or are few).
+    unsigned char *copy = malloc(len + 2);
+    copy[0] = len & 0xff;
+    copy[1] = (len >> 8) & 0xff;
+    memcpy(copy + 2, protos, len);
+    SSL_CTX_set_alpn_select_cb(ctx, alpn_select, copy);
+}
+
+struct ferry_sni_table {
+    int count, capacity;
+    char **names;
+    SSL_CTX **ctxs;
+};
+
+ferry_sni_table *ferry_sni_table_new(int capacity) {
+    ferry_sni_table *t = calloc(1, sizeof *t);
+    t->capacity = capacity > 0 ? capacity : 1;
+    t->names = calloc(t->capacity, sizeof(char *));
+    t->ctxs = calloc(t->capacity, sizeof(SSL_CTX *));
+    return t;
+}
+
+void ferry_sni_table_add(ferry_sni_table *t, const char *name, SSL_CTX *ctx) {
+    if (t->count == t->capacity) return;
+    t->names[t->count] = strdup(name);
+    for (char *p = t->names[t->count]; *p; p++) *p = (char)tolower((unsigned char)*p);
+    SSL_CTX_up_ref(ctx);
+    t->ctxs[t->count] = ctx;
+    t->count++;
+}
+
+void ferry_sni_table_free(ferry_sni_table *t) {
+    if (!t) return;
+    for (int i = 0; i < t->count; i++) {
+        free(t->names[i]);
+        SSL_CTX_free(t->ctxs[i]);
+    }
+    free(t->names);
+    free(t->ctxs);
+    free(t);
+}
+
+static int name_matches(const char *pattern, const char *host) {
+    if (strcasecmp(pattern, host) == 0) return 1;
+    if (pattern[0] == '*' && pattern[1] == '.') {
+        const char *dot = strchr(host, '.');
+        return dot && strcasecmp(pattern + 1, dot) == 0;
+    }
+    return 0;
+}
+
+static int sni_callback(SSL *ssl, int *alert, void *arg) {
+    (void)alert;
+    ferry_sni_table *t = arg;
+    const char *host = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
+    if (!host || !t) return SSL_TLSEXT_ERR_NOACK;
+    for (int i = 0; i < t->count; i++) {
+        if (name_matches(t->names[i], host)) {
+            SSL_set_SSL_CTX(ssl, t->ctxs[i]);
+            return SSL_TLSEXT_ERR_OK;
+        }
+    }
+    return SSL_TLSEXT_ERR_NOACK;
+}
+
+void ferry_tls_set_sni(SSL_CTX *default_ctx, ferry_sni_table *t) {
+    SSL_CTX_set_tlsext_servername_callback(default_ctx, sni_callback);
+    SSL_CTX_set_tlsext_servername_arg(default_ctx, t);
+}
+
+static X509 *read_cert(const char *pem, size_t len) {
+    BIO *b = BIO_new_mem_buf(pem, (int)len);
+    X509 *x = b ? PEM_read_bio_X509(b, NULL, NULL, NULL) : NULL;
+    BIO_free(b);
+    return x;
+}
+
+int ferry_tls_cert_names(const char *cert_pem, size_t cert_len, char *out, size_t outlen) {
+    X509 *x = read_cert(cert_pem, cert_len);
+    if (!x) return 0;
+    int n = 0;
+    size_t used = 0;
+    GENERAL_NAMES *sans = X509_get_ext_d2i(x, NID_subject_alt_name, NULL, NULL);
+    if (sans) {
+        for (int i = 0; i < sk_GENERAL_NAME_num(sans); i++) {
+            GENERAL_NAME *g = sk_GENERAL_NAME_value(sans, i);
+            if (g->type != GEN_DNS) continue;
+            const char *s = (const char *)ASN1_STRING_get0_data(g->d.dNSName);
+            size_t l = (size_t)ASN1_STRING_length(g->d.dNSName);
+            if (used + l + 1 > outlen) break;
+            memcpy(out + used, s, l);
+            out[used + l] = 0;
+            used += l + 1;
+            n++;
+        }
+        GENERAL_NAMES_free(sans);
+    }
+    if (n == 0) {
+        int l = X509_NAME_get_text_by_NID(X509_get_subject_name(x), NID_commonName, out, (int)outlen);
+        if (l > 0) n = 1;
+    }
+    X509_free(x);
+    return n;
+}
+
+int64_t ferry_tls_cert_not_after(const char *cert_pem, size_t cert_len) {
+    X509 *x = read_cert(cert_pem, cert_len);
+    if (!x) return -1;
+    struct tm tm;
+    int64_t t = -1;
+    if (ASN1_TIME_to_tm(X509_get0_notAfter(x), &tm) == 1) t = (int64_t)timegm(&tm);
+    X509_free(x);
+    return t;
+}
+
+static char *bio_string(BIO *b) {
+    char *data = NULL;
+    long len = BIO_get_mem_data(b, &data);
+    char *out = malloc((size_t)len + 1);
+    memcpy(out, data, (size_t)len);
+    out[len] = 0;
+    return out;
+}
+
+int ferry_tls_self_signed(const char *name, int days, char **cert_pem, char **key_pem) {
+    int ok = 0;
+    EVP_PKEY *key = NULL;
+    X509 *x = NULL;
+    EVP_PKEY_CTX *kctx = EVP_PKEY_CTX_new_id(EVP_PKEY_EC, NULL);
+    if (!kctx || EVP_PKEY_keygen_init(kctx) != 1 || EVP_PKEY_CTX_set_ec_paramgen_curve_nid(kctx, NID_X9_62_prime256v1) != 1 ||
+        EVP_PKEY_keygen(kctx, &key) != 1) goto done;
+    x = X509_new();
+    X509_set_version(x, 2);
+    unsigned char serial[8];
+    RAND_bytes(serial, sizeof serial);
+    BIGNUM *bn = BN_bin2bn(serial, sizeof serial, NULL);
+    BN_to_ASN1_INTEGER(bn, X509_get_serialNumber(x));
+    BN_free(bn);
+    X509_gmtime_adj(X509_getm_notBefore(x), -3600);
+    X509_gmtime_adj(X509_getm_notAfter(x), (long)days * 86400);
+    X509_set_pubkey(x, key);
+    X509_NAME *subject = X509_get_subject_name(x);
+    X509_NAME_add_entry_by_txt(subject, "CN", MBSTRING_ASC, (const unsigned char *)name, -1, -1, 0);
+    X509_set_issuer_name(x, subject);
+    X509V3_CTX v3;
+    X509V3_set_ctx_nodb(&v3);
+    X509V3_set_ctx(&v3, x, x, NULL, NULL, 0);
+    char san[512];
+    snprintf(san, sizeof san, "DNS:%s,IP:127.0.0.1,IP:::1", name);
+    X509_EXTENSION *ext = X509V3_EXT_conf_nid(NULL, &v3, NID_subject_alt_name, san);
+    if (!ext) goto done;
+    X509_add_ext(x, ext, -1);
+    X509_EXTENSION_free(ext);
+    if (X509_sign(x, key, EVP_sha256()) == 0) goto done;
+    BIO *cb = BIO_new(BIO_s_mem()), *kb = BIO_new(BIO_s_mem());
+    if (PEM_write_bio_X509(cb, x) == 1 && PEM_write_bio_PrivateKey(kb, key, NULL, NULL, 0, NULL, NULL) == 1) {
+        *cert_pem = bio_string(cb);
+        *key_pem = bio_string(kb);
+        ok = 1;
+    }
+    BIO_free(cb);
+    BIO_free(kb);
+done:
+    EVP_PKEY_CTX_free(kctx);
+    EVP_PKEY_free(key);
+    X509_free(x);
+    return ok;
+}
+
+int ferry_tls_selected_alpn(const SSL *ssl, char *out, size_t outlen) {
+    const unsigned char *p = NULL;
+    unsigned int len = 0;
+    SSL_get0_alpn_selected(ssl, &p, &len);
+    if (!p || len == 0 || len + 1 > outlen) return 0;
+    memcpy(out, p, len);
+    out[len] = 0;
+    return (int)len;
+}
+
+const char *ferry_tls_version(const SSL *ssl) { return SSL_get_version(ssl); }

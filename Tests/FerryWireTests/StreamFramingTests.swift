@@ -1,0 +1,44 @@
+import Testing
+import FerryWire
+
+@Suite struct StreamFramingTests {
+    func next(_ bytes: [UInt8]) -> StreamFraming.Next { bytes.withUnsafeBytes { StreamFraming.next($0) } }
+
+    @Test func stunMessagesBackToBack() {
+        let a = STUNWriter.build(method: STUN.Method.binding, class: .request) { $0.append(STUN.Attribute.software, string: "x") }
+        let b = STUNWriter.build(method: STUN.Method.binding, class: .request) { _ in }
+        let stream = a + b
+        #expect(next(stream) == .stun(length: a.count))
+        #expect(next(Array(stream[a.count...])) == .stun(length: b.count))
+        #expect(next(Array(a[0..<10])) == .incomplete)
+        #expect(next(Array(a[0..<3])) == .incomplete)
+    }
+
+    @Test func channelDataIsPaddedOnStreams() {
+        let msg: [UInt8] = [0x40, 0x01, 0x00, 0x05, 1, 2, 3, 4, 5, 0, 0, 0]
+        #expect(next(msg) == .channelData(channel: 0x4001, payload: 5, frameLength: 12))
+        #expect(next(Array(msg[0..<9])) == .incomplete, "the padding belongs to the frame")
+    }
+
+    @Test func garbageCannotBeResynced() {
+        #expect(next([0x16, 0x03, 0x01, 0x00, 0x10, 0x01, 0x00, 0x00]) == .invalid, "a TLS record has no cookie")
+        // Mid-stream, HTTP looks like ChannelData on channel 0x4745 ("GE"): the frame bound decides.
+        #expect(Array("GET / HTTP/1.1\r\n".utf8).withUnsafeBytes { StreamFraming.next($0, maxFrame: 2000) } == .invalid)
+        #expect(next([0x00, 0x01, 0x00, 0x08, 1, 2, 3, 4]) == .invalid, "wrong cookie")
+        #expect(next([0x00, 0x01, 0x00, 0x03, 0x21, 0x12, 0xA4, 0x42]) == .invalid, "length not a multiple of 4")
+        #expect(next([0x40, 0x00, 0xFF, 0xFF]) == .incomplete, "the largest ChannelData fits the default bound")
+        let big = [UInt8]([0x40, 0x00, 0xFF, 0xFF])
+        #expect(big.withUnsafeBytes { StreamFraming.next($0, maxFrame: 2000) } == .invalid)
+    }
+
+    @Test func sniffing() {
+        func s(_ b: [UInt8]) -> ProtocolSniffer.Kind? { b.withUnsafeBytes { ProtocolSniffer.sniff($0) } }
+        #expect(s([0x16, 0x03, 0x01]) == .tls)
+        #expect(s(Array("GET /".utf8)) == .http)
+        #expect(s(STUNWriter.build(method: 1, class: .request) { _ in }) == .stun)
+        #expect(s([0x00, 0x01, 0x00]) == nil)
+        #expect(s([0x00, 0x01, 0x00, 0x00, 1, 2, 3, 4]) == .unknown)
+        #expect(s([0xFF]) == .unknown)
+        #expect(s([]) == nil)
+    }
+}
