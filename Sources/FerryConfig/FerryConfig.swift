@@ -14,7 +14,12 @@ public struct FerryConfig: Sendable, Equatable {
     }
 
     public enum Transport: String, CaseIterable, Sendable {
-        case udp, tcp
+        /// Datagrams.
+        case udp
+        /// A byte stream that may carry TURN (STUN framing), TLS or HTTP, told apart by its first bytes.
+        case tcp
+        /// TLS first; inside, TURN or HTTP by ALPN (`stun.turn`, `http/1.1`) or by the first bytes.
+        case tls
     }
 
     /// What a listener serves.
@@ -75,6 +80,28 @@ public struct FerryConfig: Sendable, Equatable {
         public var users: [TURNUser] = []
     }
 
+    public struct TLSCertificate: Sendable, Equatable {
+        public var certificate: String
+        public var key: String
+    }
+
+    public struct TLS: Sendable, Equatable {
+        /// Certificate chains and keys; the first is the default, the others chosen by SNI.
+        public var certificates: [TLSCertificate] = []
+        /// Generate a self-signed certificate at start (the development default).
+        public var selfSigned = false
+        public var minVersion = "1.2"
+        public var handshakeTimeoutSeconds = 10
+        public var handshakesPerSecond = 20
+        public var handshakeBurst = 40
+    }
+
+    public struct Stream: Sendable, Equatable {
+        public var idleTimeoutSeconds = 600
+        public var writeBufferBytes = 262_144
+        public var maxConnections = 20_000
+    }
+
     public struct Policy: Sendable, Equatable {
         /// CIDRs a relay may reach even though the defaults deny them (peers inside a VPC).
         public var allow: [String] = []
@@ -125,6 +152,8 @@ public struct FerryConfig: Sendable, Equatable {
     public var listeners: [Listener] = []
     public var turn = TURN()
     public var policy = Policy()
+    public var tls = TLS()
+    public var stream = Stream()
 
     public init() {}
 
@@ -133,8 +162,12 @@ public struct FerryConfig: Sendable, Equatable {
     /// admin on 127.0.0.1:9090. ferryd adds a generated user and shared secret and prints them.
     public static var development: FerryConfig {
         var c = FerryConfig()
-        c.listeners = [Listener(name: "turn-udp", transport: .udp, address: SocketAddress("127.0.0.1:3478")!,
-                                service: .turn, forwardTo: nil)]
+        c.listeners = [
+            Listener(name: "turn-udp", transport: .udp, address: SocketAddress("127.0.0.1:3478")!, service: .turn, forwardTo: nil),
+            Listener(name: "turn-tcp", transport: .tcp, address: SocketAddress("127.0.0.1:3478")!, service: .turn, forwardTo: nil),
+            Listener(name: "turn-tls", transport: .tls, address: SocketAddress("127.0.0.1:5349")!, service: .turn, forwardTo: nil),
+        ]
+        c.tls.selfSigned = true
         c.turn.realm = "ferry.dev"
         c.turn.relayIPv4 = IPAddress("127.0.0.1")
         // Only local processes can reach a server on 127.0.0.1, and they can reach loopback
@@ -209,7 +242,7 @@ public struct FerryConfig: Sendable, Equatable {
             }
             if service == .forward && forwardTo == nil { l.report("forward_to", "is required when service = \"forward\"") }
             if service != .forward && forwardTo != nil { l.report("forward_to", "is only allowed when service = \"forward\"") }
-            if transport == .tcp { l.report("transport", "\"tcp\" is not served yet; use \"udp\"") }
+            if transport != .udp && service == .forward { l.report("transport", "service \"forward\" needs transport \"udp\"") }
             l.finish()
             if let name, let address {
                 c.listeners.append(Listener(name: name, transport: transport, address: address, service: service, forwardTo: forwardTo))
@@ -276,6 +309,33 @@ public struct FerryConfig: Sendable, Equatable {
             }
         }
         policy.finish()
+
+        let tls = root.table("tls")
+        for (i, cert) in tls.tables("certificate").enumerated() {
+            let certificate = cert.string("certificate", default: nil)
+            let key = cert.string("key", default: nil)
+            if certificate == nil { cert.report("certificate", "is required: path of a PEM certificate chain") }
+            if key == nil { cert.report("key", "is required: path of the PEM private key") }
+            cert.finish()
+            if let certificate, let key { c.tls.certificates.append(TLSCertificate(certificate: certificate, key: key)) }
+            _ = i
+        }
+        c.tls.selfSigned = tls.bool("self_signed", default: false)
+        if let v = tls.string("min_version", default: "1.2") {
+            if v == "1.2" || v == "1.3" { c.tls.minVersion = v } else { tls.report("min_version", "must be \"1.2\" or \"1.3\", got \"\(v)\"") }
+        }
+        c.tls.handshakeTimeoutSeconds = tls.int("handshake_timeout_seconds", default: 10, range: 1...300)
+        c.tls.handshakesPerSecond = tls.int("handshakes_per_second", default: 20, range: 0...1_000_000)
+        c.tls.handshakeBurst = tls.int("handshake_burst", default: 40, range: 1...1_000_000)
+        tls.finish()
+        let stream = root.table("stream")
+        c.stream.idleTimeoutSeconds = stream.int("idle_timeout_seconds", default: 600, range: 10...86400)
+        c.stream.writeBufferBytes = stream.int("write_buffer_bytes", default: 262_144, range: 4096...(64 << 20))
+        c.stream.maxConnections = stream.int("max_connections", default: 20_000, range: 1...10_000_000)
+        stream.finish()
+        if c.listeners.contains(where: { $0.transport == .tls }) && c.tls.certificates.isEmpty && !c.tls.selfSigned {
+            sink.issues.append(ConfigIssue(key: "tls.certificate", message: "is required when a listener has transport = \"tls\" (or set tls.self_signed = true for testing)"))
+        }
 
         if c.listeners.contains(where: { $0.service == .turn }) && c.turn.relayIPv4 == nil && c.turn.relayIPv6 == nil {
             sink.issues.append(ConfigIssue(key: "turn.relay_ipv4", message: "is required (or turn.relay_ipv6) when a listener has service = \"turn\": the address relayed sockets bind to"))

@@ -5,21 +5,6 @@ import FerrySystem
 import FerryWire
 import Logging
 
-/// An HTTP answer from a route.
-struct HTTPAnswer {
-    var status: Int
-    var contentType = "text/plain; charset=utf-8"
-    var body: [UInt8]
-    var headers: [(String, String)] = []
-
-    init(status: Int, contentType: String = "text/plain; charset=utf-8", body: String, headers: [(String, String)] = []) {
-        self.status = status
-        self.contentType = contentType
-        self.body = Array(body.utf8)
-        self.headers = headers
-    }
-}
-
 /// The admin endpoint: `/metrics`, `/healthz`, `/readyz` over HTTP/1.1 with keep-alive. It runs
 /// on the control thread's loop, apart from the workers, so a scrape never delays a packet and
 /// a flood of relayed traffic never hides the server's health.
@@ -71,22 +56,13 @@ final class AdminServer {
         }
     }
 
-    fileprivate func answer(_ head: HTTPRequestHead) -> HTTPAnswer {
-        let a: HTTPAnswer
-        if head.method != "GET" && head.method != "HEAD" {
-            a = HTTPAnswer(status: 405, body: "method not allowed\n", headers: [("Allow", "GET, HEAD")])
-        } else if let cl = head.header("Content-Length"), cl != "0" {
-            a = HTTPAnswer(status: 400, body: "request bodies are not accepted\n")
-        } else if head.header("Transfer-Encoding") != nil {
-            a = HTTPAnswer(status: 400, body: "request bodies are not accepted\n")
-        } else {
-            a = route(head)
-        }
-        metrics.add(counters.requests(a.status))
-        return a
+    /// Counts what a session answered.
+    fileprivate func count(_ outcome: HTTPSession.Outcome) {
+        for s in outcome.statuses { metrics.add(counters.requests(s)) }
+        if outcome.malformed > 0 { metrics.add(counters.rejected, UInt64(outcome.malformed)) }
     }
 
-    fileprivate func rejected() { metrics.add(counters.rejected) }
+    fileprivate var routeFunction: HTTPSession.Route { route }
 
     fileprivate func closed(_ c: HTTPConnection) { connections[ObjectIdentifier(c)] = nil }
 
@@ -105,7 +81,7 @@ final class HTTPConnection: EventHandler {
     private unowned let loop: EventLoop
     private unowned let server: AdminServer
     private var registration: Registration?
-    private var input: [UInt8] = []
+    private var session = HTTPSession()
     private var output: [UInt8] = []
     private var closeAfterWrite = false
     /// After an answer that closes the connection: write side shut, unread input discarded until
@@ -131,7 +107,13 @@ final class HTTPConnection: EventHandler {
             guard let self else { return }
             self.timer = nil
             // A request that never completed gets 408; an idle keep-alive connection just closes.
-            if !self.input.isEmpty { self.fail(408) } else { self.close() }
+            if self.session.hasPartialRequest {
+                let outcome = self.session.timedOut()
+                self.server.count(outcome)
+                self.send(outcome.output, thenClose: true)
+            } else {
+                self.close()
+            }
         }
     }
 
@@ -152,8 +134,10 @@ final class HTTPConnection: EventHandler {
             case .success(.wouldBlock): return
             case .success(.done(0)): close(); return
             case .success(.done(let n)):
-                input.append(contentsOf: chunk[0..<n])
-                processInput()
+                let outcome = session.receive(chunk[0..<n], route: server.routeFunction)
+                server.count(outcome)
+                if !outcome.output.isEmpty || session.closing { send(outcome.output, thenClose: session.closing) }
+                if !outcome.statuses.isEmpty { armTimer() }
             }
         }
     }
@@ -168,34 +152,6 @@ final class HTTPConnection: EventHandler {
             default: close(); return
             }
         }
-    }
-
-    private func processInput() {
-        while !input.isEmpty && !closeAfterWrite {
-            let parsed = input.withUnsafeBytes { HTTPHeadParser.parse($0, limits: HTTPConnection.limits) }
-            switch parsed {
-            case .incomplete:
-                return
-            case .failure(let failure):
-                fail(failure.status)
-                return
-            case .complete(let head, let consumed):
-                input.removeFirst(consumed)
-                let answer = server.answer(head)
-                let keep = head.keepAlive && answer.status < 400
-                send(HTTPResponse.encode(status: answer.status, contentType: answer.contentType, body: answer.body,
-                                         close: !keep, headOnly: head.method == "HEAD", extraHeaders: answer.headers),
-                     thenClose: !keep)
-                armTimer()
-            }
-        }
-    }
-
-    private func fail(_ status: Int) {
-        server.rejected()
-        input.removeAll()
-        let body = Array("\(status) \(HTTPResponse.reasonPhrase(status))\n".utf8)
-        send(HTTPResponse.encode(status: status, body: body, close: true), thenClose: true)
     }
 
     private func send(_ bytes: [UInt8], thenClose: Bool) {

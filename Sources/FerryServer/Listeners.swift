@@ -74,6 +74,33 @@ struct ListenerRegistry {
         return out
     }
 
+    /// Listening TCP sockets for a stream listener: one SO_REUSEPORT socket per worker bound here,
+    /// or the passed socket shared by every worker (`shared`: registered with EPOLLEXCLUSIVE).
+    mutating func tcpSockets(_ listener: FerryConfig.Listener, workers: Int) throws(SystemError) -> (sockets: [FileDescriptor], shared: Bool) {
+        let passed = take(listener.name)
+        if let first = passed.first {
+            for extra in passed.dropFirst() {
+                logger.warning("more than one stream socket passed for a listener; using the first",
+                               metadata: ["listener": "\(listener.name)"])
+                FileDescriptor(extra).close()
+            }
+            guard Sockets.type(first) == Int32(SOCK_STREAM.rawValue) else {
+                throw SystemError(call: "systemd socket \"\(listener.name)\" is not a stream socket", errno: EINVAL)
+            }
+            try Sockets.makeNonBlocking(first)
+            let fd = FileDescriptor(first)
+            return (Array(repeating: fd, count: workers), true)
+        }
+        var address = listener.address
+        var out: [FileDescriptor] = []
+        for _ in 0..<workers {
+            let fd = try Sockets.tcpListener(bind: address, backlog: 4096, reusePort: true)
+            if address.port == 0 { address = try Sockets.localAddress(fd.raw) }
+            out.append(fd)
+        }
+        return (out, false)
+    }
+
     /// The admin TCP socket: passed as "admin", or bound here.
     mutating func adminSocket(_ address: SocketAddress?) throws(SystemError) -> FileDescriptor? {
         let passed = take("admin")

@@ -5,6 +5,7 @@ import FerrySystem
 import FerryConfig
 import FerryWire
 import FerryTURN
+import FerryTLS
 import Logging
 import Synchronization
 
@@ -33,6 +34,13 @@ public final class Server: @unchecked Sendable {
     /// One per worker when any listener serves TURN.
     private var turnWorkers: [TURNWorker] = []
     private var turnCounters: TURNCounters?
+    /// The TLS contexts in use (control thread); workers get their own reference on reload.
+    private var tlsContexts: TLSContextSet?
+    private let certificateExpiry = ExpiryBox()
+    final class ExpiryBox: Sendable {
+        let value = Atomic<Int64>(0)
+    }
+    private var certificateReloads: (ok: CounterID, failed: CounterID)?
     private var boundAddresses: [String: SocketAddress] = [:]
     private let state = ServerState()
     private var drainDeadline: UInt64 = 0
@@ -97,7 +105,18 @@ public final class Server: @unchecked Sendable {
         if registry.activated { logger.info("socket activation", metadata: ["names": "\(registry.passed.keys.sorted())"]) }
         registerGlobalMetrics()
         if config.listeners.contains(where: { $0.service == .turn }) { try setUpTURN() }
-        for listener in config.listeners {
+        for listener in config.listeners where listener.transport != .udp {
+            let (sockets, shared) = try registry.tcpSockets(listener, workers: engine.loops.count)
+            boundAddresses[listener.name] = try Sockets.localAddress(sockets[0].raw)
+            for (worker, fd) in sockets.enumerated() {
+                try turnWorkers[worker].addStreamListener(fd: fd, kind: listener.transport == .tls ? .tls : .tcp, shared: shared)
+            }
+            logger.info("listening", metadata: ["listener": "\(listener.name)", "service": "\(listener.service.rawValue)",
+                                                "transport": "\(listener.transport.rawValue)",
+                                                "address": "\(boundAddresses[listener.name].map { "\($0)" } ?? "-")",
+                                                "shared_socket": "\(shared)"])
+        }
+        for listener in config.listeners where listener.transport == .udp {
             // GRO coalesces trains only where a flow can be forwarded whole; TURN parses each
             // datagram, so its sockets read one datagram per slot.
             let options = Sockets.UDPOptions(reusePort: true, receiveBuffer: config.engine.udpReceiveBuffer,
@@ -206,6 +225,10 @@ public final class Server: @unchecked Sendable {
                                                      bounds: [1, 2, 4, 8, 16, 32, 64, 128, 256], labels: [("side", "client")]),
                           peer: metrics.histogram("ferry_turn_batch_size", "Datagrams per recvmmsg on TURN sockets, by side.",
                                                   bounds: [1, 2, 4, 8, 16, 32, 64, 128, 256], labels: [("side", "peer")]))
+        let streamCounters = registerStreamMetrics()
+        if config.listeners.contains(where: { $0.transport != .udp }) { tlsContexts = try loadTLS(initial: true) }
+        let state = self.state
+        let httpsRoute: HTTPSession.Route = { head in Server.healthRoute(head, state: state) }
         for loop in engine.loops {
             let lo = t.portMin + loop.index * block
             let hi = loop.index == workers - 1 ? t.portMax : lo + block - 1
@@ -215,6 +238,12 @@ public final class Server: @unchecked Sendable {
             let server = TURNServer(settings: settings, credentials: credentials, nonces: nonces, policy: policy,
                                     relays: worker, shared: shared, counters: counters, metrics: metrics.block(loop.index))
             worker.attach(server)
+            worker.configureStreams(StreamSettings(
+                contexts: tlsContexts, idleTimeoutSeconds: config.stream.idleTimeoutSeconds,
+                handshakeTimeoutSeconds: config.tls.handshakeTimeoutSeconds, writeLimit: config.stream.writeBufferBytes,
+                maxConnections: (config.stream.maxConnections + workers - 1) / workers,
+                handshakesPerSecond: config.tls.handshakesPerSecond, handshakeBurst: config.tls.handshakeBurst,
+                route: httpsRoute, counters: streamCounters))
             turnWorkers.append(worker)
             loop.onSweep { now in server.sweep(now: now) }
         }
@@ -296,9 +325,15 @@ public final class Server: @unchecked Sendable {
     // MARK: Admin routes
 
     private func route(_ head: HTTPRequestHead) -> HTTPAnswer {
-        switch head.path {
-        case "/metrics":
+        if head.path == "/metrics" {
             return HTTPAnswer(status: 200, contentType: "text/plain; version=0.0.4; charset=utf-8", body: metrics.render())
+        }
+        return Server.healthRoute(head, state: state)
+    }
+
+    /// `/healthz` and `/readyz`: served by the admin endpoint and by HTTPS on shared TLS ports.
+    static func healthRoute(_ head: HTTPRequestHead, state: ServerState) -> HTTPAnswer {
+        switch head.path {
         case "/healthz":
             return HTTPAnswer(status: 200, body: "ok\n")
         case "/readyz":
@@ -308,6 +343,75 @@ public final class Server: @unchecked Sendable {
         default:
             return HTTPAnswer(status: 404, body: "not found\n")
         }
+    }
+
+    // MARK: TLS
+
+    /// Builds TLS contexts from the configured files (or a fresh self-signed certificate).
+    private func loadTLS(initial: Bool) throws -> TLSContextSet {
+        var pairs: [CertificatePair] = []
+        for c in config.tls.certificates { pairs.append(try CertificatePair.load(certificate: c.certificate, key: c.key)) }
+        if pairs.isEmpty && config.tls.selfSigned {
+            if initial || tlsContexts == nil {
+                pairs.append(try CertificatePair.selfSigned(name: "localhost"))
+            } else {
+                return tlsContexts!  // keep the self-signed certificate across reloads
+            }
+        }
+        let set = try TLSContextSet(certificates: pairs, alpn: ["stun.turn", "http/1.1"], minimumTLS13: config.tls.minVersion == "1.3")
+        certificateExpiry.value.store(set.earliestExpiry, ordering: .relaxed)
+        for p in pairs {
+            logger.info("tls certificate", metadata: ["source": "\(p.source)", "names": "\(p.names)", "not_after": "\(p.notAfter)"])
+        }
+        return set
+    }
+
+    private func reloadTLS() {
+        guard !turnWorkers.isEmpty, config.listeners.contains(where: { $0.transport != .udp }) else { return }
+        let block = metrics.block(engine.loops.count)
+        do {
+            let set = try loadTLS(initial: false)
+            tlsContexts = set
+            for loop in engine.loops {
+                loop.execute { [self] l in self.turnWorkers[l.index].updateTLS(set) }
+            }
+            if let c = certificateReloads?.ok { block.add(c) }
+        } catch {
+            if let c = certificateReloads?.failed { block.add(c) }
+            logger.error("certificate reload failed; keeping the certificates in use", metadata: ["error": "\(error)"])
+        }
+    }
+
+    private func registerStreamMetrics() -> StreamCounters {
+        var accepted: [StreamListener.Kind: CounterID] = [:]
+        var active: [StreamListener.Kind: CounterID] = [:]
+        for k in StreamListener.Kind.allCases {
+            accepted[k] = metrics.counter("ferry_connections_accepted_total", "Stream connections accepted, by listener transport.", labels: [("transport", k.rawValue)])
+            active[k] = metrics.counter("ferry_connections_active", "Stream connections open now, by listener transport.", labels: [("transport", k.rawValue)], kind: .gauge)
+        }
+        var closed: [StreamCounters.Close: CounterID] = [:]
+        for c in StreamCounters.Close.allCases {
+            closed[c] = metrics.counter("ferry_connections_closed_total", "Stream connections closed (or refused), by reason.", labels: [("reason", c.rawValue)])
+        }
+        var protocols: [String: CounterID] = [:]
+        for p in ["turn", "turns", "http", "https"] {
+            protocols[p] = metrics.counter("ferry_connections_protocol_total", "Stream connections by what they carried: turn (TCP), turns (TLS), http, https.", labels: [("protocol", p)])
+        }
+        let hs = "TLS handshakes, by result and version."
+        certificateReloads = (metrics.counter("ferry_tls_certificate_reloads_total", "Certificate reloads on SIGHUP, by result.", labels: [("result", "ok")]),
+                              metrics.counter("ferry_tls_certificate_reloads_total", "Certificate reloads on SIGHUP, by result.", labels: [("result", "failed")]))
+        let expiry = self.certificateExpiry
+        metrics.computedGauge("ferry_tls_certificate_expiry_timestamp_seconds", "notAfter of the certificate that expires first (Unix time).") {
+            let v = expiry.value.load(ordering: .relaxed)
+            return v > 0 ? [(labels: "", value: Double(v))] : []
+        }
+        return StreamCounters(
+            accepted: accepted, active: active, closed: closed,
+            handshakesOK: (metrics.counter("ferry_tls_handshakes_total", hs, labels: [("result", "ok"), ("version", "TLSv1.2")]),
+                           metrics.counter("ferry_tls_handshakes_total", hs, labels: [("result", "ok"), ("version", "TLSv1.3")])),
+            handshakesFailed: metrics.counter("ferry_tls_handshakes_total", hs, labels: [("result", "failed"), ("version", "none")]),
+            protocols: protocols,
+            httpRequests: metrics.counter("ferry_https_requests_total", "HTTP requests served on stream listeners (health; signaling next)."))
     }
 
     // MARK: Signals: reload and drain
@@ -354,6 +458,10 @@ public final class Server: @unchecked Sendable {
                 config.turn.staticAuthSecrets = next.turn.staticAuthSecrets
                 config.policy = next.policy
             }
+            if next.tls != config.tls {
+                config.tls = next.tls
+            }
+            reloadTLS()
             levelBox.level = Logger.Level(next.log.level)
             config.log.level = next.log.level
             config.server.drainSeconds = next.server.drainSeconds

@@ -5,6 +5,7 @@ import CFerryLinux
 import FerrySystem
 import FerryWire
 import FerryTURN
+import FerryTLS
 
 /// One worker's TURN data plane: its listener sockets (one per TURN listener, from the
 /// SO_REUSEPORT group), the relayed sockets of the allocations that live here, and the batched
@@ -65,9 +66,20 @@ final class TURNWorker: RelayProvider {
     private let portMin: Int
     private let portMax: Int
     private var portCursor: Int
-    private let metrics: CounterBlock
+    let metrics: CounterBlock
     private let batchSize: Int
     private var transactionCounter: UInt64 = 0
+    // Stream transports (TURN over TCP and TLS, HTTPS on a shared port).
+    /// Connection ids double as the "listener" of a stream client's five-tuple key, above the
+    /// UDP listener indexes.
+    static let firstStreamID: Int32 = 1 << 20
+    private var streams: [Int32: StreamConnection] = [:]
+    private var nextStreamID = TURNWorker.firstStreamID
+    private var dirtyStreams: [StreamConnection] = []
+    private var streamListeners: [StreamListener] = []
+    private(set) var streamSettings: StreamSettings?
+    let streamReadBuffer: UnsafeMutableRawBufferPointer
+
     /// Where a Data indication's header starts before the payload: 20 (header) + 24 (IPv6
     /// XOR-PEER-ADDRESS) + 4 (DATA header) = 48; IPv4 uses 36 of it.
     static let headroom = 48
@@ -89,6 +101,7 @@ final class TURNWorker: RelayProvider {
         toPeer4 = UDPSendQueue(capacity: batchSize, ipv6Socket: false)
         toPeer6 = UDPSendQueue(capacity: batchSize, ipv6Socket: true)
         replies = .allocate(byteCount: batchSize * TURNWorker.replySlot, alignment: 8)
+        streamReadBuffer = .allocate(byteCount: StreamConnection.readChunk, alignment: 16)
         portMin = portRange.lowerBound
         portMax = portRange.upperBound
         portCursor = Int.random(in: portRange)
@@ -97,6 +110,7 @@ final class TURNWorker: RelayProvider {
     deinit {
         replies.deallocate()
         arena.deallocate()
+        streamReadBuffer.deallocate()
     }
 
     func attach(_ server: TURNServer) { self.server = server }
@@ -113,6 +127,9 @@ final class TURNWorker: RelayProvider {
     }
 
     func close() {
+        for c in Array(streams.values) { c.close(.shutdown) }
+        for l in streamListeners { l.close(loop: loop) }
+        streamListeners.removeAll()
         server?.closeAll()
         for l in listeners { if let r = l.registration { loop.deregister(fd: l.fd.raw, r) } }
         listeners.removeAll()
@@ -299,6 +316,18 @@ final class TURNWorker: RelayProvider {
                 switch server.peerRoute(slot: relay.slot, generation: relay.generation, peer: peer, length: length, now: now) {
                 case .drop:
                     continue
+                case .channel(let number, _, let listener) where listener >= TURNWorker.firstStreamID:
+                    // Over a stream, ChannelData is padded to 4 bytes (RFC 8656 §12.5).
+                    let start = data - ChannelData.headerLength
+                    ChannelData.writeHeader(channel: number, length: length, at: start)
+                    let padded = (length + 3) & ~3
+                    for i in length..<padded { (data + i).storeBytes(of: UInt8(0), as: UInt8.self) }
+                    guard toStream(listener, UnsafeRawBufferPointer(start: start, count: ChannelData.headerLength + padded)) else { continue }
+                case .indication(let client, let listener) where listener >= TURNWorker.firstStreamID:
+                    let start = writeDataIndication(before: data, length: length, peer: peer)
+                    _ = client
+                    let total = start.distance(to: data) + (length + 3) & ~3
+                    guard toStream(listener, UnsafeRawBufferPointer(start: start, count: total)) else { continue }
                 case .channel(let number, let client, let listener):
                     let start = data - ChannelData.headerLength
                     ChannelData.writeHeader(channel: number, length: length, at: start)
@@ -331,6 +360,118 @@ final class TURNWorker: RelayProvider {
         }
         relay.hot.settle(received: batchSize, capacity: batchSize, fd: fd, registration: relay.registration, loop: loop)
     }
+
+    /// Queues a relayed message for a stream client; false (and counted) when its queue is full.
+    private func toStream(_ id: Int32, _ bytes: UnsafeRawBufferPointer) -> Bool {
+        guard let conn = streams[id] else {
+            server.countDrop(.noAllocation)
+            return false
+        }
+        guard conn.enqueue(bytes, droppable: true) else {
+            server.countDrop(.bufferFull)
+            return false
+        }
+        return true
+    }
+
+    // MARK: Streams
+
+    func addStreamListener(fd: FileDescriptor, kind: StreamListener.Kind, shared: Bool) throws(SystemError) {
+        streamListeners.append(try StreamListener(fd: fd, kind: kind, shared: shared, worker: self, loop: loop))
+    }
+
+    func configureStreams(_ settings: StreamSettings) {
+        streamSettings = settings
+        loop.onIterationEnd { [unowned self] in self.flushStreams() }
+        loop.onSweep { [unowned self] now in self.sweepStreams(now: now) }
+    }
+
+    func accepted(_ fd: FileDescriptor, peer: SocketAddress?, kind: StreamListener.Kind) {
+        guard let settings = streamSettings, let peer else {
+            fd.close()
+            return
+        }
+        guard streams.count < settings.maxConnections else {
+            metrics.add(settings.counters.closed[.limit]!)
+            fd.close()
+            return
+        }
+        Sockets.setNoDelay(fd.raw)
+        while streams[nextStreamID] != nil { nextStreamID = nextStreamID == .max ? TURNWorker.firstStreamID : nextStreamID + 1 }
+        let id = nextStreamID
+        nextStreamID = nextStreamID == .max ? TURNWorker.firstStreamID : nextStreamID + 1
+        metrics.add(settings.counters.accepted[kind]!)
+        do {
+            let conn = try StreamConnection(id: id, fd: fd, peer: peer, kind: kind, worker: self, loop: loop, settings: settings)
+            if !conn.closed {
+                streams[id] = conn
+                metrics.set(settings.counters.active[kind]!, UInt64(streams.values.lazy.filter { $0.kind == kind }.count))
+            }
+        } catch {
+            fd.close()
+        }
+    }
+
+    func streamClosed(_ conn: StreamConnection) {
+        guard streams.removeValue(forKey: conn.id) != nil else { return }
+        if conn.mode == .turn { server.clientGone(ClientKey(address: conn.peer, listener: conn.id)) }
+        if let settings = streamSettings {
+            metrics.set(settings.counters.active[conn.kind]!, UInt64(streams.values.lazy.filter { $0.kind == conn.kind }.count))
+        }
+    }
+
+    func markDirty(_ conn: StreamConnection) { dirtyStreams.append(conn) }
+
+    private func flushStreams() {
+        guard !dirtyStreams.isEmpty else { return }
+        let batch = dirtyStreams
+        dirtyStreams.removeAll(keepingCapacity: true)
+        for c in batch where c.dirty { c.flush() }
+    }
+
+    /// Once a second: close connections idle past `stream.idle_timeout_seconds`, and those still
+    /// sniffing or in the TLS handshake past `tls.handshake_timeout_seconds`.
+    private func sweepStreams(now: UInt64) {
+        guard let settings = streamSettings else { return }
+        for c in Array(streams.values) {
+            if c.inHandshake && now - c.started > settings.handshakeTimeout {
+                c.close(.handshakeTimeout)
+            } else if now - c.lastActivity > settings.idleTimeout {
+                c.close(.idleTimeout)
+            }
+        }
+        settings.handshakes.sweep(now: now)
+    }
+
+    /// A reload's new certificates: new handshakes use them, established sessions keep theirs.
+    func updateTLS(_ contexts: TLSContextSet) { streamSettings?.contexts = contexts }
+
+    func handleStreamSTUN(_ bytes: UnsafeRawBufferPointer, from conn: StreamConnection) {
+        guard case .success(let msg) = STUNMessage.parse(bytes) else {
+            server.countDrop(.malformed)
+            return
+        }
+        let out = UnsafeMutableRawBufferPointer(start: replies, count: TURNWorker.replySlot)
+        switch server.handle(msg, client: conn.peer, listener: conn.id, now: loop.now, wallNow: wallClockSeconds(), out: out) {
+        case .none:
+            break
+        case .reply(let len):
+            conn.enqueue(UnsafeRawBufferPointer(start: out.baseAddress, count: len), droppable: false)
+        case .relay(let handle, let peer, let payload):
+            queueToPeer(handle: handle, peer: peer, payload.baseAddress!, payload.count)
+        }
+    }
+
+    func handleStreamChannelData(channel: UInt16, payload: UnsafeRawPointer, length: Int, from conn: StreamConnection) {
+        guard let target = server.channelTarget(client: ClientKey(address: conn.peer, listener: conn.id),
+                                                channel: channel, length: length, now: loop.now) else { return }
+        queueToPeer(handle: target.handle, peer: target.peer, payload, length)
+        server.countRelayed(toPeer: true, packets: 1, bytes: UInt64(length))
+    }
+
+    func flushToPeers() { flushPeer() }
+
+    func countMalformed() { server.countDrop(.malformed) }
 
     /// Writes a Data indication (RFC 8656 §10.3) ending right before `data`: header,
     /// XOR-PEER-ADDRESS, DATA header; pads the payload. Returns where the message starts.

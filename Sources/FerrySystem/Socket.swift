@@ -139,3 +139,15 @@ public enum FerrySystemConstants {
     public static let udpGRO = ferry_udp_gro
     public static let udpSegment = ferry_udp_segment
 }
+
+extension Sockets {
+    /// Peeks at up to `buffer.count` bytes without consuming them (protocol sniffing).
+    public static func peek(_ fd: Int32, into buffer: UnsafeMutableRawBufferPointer) throws(SystemError) -> IOResult<Int> {
+        try syscall("recv(MSG_PEEK)") { recv(fd, buffer.baseAddress, buffer.count, Int32(MSG_PEEK)) }
+    }
+
+    /// TCP_NODELAY: small TURN messages go out at once.
+    public static func setNoDelay(_ fd: Int32) {
+        _ = try? setOption(fd, Int32(IPPROTO_TCP), TCP_NODELAY, 1, "setsockopt(TCP_NODELAY)")
+    }
+}

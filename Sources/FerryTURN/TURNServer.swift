@@ -697,6 +697,14 @@ public final class TURNServer {
         unauthorized.sweep(now: now)
     }
 
+    /// The client's transport connection closed (TURN over TCP/TLS): its allocation goes with it
+    /// (RFC 8656 §3.1: "the allocation is deleted when the connection closes").
+    public func clientGone(_ key: ClientKey) {
+        guard let slot = table.pointee.byClient[key] else { return }
+        delete(slot)
+        metrics.add(counters.allocationsDeleted)
+    }
+
     /// Every allocation goes (shutdown).
     public func closeAll() {
         for i in 0..<table.pointee.usedSlots where table.pointee.allocations[i].active { delete(Int32(i)) }

@@ -146,12 +146,50 @@ import FerrySystem
 
     @Test func developmentDefaultServesTURNOnLoopback() {
         let c = FerryConfig.development
-        #expect(c.listeners.count == 1 && c.listeners[0].service == .turn)
-        #expect(c.listeners[0].address.ip == IPAddress("127.0.0.1"))
+        #expect(c.listeners.map(\.transport) == [.udp, .tcp, .tls])
+        #expect(c.listeners.allSatisfy { $0.service == .turn && $0.address.ip == IPAddress("127.0.0.1") })
+        #expect(c.tls.selfSigned, "the TLS listener gets a certificate generated at start")
         #expect(c.turn.relayIPv4 == IPAddress("127.0.0.1"))
         #expect(c.admin.address?.ip == IPAddress("127.0.0.1"))
         #expect(c.policy.allow == ["127.0.0.0/8"], "only loopback clients reach it, so loopback peers are allowed")
         #expect((try? FerryConfig.parse(""))?.policy.allow.isEmpty == true, "a config file starts from deny")
+    }
+
+    @Test func tlsAndStreamSections() throws {
+        let c = try FerryConfig.parse("""
+            [tls]
+            min_version = "1.3"
+            handshake_timeout_seconds = 5
+            [[tls.certificate]]
+            certificate = "/etc/ferry/a.pem"
+            key = "/etc/ferry/a.key"
+            [[tls.certificate]]
+            certificate = "/etc/ferry/b.pem"
+            key = "/etc/ferry/b.key"
+            [stream]
+            idle_timeout_seconds = 120
+            write_buffer_bytes = 65536
+            [turn]
+            relay_ipv4 = "127.0.0.1"
+            [[listener]]
+            name = "turn-tls"
+            transport = "tls"
+            address = "0.0.0.0:443"
+            """)
+        #expect(c.tls.certificates.map(\.certificate) == ["/etc/ferry/a.pem", "/etc/ferry/b.pem"])
+        #expect(c.tls.minVersion == "1.3" && c.tls.handshakeTimeoutSeconds == 5)
+        #expect(c.stream.idleTimeoutSeconds == 120 && c.stream.writeBufferBytes == 65536)
+        #expect(c.listeners[0].transport == .tls)
+    }
+
+    @Test func tlsErrors() {
+        #expect(issues("[turn]\nrelay_ipv4 = \"127.0.0.1\"\n[[listener]]\nname = \"t\"\ntransport = \"tls\"\naddress = \"127.0.0.1:5349\"")
+                == ["tls.certificate: is required when a listener has transport = \"tls\" (or set tls.self_signed = true for testing)"])
+        #expect(issues("[tls]\nmin_version = \"1.1\"") == ["tls.min_version: must be \"1.2\" or \"1.3\", got \"1.1\""])
+        #expect(issues("[[tls.certificate]]\ncertificate = \"/a.pem\"") == ["tls.certificate[0].key: is required: path of the PEM private key"])
+        #expect(issues("[[listener]]\nname = \"f\"\ntransport = \"tcp\"\naddress = \"127.0.0.1:1\"\nservice = \"forward\"\nforward_to = \"127.0.0.1:2\"")
+                == ["listener[0].transport: service \"forward\" needs transport \"udp\""])
+        #expect(issues("[stream]\nwrite_buffer_bytes = 10") == ["stream.write_buffer_bytes: must be from 4096 to 67108864, got 10"])
     }
 
     @Test func everyProblemIsReportedAtOnce() {

@@ -1,0 +1,87 @@
+import FerryWire
+
+/// An answer from a route.
+struct HTTPAnswer {
+    var status: Int
+    var contentType = "text/plain; charset=utf-8"
+    var body: [UInt8]
+    var headers: [(String, String)] = []
+
+    init(status: Int, contentType: String = "text/plain; charset=utf-8", body: String, headers: [(String, String)] = []) {
+        self.status = status
+        self.contentType = contentType
+        self.body = Array(body.utf8)
+        self.headers = headers
+    }
+}
+
+/// HTTP/1.1 request handling over any byte stream (the plain admin endpoint, HTTPS on a shared
+/// TLS port): bytes in, response bytes out, and whether to close. Requests only: GET and HEAD,
+/// no bodies. The transport owns timeouts and writing.
+struct HTTPSession {
+    typealias Route = (HTTPRequestHead) -> HTTPAnswer
+
+    private var input: [UInt8] = []
+    private(set) var closing = false
+    private let limits = HTTPHeadParser.Limits()
+
+    /// Request heads seen, answered with a status (for counting), and failures (400/408/431/505).
+    struct Outcome {
+        var output: [UInt8] = []
+        var statuses: [Int] = []
+        var malformed = 0
+    }
+
+    var hasPartialRequest: Bool { !input.isEmpty }
+
+    mutating func receive(_ bytes: some Collection<UInt8>, route: Route) -> Outcome {
+        var out = Outcome()
+        guard !closing else { return out }
+        input.append(contentsOf: bytes)
+        while !input.isEmpty && !closing {
+            let parsed = input.withUnsafeBytes { HTTPHeadParser.parse($0, limits: limits) }
+            switch parsed {
+            case .incomplete:
+                return out
+            case .failure(let failure):
+                fail(failure.status, &out)
+            case .complete(let head, let consumed):
+                input.removeFirst(consumed)
+                let answer = HTTPSession.answer(head, route: route)
+                out.statuses.append(answer.status)
+                let keep = head.keepAlive && answer.status < 400
+                out.output += HTTPResponse.encode(status: answer.status, contentType: answer.contentType, body: answer.body,
+                                                  close: !keep, headOnly: head.method == "HEAD", extraHeaders: answer.headers)
+                if !keep { closing = true }
+            }
+        }
+        return out
+    }
+
+    /// A request that did not complete in time.
+    mutating func timedOut() -> Outcome {
+        var out = Outcome()
+        fail(408, &out)
+        return out
+    }
+
+    private mutating func fail(_ status: Int, _ out: inout Outcome) {
+        out.malformed += 1
+        input.removeAll()
+        closing = true
+        out.output += HTTPResponse.encode(status: status, body: Array("\(status) \(HTTPResponse.reasonPhrase(status))\n".utf8), close: true)
+    }
+
+    static func answer(_ head: HTTPRequestHead, route: Route) -> HTTPAnswer {
+        if head.method != "GET" && head.method != "HEAD" {
+            return HTTPAnswer(status: 405, body: "method not allowed\n", headers: [("Allow", "GET, HEAD")])
+        }
+        if let cl = head.header("Content-Length"), cl != "0" {
+            return HTTPAnswer(status: 400, body: "request bodies are not accepted\n")
+        }
+        if head.header("Transfer-Encoding") != nil {
+            return HTTPAnswer(status: 400, body: "request bodies are not accepted\n")
+        }
+        return route(head)
+    }
+}

@@ -1,0 +1,388 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import FerrySystem
+import FerryWire
+import FerryTURN
+import FerryTLS
+
+/// Settings every stream connection on a worker shares (static after start, but `contexts`,
+/// which a reload swaps on the worker's thread).
+final class StreamSettings {
+    var contexts: TLSContextSet?
+    let idleTimeout: UInt64
+    let handshakeTimeout: UInt64
+    let writeLimit: Int
+    let maxConnections: Int
+    let route: HTTPSession.Route
+    let counters: StreamCounters
+    var handshakes: RateLimiter<IPAddress>
+
+    init(contexts: TLSContextSet?, idleTimeoutSeconds: Int, handshakeTimeoutSeconds: Int, writeLimit: Int, maxConnections: Int,
+         handshakesPerSecond: Int, handshakeBurst: Int, route: @escaping HTTPSession.Route, counters: StreamCounters) {
+        self.contexts = contexts
+        idleTimeout = UInt64(idleTimeoutSeconds) * 1_000_000_000
+        handshakeTimeout = UInt64(handshakeTimeoutSeconds) * 1_000_000_000
+        self.writeLimit = writeLimit
+        self.maxConnections = maxConnections
+        self.route = route
+        self.counters = counters
+        handshakes = RateLimiter(ratePerSecond: Double(handshakesPerSecond), burst: Double(handshakeBurst))
+    }
+}
+
+/// Counters of the stream transports (docs/metrics.md).
+struct StreamCounters {
+    enum Close: String, CaseIterable {
+        case client, idleTimeout = "idle_timeout", handshakeTimeout = "handshake_timeout",
+             protocolError = "protocol_error", tlsError = "tls_error", limit, rateLimited = "rate_limited", shutdown
+    }
+
+    let accepted: [StreamListener.Kind: CounterID]
+    let active: [StreamListener.Kind: CounterID]
+    let closed: [Close: CounterID]
+    let handshakesOK: (tls12: CounterID, tls13: CounterID)
+    let handshakesFailed: CounterID
+    let protocols: [String: CounterID]
+    let httpRequests: CounterID
+}
+
+/// One TCP or TLS connection on a worker: sniffs what it carries (TLS, STUN, HTTP), runs the TLS
+/// handshake, frames TURN messages (STUN and padded ChannelData) or serves HTTP, and writes
+/// through a bounded queue. Relayed data beyond the bound is dropped and counted (`buffer_full`),
+/// so a client that reads slowly cannot grow the server. Buffers are released when empty, so an
+/// idle connection costs little more than its socket and TLS state.
+///
+/// Ownership: the worker's loop thread.
+final class StreamConnection: EventHandler {
+    enum Mode { case sniffing, handshaking, turn, http }
+
+    let id: Int32
+    let peer: SocketAddress
+    let kind: StreamListener.Kind
+    private let fd: FileDescriptor
+    private unowned let worker: TURNWorker
+    private unowned let loop: EventLoop
+    private let settings: StreamSettings
+    private var registration: Registration?
+    private var tls: TLSSession?
+    private(set) var mode: Mode
+    private var input: [UInt8] = []
+    private var output: [UInt8] = []
+    private var outputStart = 0
+    private var writeArmed = false
+    private var closeAfterWrite = false
+    private var http = HTTPSession()
+    private(set) var lastActivity: UInt64
+    let started: UInt64
+    private(set) var closed = false
+    var dirty = false
+    /// Largest frame: a STUN message or ChannelData of 64 KiB, plus its header.
+    static let maxFrame = 4 + 65536
+    static let readChunk = 16384
+
+    init(id: Int32, fd: FileDescriptor, peer: SocketAddress, kind: StreamListener.Kind, worker: TURNWorker, loop: EventLoop,
+         settings: StreamSettings) throws(SystemError) {
+        self.id = id
+        self.fd = fd
+        self.peer = peer
+        self.kind = kind
+        self.worker = worker
+        self.loop = loop
+        self.settings = settings
+        lastActivity = loop.now
+        started = loop.now
+        mode = .sniffing
+        registration = try loop.register(fd: fd.raw, events: Epoll.input | Epoll.readHangup, handler: self)
+        if kind == .tls { startTLS() }
+    }
+
+    var inHandshake: Bool { mode == .sniffing || mode == .handshaking }
+
+    func handleEvent(_ events: UInt32, loop: EventLoop) {
+        if events & Epoll.output != 0 {
+            if mode == .handshaking { handshake() } else { flush() }
+        }
+        guard !closed else { return }
+        if events & (Epoll.input | Epoll.readHangup | Epoll.hangup | Epoll.error) != 0 {
+            switch mode {
+            case .sniffing: sniff()
+            case .handshaking: handshake()
+            case .turn, .http: readAvailable()
+            }
+        }
+    }
+
+    // MARK: Sniffing and TLS
+
+    private func sniff() {
+        var peekBuffer = (UInt64(0), UInt64(0))
+        let result = withUnsafeMutableBytes(of: &peekBuffer) { buf in Result { () throws(SystemError) in try Sockets.peek(fd.raw, into: buf) } }
+        let n: Int
+        switch result {
+        case .failure: close(.client); return
+        case .success(.wouldBlock): return
+        case .success(.done(0)): close(.client); return
+        case .success(.done(let got)): n = got
+        }
+        let kindSeen = withUnsafeBytes(of: &peekBuffer) { ProtocolSniffer.sniff(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
+        switch kindSeen {
+        case nil:
+            return  // wait for more bytes (the handshake timeout bounds the wait)
+        case .tls?:
+            startTLS()
+        case .stun?:
+            enter(.turn, protocolName: "turn")
+            readAvailable()
+        case .http?:
+            enter(.http, protocolName: "http")
+            readAvailable()
+        case .unknown?:
+            close(.protocolError)
+        }
+    }
+
+    private func startTLS() {
+        guard let contexts = settings.contexts, let session = contexts.session(fd: fd.raw) else {
+            close(.tlsError)
+            return
+        }
+        guard settings.handshakes.allow(peer.ip, now: loop.now) else {
+            close(.rateLimited)
+            return
+        }
+        tls = session
+        mode = .handshaking
+        handshake()
+    }
+
+    private func handshake() {
+        guard let tls else { return }
+        switch tls.handshake() {
+        case .done:
+            worker.metrics.add(tls.version == "TLSv1.3" ? settings.counters.handshakesOK.tls13 : settings.counters.handshakesOK.tls12)
+            setWriteInterest(false)
+            // ALPN decides; without it, the first decrypted bytes do (read as TURN or HTTP).
+            switch tls.alpn {
+            case "http/1.1"?: enter(.http, protocolName: "https")
+            default: enter(.turn, protocolName: "turns")
+            }
+            readAvailable()
+        case .wantRead:
+            setWriteInterest(false)
+        case .wantWrite:
+            setWriteInterest(true)
+        case .closed:
+            worker.metrics.add(settings.counters.handshakesFailed)
+            close(.client)
+        case .failed:
+            worker.metrics.add(settings.counters.handshakesFailed)
+            close(.tlsError)
+        }
+    }
+
+    private func enter(_ m: Mode, protocolName: String) {
+        mode = m
+        if let c = settings.counters.protocols[protocolName] { worker.metrics.add(c) }
+    }
+
+    // MARK: Reading
+
+    private func readAvailable() {
+        let chunk = worker.streamReadBuffer
+        for _ in 0..<64 {
+            guard !closed else { return }
+            let n: Int
+            if let tls {
+                let (got, progress) = tls.read(into: chunk)
+                switch progress {
+                case .done: n = got
+                case .wantRead: return
+                case .wantWrite: setWriteInterest(true); return
+                case .closed: close(.client); return
+                case .failed: close(.tlsError); return
+                }
+            } else {
+                switch Result(catching: { () throws(SystemError) in try Sockets.read(fd.raw, into: chunk) }) {
+                case .failure: close(.client); return
+                case .success(.wouldBlock): return
+                case .success(.done(0)): close(.client); return
+                case .success(.done(let got)): n = got
+                }
+            }
+            lastActivity = loop.now
+            input.append(contentsOf: UnsafeRawBufferPointer(rebasing: chunk[0..<n]))
+            process()
+            if input.count > StreamConnection.maxFrame + StreamConnection.readChunk {
+                close(.protocolError)
+                return
+            }
+        }
+    }
+
+    private func process() {
+        switch mode {
+        case .turn: processTURN()
+        case .http: processHTTP()
+        default: break
+        }
+    }
+
+    /// Frames TURN messages (RFC 8656 §10.1, §12.5) and hands them to the worker's TURN server;
+    /// relayed payloads are sent from the input buffer before it is compacted.
+    private func processTURN() {
+        var consumed = 0
+        var invalid = false
+        input.withUnsafeBytes { all in
+            while consumed < all.count {
+                let rest = UnsafeRawBufferPointer(rebasing: all[consumed...])
+                switch StreamFraming.next(rest, maxFrame: StreamConnection.maxFrame) {
+                case .incomplete:
+                    return
+                case .invalid:
+                    invalid = true
+                    return
+                case .stun(let length):
+                    worker.handleStreamSTUN(UnsafeRawBufferPointer(rebasing: rest[0..<length]), from: self)
+                    consumed += length
+                case .channelData(let channel, let payload, let frame):
+                    worker.handleStreamChannelData(channel: channel, payload: rest.baseAddress! + 4, length: payload, from: self)
+                    consumed += frame
+                }
+            }
+        }
+        worker.flushToPeers()
+        if consumed > 0 { input.removeFirst(consumed) }
+        if input.isEmpty { input = [] }
+        if invalid {
+            worker.countMalformed()
+            close(.protocolError)
+        }
+    }
+
+    private func processHTTP() {
+        let bytes = input
+        input = []
+        let outcome = http.receive(bytes, route: settings.route)
+        if !outcome.statuses.isEmpty { worker.metrics.add(settings.counters.httpRequests, UInt64(outcome.statuses.count)) }
+        if !outcome.output.isEmpty {
+            outcome.output.withUnsafeBytes { _ = enqueue($0, droppable: false) }
+        }
+        if http.closing { closeAfterWrite = true; flush() }
+    }
+
+    // MARK: Writing
+
+    /// Queues bytes for the client. Droppable data (relayed packets) is refused when the queue
+    /// would pass `stream.write_buffer_bytes`; protocol answers are always queued.
+    @discardableResult
+    func enqueue(_ bytes: UnsafeRawBufferPointer, droppable: Bool) -> Bool {
+        guard !closed else { return false }
+        if droppable && output.count - outputStart + bytes.count > settings.writeLimit { return false }
+        output.append(contentsOf: bytes)
+        if !dirty {
+            dirty = true
+            worker.markDirty(self)
+        }
+        return true
+    }
+
+    /// Writes what is queued; called at the end of the loop iteration (so many relayed packets
+    /// leave in one write, one TLS record) and when the socket becomes writable.
+    func flush() {
+        dirty = false
+        guard !closed else { return }
+        while outputStart < output.count {
+            let n: Int
+            let pending = output.withUnsafeBytes { UnsafeRawBufferPointer(rebasing: $0[outputStart...]) }
+            if let tls {
+                let (wrote, progress) = tls.write(pending)
+                switch progress {
+                case .done: n = wrote
+                case .wantWrite, .wantRead: setWriteInterest(true); return
+                case .closed: close(.client); return
+                case .failed: close(.tlsError); return
+                }
+            } else {
+                switch Result(catching: { () throws(SystemError) in try Sockets.write(fd.raw, from: pending) }) {
+                case .failure: close(.client); return
+                case .success(.wouldBlock): setWriteInterest(true); return
+                case .success(.done(let wrote)): n = wrote
+                }
+            }
+            outputStart += n
+        }
+        // Everything written: give the memory back (an idle connection keeps no buffer).
+        output = []
+        outputStart = 0
+        setWriteInterest(false)
+        if closeAfterWrite { close(.client) }
+    }
+
+    var queuedBytes: Int { output.count - outputStart }
+
+    private func setWriteInterest(_ on: Bool) {
+        guard on != writeArmed, let registration else { return }
+        writeArmed = on
+        try? loop.modify(fd: fd.raw, registration, events: Epoll.input | Epoll.readHangup | (on ? Epoll.output : 0))
+    }
+
+    // MARK: Closing
+
+    func close(_ reason: StreamCounters.Close) {
+        guard !closed else { return }
+        closed = true
+        if let registration { loop.deregister(fd: fd.raw, registration) }
+        registration = nil
+        if reason != .client && reason != .tlsError { tls?.shutdown() }
+        worker.metrics.add(settings.counters.closed[reason]!)
+        worker.streamClosed(self)
+        output = []
+        input = []
+        tls = nil
+        fd.close()
+    }
+}
+
+/// A listening TCP socket on one worker. With its own SO_REUSEPORT socket per worker the kernel
+/// spreads connections; a single socket passed by systemd is shared by all workers with
+/// EPOLLEXCLUSIVE, so one worker wakes per connection.
+final class StreamListener: EventHandler {
+    enum Kind: String, CaseIterable {
+        /// Sniffs: TLS, STUN or HTTP by the first bytes.
+        case tcp
+        /// TLS first.
+        case tls
+    }
+
+    private let fd: FileDescriptor
+    let kind: Kind
+    private unowned let worker: TURNWorker
+    private var registration: Registration?
+
+    init(fd: FileDescriptor, kind: Kind, shared: Bool, worker: TURNWorker, loop: EventLoop) throws(SystemError) {
+        self.fd = fd
+        self.kind = kind
+        self.worker = worker
+        registration = try loop.register(fd: fd.raw, events: Epoll.input | (shared ? Epoll.exclusive : 0), handler: self)
+    }
+
+    func handleEvent(_ events: UInt32, loop: EventLoop) {
+        for _ in 0..<64 {
+            switch Result(catching: { () throws(SystemError) in try Sockets.accept(fd.raw) }) {
+            case .success(.wouldBlock):
+                return
+            case .success(.done(let (raw, peer))):
+                worker.accepted(FileDescriptor(raw), peer: peer, kind: kind)
+            case .failure:
+                // EMFILE and friends: try again on the next wakeup rather than spin.
+                return
+            }
+        }
+    }
+
+    func close(loop: EventLoop) {
+        if let registration { loop.deregister(fd: fd.raw, registration) }
+        registration = nil
+    }
+}
