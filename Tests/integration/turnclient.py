@@ -151,3 +151,36 @@ class TurnClient:
 
     def close(self):
         self.sock.close()
+
+
+class StreamTurnClient(TurnClient):
+    """The same client over a connected stream (TCP, or TLS through a wrapper): requests and
+    responses are framed by their STUN headers; ChannelData frames in between are skipped."""
+
+    def __init__(self, sock, username=None, password=None):
+        self.sock = sock
+        self.username, self.password = username, password
+        self.realm = self.nonce = None
+
+    def _read_exact(self, n):
+        out = b""
+        while len(out) < n:
+            chunk = self.sock.recv(n - len(out))
+            if not chunk:
+                raise ConnectionError("closed")
+            out += chunk
+        return out
+
+    def transact(self, data, tid):
+        self.sock.sendall(data)
+        while True:
+            head = self._read_exact(4)
+            if head[0] & 0xC0 == 0x40:
+                length = struct.unpack("!H", head[2:4])[0]
+                self._read_exact((length + 3) & ~3)
+                continue
+            length = struct.unpack("!H", head[2:4])[0]
+            rest = self._read_exact(16 + length)
+            r = Response(head + rest)
+            if r.tid == tid:
+                return r
