@@ -15,7 +15,7 @@ def test_units_verify(tmpdir_path):
         with open(os.path.join(tmpdir_path, name), "w") as f:
             f.write(text)
     units = [os.path.join(tmpdir_path, n) for n in sorted(os.listdir(tmpdir_path)) if n.endswith((".service", ".socket"))]
-    assert len(units) == 3
+    assert len(units) == 4
     r = subprocess.run(["systemd-analyze", "verify", *units], capture_output=True, text=True, cwd=tmpdir_path)
     assert r.returncode == 0 and not r.stderr.strip(), r.stderr
 
@@ -25,3 +25,8 @@ def test_service_is_hardened():
     for directive in ["Type=notify", "WatchdogSec=", "DynamicUser=yes", "CapabilityBoundingSet=CAP_NET_BIND_SERVICE",
                       "ProtectSystem=strict", "NoNewPrivileges=yes", "SystemCallFilter=@system-service"]:
         assert directive in text
+
+
+def test_deploy_config_is_valid():
+    r = subprocess.run([binary("ferry"), "config", "check", os.path.join(ROOT, "deploy", "ferry.toml")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr

@@ -306,3 +306,26 @@ def test_slow_reader_is_bounded(stream_server):
     assert full > 10000 and delivered < 10000, (full, delivered)
     assert rss1 - rss0 < 16 * 1024, f"RSS grew by {(rss1 - rss0) / 1024:.1f} MiB"
     s.close()
+
+
+def test_session_resumption(stream_server, tmpdir_path):
+    f = stream_server()
+    sess = os.path.join(tmpdir_path, "session")
+    # Keep the first connection open a moment so the TLS 1.3 ticket arrives.
+    subprocess.run(["sh", "-c", f"(sleep 1; echo) | timeout 2 openssl s_client -connect 127.0.0.1:{f.tls_port} -sess_out {sess} -ign_eof"],
+                   capture_output=True, timeout=20)
+    assert os.path.getsize(sess) > 0
+    rc, out = s_client(f.tls_port, "-sess_in", sess)
+    assert "Reused, TLSv1.3" in out, out
+
+
+def test_handshake_rate_limit_per_source(stream_server):
+    f = stream_server(extra_tls="handshakes_per_second = 1\nhandshake_burst = 2")
+    outcomes = [s_client(f.tls_port)[1] for _ in range(4)]
+    completed = [o for o in outcomes if "Cipher is TLS" in o]
+    # Two workers each allow a burst of 2 per source: at least 2 and at most 4 complete.
+    refused = f.metric("ferry_connections_closed_total", {"reason": "rate_limited"})
+    assert len(completed) + refused == 4
+    for _ in range(6):
+        s_client(f.tls_port)
+    assert f.metric("ferry_connections_closed_total", {"reason": "rate_limited"}) >= 2
