@@ -6,6 +6,7 @@
 //   → FerryWire     pure codecs (HTTP/1.1 heads, STUN/TURN messages)
 //   → FerryTLS      OpenSSL contexts (SNI, ALPN, reload) and non-blocking sessions
 //   → FerryTURN     TURN state machines: allocations, auth, nonces, peer policy, quotas (pure)
+//   → FerrySignal   signaling sessions: identity proofs, tokens, JWT, messages, rate limits (pure)
 //   → FerryConfig   the config file model, parser and validation (pure)
 //   → FerryServer   listeners, data plane, admin HTTP, metrics, composition
 //   → ferryd, ferry thin executables
@@ -40,11 +41,12 @@ let package = Package(
         .target(name: "FerryWire", dependencies: ["COpenSSL", "FerrySystem"], swiftSettings: strict),
         .target(name: "FerryTLS", dependencies: ["COpenSSL", "CFerryTLS"], swiftSettings: strict),
         .target(name: "FerryTURN", dependencies: ["FerrySystem", "FerryWire"], swiftSettings: strict),
+        .target(name: "FerrySignal", dependencies: ["FerrySystem", "FerryWire", "FerryTLS", "FerryTURN"], swiftSettings: strict),
         .target(name: "FerryConfig",
                 dependencies: ["FerrySystem", .product(name: "TOMLKit", package: "TOMLKit")],
                 swiftSettings: strict),
         .target(name: "FerryServer",
-                dependencies: ["FerrySystem", "FerryWire", "FerryTURN", "FerryTLS", "FerryConfig",
+                dependencies: ["FerrySystem", "FerryWire", "FerryTURN", "FerryTLS", "FerrySignal", "FerryConfig",
                                .product(name: "Logging", package: "swift-log")],
                 swiftSettings: strict),
         .executableTarget(name: "ferryd",
@@ -53,12 +55,13 @@ let package = Package(
                                          .product(name: "Logging", package: "swift-log")],
                           swiftSettings: strict),
         .executableTarget(name: "ferry",
-                          dependencies: ["FerryConfig", "FerryWire", "FerrySystem",
+                          dependencies: ["FerryConfig", "FerryWire", "FerrySystem", "FerrySignal",
                                          .product(name: "ArgumentParser", package: "swift-argument-parser")],
                           swiftSettings: strict),
         .testTarget(name: "FerrySystemTests", dependencies: ["FerrySystem", "CFerryLinux"], swiftSettings: strict),
         .testTarget(name: "FerryWireTests", dependencies: ["FerryWire"], exclude: ["Vectors"], swiftSettings: strict),
         .testTarget(name: "FerryTLSTests", dependencies: ["FerryTLS"], swiftSettings: strict),
+        .testTarget(name: "FerrySignalTests", dependencies: ["FerrySignal"], swiftSettings: strict),
         .testTarget(name: "FerryTURNTests", dependencies: ["FerryTURN"], swiftSettings: strict),
         .testTarget(name: "FerryConfigTests", dependencies: ["FerryConfig"], swiftSettings: strict),
         .testTarget(name: "FerryServerTests", dependencies: ["FerryServer"], swiftSettings: strict),

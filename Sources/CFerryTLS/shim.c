@@ -265,3 +265,115 @@ int ferry_tls_selected_alpn(const SSL *ssl, char *out, size_t outlen) {
 }
 
 const char *ferry_tls_version(const SSL *ssl) { return SSL_get_version(ssl); }
+
+// ---- Keys and signatures ----
+#include <openssl/core_names.h>
+#include <openssl/param_build.h>
+#include <openssl/ecdsa.h>
+
+int ferry_x25519_keypair(unsigned char priv[32], unsigned char pub[32]) {
+    if (RAND_bytes(priv, 32) != 1) return 0;
+    return ferry_x25519_public(priv, pub);
+}
+
+int ferry_x25519_public(const unsigned char priv[32], unsigned char pub[32]) {
+    EVP_PKEY *k = EVP_PKEY_new_raw_private_key(EVP_PKEY_X25519, NULL, priv, 32);
+    if (!k) return 0;
+    size_t len = 32;
+    int ok = EVP_PKEY_get_raw_public_key(k, pub, &len) == 1 && len == 32;
+    EVP_PKEY_free(k);
+    return ok;
+}
+
+int ferry_x25519_shared(const unsigned char priv[32], const unsigned char peer_pub[32], unsigned char out[32]) {
+    int ok = 0;
+    EVP_PKEY *k = EVP_PKEY_new_raw_private_key(EVP_PKEY_X25519, NULL, priv, 32);
+    EVP_PKEY *p = EVP_PKEY_new_raw_public_key(EVP_PKEY_X25519, NULL, peer_pub, 32);
+    EVP_PKEY_CTX *ctx = k ? EVP_PKEY_CTX_new(k, NULL) : NULL;
+    size_t len = 32;
+    if (ctx && p && EVP_PKEY_derive_init(ctx) == 1 && EVP_PKEY_derive_set_peer(ctx, p) == 1 &&
+        EVP_PKEY_derive(ctx, out, &len) == 1 && len == 32) {
+        // An all-zero result means a low-order public key: refuse it (RFC 7748 §6.1).
+        unsigned char acc = 0;
+        for (int i = 0; i < 32; i++) acc |= out[i];
+        ok = acc != 0;
+    }
+    EVP_PKEY_CTX_free(ctx);
+    EVP_PKEY_free(k);
+    EVP_PKEY_free(p);
+    return ok;
+}
+
+static EVP_PKEY *from_params(const char *type, OSSL_PARAM_BLD *b) {
+    OSSL_PARAM *params = OSSL_PARAM_BLD_to_param(b);
+    EVP_PKEY *key = NULL;
+    EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_name(NULL, type, NULL);
+    if (params && ctx && EVP_PKEY_fromdata_init(ctx) == 1) EVP_PKEY_fromdata(ctx, &key, EVP_PKEY_PUBLIC_KEY, params);
+    EVP_PKEY_CTX_free(ctx);
+    OSSL_PARAM_free(params);
+    OSSL_PARAM_BLD_free(b);
+    return key;
+}
+
+EVP_PKEY *ferry_pkey_rsa(const unsigned char *n, size_t nlen, const unsigned char *e, size_t elen) {
+    BIGNUM *bn = BN_bin2bn(n, (int)nlen, NULL), *be = BN_bin2bn(e, (int)elen, NULL);
+    OSSL_PARAM_BLD *b = OSSL_PARAM_BLD_new();
+    EVP_PKEY *k = NULL;
+    if (bn && be && b && OSSL_PARAM_BLD_push_BN(b, OSSL_PKEY_PARAM_RSA_N, bn) == 1 &&
+        OSSL_PARAM_BLD_push_BN(b, OSSL_PKEY_PARAM_RSA_E, be) == 1) {
+        k = from_params("RSA", b);
+        b = NULL;
+    }
+    OSSL_PARAM_BLD_free(b);
+    BN_free(bn);
+    BN_free(be);
+    return k;
+}
+
+EVP_PKEY *ferry_pkey_ec_p256(const unsigned char *x, size_t xlen, const unsigned char *y, size_t ylen) {
+    if (xlen != 32 || ylen != 32) return NULL;
+    unsigned char point[65];
+    point[0] = 0x04;
+    memcpy(point + 1, x, 32);
+    memcpy(point + 33, y, 32);
+    OSSL_PARAM_BLD *b = OSSL_PARAM_BLD_new();
+    if (!b) return NULL;
+    OSSL_PARAM_BLD_push_utf8_string(b, OSSL_PKEY_PARAM_GROUP_NAME, "prime256v1", 0);
+    OSSL_PARAM_BLD_push_octet_string(b, OSSL_PKEY_PARAM_PUB_KEY, point, sizeof point);
+    return from_params("EC", b);
+}
+
+EVP_PKEY *ferry_pkey_ed25519(const unsigned char *x, size_t xlen) {
+    if (xlen != 32) return NULL;
+    return EVP_PKEY_new_raw_public_key(EVP_PKEY_ED25519, NULL, x, 32);
+}
+
+void ferry_pkey_free(EVP_PKEY *k) { EVP_PKEY_free(k); }
+
+int ferry_jws_verify(EVP_PKEY *key, int alg, const unsigned char *data, size_t len, const unsigned char *sig, size_t siglen) {
+    int ok = 0;
+    unsigned char *der = NULL;
+    size_t derlen = 0;
+    const unsigned char *s = sig;
+    size_t slen = siglen;
+    if (alg == 2) {
+        // JOSE ECDSA signatures are r||s; OpenSSL wants DER.
+        if (siglen != 64) return 0;
+        ECDSA_SIG *es = ECDSA_SIG_new();
+        BIGNUM *r = BN_bin2bn(sig, 32, NULL), *ss = BN_bin2bn(sig + 32, 32, NULL);
+        if (!es || !r || !ss || ECDSA_SIG_set0(es, r, ss) != 1) { ECDSA_SIG_free(es); BN_free(r); BN_free(ss); return 0; }
+        int l = i2d_ECDSA_SIG(es, &der);
+        ECDSA_SIG_free(es);
+        if (l <= 0) return 0;
+        derlen = (size_t)l;
+        s = der;
+        slen = derlen;
+    }
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    const EVP_MD *digest = alg == 3 ? NULL : EVP_sha256();
+    if (md && EVP_DigestVerifyInit(md, NULL, digest, NULL, key) == 1 && EVP_DigestVerify(md, s, slen, data, len) == 1) ok = 1;
+    EVP_MD_CTX_free(md);
+    OPENSSL_free(der);
+    ERR_clear_error();
+    return ok;
+}

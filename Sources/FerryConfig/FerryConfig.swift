@@ -102,6 +102,35 @@ public struct FerryConfig: Sendable, Equatable {
         public var maxConnections = 20_000
     }
 
+    public struct SignalRelay: Sendable, Equatable {
+        public var region: String
+        public var urls: [String]
+        public var secret: String
+    }
+
+    public struct Signal: Sendable, Equatable {
+        public var enabled = false
+        public var allowPlaintext = false
+        public var serverKey = ""
+        public var tokenSecrets: [String] = []
+        public var jwksFile = ""
+        public var jwtIssuer = ""
+        public var jwtAudience = ""
+        public var networkClaim = "ferry_network"
+        public var peerClaim = ""
+        public var maxPayload = 16384
+        public var maxMessage = 65536
+        public var messagesPerSecond = 50
+        public var messageBurst = 100
+        public var bytesPerSecond = 262_144
+        public var queueMessages = 256
+        public var authTimeoutSeconds = 10
+        public var pingIntervalSeconds = 20
+        public var relayTTLSeconds = 86400
+        public var selfRelayURLs: [String] = []
+        public var relays: [SignalRelay] = []
+    }
+
     public struct Policy: Sendable, Equatable {
         /// CIDRs a relay may reach even though the defaults deny them (peers inside a VPC).
         public var allow: [String] = []
@@ -154,6 +183,7 @@ public struct FerryConfig: Sendable, Equatable {
     public var policy = Policy()
     public var tls = TLS()
     public var stream = Stream()
+    public var signal = Signal()
 
     public init() {}
 
@@ -168,6 +198,10 @@ public struct FerryConfig: Sendable, Equatable {
             Listener(name: "turn-tls", transport: .tls, address: SocketAddress("127.0.0.1:5349")!, service: .turn, forwardTo: nil),
         ]
         c.tls.selfSigned = true
+        c.signal.enabled = true
+        c.signal.allowPlaintext = true
+        c.signal.selfRelayURLs = ["turn:127.0.0.1:3478?transport=udp", "turn:127.0.0.1:3478?transport=tcp",
+                                  "turns:127.0.0.1:5349?transport=tcp"]
         c.turn.realm = "ferry.dev"
         c.turn.relayIPv4 = IPAddress("127.0.0.1")
         // Only local processes can reach a server on 127.0.0.1, and they can reach loopback
@@ -333,6 +367,62 @@ public struct FerryConfig: Sendable, Equatable {
         c.stream.writeBufferBytes = stream.int("write_buffer_bytes", default: 262_144, range: 4096...(64 << 20))
         c.stream.maxConnections = stream.int("max_connections", default: 20_000, range: 1...10_000_000)
         stream.finish()
+        let sig = root.table("signal")
+        c.signal.enabled = sig.bool("enabled", default: false)
+        c.signal.allowPlaintext = sig.bool("allow_plaintext", default: false)
+        c.signal.serverKey = sig.string("server_key", default: "") ?? ""
+        if !c.signal.serverKey.isEmpty && (c.signal.serverKey.utf8.count != 64 || !c.signal.serverKey.utf8.allSatisfy({ ($0 >= 48 && $0 <= 57) || ($0 >= 97 && $0 <= 102) })) {
+            sig.report("server_key", "must be 64 lower-case hex digits (an X25519 private key), or \"\" to keep one in server.state_directory")
+        }
+        c.signal.tokenSecrets = sig.stringArray("token_secrets", default: [])
+        for (i, secret) in c.signal.tokenSecrets.enumerated() where secret.utf8.count < 16 {
+            sig.report("token_secrets[\(i)]", "must be at least 16 bytes")
+        }
+        c.signal.jwksFile = sig.string("jwks_file", default: "") ?? ""
+        c.signal.jwtIssuer = sig.string("jwt_issuer", default: "") ?? ""
+        c.signal.jwtAudience = sig.string("jwt_audience", default: "") ?? ""
+        c.signal.networkClaim = sig.string("network_claim", default: "ferry_network") ?? "ferry_network"
+        c.signal.peerClaim = sig.string("peer_claim", default: "") ?? ""
+        if !c.signal.jwksFile.isEmpty && (c.signal.jwtIssuer.isEmpty || c.signal.jwtAudience.isEmpty) {
+            sig.report("jwt_issuer", "jwt_issuer and jwt_audience are required with jwks_file")
+        }
+        c.signal.maxPayload = sig.int("max_payload", default: 16384, range: 64...(1 << 20))
+        c.signal.maxMessage = sig.int("max_message", default: 65536, range: 1024...(4 << 20))
+        c.signal.messagesPerSecond = sig.int("messages_per_second", default: 50, range: 1...1_000_000)
+        c.signal.messageBurst = sig.int("message_burst", default: 100, range: 1...1_000_000)
+        c.signal.bytesPerSecond = sig.int("bytes_per_second", default: 262_144, range: 1024...(1 << 30))
+        c.signal.queueMessages = sig.int("queue_messages", default: 256, range: 1...100_000)
+        c.signal.authTimeoutSeconds = sig.int("auth_timeout_seconds", default: 10, range: 1...300)
+        c.signal.pingIntervalSeconds = sig.int("ping_interval_seconds", default: 20, range: 1...3600)
+        c.signal.relayTTLSeconds = sig.int("relay_ttl_seconds", default: 86400, range: 60...(30 * 86400))
+        c.signal.selfRelayURLs = sig.stringArray("self_relay_urls", default: [])
+        for (i, r) in sig.tables("relay").enumerated() {
+            let region = r.string("region", default: nil)
+            let urls = r.stringArray("urls", default: [])
+            let secret = r.string("secret", default: nil)
+            if region == nil { r.report("region", "is required") }
+            if urls.isEmpty { r.report("urls", "is required: turn: or turns: URLs") }
+            if secret == nil { r.report("secret", "is required: the relay's TURN REST shared secret") }
+            for (j, u) in urls.enumerated() where !(u.hasPrefix("turn:") || u.hasPrefix("turns:")) {
+                r.report("urls[\(j)]", "must start with turn: or turns:, got \"\(u)\"")
+            }
+            r.finish()
+            _ = i
+            if let region, let secret { c.signal.relays.append(SignalRelay(region: region, urls: urls, secret: secret)) }
+        }
+        for (j, u) in c.signal.selfRelayURLs.enumerated() where !(u.hasPrefix("turn:") || u.hasPrefix("turns:")) {
+            sig.report("self_relay_urls[\(j)]", "must start with turn: or turns:, got \"\(u)\"")
+        }
+        sig.finish()
+        if c.signal.enabled {
+            if !c.listeners.contains(where: { $0.transport != .udp }) {
+                sink.issues.append(ConfigIssue(key: "signal.enabled", message: "signaling needs a listener with transport = \"tls\" (or \"tcp\")"))
+            }
+            if c.signal.tokenSecrets.isEmpty && c.signal.jwksFile.isEmpty {
+                sink.issues.append(ConfigIssue(key: "signal.token_secrets", message: "signaling needs token_secrets or jwks_file to authorize peers"))
+            }
+        }
+
         if c.listeners.contains(where: { $0.transport == .tls }) && c.tls.certificates.isEmpty && !c.tls.selfSigned {
             sink.issues.append(ConfigIssue(key: "tls.certificate", message: "is required when a listener has transport = \"tls\" (or set tls.self_signed = true for testing)"))
         }

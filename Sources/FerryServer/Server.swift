@@ -6,7 +6,9 @@ import FerryConfig
 import FerryWire
 import FerryTURN
 import FerryTLS
+import FerrySignal
 import Logging
+import Foundation
 import Synchronization
 
 /// The composition of one `ferryd`: the engine and its listeners, the admin endpoint, systemd
@@ -41,6 +43,8 @@ public final class Server: @unchecked Sendable {
         let value = Atomic<Int64>(0)
     }
     private var certificateReloads: (ok: CounterID, failed: CounterID)?
+    private let signalWorkers = SignalWorkers()
+    private var signalKey: SignalServerKey?
     private var boundAddresses: [String: SocketAddress] = [:]
     private let state = ServerState()
     private var drainDeadline: UInt64 = 0
@@ -229,6 +233,14 @@ public final class Server: @unchecked Sendable {
         if config.listeners.contains(where: { $0.transport != .udp }) { tlsContexts = try loadTLS(initial: true) }
         let state = self.state
         let httpsRoute: HTTPSession.Route = { head in Server.healthRoute(head, state: state) }
+        let hub = SignalHub()
+        var signalPolicy: SignalPolicy?
+        var signalCounters: SignalCounters?
+        if config.signal.enabled {
+            signalKey = try signalServerKey()
+            signalPolicy = try makeSignalPolicy()
+            signalCounters = registerSignalMetrics(hub)
+        }
         for loop in engine.loops {
             let lo = t.portMin + loop.index * block
             let hi = loop.index == workers - 1 ? t.portMax : lo + block - 1
@@ -238,12 +250,22 @@ public final class Server: @unchecked Sendable {
             let server = TURNServer(settings: settings, credentials: credentials, nonces: nonces, policy: policy,
                                     relays: worker, shared: shared, counters: counters, metrics: metrics.block(loop.index))
             worker.attach(server)
-            worker.configureStreams(StreamSettings(
+            let streamSettings = StreamSettings(
                 contexts: tlsContexts, idleTimeoutSeconds: config.stream.idleTimeoutSeconds,
                 handshakeTimeoutSeconds: config.tls.handshakeTimeoutSeconds, writeLimit: config.stream.writeBufferBytes,
                 maxConnections: (config.stream.maxConnections + workers - 1) / workers,
                 handshakesPerSecond: config.tls.handshakesPerSecond, handshakeBurst: config.tls.handshakeBurst,
-                route: httpsRoute, counters: streamCounters))
+                route: httpsRoute, counters: streamCounters)
+            if let signalPolicy, let signalCounters {
+                let sw = SignalWorker(index: loop.index, loop: loop, hub: hub, policy: signalPolicy, counters: signalCounters,
+                                      metrics: metrics.block(loop.index), queueLimit: config.signal.queueMessages,
+                                      authTimeoutSeconds: config.signal.authTimeoutSeconds, registry: signalWorkers, loops: engine.loops)
+                signalWorkers.all.append(sw)
+                streamSettings.signal = sw
+                streamSettings.allowPlaintextSignal = config.signal.allowPlaintext
+                streamSettings.maxWebSocketMessage = config.signal.maxMessage
+            }
+            worker.configureStreams(streamSettings)
             turnWorkers.append(worker)
             loop.onSweep { now in server.sweep(now: now) }
         }
@@ -345,6 +367,66 @@ public final class Server: @unchecked Sendable {
         }
     }
 
+    // MARK: Signaling
+
+    /// The server's static X25519 key: configured, else kept in the state directory, else made
+    /// up for this process (peers then see a new server key after a restart).
+    private func signalServerKey() throws -> SignalServerKey {
+        if let k = Crypto.unhex(config.signal.serverKey), k.count == 32 { return SignalServerKey(privateKey: k) }
+        if !config.server.stateDirectory.isEmpty {
+            return SignalServerKey(privateKey: try StateFiles.secret(directory: config.server.stateDirectory, name: "signal.key", bytes: 32))
+        }
+        logger.notice("no signal.server_key and no server.state_directory: the signaling key is made up for this process")
+        return SignalServerKey(privateKey: X25519.keyPair().privateKey)
+    }
+
+    private func makeSignalPolicy() throws -> SignalPolicy {
+        let s = config.signal
+        var jwt: JWTVerifier?
+        if !s.jwksFile.isEmpty {
+            guard let data = FileManager.default.contents(atPath: s.jwksFile) else {
+                throw SystemError(call: "read signal.jwks_file \(s.jwksFile)", errno: ENOENT)
+            }
+            jwt = try JWTVerifier(jwks: data, issuer: s.jwtIssuer, audience: s.jwtAudience, networkClaim: s.networkClaim,
+                                  peerClaim: s.peerClaim.isEmpty ? nil : s.peerClaim)
+        }
+        var relays: [RelayHandout] = []
+        if !s.selfRelayURLs.isEmpty, let secret = config.turn.staticAuthSecrets.first {
+            relays.append(RelayHandout(region: "self", urls: s.selfRelayURLs, secret: secret))
+        }
+        relays += s.relays.map { RelayHandout(region: $0.region, urls: $0.urls, secret: $0.secret) }
+        logger.info("signaling", metadata: ["server_key": "\(B64.std(signalKey?.publicKey ?? []))", "token_secrets": "\(s.tokenSecrets.count)",
+                                            "jwks_keys": "\(jwt?.keyCount ?? 0)", "relays": "\(relays.map(\.region))"])
+        return SignalPolicy(serverKey: signalKey!, tokenSecrets: s.tokenSecrets, jwt: jwt, maxPayload: s.maxPayload,
+                            messagesPerSecond: Double(s.messagesPerSecond), messageBurst: Double(s.messageBurst),
+                            bytesPerSecond: Double(s.bytesPerSecond), relays: relays, relayTTL: UInt64(s.relayTTLSeconds),
+                            pingInterval: s.pingIntervalSeconds)
+    }
+
+    private func registerSignalMetrics(_ hub: SignalHub) -> SignalCounters {
+        var auth: [SignalErrorCode: CounterID] = [:]
+        for c in [SignalErrorCode.authFailed, .badProof, .tokenExpired, .wrongNetwork, .notAuthenticated] {
+            auth[c] = metrics.counter("ferry_signal_auth_failures_total", "Signaling connections refused at authentication, by reason.", labels: [("reason", c.rawValue)])
+        }
+        var dropped: [SignalErrorCode: CounterID] = [:]
+        for c in [SignalErrorCode.badJSON, .badMessage, .unsupportedVersion, .unknownType, .payloadTooLarge, .notAuthenticated, .peerOffline, .rateLimited] {
+            dropped[c] = metrics.counter("ferry_signal_messages_dropped_total", "Signaling messages not delivered, by reason.", labels: [("reason", c.rawValue)])
+        }
+        metrics.computedGauge("ferry_signal_peers_registered", "Peers authenticated on signaling now (all workers).") {
+            [(labels: "", value: Double(hub.count))]
+        }
+        return SignalCounters(
+            registrations: metrics.counter("ferry_signal_registrations_total", "Successful signaling authentications."),
+            connected: metrics.counter("ferry_signal_peers_connected", "Authenticated signaling connections, summed over workers.", kind: .gauge),
+            authFailures: auth,
+            routed: metrics.counter("ferry_signal_messages_routed_total", "Signaling messages routed to a connected peer."),
+            dropped: dropped,
+            queueDropped: metrics.counter("ferry_signal_queue_dropped_total", "Messages dropped (oldest first) from a peer's full outbound queue."),
+            latency: metrics.histogram("ferry_signal_routing_latency_microseconds", "From a message's arrival to its queueing for the recipient.",
+                                       bounds: [50, 100, 250, 500, 1000, 2500, 5000, 10000, 50000]),
+            queued: metrics.counter("ferry_signal_queued_messages", "Messages waiting in peers' outbound queues.", kind: .gauge))
+    }
+
     // MARK: TLS
 
     /// Builds TLS contexts from the configured files (or a fresh self-signed certificate).
@@ -411,7 +493,9 @@ public final class Server: @unchecked Sendable {
                            metrics.counter("ferry_tls_handshakes_total", hs, labels: [("result", "ok"), ("version", "TLSv1.3")])),
             handshakesFailed: metrics.counter("ferry_tls_handshakes_total", hs, labels: [("result", "failed"), ("version", "none")]),
             protocols: protocols,
-            httpRequests: metrics.counter("ferry_https_requests_total", "HTTP requests served on stream listeners (health; signaling next)."))
+            httpRequests: metrics.counter("ferry_https_requests_total", "HTTP requests served on stream listeners (health; signaling next)."),
+            websockets: metrics.counter("ferry_websocket_upgrades_total", "WebSocket connections opened on /v1/signal."),
+            websocketErrors: metrics.counter("ferry_websocket_errors_total", "WebSocket connections closed for a protocol error, an oversized message (1009) or binary data."))
     }
 
     // MARK: Signals: reload and drain
@@ -462,6 +546,19 @@ public final class Server: @unchecked Sendable {
                 config.tls = next.tls
             }
             reloadTLS()
+            if config.signal.enabled && next.signal.enabled {
+                let old = config.signal
+                config.signal = next.signal
+                do {
+                    let policy = try makeSignalPolicy()
+                    for loop in engine.loops {
+                        loop.execute { [self] l in self.signalWorkers.all[l.index].update(policy: policy) }
+                    }
+                } catch {
+                    config.signal = old
+                    logger.error("signaling reload failed; keeping the running settings", metadata: ["error": "\(error)"])
+                }
+            }
             levelBox.level = Logger.Level(next.log.level)
             config.log.level = next.log.level
             config.server.drainSeconds = next.server.drainSeconds

@@ -17,6 +17,10 @@ final class StreamSettings {
     let route: HTTPSession.Route
     let counters: StreamCounters
     var handshakes: RateLimiter<IPAddress>
+    /// Signaling on this worker (nil when `[signal]` is off), and whether plain ws:// is allowed.
+    var signal: SignalWorker?
+    var allowPlaintextSignal = false
+    var maxWebSocketMessage = 65536
 
     init(contexts: TLSContextSet?, idleTimeoutSeconds: Int, handshakeTimeoutSeconds: Int, writeLimit: Int, maxConnections: Int,
          handshakesPerSecond: Int, handshakeBurst: Int, route: @escaping HTTPSession.Route, counters: StreamCounters) {
@@ -45,6 +49,8 @@ struct StreamCounters {
     let handshakesFailed: CounterID
     let protocols: [String: CounterID]
     let httpRequests: CounterID
+    let websockets: CounterID
+    let websocketErrors: CounterID
 }
 
 /// One TCP or TLS connection on a worker: sniffs what it carries (TLS, STUN, HTTP), runs the TLS
@@ -55,7 +61,7 @@ struct StreamCounters {
 ///
 /// Ownership: the worker's loop thread.
 final class StreamConnection: EventHandler {
-    enum Mode { case sniffing, handshaking, turn, http }
+    enum Mode { case sniffing, handshaking, decided, turn, http, websocket }
 
     let id: Int32
     let peer: SocketAddress
@@ -97,7 +103,7 @@ final class StreamConnection: EventHandler {
         if kind == .tls { startTLS() }
     }
 
-    var inHandshake: Bool { mode == .sniffing || mode == .handshaking }
+    var inHandshake: Bool { mode == .sniffing || mode == .handshaking || mode == .decided }
 
     func handleEvent(_ events: UInt32, loop: EventLoop) {
         if events & Epoll.output != 0 {
@@ -108,7 +114,7 @@ final class StreamConnection: EventHandler {
             switch mode {
             case .sniffing: sniff()
             case .handshaking: handshake()
-            case .turn, .http: readAvailable()
+            case .decided, .turn, .http, .websocket: readAvailable()
             }
         }
     }
@@ -165,7 +171,8 @@ final class StreamConnection: EventHandler {
             // ALPN decides; without it, the first decrypted bytes do (read as TURN or HTTP).
             switch tls.alpn {
             case "http/1.1"?: enter(.http, protocolName: "https")
-            default: enter(.turn, protocolName: "turns")
+            case "stun.turn"?: enter(.turn, protocolName: "turns")
+            default: mode = .decided
             }
             readAvailable()
         case .wantRead:
@@ -191,7 +198,7 @@ final class StreamConnection: EventHandler {
     private func readAvailable() {
         let chunk = worker.streamReadBuffer
         for _ in 0..<64 {
-            guard !closed else { return }
+            guard !closed, !closeAfterWrite else { return }
             let n: Int
             if let tls {
                 let (got, progress) = tls.read(into: chunk)
@@ -221,9 +228,19 @@ final class StreamConnection: EventHandler {
     }
 
     private func process() {
+        if mode == .decided {
+            // TLS without ALPN: the first decrypted bytes tell HTTP from TURN.
+            switch input.withUnsafeBytes({ ProtocolSniffer.sniff($0) }) {
+            case nil: return
+            case .http?: enter(.http, protocolName: "https")
+            case .stun?: enter(.turn, protocolName: "turns")
+            default: close(.protocolError); return
+            }
+        }
         switch mode {
         case .turn: processTURN()
         case .http: processHTTP()
+        case .websocket: processWebSocket()
         default: break
         }
     }
@@ -261,6 +278,33 @@ final class StreamConnection: EventHandler {
     }
 
     private func processHTTP() {
+        // `GET /v1/signal` with an Upgrade becomes a signaling WebSocket.
+        if let signal = settings.signal {
+            let parsed = input.withUnsafeBytes { HTTPHeadParser.parse($0) }
+            if case .complete(let head, let consumed) = parsed, head.path == "/v1/signal" {
+                input.removeFirst(consumed)
+                let answer: [UInt8]
+                if tls == nil && !settings.allowPlaintextSignal {
+                    answer = HTTPResponse.encode(status: 403, body: Array("signaling requires TLS (wss://)\n".utf8), close: true)
+                } else {
+                    switch WebSocket.accept(head) {
+                    case .success(let response):
+                        response.withUnsafeBytes { _ = enqueue($0, droppable: false) }
+                        mode = .websocket
+                        worker.metrics.add(settings.counters.websockets)
+                        signal.opened(self)
+                        if !input.isEmpty { processWebSocket() }
+                        return
+                    case .failure(let f):
+                        answer = HTTPResponse.encode(status: f.status, body: Array((f.reason + "\n").utf8), close: true)
+                    }
+                }
+                answer.withUnsafeBytes { _ = enqueue($0, droppable: false) }
+                closeAfterFlush()
+                return
+            }
+            if case .incomplete = parsed { return }
+        }
         let bytes = input
         input = []
         let outcome = http.receive(bytes, route: settings.route)
@@ -271,7 +315,74 @@ final class StreamConnection: EventHandler {
         if http.closing { closeAfterWrite = true; flush() }
     }
 
+    /// WebSocket frames (RFC 6455 §5): text messages go to the signaling session; fragments are
+    /// joined up to the message limit; pings are answered; a close is echoed. Oversized frames or
+    /// messages close with 1009, protocol errors with 1002, binary data with 1003.
+    private var fragments: [UInt8] = []
+    private var fragmenting = false
+
+    private func processWebSocket() {
+        var consumed = 0
+        var failure: WebSocket.CloseCode?
+        var messages: [[UInt8]] = []
+        input.withUnsafeMutableBytes { all in
+            while consumed < all.count && failure == nil {
+                let rest = UnsafeMutableRawBufferPointer(rebasing: all[consumed...])
+                switch WebSocket.parse(UnsafeRawBufferPointer(rest), maxPayload: settings.maxWebSocketMessage) {
+                case .incomplete:
+                    return
+                case .failure(let code):
+                    failure = code
+                case .frame(let f):
+                    let payload = UnsafeMutableRawBufferPointer(rebasing: rest[f.payloadStart..<f.frameLength])
+                    if let key = f.maskKey { WebSocket.unmask(payload, key: key) }
+                    consumed += f.frameLength
+                    switch f.opcode {
+                    case .ping:
+                        let pong = WebSocket.encode(.pong, UnsafeRawBufferPointer(payload))
+                        pong.withUnsafeBytes { _ = enqueue($0, droppable: false) }
+                    case .pong:
+                        break
+                    case .close:
+                        failure = .normal
+                    case .binary:
+                        failure = .unsupportedData
+                    case .text, .continuation:
+                        if f.opcode == .text && fragmenting { failure = .protocolError; break }
+                        if f.opcode == .continuation && !fragmenting { failure = .protocolError; break }
+                        fragments += UnsafeRawBufferPointer(payload)
+                        if fragments.count > settings.maxWebSocketMessage { failure = .tooBig; break }
+                        fragmenting = !f.fin
+                        if f.fin {
+                            messages.append(fragments)
+                            fragments = []
+                        }
+                    }
+                }
+            }
+        }
+        if consumed > 0 { input.removeFirst(consumed) }
+        if input.isEmpty { input = [] }
+        for m in messages where !closed { settings.signal?.text(m, from: self) }
+        if let code = failure {
+            if code != .normal { worker.metrics.add(settings.counters.websocketErrors) }
+            let frame = WebSocket.close(code, reason: code == .tooBig ? "message too big" : "")
+            frame.withUnsafeBytes { _ = enqueue($0, droppable: false) }
+            closeAfterFlush()
+        }
+    }
+
     // MARK: Writing
+
+    /// Closes once everything queued has been written.
+    func closeAfterFlush() {
+        closeAfterWrite = true
+        input = []
+        if !dirty {
+            dirty = true
+            worker.markDirty(self)
+        }
+    }
 
     /// Queues bytes for the client. Droppable data (relayed packets) is refused when the queue
     /// would pass `stream.write_buffer_bytes`; protocol answers are always queued.
@@ -337,6 +448,7 @@ final class StreamConnection: EventHandler {
         if reason != .client && reason != .tlsError { tls?.shutdown() }
         worker.metrics.add(settings.counters.closed[reason]!)
         worker.streamClosed(self)
+        if mode == .websocket { settings.signal?.closed(self) }
         output = []
         input = []
         tls = nil

@@ -1,5 +1,7 @@
 import ArgumentParser
 import FerryConfig
+import FerrySignal
+import FerrySystem
 
 /// ferry: the command-line tool for peers and operators.
 struct Ferry: ParsableCommand {
@@ -7,7 +9,25 @@ struct Ferry: ParsableCommand {
         commandName: "ferry",
         abstract: "Ferry's command-line tool.",
         version: FerryVersion.string,
-        subcommands: [Version.self, Config.self])
+        subcommands: [Version.self, Config.self, Token.self])
+
+    struct Token: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Mint a signaling token (ferry1.…) from a shared secret (ferryd's signal.token_secrets).")
+
+        @Option(help: "The shared secret.") var secret: String
+        @Option(help: "The network the peer belongs to.") var network: String
+        @Option(help: "Bind the token to this WireGuard public key (base64).") var peer: String?
+        @Option(help: "Lifetime in seconds.") var ttl: UInt64 = 3600
+
+        func run() throws {
+            if let peer, B64.decode(peer)?.count != 32 {
+                printError("--peer must be a base64 WireGuard public key (32 bytes)")
+                throw ExitCode(2)
+            }
+            print(SignalToken.mint(secret: secret, network: network, peer: peer, expiry: wallClockSeconds() + ttl))
+        }
+    }
 
     struct Version: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Print the version.")

@@ -59,6 +59,8 @@ struct Ferryd: ParsableCommand {
         let secret = Crypto.hex(Crypto.randomBytes(16))
         cfg.turn.users.append(FerryConfig.TURNUser(name: "ferry-dev", password: password, key: nil))
         cfg.turn.staticAuthSecrets.append(secret)
+        let signalSecret = Crypto.hex(Crypto.randomBytes(16))
+        cfg.signal.tokenSecrets.append(signalSecret)
         let listener = cfg.listeners.first.map { "\($0.address)" } ?? "-"
         print("""
             ferryd development mode: loopback only. Do not use these credentials anywhere else.
@@ -67,6 +69,8 @@ struct Ferryd: ParsableCommand {
               password   \(password)
               shared secret (TURN REST, coturn's static-auth-secret)  \(secret)
               admin      http://\(cfg.admin.address.map { "\($0)" } ?? "disabled")/metrics
+              signaling  ws://127.0.0.1:3478/v1/signal, wss://127.0.0.1:5349/v1/signal
+              token secret  \(signalSecret)   (ferry token --secret \(signalSecret) --network dev --peer KEY)
             """)
         fflush(nil)
     }

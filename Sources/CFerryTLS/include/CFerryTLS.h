@@ -51,3 +51,21 @@ const char *ferry_tls_version(const SSL *ssl);
 void ferry_tls_last_error(char *err, size_t errlen);
 
 #endif
+
+// ---- Keys and signatures for signaling (X25519 identities, JWT verification) ----
+typedef struct evp_pkey_st EVP_PKEY;
+
+// X25519: a new private key (32 bytes) and its public key; the shared secret of a private and a
+// peer's public key. 1 on success.
+int ferry_x25519_keypair(unsigned char priv[32], unsigned char pub[32]);
+int ferry_x25519_public(const unsigned char priv[32], unsigned char pub[32]);
+int ferry_x25519_shared(const unsigned char priv[32], const unsigned char peer_pub[32], unsigned char out[32]);
+
+// Public keys from JWK members (raw big-endian bytes). NULL on failure; free with EVP_PKEY_free.
+EVP_PKEY *ferry_pkey_rsa(const unsigned char *n, size_t nlen, const unsigned char *e, size_t elen);
+EVP_PKEY *ferry_pkey_ec_p256(const unsigned char *x, size_t xlen, const unsigned char *y, size_t ylen);
+EVP_PKEY *ferry_pkey_ed25519(const unsigned char *x, size_t xlen);
+void ferry_pkey_free(EVP_PKEY *k);
+
+// Verifies a JWS signature over data: alg 1 = RS256, 2 = ES256 (JOSE r||s, 64 bytes), 3 = EdDSA.
+int ferry_jws_verify(EVP_PKEY *key, int alg, const unsigned char *data, size_t len, const unsigned char *sig, size_t siglen);

@@ -22,7 +22,7 @@ public enum Crypto {
     }
 
     /// A digest (`EVP_md5()`, `EVP_sha1()`, `EVP_sha256()`) of `data`.
-    static func digest(_ md: OpaquePointer?, _ data: UnsafeRawBufferPointer, size: Int) -> [UInt8] {
+    public static func digest(_ md: OpaquePointer?, _ data: UnsafeRawBufferPointer, size: Int) -> [UInt8] {
         var out = [UInt8](repeating: 0, count: size)
         var len: UInt32 = 0
         let ok = out.withUnsafeMutableBufferPointer { o in

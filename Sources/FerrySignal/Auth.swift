@@ -1,0 +1,175 @@
+import Foundation
+import FerryWire
+import FerryTLS
+
+/// Base64 helpers for keys (WireGuard writes keys in standard base64) and tokens (base64url).
+public enum B64 {
+    public static func decode(_ s: String) -> [UInt8]? {
+        var t = s.replacingOccurrences(of: "-", with: "+").replacingOccurrences(of: "_", with: "/")
+        while t.count % 4 != 0 { t += "=" }
+        return Data(base64Encoded: t).map { [UInt8]($0) }
+    }
+
+    public static func url(_ bytes: [UInt8]) -> String {
+        Data(bytes).base64EncodedString().replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_")
+            .replacingOccurrences(of: "=", with: "")
+    }
+
+    public static func std(_ bytes: [UInt8]) -> String { Data(bytes).base64EncodedString() }
+}
+
+/// Who a connection is once authenticated.
+public struct SignalIdentity: Equatable, Sendable {
+    public let network: String
+    /// Unix seconds after which the authorization lapses.
+    public let expiry: UInt64
+}
+
+/// Stable error codes of the signaling protocol (docs/signaling.md).
+public enum SignalErrorCode: String, Error, Sendable, CaseIterable {
+    case badJSON = "bad_json"
+    case badMessage = "bad_message"
+    case unsupportedVersion = "unsupported_version"
+    case unknownType = "unknown_type"
+    case payloadTooLarge = "payload_too_large"
+    case notAuthenticated = "not_authenticated"
+    case authFailed = "auth_failed"
+    case badProof = "bad_proof"
+    case tokenExpired = "token_expired"
+    case wrongNetwork = "wrong_network"
+    case peerOffline = "peer_offline"
+    case rateLimited = "rate_limited"
+    case replaced
+    case draining
+}
+
+/// The shared-secret token for deployments without OIDC:
+/// `ferry1.<base64url(JSON {"net", "peer"?, "exp"})>.<base64url(HMAC-SHA256(secret, "ferry1." + payload))>`.
+/// `peer`, when present, binds the token to one WireGuard public key. `ferry token` mints them.
+public enum SignalToken {
+    public static func mint(secret: String, network: String, peer: String?, expiry: UInt64) -> String {
+        var claims: [String: Any] = ["net": network, "exp": expiry]
+        if let peer { claims["peer"] = peer }
+        let json = (try? JSONSerialization.data(withJSONObject: claims, options: [.sortedKeys])) ?? Data()
+        let payload = B64.url([UInt8](json))
+        let mac = Crypto.hmacSHA256(key: Array(secret.utf8), data: Array("ferry1.\(payload)".utf8))
+        return "ferry1.\(payload).\(B64.url(mac))"
+    }
+
+    public static func verify(_ token: String, secrets: [String], peer: String, now: UInt64) -> Result<SignalIdentity, SignalErrorCode> {
+        let parts = token.split(separator: ".", omittingEmptySubsequences: false)
+        guard parts.count == 3, parts[0] == "ferry1", let mac = B64.decode(String(parts[2])) else { return .failure(.authFailed) }
+        let signed = Array("ferry1.\(parts[1])".utf8)
+        guard secrets.contains(where: { Crypto.constantTimeEqual(Crypto.hmacSHA256(key: Array($0.utf8), data: signed), mac) }) else {
+            return .failure(.authFailed)
+        }
+        guard let payload = B64.decode(String(parts[1])),
+              let claims = (try? JSONSerialization.jsonObject(with: Data(payload))) as? [String: Any],
+              let net = claims["net"] as? String, let exp = (claims["exp"] as? NSNumber)?.uint64Value else {
+            return .failure(.authFailed)
+        }
+        if let bound = claims["peer"] as? String, bound != peer { return .failure(.authFailed) }
+        guard exp > now else { return .failure(.tokenExpired) }
+        return .success(SignalIdentity(network: net, expiry: exp))
+    }
+}
+
+/// JWT verification against a JWKS (RS256, ES256, EdDSA), with issuer, audience, expiry and a
+/// configurable claim naming the network (and optionally one binding the peer key).
+public final class JWTVerifier: @unchecked Sendable {
+    /// Static after construction.
+    private let keys: [(kid: String?, key: JWSKey)]
+    public let issuer: String
+    public let audience: String
+    public let networkClaim: String
+    public let peerClaim: String?
+    public let leewaySeconds: UInt64 = 60
+
+    public struct Failure: Error, CustomStringConvertible { public let description: String }
+
+    public init(jwks: Data, issuer: String, audience: String, networkClaim: String, peerClaim: String?) throws {
+        guard let doc = try JSONSerialization.jsonObject(with: jwks) as? [String: Any], let list = doc["keys"] as? [[String: Any]] else {
+            throw Failure(description: "JWKS must be an object with a \"keys\" array")
+        }
+        var keys: [(String?, JWSKey)] = []
+        for k in list {
+            let kid = k["kid"] as? String
+            func b(_ name: String) -> [UInt8]? { (k[name] as? String).flatMap(B64.decode) }
+            switch k["kty"] as? String {
+            case "RSA":
+                if let n = b("n"), let e = b("e"), let key = JWSKey.rsa(n: n, e: e) { keys.append((kid, key)) }
+            case "EC":
+                if (k["crv"] as? String) == "P-256", let x = b("x"), let y = b("y"), let key = JWSKey.p256(x: x, y: y) { keys.append((kid, key)) }
+            case "OKP":
+                if (k["crv"] as? String) == "Ed25519", let x = b("x"), let key = JWSKey.ed25519(x: x) { keys.append((kid, key)) }
+            default:
+                continue
+            }
+        }
+        guard !keys.isEmpty else { throw Failure(description: "JWKS has no usable RS256, ES256 or EdDSA key") }
+        self.keys = keys
+        self.issuer = issuer
+        self.audience = audience
+        self.networkClaim = networkClaim
+        self.peerClaim = peerClaim
+    }
+
+    public var keyCount: Int { keys.count }
+
+    public func verify(_ jwt: String, peer: String, now: UInt64) -> Result<SignalIdentity, SignalErrorCode> {
+        let parts = jwt.split(separator: ".", omittingEmptySubsequences: false)
+        guard parts.count == 3, let headerBytes = B64.decode(String(parts[0])), let payloadBytes = B64.decode(String(parts[1])),
+              let signature = B64.decode(String(parts[2])),
+              let header = (try? JSONSerialization.jsonObject(with: Data(headerBytes))) as? [String: Any],
+              let claims = (try? JSONSerialization.jsonObject(with: Data(payloadBytes))) as? [String: Any],
+              let alg = header["alg"] as? String else { return .failure(.authFailed) }
+        let algorithm: JWSKey.Algorithm
+        switch alg {
+        case "RS256": algorithm = .rs256
+        case "ES256": algorithm = .es256
+        case "EdDSA": algorithm = .edDSA
+        default: return .failure(.authFailed)  // never "none", never HMAC with a public key
+        }
+        let kid = header["kid"] as? String
+        let signed = Array("\(parts[0]).\(parts[1])".utf8)
+        let candidates = keys.filter { $0.key.algorithm == algorithm && (kid == nil || $0.kid == nil || $0.kid == kid) }
+        guard candidates.contains(where: { $0.key.verify(signed, signature: signature) }) else { return .failure(.authFailed) }
+        guard (claims["iss"] as? String) == issuer else { return .failure(.authFailed) }
+        let audiences: [String] = (claims["aud"] as? [String]) ?? ((claims["aud"] as? String).map { [$0] } ?? [])
+        guard audiences.contains(audience) else { return .failure(.authFailed) }
+        guard let exp = (claims["exp"] as? NSNumber)?.uint64Value else { return .failure(.authFailed) }
+        guard exp + leewaySeconds > now else { return .failure(.tokenExpired) }
+        if let nbf = (claims["nbf"] as? NSNumber)?.uint64Value, nbf > now + leewaySeconds { return .failure(.authFailed) }
+        guard let network = claims[networkClaim] as? String, !network.isEmpty else { return .failure(.wrongNetwork) }
+        if let peerClaim, let bound = claims[peerClaim] as? String, bound != peer { return .failure(.authFailed) }
+        return .success(SignalIdentity(network: network, expiry: exp))
+    }
+}
+
+/// The server's signaling identity: a static X25519 key (kept in the state directory), and the
+/// proof a peer must give: HMAC-SHA256 keyed with SHA-256("ferry-signal-v1" ‖ X25519(peer, server))
+/// over challenge ‖ peer public key ‖ server public key.
+public struct SignalServerKey: Sendable {
+    public let privateKey: [UInt8]
+    public let publicKey: [UInt8]
+
+    public init(privateKey: [UInt8]) {
+        self.privateKey = privateKey
+        publicKey = X25519.publicKey(privateKey: privateKey) ?? []
+    }
+
+    public static func macKey(shared: [UInt8]) -> [UInt8] { Crypto.sha256(Array("ferry-signal-v1".utf8) + shared) }
+
+    /// What a client computes (tests and the `ferry` CLI use it).
+    public static func proof(peerPrivateKey: [UInt8], serverPublicKey: [UInt8], challenge: [UInt8]) -> [UInt8]? {
+        guard let peerPub = X25519.publicKey(privateKey: peerPrivateKey),
+              let shared = X25519.shared(privateKey: peerPrivateKey, peerPublicKey: serverPublicKey) else { return nil }
+        return Crypto.hmacSHA256(key: macKey(shared: shared), data: challenge + peerPub + serverPublicKey)
+    }
+
+    public func verify(proof: [UInt8], peerPublicKey: [UInt8], challenge: [UInt8]) -> Bool {
+        guard let shared = X25519.shared(privateKey: privateKey, peerPublicKey: peerPublicKey) else { return false }
+        let expected = Crypto.hmacSHA256(key: SignalServerKey.macKey(shared: shared), data: challenge + peerPublicKey + publicKey)
+        return Crypto.constantTimeEqual(expected, proof)
+    }
+}

@@ -1,0 +1,241 @@
+import Foundation
+import FerryWire
+import FerryTURN
+
+/// A relay a peer may use, with short-lived TURN REST credentials made from its shared secret.
+public struct RelayHandout: Sendable {
+    public let region: String
+    public let urls: [String]
+    let secret: String
+
+    public init(region: String, urls: [String], secret: String) {
+        self.region = region
+        self.urls = urls
+        self.secret = secret
+    }
+
+    func credentials(peer: String, now: UInt64, ttl: UInt64) -> [String: Any] {
+        let username = "\(now + ttl):\(peer)"
+        return ["region": region, "urls": urls, "username": username,
+                "credential": CredentialStore.restPassword(secret: secret, username: username), "expires": now + ttl]
+    }
+}
+
+/// Limits and wiring of signaling, shared by every session (static after start; a reload makes
+/// a new one).
+public final class SignalPolicy: @unchecked Sendable {
+    public let serverKey: SignalServerKey
+    public let tokenSecrets: [String]
+    public let jwt: JWTVerifier?
+    public let maxPayload: Int
+    public let messagesPerSecond: Double
+    public let messageBurst: Double
+    public let bytesPerSecond: Double
+    public let relays: [RelayHandout]
+    public let relayTTL: UInt64
+    public let pingInterval: Int
+
+    public init(serverKey: SignalServerKey, tokenSecrets: [String], jwt: JWTVerifier?, maxPayload: Int, messagesPerSecond: Double,
+                messageBurst: Double, bytesPerSecond: Double, relays: [RelayHandout], relayTTL: UInt64, pingInterval: Int) {
+        self.serverKey = serverKey
+        self.tokenSecrets = tokenSecrets
+        self.jwt = jwt
+        self.maxPayload = maxPayload
+        self.messagesPerSecond = messagesPerSecond
+        self.messageBurst = messageBurst
+        self.bytesPerSecond = bytesPerSecond
+        self.relays = relays
+        self.relayTTL = relayTTL
+        self.pingInterval = pingInterval
+    }
+}
+
+/// What the connection must do after a message.
+public enum SignalAction {
+    /// Send this JSON text to the connection itself.
+    case reply([UInt8])
+    /// Authentication succeeded: register (replacing an older connection with the key), then
+    /// send `welcome`.
+    case register(peer: String, network: String, welcome: [UInt8])
+    /// Deliver `message` (already stamped with `from`) to `to` in the sender's network; if the
+    /// peer is absent, answer with `offline` instead.
+    case route(to: String, message: [UInt8], offline: [UInt8])
+    case subscribe([String])
+    case unsubscribe([String])
+    /// A message was dropped for a reason worth counting.
+    case dropped(SignalErrorCode)
+    case close(WebSocket.CloseCode, String)
+}
+
+/// One signaling connection's state machine (docs/signaling.md): challenge, authentication,
+/// then validated messages turned into routing actions. Pure: time is passed in.
+public final class SignalSession {
+    public enum State: Equatable {
+        case awaitingAuth
+        case authenticated(peer: String, network: String)
+        case closed
+    }
+
+    public private(set) var state: State = .awaitingAuth
+    public let challenge: [UInt8]
+    private let policy: SignalPolicy
+    private var messageTokens: Double
+    private var byteTokens: Double
+    private var tokensAt: UInt64
+    private var expiry: UInt64 = 0
+    /// Relayed message kinds, forwarded opaque to the recipient.
+    public static let routed: Set<String> = ["offer", "answer", "candidate", "end_of_candidates", "bye"]
+
+    public init(policy: SignalPolicy, now: UInt64) {
+        self.policy = policy
+        challenge = Crypto.randomBytes(32)
+        messageTokens = policy.messageBurst
+        byteTokens = policy.bytesPerSecond * 2
+        tokensAt = now
+    }
+
+    public var peer: String? {
+        if case .authenticated(let p, _) = state { return p }
+        return nil
+    }
+
+    public var network: String? {
+        if case .authenticated(_, let n) = state { return n }
+        return nil
+    }
+
+    /// The first message, sent on connect.
+    public func hello() -> [UInt8] {
+        SignalSession.json(["v": 1, "type": "hello", "server_key": B64.std(policy.serverKey.publicKey),
+                            "challenge": B64.std(challenge), "ping_interval": policy.pingInterval])
+    }
+
+    public static func error(_ code: SignalErrorCode, _ message: String, ref: Any? = nil) -> [UInt8] {
+        var o: [String: Any] = ["v": 1, "type": "error", "code": code.rawValue, "message": message]
+        if let ref { o["ref"] = ref }
+        return json(o)
+    }
+
+    public static func json(_ o: [String: Any]) -> [UInt8] {
+        [UInt8]((try? JSONSerialization.data(withJSONObject: o, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data())
+    }
+
+    /// Handles one text message. `now` is monotonic nanoseconds, `wallNow` Unix seconds.
+    public func receive(_ text: [UInt8], now: UInt64, wallNow: UInt64) -> [SignalAction] {
+        guard state != .closed else { return [] }
+        guard let object = (try? JSONSerialization.jsonObject(with: Data(text))) as? [String: Any] else {
+            return [.reply(SignalSession.error(.badJSON, "not a JSON object")), .dropped(.badJSON)]
+        }
+        let ref = object["id"]
+        guard (object["v"] as? NSNumber)?.intValue == 1 else {
+            return [.reply(SignalSession.error(.unsupportedVersion, "\"v\" must be 1", ref: ref)), .dropped(.unsupportedVersion)]
+        }
+        guard let type = object["type"] as? String else {
+            return [.reply(SignalSession.error(.badMessage, "missing \"type\"", ref: ref)), .dropped(.badMessage)]
+        }
+        switch state {
+        case .awaitingAuth:
+            guard type == "auth" else {
+                return [.reply(SignalSession.error(.notAuthenticated, "authenticate first", ref: ref)), .dropped(.notAuthenticated)]
+            }
+            return authenticate(object, wallNow: wallNow)
+        case .authenticated(let peer, _):
+            if wallNow >= expiry {
+                state = .closed
+                return [.reply(SignalSession.error(.tokenExpired, "authorization expired")), .close(.unauthorized, "token expired")]
+            }
+            guard admit(bytes: text.count, now: now) else {
+                return [.reply(SignalSession.error(.rateLimited, "slow down", ref: ref)), .dropped(.rateLimited)]
+            }
+            return message(type, object, from: peer, ref: ref)
+        case .closed:
+            return []
+        }
+    }
+
+    private func authenticate(_ o: [String: Any], wallNow: UInt64) -> [SignalAction] {
+        func fail(_ code: SignalErrorCode, _ why: String) -> [SignalAction] {
+            state = .closed
+            return [.reply(SignalSession.error(code, why)), .dropped(code), .close(.unauthorized, why)]
+        }
+        guard let peer = o["peer_key"] as? String, let peerKey = B64.decode(peer), peerKey.count == 32 else {
+            return fail(.badMessage, "peer_key must be a base64 X25519 public key")
+        }
+        guard let proofText = o["proof"] as? String, let proof = B64.decode(proofText),
+              policy.serverKey.verify(proof: proof, peerPublicKey: peerKey, challenge: challenge) else {
+            return fail(.badProof, "the proof does not match the key")
+        }
+        guard let token = o["token"] as? String, !token.isEmpty else { return fail(.authFailed, "missing token") }
+        var result: Result<SignalIdentity, SignalErrorCode> = .failure(.authFailed)
+        if token.hasPrefix("ferry1.") {
+            if !policy.tokenSecrets.isEmpty { result = SignalToken.verify(token, secrets: policy.tokenSecrets, peer: peer, now: wallNow) }
+        } else if let jwt = policy.jwt {
+            result = jwt.verify(token, peer: peer, now: wallNow)
+        }
+        let identity: SignalIdentity
+        switch result {
+        case .failure(let code): return fail(code, code == .tokenExpired ? "token expired" : "token refused")
+        case .success(let i): identity = i
+        }
+        state = .authenticated(peer: peer, network: identity.network)
+        expiry = identity.expiry
+        let relays = policy.relays.map { $0.credentials(peer: peer, now: wallNow, ttl: policy.relayTTL) }
+        let welcome = SignalSession.json(["v": 1, "type": "welcome", "peer_key": peer, "network": identity.network,
+                                          "expires": identity.expiry, "relays": relays])
+        return [.register(peer: peer, network: identity.network, welcome: welcome)]
+    }
+
+    private func message(_ type: String, _ o: [String: Any], from peer: String, ref: Any?) -> [SignalAction] {
+        switch type {
+        case _ where SignalSession.routed.contains(type):
+            guard let to = o["to"] as? String, let key = B64.decode(to), key.count == 32 else {
+                return [.reply(SignalSession.error(.badMessage, "\"to\" must be a peer key", ref: ref)), .dropped(.badMessage)]
+            }
+            guard o["from"] == nil else {
+                return [.reply(SignalSession.error(.badMessage, "\"from\" is set by the server", ref: ref)), .dropped(.badMessage)]
+            }
+            let payload = o["payload"]
+            if let p = payload, !(p is String) {
+                return [.reply(SignalSession.error(.badMessage, "\"payload\" must be a string", ref: ref)), .dropped(.badMessage)]
+            }
+            if let p = payload as? String, p.utf8.count > policy.maxPayload {
+                return [.reply(SignalSession.error(.payloadTooLarge, "payload over \(policy.maxPayload) bytes", ref: ref)), .dropped(.payloadTooLarge)]
+            }
+            var out = o
+            out["from"] = peer
+            let offline = SignalSession.error(.peerOffline, "\(to) is not connected", ref: ref ?? to)
+            return [.route(to: to, message: SignalSession.json(out), offline: offline)]
+        case "subscribe", "unsubscribe":
+            guard let peers = o["peers"] as? [String], peers.count <= 1024,
+                  peers.allSatisfy({ B64.decode($0)?.count == 32 }) else {
+                return [.reply(SignalSession.error(.badMessage, "\"peers\" must be up to 1024 peer keys", ref: ref)), .dropped(.badMessage)]
+            }
+            return [type == "subscribe" ? .subscribe(peers) : .unsubscribe(peers)]
+        case "ping":
+            return [.reply(SignalSession.json(["v": 1, "type": "pong"]))]
+        case "auth":
+            return [.reply(SignalSession.error(.badMessage, "already authenticated", ref: ref)), .dropped(.badMessage)]
+        default:
+            return [.reply(SignalSession.error(.unknownType, "unknown type \"\(type)\"", ref: ref)), .dropped(.unknownType)]
+        }
+    }
+
+    /// Per-peer message and byte rate limits (token buckets).
+    private func admit(bytes: Int, now: UInt64) -> Bool {
+        let elapsed = Double(now &- tokensAt) / 1e9
+        tokensAt = now
+        messageTokens = min(policy.messageBurst, messageTokens + elapsed * policy.messagesPerSecond)
+        byteTokens = min(policy.bytesPerSecond * 2, byteTokens + elapsed * policy.bytesPerSecond)
+        guard messageTokens >= 1, byteTokens >= Double(bytes) else { return false }
+        messageTokens -= 1
+        byteTokens -= Double(bytes)
+        return true
+    }
+
+    public func closed() { state = .closed }
+
+    /// A presence event for subscribers.
+    public static func presence(_ peer: String, online: Bool) -> [UInt8] {
+        json(["v": 1, "type": online ? "peer_online" : "peer_offline", "peer": peer])
+    }
+}

@@ -1,0 +1,126 @@
+import COpenSSL
+
+/// WebSocket (RFC 6455), server side: the opening handshake and the frame codec. Pure; the
+/// connection buffers bytes and writes what this returns. Hand-written because it is small and
+/// sits on the signaling connection's read path, where it must never trap on hostile input.
+public enum WebSocket {
+    public static let guid = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+    public enum Opcode: UInt8, Sendable {
+        case continuation = 0x0, text = 0x1, binary = 0x2, close = 0x8, ping = 0x9, pong = 0xA
+    }
+
+    /// Close codes (RFC 6455 §7.4.1) Ferry sends.
+    public enum CloseCode: UInt16, Sendable {
+        case normal = 1000, goingAway = 1001, protocolError = 1002, unsupportedData = 1003,
+             invalidPayload = 1007, policyViolation = 1008, tooBig = 1009, internalError = 1011
+        /// Application codes (4000–4999): replaced by a newer connection with the same key.
+        case replaced = 4000
+        /// Authentication failed or timed out.
+        case unauthorized = 4001
+    }
+
+    /// The handshake answer for a request head, or the HTTP status to refuse it with.
+    public static func accept(_ head: HTTPRequestHead) -> Result<[UInt8], HandshakeFailure> {
+        guard head.method == "GET" else { return .failure(.init(status: 405, reason: "WebSocket needs GET")) }
+        guard head.header("Upgrade")?.lowercased() == "websocket",
+              head.header("Connection")?.lowercased().split(separator: ",").contains(where: { $0.trimmingCharacters() == "upgrade" }) == true
+        else { return .failure(.init(status: 426, reason: "Upgrade: websocket required")) }
+        guard head.header("Sec-WebSocket-Version") == "13" else {
+            return .failure(.init(status: 426, reason: "Sec-WebSocket-Version: 13 required"))
+        }
+        guard let key = head.header("Sec-WebSocket-Key"), key.utf8.count == 24 else {
+            return .failure(.init(status: 400, reason: "bad Sec-WebSocket-Key"))
+        }
+        let digest = Array((key + guid).utf8).withUnsafeBytes { Crypto.digest(EVP_sha1(), $0, size: 20) }
+        let response = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            + "Sec-WebSocket-Accept: \(Crypto.base64(digest))\r\n\r\n"
+        return .success(Array(response.utf8))
+    }
+
+    public struct HandshakeFailure: Error, Equatable, Sendable {
+        public let status: Int
+        public let reason: String
+    }
+
+    /// One parsed frame header and where its payload is.
+    public struct Frame: Equatable, Sendable {
+        public let fin: Bool
+        public let opcode: Opcode
+        public let payloadStart: Int
+        public let payloadLength: Int
+        public let maskKey: UInt32?
+        public var frameLength: Int { payloadStart + payloadLength }
+    }
+
+    public enum ParseResult: Equatable, Sendable {
+        case incomplete
+        case frame(Frame)
+        case failure(CloseCode)
+    }
+
+    /// Parses the next frame header from a client (frames must be masked, RFC 6455 §5.1).
+    public static func parse(_ b: UnsafeRawBufferPointer, maxPayload: Int) -> ParseResult {
+        guard b.count >= 2 else { return .incomplete }
+        let b0 = b[0], b1 = b[1]
+        if b0 & 0x70 != 0 { return .failure(.protocolError) }  // RSV bits without an extension
+        guard let opcode = Opcode(rawValue: b0 & 0x0F) else { return .failure(.protocolError) }
+        let fin = b0 & 0x80 != 0
+        guard b1 & 0x80 != 0 else { return .failure(.protocolError) }  // unmasked client frame
+        var length = Int(b1 & 0x7F)
+        var offset = 2
+        if length == 126 {
+            guard b.count >= 4 else { return .incomplete }
+            length = Int(b.u16(2))
+            offset = 4
+        } else if length == 127 {
+            guard b.count >= 10 else { return .incomplete }
+            let l = b.u64(2)
+            guard l <= UInt64(Int32.max) else { return .failure(.tooBig) }
+            length = Int(l)
+            offset = 10
+        }
+        if opcode.rawValue >= 0x8 && (length > 125 || !fin) { return .failure(.protocolError) }
+        if length > maxPayload { return .failure(.tooBig) }
+        guard b.count >= offset + 4 else { return .incomplete }
+        let mask = b.u32(offset)
+        offset += 4
+        guard b.count >= offset + length else { return .incomplete }
+        return .frame(Frame(fin: fin, opcode: opcode, payloadStart: offset, payloadLength: length, maskKey: mask))
+    }
+
+    /// Unmasks a payload in place (RFC 6455 §5.3).
+    public static func unmask(_ p: UnsafeMutableRawBufferPointer, key: UInt32) {
+        let k: [UInt8] = [UInt8(key >> 24), UInt8(key >> 16 & 0xFF), UInt8(key >> 8 & 0xFF), UInt8(key & 0xFF)]
+        for i in 0..<p.count { p[i] ^= k[i & 3] }
+    }
+
+    /// A server frame (unmasked) with `payload`.
+    public static func encode(_ opcode: Opcode, _ payload: some Collection<UInt8>) -> [UInt8] {
+        var out: [UInt8] = [0x80 | opcode.rawValue]
+        let n = payload.count
+        if n < 126 {
+            out.append(UInt8(n))
+        } else if n <= 0xFFFF {
+            out += [126, UInt8(n >> 8), UInt8(n & 0xFF)]
+        } else {
+            out.append(127)
+            for shift in stride(from: 56, through: 0, by: -8) { out.append(UInt8(truncatingIfNeeded: n >> shift)) }
+        }
+        out += payload
+        return out
+    }
+
+    public static func close(_ code: CloseCode, reason: String = "") -> [UInt8] {
+        encode(.close, [UInt8(code.rawValue >> 8), UInt8(code.rawValue & 0xFF)] + Array(reason.utf8.prefix(120)))
+    }
+}
+
+extension Substring {
+    func trimmingCharacters() -> String {
+        var s = self
+        while let f = s.first, f == " " || f == "\t" { s = s.dropFirst() }
+        while let l = s.last, l == " " || l == "\t" { s = s.dropLast() }
+        return String(s)
+    }
+}
