@@ -10,7 +10,7 @@ apt_pkgs=(pkg-config libssl-dev libsystemd-dev)
 pip_pkgs=()
 if [ "$mode" = test ]; then
   apt_pkgs+=(curl systemd coturn gcc openssl iproute2)
-  pip_pkgs+=(pytest aioice)
+  pip_pkgs+=(pytest aioice websockets pyjwt cryptography)
 fi
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"

@@ -23,6 +23,11 @@ public struct SignalIdentity: Equatable, Sendable {
     public let network: String
     /// Unix seconds after which the authorization lapses.
     public let expiry: UInt64
+
+    public init(network: String, expiry: UInt64) {
+        self.network = network
+        self.expiry = expiry
+    }
 }
 
 /// Stable error codes of the signaling protocol (docs/signaling.md).

@@ -18,14 +18,15 @@ struct Ferry: ParsableCommand {
         @Option(help: "The shared secret.") var secret: String
         @Option(help: "The network the peer belongs to.") var network: String
         @Option(help: "Bind the token to this WireGuard public key (base64).") var peer: String?
-        @Option(help: "Lifetime in seconds.") var ttl: UInt64 = 3600
+        @Option(help: "Lifetime in seconds (negative makes an already expired token, for tests).") var ttl: Int64 = 3600
 
         func run() throws {
             if let peer, B64.decode(peer)?.count != 32 {
                 printError("--peer must be a base64 WireGuard public key (32 bytes)")
                 throw ExitCode(2)
             }
-            print(SignalToken.mint(secret: secret, network: network, peer: peer, expiry: wallClockSeconds() + ttl))
+            let expiry = max(0, Int64(wallClockSeconds()) + ttl)
+            print(SignalToken.mint(secret: secret, network: network, peer: peer, expiry: UInt64(expiry)))
         }
     }
 

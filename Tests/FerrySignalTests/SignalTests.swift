@@ -1,0 +1,144 @@
+import Testing
+import Foundation
+import FerrySignal
+import FerryTLS
+import FerryWire
+
+@Suite struct SignalTokens {
+    let peer = B64.std([UInt8](repeating: 7, count: 32))
+
+    @Test func mintAndVerify() throws {
+        let t = SignalToken.mint(secret: "0123456789abcdef", network: "net-a", peer: peer, expiry: 2000)
+        #expect(t.hasPrefix("ferry1."))
+        #expect(SignalToken.verify(t, secrets: ["other-secret-xxxxxx", "0123456789abcdef"], peer: peer, now: 1000)
+                == .success(SignalIdentity(network: "net-a", expiry: 2000)))
+    }
+
+    @Test func refusals() {
+        let t = SignalToken.mint(secret: "0123456789abcdef", network: "net-a", peer: peer, expiry: 2000)
+        #expect(SignalToken.verify(t, secrets: ["0123456789abcdef"], peer: peer, now: 2000) == .failure(.tokenExpired))
+        #expect(SignalToken.verify(t, secrets: ["wrong-secret-0000"], peer: peer, now: 1000) == .failure(.authFailed))
+        let other = B64.std([UInt8](repeating: 8, count: 32))
+        #expect(SignalToken.verify(t, secrets: ["0123456789abcdef"], peer: other, now: 1000) == .failure(.authFailed), "bound to one key")
+        var forged = Array(t)
+        forged[10] = forged[10] == "A" ? "B" : "A"
+        #expect(SignalToken.verify(String(forged), secrets: ["0123456789abcdef"], peer: peer, now: 1000) == .failure(.authFailed))
+        #expect(SignalToken.verify("garbage", secrets: ["0123456789abcdef"], peer: peer, now: 1000) == .failure(.authFailed))
+    }
+}
+
+@Suite struct SignalIdentityProof {
+    @Test func proofBindsKeyAndChallenge() {
+        let server = SignalServerKey(privateKey: X25519.keyPair().privateKey)
+        let peer = X25519.keyPair()
+        let challenge = [UInt8](repeating: 1, count: 32)
+        let proof = SignalServerKey.proof(peerPrivateKey: peer.privateKey, serverPublicKey: server.publicKey, challenge: challenge)!
+        #expect(server.verify(proof: proof, peerPublicKey: peer.publicKey, challenge: challenge))
+        #expect(!server.verify(proof: proof, peerPublicKey: peer.publicKey, challenge: [UInt8](repeating: 2, count: 32)))
+        let other = X25519.keyPair()
+        #expect(!server.verify(proof: proof, peerPublicKey: other.publicKey, challenge: challenge), "another key cannot borrow the proof")
+        #expect(!server.verify(proof: proof, peerPublicKey: [UInt8](repeating: 0, count: 32), challenge: challenge), "low-order keys are refused")
+    }
+}
+
+@Suite struct SignalSessions {
+    let server = SignalServerKey(privateKey: X25519.keyPair().privateKey)
+
+    func policy(burst: Double = 100) -> SignalPolicy {
+        SignalPolicy(serverKey: server, tokenSecrets: ["0123456789abcdef"], jwt: nil, maxPayload: 100, messagesPerSecond: 10,
+                     messageBurst: burst, bytesPerSecond: 1_048_576, relays: [RelayHandout(region: "eu", urls: ["turn:r:3478"], secret: "s")],
+                     relayTTL: 600, pingInterval: 20)
+    }
+
+    func object(_ bytes: [UInt8]) -> [String: Any] {
+        (try? JSONSerialization.jsonObject(with: Data(bytes))) as? [String: Any] ?? [:]
+    }
+
+    func authed(_ p: SignalPolicy) -> (SignalSession, String) {
+        let s = SignalSession(policy: p, now: 0)
+        let peer = X25519.keyPair()
+        let proof = SignalServerKey.proof(peerPrivateKey: peer.privateKey, serverPublicKey: server.publicKey, challenge: s.challenge)!
+        let key = B64.std(peer.publicKey)
+        let token = SignalToken.mint(secret: "0123456789abcdef", network: "n", peer: key, expiry: 5000)
+        let msg = SignalSession.json(["v": 1, "type": "auth", "peer_key": key, "proof": B64.std(proof), "token": token])
+        let actions = s.receive(msg, now: 0, wallNow: 1000)
+        guard case .register(let registered, let network, let welcome)? = actions.first else {
+            Issue.record("not registered: \(actions)")
+            return (s, key)
+        }
+        #expect(registered == key && network == "n")
+        let w = object(welcome)
+        #expect(w["type"] as? String == "welcome")
+        let relays = w["relays"] as? [[String: Any]]
+        #expect(relays?.first?["username"] as? String == "1600:\(key)")
+        return (s, key)
+    }
+
+    @Test func helloCarriesServerKeyAndChallenge() {
+        let s = SignalSession(policy: policy(), now: 0)
+        let h = object(s.hello())
+        #expect(h["server_key"] as? String == B64.std(server.publicKey))
+        #expect(B64.decode(h["challenge"] as? String ?? "") == s.challenge)
+    }
+
+    @Test func mustAuthenticateFirstAndBadProofCloses() {
+        let s = SignalSession(policy: policy(), now: 0)
+        let offer = SignalSession.json(["v": 1, "type": "offer", "to": B64.std([UInt8](repeating: 1, count: 32))])
+        guard case .reply(let r)? = s.receive(offer, now: 0, wallNow: 0).first else { Issue.record("no reply"); return }
+        #expect(object(r)["code"] as? String == "not_authenticated")
+        let bad = SignalSession.json(["v": 1, "type": "auth", "peer_key": B64.std([UInt8](repeating: 9, count: 32)),
+                                      "proof": B64.std([UInt8](repeating: 0, count: 32)), "token": "x"])
+        let actions = s.receive(bad, now: 0, wallNow: 0)
+        #expect(actions.contains { if case .close = $0 { return true } else { return false } })
+        #expect(s.state == .closed)
+    }
+
+    @Test func routingStampsTheSender() {
+        let (s, key) = authed(policy())
+        let to = B64.std([UInt8](repeating: 3, count: 32))
+        let msg = SignalSession.json(["v": 1, "type": "candidate", "to": to, "payload": "c1", "id": 5])
+        guard case .route(let dest, let message, _)? = s.receive(msg, now: 1, wallNow: 1001).first else { Issue.record("not routed"); return }
+        #expect(dest == to)
+        let o = object(message)
+        #expect(o["from"] as? String == key && o["payload"] as? String == "c1" && o["type"] as? String == "candidate")
+    }
+
+    @Test func validationErrors() {
+        let (s, _) = authed(policy())
+        func code(_ bytes: [UInt8]) -> String? {
+            for a in s.receive(bytes, now: 1, wallNow: 1001) { if case .reply(let r) = a { return object(r)["code"] as? String } }
+            return nil
+        }
+        let to = B64.std([UInt8](repeating: 3, count: 32))
+        #expect(code(Array("{not json".utf8)) == "bad_json")
+        #expect(code(SignalSession.json(["v": 2, "type": "offer"])) == "unsupported_version")
+        #expect(code(SignalSession.json(["v": 1, "type": "dance"])) == "unknown_type")
+        #expect(code(SignalSession.json(["v": 1, "type": "offer", "to": "short"])) == "bad_message")
+        #expect(code(SignalSession.json(["v": 1, "type": "offer", "to": to, "from": to])) == "bad_message")
+        #expect(code(SignalSession.json(["v": 1, "type": "offer", "to": to, "payload": String(repeating: "x", count: 101)])) == "payload_too_large")
+        #expect(code(SignalSession.json(["v": 1, "type": "ping"])) == nil)
+    }
+
+    @Test func rateLimitBites() {
+        let (s, _) = authed(policy(burst: 5))
+        let to = B64.std([UInt8](repeating: 3, count: 32))
+        let msg = SignalSession.json(["v": 1, "type": "offer", "to": to])
+        var routed = 0, limited = 0
+        for _ in 0..<20 {
+            for a in s.receive(msg, now: 1, wallNow: 1001) {
+                if case .route = a { routed += 1 }
+                if case .dropped(.rateLimited) = a { limited += 1 }
+            }
+        }
+        #expect(routed == 5 && limited == 15)
+        // A second later, 10 more tokens (10/s).
+        let later = (0..<20).filter { _ in s.receive(msg, now: 1_000_000_001, wallNow: 1002).contains { if case .route = $0 { return true } else { return false } } }.count
+        #expect(later == 5, "the bucket holds at most the burst")
+    }
+
+    @Test func expiredAuthorizationCloses() {
+        let (s, _) = authed(policy())
+        let actions = s.receive(SignalSession.json(["v": 1, "type": "ping"]), now: 1, wallNow: 5000)
+        #expect(actions.contains { if case .close = $0 { return true } else { return false } })
+    }
+}

@@ -1,0 +1,367 @@
+"""Signaling over WebSocket against the real ferryd, with Python's websockets and cryptography
+(X25519, keys for JWTs) and pyjwt, and end to end with two aioice agents."""
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import os
+import socket
+import ssl
+import subprocess
+import time
+
+import jwt as pyjwt
+import pytest
+import websockets
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+
+from conftest import binary, free_port
+
+SECRET = "signal-secret-0123456789"
+b64 = lambda b: base64.b64encode(b).decode()
+b64url = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+
+
+def token(pub, network="net-a", ttl=600, secret=SECRET):
+    r = subprocess.run([binary("ferry"), "token", "--secret", secret, "--network", network, "--peer", b64(pub), f"--ttl={ttl}"],
+                       capture_output=True, text=True, check=True)
+    return r.stdout.strip()
+
+
+def int_bytes(n):
+    return n.to_bytes((n.bit_length() + 7) // 8, "big")
+
+
+class Issuer:
+    """An OIDC issuer's keys: RSA, P-256 and Ed25519, published as a JWKS file."""
+
+    def __init__(self, directory):
+        self.rsa = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.ec = ec.generate_private_key(ec.SECP256R1())
+        self.ed = ed25519.Ed25519PrivateKey.generate()
+        rn = self.rsa.public_key().public_numbers()
+        en = self.ec.public_key().public_numbers()
+        edx = self.ed.public_key().public_bytes_raw()
+        jwks = {"keys": [
+            {"kty": "RSA", "kid": "r1", "alg": "RS256", "n": b64url(int_bytes(rn.n)), "e": b64url(int_bytes(rn.e))},
+            {"kty": "EC", "kid": "e1", "crv": "P-256", "x": b64url(en.x.to_bytes(32, "big")), "y": b64url(en.y.to_bytes(32, "big"))},
+            {"kty": "OKP", "kid": "d1", "crv": "Ed25519", "x": b64url(edx)},
+        ]}
+        self.path = os.path.join(directory, "jwks.json")
+        with open(self.path, "w") as f:
+            json.dump(jwks, f)
+
+    def token(self, alg="RS256", iss="https://issuer.test", aud="ferry", network="net-a", ttl=600, key=None, **extra):
+        claims = {"iss": iss, "aud": aud, "exp": int(time.time()) + ttl, "ferry_network": network, **extra}
+        k, kid = {"RS256": (self.rsa, "r1"), "ES256": (self.ec, "e1"), "EdDSA": (self.ed, "d1")}[alg]
+        return pyjwt.encode(claims, key or k, algorithm=alg, headers={"kid": kid})
+
+
+def signal_config(tls_port, tcp_port, jwks, extra=""):
+    return f"""
+[server]
+workers = 2
+drain_seconds = 1
+[turn]
+realm = "ferry.test"
+relay_ipv4 = "127.0.0.1"
+static_auth_secrets = ["turn-secret-0123456789"]
+[policy]
+allow = ["127.0.0.0/8"]
+[tls]
+self_signed = true
+[signal]
+enabled = true
+token_secrets = ["{SECRET}"]
+jwks_file = "{jwks}"
+jwt_issuer = "https://issuer.test"
+jwt_audience = "ferry"
+self_relay_urls = ["turn:127.0.0.1:{tcp_port}?transport=udp", "turns:127.0.0.1:{tls_port}?transport=tcp"]
+{extra}
+[[signal.relay]]
+region = "us-east"
+urls = ["turn:relay-us.example.org:3478"]
+secret = "other-region-secret-0123"
+[[listener]]
+name = "turn-udp"
+address = "127.0.0.1:{tcp_port}"
+[[listener]]
+name = "turn-tcp"
+transport = "tcp"
+address = "127.0.0.1:{tcp_port}"
+[[listener]]
+name = "turn-tls"
+transport = "tls"
+address = "127.0.0.1:{tls_port}"
+"""
+
+
+@pytest.fixture
+def signal_server(ferryd_factory, tmpdir_path):
+    def start(extra=""):
+        issuer = Issuer(tmpdir_path)
+        tls_port, tcp_port = free_port(), free_port()
+        f = ferryd_factory(signal_config(tls_port, tcp_port, issuer.path, extra))
+        f.tls_port, f.tcp_port, f.issuer = tls_port, tcp_port, issuer
+        f.url = f"wss://127.0.0.1:{tls_port}/v1/signal"
+        return f
+    return start
+
+
+def client_ssl():
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+class Peer:
+    def __init__(self, ws, priv, welcome):
+        self.ws, self.priv, self.welcome = ws, priv, welcome
+        self.key = b64(priv.public_key().public_bytes_raw())
+
+    async def send(self, **msg):
+        await self.ws.send(json.dumps({"v": 1, **msg}))
+
+    async def recv(self, timeout=5):
+        return json.loads(await asyncio.wait_for(self.ws.recv(), timeout))
+
+
+async def connect(url, priv=None, make_token=None, bad_proof=False, max_size=2 ** 20):
+    priv = priv or X25519PrivateKey.generate()
+    pub = priv.public_key().public_bytes_raw()
+    ws = await websockets.connect(url, ssl=client_ssl() if url.startswith("wss") else None, max_size=max_size)
+    hello = json.loads(await ws.recv())
+    assert hello["type"] == "hello"
+    spub, challenge = base64.b64decode(hello["server_key"]), base64.b64decode(hello["challenge"])
+    shared = priv.exchange(X25519PublicKey.from_public_bytes(spub))
+    mac_key = hashlib.sha256(b"ferry-signal-v1" + shared).digest()
+    proof = hmac.new(mac_key, challenge + pub + spub, hashlib.sha256).digest()
+    if bad_proof:
+        proof = bytes(32)
+    tok = make_token(pub) if make_token else token(pub)
+    await ws.send(json.dumps({"v": 1, "type": "auth", "peer_key": b64(pub), "proof": b64(proof), "token": tok}))
+    return Peer(ws, priv, json.loads(await ws.recv()))
+
+
+async def refused(url, **kw):
+    """Connects expecting a refusal: the error code, and the close code."""
+    p = await connect(url, **kw)
+    assert p.welcome["type"] == "error", p.welcome
+    try:
+        await asyncio.wait_for(p.ws.recv(), 5)
+    except websockets.ConnectionClosed as e:
+        return p.welcome["code"], e.rcvd.code if e.rcvd else None
+    return p.welcome["code"], None
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_authentication_and_relay_handout(signal_server):
+    f = signal_server()
+
+    async def go():
+        p = await connect(f.url)
+        assert p.welcome["type"] == "welcome" and p.welcome["network"] == "net-a" and p.welcome["peer_key"] == p.key
+        regions = {r["region"]: r for r in p.welcome["relays"]}
+        assert set(regions) == {"self", "us-east"}
+        me = regions["self"]
+        assert me["username"].endswith(":" + p.key)
+        expected = base64.b64encode(hmac.new(b"turn-secret-0123456789", me["username"].encode(), hashlib.sha1).digest()).decode()
+        assert me["credential"] == expected, "coturn-compatible REST credentials for this relay"
+        await p.ws.close()
+    run(go())
+    assert f.metric("ferry_signal_registrations_total") == 1
+
+
+def test_authentication_failures(signal_server):
+    f = signal_server()
+
+    async def go():
+        assert await refused(f.url, bad_proof=True) == ("bad_proof", 4001)
+        assert await refused(f.url, make_token=lambda pub: token(pub, ttl=-10)) == ("token_expired", 4001)
+        assert await refused(f.url, make_token=lambda pub: token(pub, secret="forged-secret-000000000")) == ("auth_failed", 4001)
+        # A token bound to another key cannot be borrowed.
+        other = X25519PrivateKey.generate().public_key().public_bytes_raw()
+        assert (await refused(f.url, make_token=lambda pub: token(other)))[0] == "auth_failed"
+        iss = f.issuer
+        wrong_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        assert (await refused(f.url, make_token=lambda pub: iss.token(key=wrong_key)))[0] == "auth_failed"
+        assert (await refused(f.url, make_token=lambda pub: iss.token(iss="https://evil.test")))[0] == "auth_failed"
+        assert (await refused(f.url, make_token=lambda pub: iss.token(aud="someone-else")))[0] == "auth_failed"
+        assert (await refused(f.url, make_token=lambda pub: iss.token(ttl=-120)))[0] == "token_expired"
+        for alg in ("RS256", "ES256", "EdDSA"):
+            p = await connect(f.url, make_token=lambda pub: iss.token(alg=alg))
+            assert p.welcome["type"] == "welcome", (alg, p.welcome)
+            await p.ws.close()
+    run(go())
+    assert f.metric("ferry_signal_auth_failures_total", {"reason": "bad_proof"}) == 1
+    assert f.metric("ferry_signal_auth_failures_total", {"reason": "auth_failed"}) == 5
+
+
+def test_offers_answers_candidates_and_presence(signal_server):
+    f = signal_server()
+
+    async def go():
+        a = await connect(f.url)
+        await a.send(type="subscribe", peers=[b64(X25519PrivateKey.generate().public_key().public_bytes_raw())])
+        b_priv = X25519PrivateKey.generate()
+        b_key = b64(b_priv.public_key().public_bytes_raw())
+        await a.send(type="subscribe", peers=[b_key])
+        b = await connect(f.url, priv=b_priv)
+        assert await a.recv() == {"v": 1, "type": "peer_online", "peer": b_key}
+        for kind, payload in (("offer", "o"), ("candidate", "c1"), ("candidate", "c2"), ("end_of_candidates", "")):
+            await a.send(type=kind, to=b_key, payload=payload)
+            m = await b.recv()
+            assert m["type"] == kind and m["from"] == a.key and m["payload"] == payload and m["to"] == b_key
+        await b.send(type="answer", to=a.key, payload="ans")
+        m = await a.recv()
+        assert m["type"] == "answer" and m["from"] == b_key
+        await b.send(type="bye", to=a.key)
+        assert (await a.recv())["type"] == "bye"
+        await b.ws.close()
+        assert await a.recv() == {"v": 1, "type": "peer_offline", "peer": b_key}
+        await a.send(type="offer", to=b_key, payload="x", id=7)
+        err = await a.recv()
+        assert err["type"] == "error" and err["code"] == "peer_offline" and err["ref"] == 7
+        await a.ws.close()
+    run(go())
+    assert f.metric("ferry_signal_messages_routed_total") == 6
+    assert f.metric("ferry_signal_messages_dropped_total", {"reason": "peer_offline"}) == 1
+
+
+def test_other_networks_are_unreachable(signal_server):
+    f = signal_server()
+
+    async def go():
+        a = await connect(f.url)
+        b = await connect(f.url, make_token=lambda pub: token(pub, network="net-b"))
+        await a.send(type="subscribe", peers=[b.key])
+        await a.send(type="offer", to=b.key, payload="hi")
+        m = await a.recv()
+        assert m["code"] == "peer_offline", "a peer of another network looks absent"
+        with pytest.raises(asyncio.TimeoutError):
+            await b.recv(timeout=0.5)
+    run(go())
+
+
+def test_duplicate_key_replaces_older_connection(signal_server):
+    f = signal_server()
+
+    async def go():
+        priv = X25519PrivateKey.generate()
+        old = await connect(f.url, priv=priv)
+        new = await connect(f.url, priv=priv)
+        assert new.welcome["type"] == "welcome"
+        m = await old.recv()
+        assert m["code"] == "replaced"
+        with pytest.raises(websockets.ConnectionClosed) as e:
+            await old.recv()
+        assert e.value.rcvd.code == 4000
+        # Someone without the private key cannot evict it.
+        assert (await refused(f.url, make_token=lambda pub: token(priv.public_key().public_bytes_raw()), bad_proof=True))[0] == "bad_proof"
+        other = await connect(f.url)
+        await other.send(type="offer", to=new.key, payload="still here")
+        assert (await new.recv())["payload"] == "still here"
+    run(go())
+
+
+def test_oversized_frame_closes_with_1009_and_malformed_json(signal_server):
+    f = signal_server(extra="max_message = 4096")
+
+    async def go():
+        p = await connect(f.url)
+        await p.ws.send("{not json")
+        assert (await p.recv())["code"] == "bad_json"
+        await p.ws.send(json.dumps({"v": 1, "type": "offer", "to": "nope"}))
+        assert (await p.recv())["code"] == "bad_message"
+        await p.ws.send("x" * 10000)
+        with pytest.raises(websockets.ConnectionClosed) as e:
+            await p.recv()
+        assert e.value.rcvd.code == 1009
+    run(go())
+    assert f.metric("ferry_signal_messages_dropped_total", {"reason": "bad_json"}) == 1
+    assert f.metric("ferry_websocket_errors_total") == 1
+
+
+def test_rate_limits_bite_and_are_counted(signal_server):
+    f = signal_server(extra="messages_per_second = 5\nmessage_burst = 10")
+
+    async def go():
+        a, b = await connect(f.url), await connect(f.url)
+        for i in range(40):
+            await a.send(type="candidate", to=b.key, payload=str(i))
+        got, limited = 0, 0
+        try:
+            while True:
+                m = await a.recv(timeout=0.5)
+                limited += m.get("code") == "rate_limited"
+        except asyncio.TimeoutError:
+            pass
+        try:
+            while True:
+                await b.recv(timeout=0.5)
+                got += 1
+        except asyncio.TimeoutError:
+            pass
+        return got, limited
+    got, limited = run(go())
+    assert 10 <= got <= 12 and got + limited == 40, (got, limited)
+    assert f.metric("ferry_signal_messages_dropped_total", {"reason": "rate_limited"}) == limited
+
+
+def test_plaintext_signaling_is_refused_without_tls(signal_server):
+    f = signal_server()
+
+    async def go():
+        with pytest.raises(websockets.exceptions.InvalidStatus) as e:
+            await websockets.connect(f"ws://127.0.0.1:{f.tcp_port}/v1/signal")
+        assert e.value.response.status_code == 403
+    run(go())
+
+
+def test_aioice_agents_connect_through_ferry_relay_only(signal_server):
+    """End to end: two aioice agents exchange ICE credentials and candidates through Ferry's
+    signaling, connect with a relay-only policy through Ferry's TURN, and exchange data."""
+    import aioice
+    f = signal_server()
+
+    async def agent(peer, other_key, controlling, results):
+        relay = next(r for r in peer.welcome["relays"] if r["region"] == "self")
+        host, port = relay["urls"][0].split(":")[1], int(relay["urls"][0].split(":")[2].split("?")[0])
+        conn = aioice.Connection(ice_controlling=controlling, turn_server=(host, port), turn_username=relay["username"],
+                                 turn_password=relay["credential"], transport_policy=aioice.TransportPolicy.RELAY)
+        await conn.gather_candidates()
+        desc = {"ufrag": conn.local_username, "pwd": conn.local_password,
+                "candidates": [c.to_sdp() for c in conn.local_candidates]}
+        await peer.send(type="offer" if controlling else "answer", to=other_key, payload=json.dumps(desc))
+        m = await peer.recv(timeout=10)
+        remote = json.loads(m["payload"])
+        conn.remote_username, conn.remote_password = remote["ufrag"], remote["pwd"]
+        for c in remote["candidates"]:
+            await conn.add_remote_candidate(aioice.Candidate.from_sdp(c))
+        await conn.add_remote_candidate(None)
+        await asyncio.wait_for(conn.connect(), 20)
+        if controlling:
+            await conn.send(b"ping over ferry")
+            results["pong"] = await asyncio.wait_for(conn.recv(), 5)
+        else:
+            data = await asyncio.wait_for(conn.recv(), 5)
+            await conn.send(data.replace(b"ping", b"pong"))
+        results[controlling] = [c.type for c in conn.local_candidates]
+        await conn.close()
+
+    async def go():
+        a, b = await connect(f.url), await connect(f.url)
+        results = {}
+        await asyncio.gather(agent(a, b.key, True, results), agent(b, a.key, False, results))
+        return results
+    results = run(go())
+    assert results["pong"] == b"pong over ferry"
+    assert results[True] == ["relay"] and results[False] == ["relay"], "relay-only candidates"
+    assert f.metric("ferry_turn_allocations_created_total") >= 2
+    assert f.metric("ferry_turn_relayed_packets_total", {"direction": "to_client"}) > 0
