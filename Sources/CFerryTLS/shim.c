@@ -377,3 +377,71 @@ int ferry_jws_verify(EVP_PKEY *key, int alg, const unsigned char *data, size_t l
     ERR_clear_error();
     return ok;
 }
+
+#include <sys/socket.h>
+#include <sys/time.h>
+
+int ferry_https_get(const char *host, const char *port, const char *path, const char *ca_file, int timeout_seconds,
+                    size_t max_body, char **body, size_t *body_len, char *err, size_t errlen) {
+    int status = -1;
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    BIO *bio = NULL;
+    char *buf = NULL;
+    if (!ctx) { snprintf(err, errlen, "SSL_CTX_new failed"); return -1; }
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+    if ((ca_file && ca_file[0] ? SSL_CTX_load_verify_locations(ctx, ca_file, NULL) : SSL_CTX_set_default_verify_paths(ctx)) != 1) {
+        snprintf(err, errlen, "cannot load CA certificates");
+        goto done;
+    }
+    bio = BIO_new_ssl_connect(ctx);
+    SSL *ssl = NULL;
+    BIO_get_ssl(bio, &ssl);
+    char target[512];
+    snprintf(target, sizeof target, "%s:%s", host, port);
+    BIO_set_conn_hostname(bio, target);
+    SSL_set_tlsext_host_name(ssl, host);
+    SSL_set1_host(ssl, host);
+    if (BIO_do_connect(bio) != 1) { ferry_tls_last_error(err, errlen); if (!err[0]) snprintf(err, errlen, "connect to %s failed", target); goto done; }
+    int fd = -1;
+    BIO_get_fd(bio, &fd);
+    if (fd >= 0) {
+        struct timeval tv = {.tv_sec = timeout_seconds, .tv_usec = 0};
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    }
+    if (BIO_do_handshake(bio) != 1) { ferry_tls_last_error(err, errlen); goto done; }
+    char req[1024];
+    int rl = snprintf(req, sizeof req, "GET %s HTTP/1.0\r\nHost: %s\r\nAccept: application/json\r\nUser-Agent: ferryd\r\nConnection: close\r\n\r\n", path, host);
+    if (BIO_write(bio, req, rl) != rl) { snprintf(err, errlen, "write failed"); goto done; }
+    size_t cap = 65536, len = 0;
+    buf = malloc(cap);
+    for (;;) {
+        if (len + 4096 > cap) {
+            if (cap >= max_body + 16384) { snprintf(err, errlen, "response too large"); goto done; }
+            cap *= 2;
+            buf = realloc(buf, cap);
+        }
+        int n = BIO_read(bio, buf + len, 4096);
+        if (n <= 0) break;
+        len += (size_t)n;
+    }
+    buf[len < cap ? len : cap - 1] = 0;
+    char *sep = NULL;
+    for (size_t i = 0; i + 3 < len; i++) {
+        if (buf[i] == '\r' && buf[i + 1] == '\n' && buf[i + 2] == '\r' && buf[i + 3] == '\n') { sep = buf + i; break; }
+    }
+    int code = 0;
+    if (!sep || sscanf(buf, "HTTP/%*d.%*d %d", &code) != 1) { snprintf(err, errlen, "not an HTTP response"); goto done; }
+    size_t start = (size_t)(sep - buf) + 4;
+    *body_len = len - start;
+    *body = malloc(*body_len + 1);
+    memcpy(*body, buf + start, *body_len);
+    (*body)[*body_len] = 0;
+    status = code;
+done:
+    free(buf);
+    BIO_free_all(bio);
+    SSL_CTX_free(ctx);
+    return status;
+}

@@ -14,10 +14,11 @@ public struct RelayHandout: Sendable {
         self.secret = secret
     }
 
-    func credentials(peer: String, now: UInt64, ttl: UInt64) -> [String: Any] {
+    func credentials(peer: String, now: UInt64, ttl: UInt64) -> JSONValue {
         let username = "\(now + ttl):\(peer)"
-        return ["region": region, "urls": urls, "username": username,
-                "credential": CredentialStore.restPassword(secret: secret, username: username), "expires": now + ttl]
+        return .object([("region", .string(region)), ("urls", .array(urls.map { .string($0) })), ("username", .string(username)),
+                        ("credential", .string(CredentialStore.restPassword(secret: secret, username: username))),
+                        ("expires", .number(Double(now + ttl)))])
     }
 }
 
@@ -106,31 +107,45 @@ public final class SignalSession {
 
     /// The first message, sent on connect.
     public func hello() -> [UInt8] {
-        SignalSession.json(["v": 1, "type": "hello", "server_key": B64.std(policy.serverKey.publicKey),
-                            "challenge": B64.std(challenge), "ping_interval": policy.pingInterval])
+        JSONValue.object([("v", .number(1)), ("type", .string("hello")), ("server_key", .string(B64.std(policy.serverKey.publicKey))),
+                          ("challenge", .string(B64.std(challenge))), ("ping_interval", .number(Double(policy.pingInterval)))]).encoded()
     }
 
-    public static func error(_ code: SignalErrorCode, _ message: String, ref: Any? = nil) -> [UInt8] {
-        var o: [String: Any] = ["v": 1, "type": "error", "code": code.rawValue, "message": message]
-        if let ref { o["ref"] = ref }
-        return json(o)
+    public static func error(_ code: SignalErrorCode, _ message: String, ref: JSONValue? = nil) -> [UInt8] {
+        var members: [(String, JSONValue)] = [("v", .number(1)), ("type", .string("error")), ("code", .string(code.rawValue)),
+                                              ("message", .string(message))]
+        if let ref { members.append(("ref", ref)) }
+        return JSONValue.object(members).encoded()
     }
 
+    /// Encodes a flat message (tests and clients): values are strings, numbers, bools or arrays of strings.
     public static func json(_ o: [String: Any]) -> [UInt8] {
-        [UInt8]((try? JSONSerialization.data(withJSONObject: o, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data())
+        func value(_ v: Any) -> JSONValue {
+            switch v {
+            case let s as String: return .string(s)
+            case let b as Bool: return .bool(b)
+            case let i as Int: return .number(Double(i))
+            case let u as UInt64: return .number(Double(u))
+            case let d as Double: return .number(d)
+            case let a as [String]: return .array(a.map { .string($0) })
+            case let a as [Any]: return .array(a.map(value))
+            default: return .null
+            }
+        }
+        return JSONValue.object(o.sorted { $0.key < $1.key }.map { ($0.key, value($0.value)) }).encoded()
     }
 
     /// Handles one text message. `now` is monotonic nanoseconds, `wallNow` Unix seconds.
     public func receive(_ text: [UInt8], now: UInt64, wallNow: UInt64) -> [SignalAction] {
         guard state != .closed else { return [] }
-        guard let object = (try? JSONSerialization.jsonObject(with: Data(text))) as? [String: Any] else {
+        guard let object = JSONValue.parse(text), case .object = object else {
             return [.reply(SignalSession.error(.badJSON, "not a JSON object")), .dropped(.badJSON)]
         }
         let ref = object["id"]
-        guard (object["v"] as? NSNumber)?.intValue == 1 else {
+        guard object["v"]?.number == 1 else {
             return [.reply(SignalSession.error(.unsupportedVersion, "\"v\" must be 1", ref: ref)), .dropped(.unsupportedVersion)]
         }
-        guard let type = object["type"] as? String else {
+        guard let type = object["type"]?.string else {
             return [.reply(SignalSession.error(.badMessage, "missing \"type\"", ref: ref)), .dropped(.badMessage)]
         }
         switch state {
@@ -147,25 +162,25 @@ public final class SignalSession {
             guard admit(bytes: text.count, now: now) else {
                 return [.reply(SignalSession.error(.rateLimited, "slow down", ref: ref)), .dropped(.rateLimited)]
             }
-            return message(type, object, from: peer, ref: ref)
+            return message(type, object, text: text, from: peer, ref: ref)
         case .closed:
             return []
         }
     }
 
-    private func authenticate(_ o: [String: Any], wallNow: UInt64) -> [SignalAction] {
+    private func authenticate(_ o: JSONValue, wallNow: UInt64) -> [SignalAction] {
         func fail(_ code: SignalErrorCode, _ why: String) -> [SignalAction] {
             state = .closed
             return [.reply(SignalSession.error(code, why)), .dropped(code), .close(.unauthorized, why)]
         }
-        guard let peer = o["peer_key"] as? String, let peerKey = B64.decode(peer), peerKey.count == 32 else {
+        guard let peer = o["peer_key"]?.string, KeyText.isKey(peer), let peerKey = B64.decode(peer), peerKey.count == 32 else {
             return fail(.badMessage, "peer_key must be a base64 X25519 public key")
         }
-        guard let proofText = o["proof"] as? String, let proof = B64.decode(proofText),
+        guard let proofText = o["proof"]?.string, let proof = B64.decode(proofText),
               policy.serverKey.verify(proof: proof, peerPublicKey: peerKey, challenge: challenge) else {
             return fail(.badProof, "the proof does not match the key")
         }
-        guard let token = o["token"] as? String, !token.isEmpty else { return fail(.authFailed, "missing token") }
+        guard let token = o["token"]?.string, !token.isEmpty else { return fail(.authFailed, "missing token") }
         var result: Result<SignalIdentity, SignalErrorCode> = .failure(.authFailed)
         if token.hasPrefix("ferry1.") {
             if !policy.tokenSecrets.isEmpty { result = SignalToken.verify(token, secrets: policy.tokenSecrets, peer: peer, now: wallNow) }
@@ -180,39 +195,38 @@ public final class SignalSession {
         state = .authenticated(peer: peer, network: identity.network)
         expiry = identity.expiry
         let relays = policy.relays.map { $0.credentials(peer: peer, now: wallNow, ttl: policy.relayTTL) }
-        let welcome = SignalSession.json(["v": 1, "type": "welcome", "peer_key": peer, "network": identity.network,
-                                          "expires": identity.expiry, "relays": relays])
+        let welcome = JSONValue.object([("v", .number(1)), ("type", .string("welcome")), ("peer_key", .string(peer)),
+                                        ("network", .string(identity.network)), ("expires", .number(Double(identity.expiry))),
+                                        ("relays", .array(relays))]).encoded()
         return [.register(peer: peer, network: identity.network, welcome: welcome)]
     }
 
-    private func message(_ type: String, _ o: [String: Any], from peer: String, ref: Any?) -> [SignalAction] {
+    private func message(_ type: String, _ o: JSONValue, text: [UInt8], from peer: String, ref: JSONValue?) -> [SignalAction] {
         switch type {
         case _ where SignalSession.routed.contains(type):
-            guard let to = o["to"] as? String, let key = B64.decode(to), key.count == 32 else {
+            guard let to = o["to"]?.string, KeyText.isKey(to) else {
                 return [.reply(SignalSession.error(.badMessage, "\"to\" must be a peer key", ref: ref)), .dropped(.badMessage)]
             }
             guard o["from"] == nil else {
                 return [.reply(SignalSession.error(.badMessage, "\"from\" is set by the server", ref: ref)), .dropped(.badMessage)]
             }
             let payload = o["payload"]
-            if let p = payload, !(p is String) {
+            if let p = payload, p.string == nil {
                 return [.reply(SignalSession.error(.badMessage, "\"payload\" must be a string", ref: ref)), .dropped(.badMessage)]
             }
-            if let p = payload as? String, p.utf8.count > policy.maxPayload {
+            if let p = payload?.string, p.utf8.count > policy.maxPayload {
                 return [.reply(SignalSession.error(.payloadTooLarge, "payload over \(policy.maxPayload) bytes", ref: ref)), .dropped(.payloadTooLarge)]
             }
-            var out = o
-            out["from"] = peer
-            let offline = SignalSession.error(.peerOffline, "\(to) is not connected", ref: ref ?? to)
-            return [.route(to: to, message: SignalSession.json(out), offline: offline)]
+            let offline = SignalSession.error(.peerOffline, "\(to) is not connected", ref: ref ?? .string(to))
+            return [.route(to: to, message: SignalSession.stamp(text, from: peer), offline: offline)]
         case "subscribe", "unsubscribe":
-            guard let peers = o["peers"] as? [String], peers.count <= 1024,
-                  peers.allSatisfy({ B64.decode($0)?.count == 32 }) else {
+            guard let list = o["peers"]?.array, list.count <= 1024, let peers = Optional(list.compactMap(\.string)),
+                  peers.count == list.count, peers.allSatisfy(KeyText.isKey) else {
                 return [.reply(SignalSession.error(.badMessage, "\"peers\" must be up to 1024 peer keys", ref: ref)), .dropped(.badMessage)]
             }
             return [type == "subscribe" ? .subscribe(peers) : .unsubscribe(peers)]
         case "ping":
-            return [.reply(SignalSession.json(["v": 1, "type": "pong"]))]
+            return [.reply(Array(#"{"v":1,"type":"pong"}"#.utf8))]
         case "auth":
             return [.reply(SignalSession.error(.badMessage, "already authenticated", ref: ref)), .dropped(.badMessage)]
         default:
@@ -236,6 +250,21 @@ public final class SignalSession {
 
     /// A presence event for subscribers.
     public static func presence(_ peer: String, online: Bool) -> [UInt8] {
-        json(["v": 1, "type": online ? "peer_online" : "peer_offline", "peer": peer])
+        JSONValue.object([("v", .number(1)), ("type", .string(online ? "peer_online" : "peer_offline")), ("peer", .string(peer))]).encoded()
+    }
+
+    /// The validated message text with the server's `"from"` spliced in after the opening brace:
+    /// everything the sender wrote is forwarded as written, nothing is re-encoded.
+    static func stamp(_ text: [UInt8], from peer: String) -> [UInt8] {
+        var i = 0
+        while i < text.count && text[i] != UInt8(ascii: "{") { i += 1 }
+        var out: [UInt8] = []
+        out.reserveCapacity(text.count + 60)
+        out += text[0...i]
+        out += Array("\"from\":".utf8)
+        JSONValue.encodeString(peer, into: &out)
+        out.append(UInt8(ascii: ","))
+        out += text[(i + 1)...]
+        return out
     }
 }

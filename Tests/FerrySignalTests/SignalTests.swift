@@ -142,3 +142,40 @@ import FerryWire
         #expect(actions.contains { if case .close = $0 { return true } else { return false } })
     }
 }
+
+@Suite struct StrictJSON {
+    func parse(_ s: String) -> JSONValue? { JSONValue.parse(Array(s.utf8)) }
+
+    @Test func validDocuments() {
+        #expect(parse(#"{"a":1,"b":[true,false,null],"c":{"d":"e\n\u00e9\ud83d\ude00"}}"#) == .object([
+            ("a", .number(1)), ("b", .array([.bool(true), .bool(false), .null])),
+            ("c", .object([("d", .string("e\né😀"))]))]))
+        #expect(parse(" [ -1.5e3 , 0 ] ") == .array([.number(-1500), .number(0)]))
+        #expect(parse(#""x""#) == .string("x"))
+    }
+
+    @Test(arguments: [
+        "", "{", "{\"a\":}", "{\"a\" 1}", "{\"a\":1,}", "[1,]", "01", "1.", ".5", "-", "tru", "nul",
+        "{\"a\":1}x", "\"\\x\"", "\"\u{01}\"", "\"\\ud800\"", "\"\\udc00\"", "{\"a\":1,\"a\":2}", "{a:1}",
+        String(repeating: "[", count: 100) + String(repeating: "]", count: 100),
+    ])
+    func invalidDocuments(_ s: String) {
+        #expect(parse(s) == nil, "accepted: \(s.debugDescription)")
+    }
+
+    @Test func invalidUTF8IsRefused() {
+        #expect(JSONValue.parse([34, 0xC3, 0x28, 34]) == nil)
+    }
+
+    @Test func encodingRoundTrips() {
+        let v = JSONValue.object([("s", .string("q\"\\\n\u{1}")), ("n", .number(3)), ("f", .number(0.5)), ("a", .array([.null]))])
+        #expect(JSONValue.parse(v.encoded()) == v)
+    }
+
+    @Test func keyText() {
+        let key = B64.std([UInt8](repeating: 0xAB, count: 32))
+        #expect(KeyText.isKey(key))
+        #expect(!KeyText.isKey(String(key.dropLast())))
+        #expect(!KeyText.isKey("!" + key.dropFirst()))
+    }
+}
