@@ -114,6 +114,8 @@ public struct FerryConfig: Sendable, Equatable {
         public var serverKey = ""
         public var tokenSecrets: [String] = []
         public var jwksFile = ""
+        public var jwksURL = ""
+        public var jwksCAFile = ""
         public var jwtIssuer = ""
         public var jwtAudience = ""
         public var networkClaim = "ferry_network"
@@ -379,12 +381,20 @@ public struct FerryConfig: Sendable, Equatable {
             sig.report("token_secrets[\(i)]", "must be at least 16 bytes")
         }
         c.signal.jwksFile = sig.string("jwks_file", default: "") ?? ""
+        c.signal.jwksURL = sig.string("jwks_url", default: "") ?? ""
+        c.signal.jwksCAFile = sig.string("jwks_ca_file", default: "") ?? ""
+        if !c.signal.jwksURL.isEmpty && !c.signal.jwksURL.hasPrefix("https://") {
+            sig.report("jwks_url", "must be an https:// URL, got \"\(c.signal.jwksURL)\"")
+        }
+        if !c.signal.jwksURL.isEmpty && !c.signal.jwksFile.isEmpty {
+            sig.report("jwks_url", "give jwks_file or jwks_url, not both")
+        }
         c.signal.jwtIssuer = sig.string("jwt_issuer", default: "") ?? ""
         c.signal.jwtAudience = sig.string("jwt_audience", default: "") ?? ""
         c.signal.networkClaim = sig.string("network_claim", default: "ferry_network") ?? "ferry_network"
         c.signal.peerClaim = sig.string("peer_claim", default: "") ?? ""
-        if !c.signal.jwksFile.isEmpty && (c.signal.jwtIssuer.isEmpty || c.signal.jwtAudience.isEmpty) {
-            sig.report("jwt_issuer", "jwt_issuer and jwt_audience are required with jwks_file")
+        if (!c.signal.jwksFile.isEmpty || !c.signal.jwksURL.isEmpty) && (c.signal.jwtIssuer.isEmpty || c.signal.jwtAudience.isEmpty) {
+            sig.report("jwt_issuer", "jwt_issuer and jwt_audience are required with jwks_file or jwks_url")
         }
         c.signal.maxPayload = sig.int("max_payload", default: 16384, range: 64...(1 << 20))
         c.signal.maxMessage = sig.int("max_message", default: 65536, range: 1024...(4 << 20))
@@ -418,8 +428,8 @@ public struct FerryConfig: Sendable, Equatable {
             if !c.listeners.contains(where: { $0.transport != .udp }) {
                 sink.issues.append(ConfigIssue(key: "signal.enabled", message: "signaling needs a listener with transport = \"tls\" (or \"tcp\")"))
             }
-            if c.signal.tokenSecrets.isEmpty && c.signal.jwksFile.isEmpty {
-                sink.issues.append(ConfigIssue(key: "signal.token_secrets", message: "signaling needs token_secrets or jwks_file to authorize peers"))
+            if c.signal.tokenSecrets.isEmpty && c.signal.jwksFile.isEmpty && c.signal.jwksURL.isEmpty {
+                sink.issues.append(ConfigIssue(key: "signal.token_secrets", message: "signaling needs token_secrets, jwks_file or jwks_url to authorize peers"))
             }
         }
 

@@ -383,10 +383,17 @@ public final class Server: @unchecked Sendable {
     private func makeSignalPolicy() throws -> SignalPolicy {
         let s = config.signal
         var jwt: JWTVerifier?
+        var jwks: Data?
         if !s.jwksFile.isEmpty {
             guard let data = FileManager.default.contents(atPath: s.jwksFile) else {
                 throw SystemError(call: "read signal.jwks_file \(s.jwksFile)", errno: ENOENT)
             }
+            jwks = data
+        } else if !s.jwksURL.isEmpty {
+            // Fetched now (start, and every reload); a failure keeps the running keys.
+            jwks = Data(try HTTPSFetch.get(s.jwksURL, caFile: s.jwksCAFile.isEmpty ? nil : s.jwksCAFile))
+        }
+        if let data = jwks {
             jwt = try JWTVerifier(jwks: data, issuer: s.jwtIssuer, audience: s.jwtAudience, networkClaim: s.networkClaim,
                                   peerClaim: s.peerClaim.isEmpty ? nil : s.peerClaim)
         }

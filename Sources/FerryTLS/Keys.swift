@@ -1,5 +1,8 @@
 import CFerryTLS
 import COpenSSL
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// X25519 keys for signaling identities: a WireGuard key pair is an X25519 key pair, so a peer
 /// proves it holds its WireGuard private key by deriving the shared secret with the server's key.
@@ -55,5 +58,33 @@ public final class JWSKey: @unchecked Sendable {
 
     public func verify(_ data: [UInt8], signature: [UInt8]) -> Bool {
         ferry_jws_verify(key, algorithm.rawValue, data, data.count, signature, signature.count) == 1
+    }
+}
+
+/// A one-shot HTTPS GET with certificate and host-name verification (the issuer's JWKS, fetched
+/// at start and on reload on the control thread; never on a worker).
+public enum HTTPSFetch {
+    public static func get(_ url: String, caFile: String?, timeoutSeconds: Int = 10, maxBytes: Int = 1 << 20) throws(TLSError) -> [UInt8] {
+        guard url.hasPrefix("https://") else { throw TLSError("\(url): only https:// URLs are fetched") }
+        let rest = url.dropFirst("https://".count)
+        let slash = rest.firstIndex(of: "/") ?? rest.endIndex
+        let authority = rest[..<slash]
+        let path = slash == rest.endIndex ? "/" : String(rest[slash...])
+        var host = String(authority), port = "443"
+        if let colon = authority.lastIndex(of: ":"), !authority.hasPrefix("[") {
+            host = String(authority[..<colon])
+            port = String(authority[authority.index(after: colon)...])
+        }
+        guard !host.isEmpty, UInt16(port) != nil else { throw TLSError("\(url): bad host or port") }
+        var body: UnsafeMutablePointer<CChar>?
+        var length = 0
+        var err = [CChar](repeating: 0, count: 256)
+        let status = ferry_https_get(host, port, path, caFile ?? "", Int32(timeoutSeconds), maxBytes, &body, &length, &err, err.count)
+        defer { free(body) }
+        guard status >= 0 else {
+            throw TLSError("\(url): " + String(decoding: err.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))
+        }
+        guard status == 200, let body else { throw TLSError("\(url): HTTP status \(status)") }
+        return UnsafeRawBufferPointer(start: body, count: length).map { $0 }
     }
 }

@@ -365,3 +365,53 @@ def test_aioice_agents_connect_through_ferry_relay_only(signal_server):
     assert results[True] == ["relay"] and results[False] == ["relay"], "relay-only candidates"
     assert f.metric("ferry_turn_allocations_created_total") >= 2
     assert f.metric("ferry_turn_relayed_packets_total", {"direction": "to_client"}) > 0
+
+
+def test_jwks_fetched_from_the_issuer_at_start_and_on_reload(ferryd_factory, tmpdir_path):
+    import http.server
+    import signal as sig
+    import threading
+    from test_stream import make_cert
+    cert, key = make_cert(tmpdir_path, "localhost")
+    served = os.path.join(tmpdir_path, "www")
+    os.mkdir(served)
+    issuer = Issuer(served)
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, directory=served, **kw)
+
+        def log_message(self, *a):
+            pass
+
+    class Server(http.server.ThreadingHTTPServer):
+        address_family = socket.AF_INET6
+
+    httpd = Server(("::", 0), Handler)
+    sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    sctx.load_cert_chain(cert, key)
+    httpd.socket = sctx.wrap_socket(httpd.socket, server_side=True)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        tls_port, tcp_port = free_port(), free_port()
+        config = signal_config(tls_port, tcp_port, "", "").replace(
+            'jwks_file = ""', f'jwks_url = "https://localhost:{httpd.server_address[1]}/jwks.json"\njwks_ca_file = "{cert}"')
+        f = ferryd_factory(config)
+        url = f"wss://127.0.0.1:{tls_port}/v1/signal"
+
+        async def go(tok):
+            p = await connect(url, make_token=lambda pub: tok)
+            await p.ws.close()
+            return p.welcome.get("type"), p.welcome.get("code")
+        assert run(go(issuer.token(alg="ES256"))) == ("welcome", None)
+        # The issuer rotates its keys; a reload fetches them again.
+        rotated = Issuer(served)
+        f.signal(sig.SIGHUP)
+        deadline = time.time() + 5
+        while f.metric("ferry_reloads_total", {"result": "ok"}) != 1:
+            assert time.time() < deadline
+            time.sleep(0.1)
+        assert run(go(rotated.token(alg="EdDSA"))) == ("welcome", None)
+        assert run(go(issuer.token(alg="ES256")))[1] == "auth_failed", "the old key is gone"
+    finally:
+        httpd.shutdown()
