@@ -192,6 +192,40 @@ import FerrySystem
         #expect(issues("[stream]\nwrite_buffer_bytes = 10") == ["stream.write_buffer_bytes: must be from 4096 to 67108864, got 10"])
     }
 
+    @Test func signalSection() throws {
+        let c = try FerryConfig.parse("""
+            [turn]
+            relay_ipv4 = "127.0.0.1"
+            [tls]
+            self_signed = true
+            [signal]
+            enabled = true
+            token_secrets = ["0123456789abcdef0"]
+            max_payload = 1024
+            [[signal.relay]]
+            region = "eu"
+            urls = ["turns:eu.example.org:443?transport=tcp"]
+            secret = "x"
+            [[listener]]
+            name = "tls"
+            transport = "tls"
+            address = "127.0.0.1:5349"
+            """)
+        #expect(c.signal.enabled && c.signal.maxPayload == 1024 && c.signal.relays.map(\.region) == ["eu"])
+    }
+
+    @Test func signalErrors() {
+        #expect(issues("[signal]\nenabled = true\ntoken_secrets = [\"0123456789abcdef0\"]")
+                == ["signal.enabled: signaling needs a listener with transport = \"tls\" (or \"tcp\")"])
+        #expect(issues("[signal]\njwks_url = \"http://issuer/jwks\"\njwt_issuer = \"i\"\njwt_audience = \"a\"")
+                == ["signal.jwks_url: must be an https:// URL, got \"http://issuer/jwks\""])
+        #expect(issues("[signal]\njwks_file = \"/j.json\"") == ["signal.jwt_issuer: jwt_issuer and jwt_audience are required with jwks_file or jwks_url"])
+        #expect(issues("[signal]\nserver_key = \"abc\"")
+                == ["signal.server_key: must be 64 lower-case hex digits (an X25519 private key), or \"\" to keep one in server.state_directory"])
+        #expect(issues("[[signal.relay]]\nregion = \"eu\"\nurls = [\"http://x\"]\nsecret = \"s\"")
+                == ["signal.relay[0].urls[0]: must start with turn: or turns:, got \"http://x\""])
+    }
+
     @Test func everyProblemIsReportedAtOnce() {
         let found = issues("[server]\nworkers = -1\nbogus = 1\n[engine]\nbatch_size = 0")
         #expect(found.count == 3)
