@@ -115,6 +115,7 @@ final class SignalWorker {
         var pending: [[UInt8]] = []
         var pendingStart = 0
         var watching: [String] = []
+        var registered: (peer: String, network: String)?
         init(session: SignalSession, conn: StreamConnection) {
             self.session = session
             self.conn = conn
@@ -132,6 +133,7 @@ final class SignalWorker {
     private let registry: SignalWorkers
     private let loops: [EventLoop]
     private var sessions: [Int32: Peer] = [:]
+    private var authenticated = 0
     private var outbox: [Int: [SignalDelivery]] = [:]
     private var backlogged: [Peer] = []
     private var lastPing: UInt64 = 0
@@ -205,7 +207,9 @@ final class SignalWorker {
             deliver(SignalDelivery(conn: old.conn, frame: frame, received: 0, closeAfter: true), toWorker: old.worker)
         }
         metrics.add(counters.registrations)
-        metrics.set(counters.connected, UInt64(sessions.values.filter { $0.session.peer != nil }.count))
+        p.registered = (peer, network)
+        authenticated += 1
+        metrics.set(counters.connected, UInt64(authenticated))
         push(WebSocket.encode(.text, welcome), to: p)
         announce(peer, network: network, online: true)
     }
@@ -291,13 +295,13 @@ final class SignalWorker {
 
     func closed(_ conn: StreamConnection) {
         guard let p = sessions.removeValue(forKey: conn.id) else { return }
+        if p.registered != nil { authenticated -= 1 }
         if !p.watching.isEmpty { hub.dropWatcher(.init(worker: index, conn: conn.id), watched: p.watching) }
-        if let peer = p.session.peer, let network = p.session.network,
-           hub.unregister(peer, .init(worker: index, conn: conn.id, network: network)) {
+        if let (peer, network) = p.registered, hub.unregister(peer, .init(worker: index, conn: conn.id, network: network)) {
             announce(peer, network: network, online: false)
         }
         p.session.closed()
-        metrics.set(counters.connected, UInt64(sessions.values.filter { $0.session.peer != nil }.count))
+        metrics.set(counters.connected, UInt64(max(0, authenticated)))
     }
 
     /// Once a second: close sessions that did not authenticate in time; ping the others every
@@ -307,11 +311,12 @@ final class SignalWorker {
         let pingNow = now - lastPing >= ping
         if pingNow { lastPing = now }
         for p in sessions.values {
-            if p.session.peer == nil && now - p.conn.started > authTimeout {
+            if p.session.state == .awaitingAuth && now - p.conn.started > authTimeout {
                 metrics.add(counters.authFailures[.notAuthenticated]!)
+                p.session.closed()
                 push(WebSocket.close(.unauthorized, reason: "authentication timed out"), to: p)
                 p.conn.closeAfterFlush()
-            } else if pingNow && p.session.peer != nil {
+            } else if pingNow && p.registered != nil {
                 push(WebSocket.encode(.ping, [UInt8]()), to: p)
             }
         }

@@ -76,6 +76,7 @@ final class TURNWorker: RelayProvider {
     private var streams: [Int32: StreamConnection] = [:]
     private var nextStreamID = TURNWorker.firstStreamID
     private var dirtyStreams: [StreamConnection] = []
+    private var activeByKind: [StreamListener.Kind: Int] = [:]
     private var streamListeners: [StreamListener] = []
     private(set) var streamSettings: StreamSettings?
     let streamReadBuffer: UnsafeMutableRawBufferPointer
@@ -405,7 +406,8 @@ final class TURNWorker: RelayProvider {
             let conn = try StreamConnection(id: id, fd: fd, peer: peer, kind: kind, worker: self, loop: loop, settings: settings)
             if !conn.closed {
                 streams[id] = conn
-                metrics.set(settings.counters.active[kind]!, UInt64(streams.values.lazy.filter { $0.kind == kind }.count))
+                activeByKind[kind, default: 0] += 1
+                metrics.set(settings.counters.active[kind]!, UInt64(activeByKind[kind]!))
             }
         } catch {
             fd.close()
@@ -416,7 +418,8 @@ final class TURNWorker: RelayProvider {
         guard streams.removeValue(forKey: conn.id) != nil else { return }
         if conn.mode == .turn { server.clientGone(ClientKey(address: conn.peer, listener: conn.id)) }
         if let settings = streamSettings {
-            metrics.set(settings.counters.active[conn.kind]!, UInt64(streams.values.lazy.filter { $0.kind == conn.kind }.count))
+            activeByKind[conn.kind, default: 1] -= 1
+            metrics.set(settings.counters.active[conn.kind]!, UInt64(max(0, activeByKind[conn.kind]!)))
         }
     }
 

@@ -415,3 +415,18 @@ def test_jwks_fetched_from_the_issuer_at_start_and_on_reload(ferryd_factory, tmp
         assert run(go(issuer.token(alg="ES256")))[1] == "auth_failed", "the old key is gone"
     finally:
         httpd.shutdown()
+
+
+def test_silent_client_is_closed_after_the_auth_timeout(signal_server):
+    f = signal_server(extra="auth_timeout_seconds = 1")
+
+    async def go():
+        ws = await websockets.connect(f.url, ssl=client_ssl())
+        assert json.loads(await ws.recv())["type"] == "hello"
+        started = time.time()
+        with pytest.raises(websockets.ConnectionClosed) as e:
+            await asyncio.wait_for(ws.recv(), 5)
+        assert e.value.rcvd.code == 4001
+        assert time.time() - started < 3.5
+    run(go())
+    assert f.metric("ferry_signal_auth_failures_total", {"reason": "not_authenticated"}) == 1
