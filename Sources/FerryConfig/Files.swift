@@ -1,20 +1,11 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import FerrySystem
 
 /// Reads a whole text file; nil when it cannot be read.
 public func readFile(_ path: String) -> String? {
-    guard let f = fopen(path, "rb") else { return nil }
-    defer { fclose(f) }
-    var bytes: [UInt8] = []
-    var chunk = [UInt8](repeating: 0, count: 65536)
-    while true {
-        let n = fread(&chunk, 1, chunk.count, f)
-        if n > 0 { bytes.append(contentsOf: chunk[0..<n]) }
-        if n < chunk.count { break }
-    }
-    if ferror(f) != 0 { return nil }
-    return String(decoding: bytes, as: UTF8.self)
+    Files.read(path).map { String(decoding: $0, as: UTF8.self) }
 }
 
 /// Writes a line to standard error.

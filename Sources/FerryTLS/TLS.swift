@@ -1,5 +1,6 @@
 import COpenSSL
 import CFerryTLS
+import FerrySystem
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -48,8 +49,8 @@ public struct CertificatePair: Sendable {
 
     /// Reads a PEM chain and key from files.
     public static func load(certificate: String, key: String) throws(TLSError) -> CertificatePair {
-        guard let c = readBytes(certificate) else { throw TLSError("cannot read \(certificate)") }
-        guard let k = readBytes(key) else { throw TLSError("cannot read \(key)") }
+        guard let c = Files.read(certificate) else { throw TLSError("cannot read \(certificate)") }
+        guard let k = Files.read(key) else { throw TLSError("cannot read \(key)") }
         return try CertificatePair(certificatePEM: c, keyPEM: k, source: certificate)
     }
 
@@ -66,18 +67,6 @@ public struct CertificatePair: Sendable {
         return try CertificatePair(certificatePEM: c, keyPEM: k, source: "self-signed (\(name))")
     }
 
-    static func readBytes(_ path: String) -> [UInt8]? {
-        guard let f = fopen(path, "rb") else { return nil }
-        defer { fclose(f) }
-        var out: [UInt8] = []
-        var buf = [UInt8](repeating: 0, count: 16384)
-        while true {
-            let n = fread(&buf, 1, buf.count, f)
-            out += buf[0..<n]
-            if n < buf.count { break }
-        }
-        return ferror(f) == 0 ? out : nil
-    }
 }
 
 /// The server side of TLS for one configuration: one OpenSSL context per certificate, the first

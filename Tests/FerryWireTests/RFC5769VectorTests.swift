@@ -26,16 +26,7 @@ struct Vector: CustomTestStringConvertible, Sendable {
 }
 
 func readText(_ path: String) -> String? {
-    guard let f = fopen(path, "r") else { return nil }
-    defer { fclose(f) }
-    var out: [UInt8] = []
-    var buf = [UInt8](repeating: 0, count: 4096)
-    while true {
-        let n = fread(&buf, 1, buf.count, f)
-        out += buf[0..<n]
-        if n < buf.count { break }
-    }
-    return String(decoding: out, as: UTF8.self)
+    Files.read(path).map { String(decoding: $0, as: UTF8.self) }
 }
 
 @Suite struct RFC5769Vectors {
