@@ -3,6 +3,6 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
-python3 -c "import websockets, cryptography" 2>/dev/null || python3 -m pip install -q websockets cryptography
+python3 -c "import websockets, cryptography, picows, uvloop" 2>/dev/null || python3 -m pip install -q websockets cryptography picows uvloop
 (cd "$root" && swift build -c release --product ferryd >/dev/null)
 exec python3 "$here/run.py" --ferryd "$root/.build/release/ferryd" "$@"

@@ -430,7 +430,7 @@ public final class Server: @unchecked Sendable {
             dropped: dropped,
             queueDropped: metrics.counter("ferry_signal_queue_dropped_total", "Messages dropped (oldest first) from a peer's full outbound queue."),
             latency: metrics.histogram("ferry_signal_routing_latency_microseconds", "From a message's arrival to its queueing for the recipient.",
-                                       bounds: [50, 100, 250, 500, 1000, 2500, 5000, 10000, 50000, 250_000, 1_000_000]),
+                                       bounds: [50, 100, 250, 500, 1000, 2000, 3000, 4000, 5000, 7500, 10000, 50000, 250_000, 1_000_000]),
             queued: metrics.counter("ferry_signal_queued_messages", "Messages waiting in peers' outbound queues.", kind: .gauge))
     }
 
