@@ -589,6 +589,11 @@ public final class Server: @unchecked Sendable {
         Systemd.notify("STOPPING=1\nSTATUS=draining")
         drainDeadline = control.now + UInt64(config.server.drainSeconds) * 1_000_000_000
         logger.notice("draining", metadata: ["signal": "\(why)", "drain_seconds": "\(config.server.drainSeconds)"])
+        if !signalWorkers.all.isEmpty {
+            for loop in engine.loops {
+                loop.execute { [self] l in self.signalWorkers.all[l.index].drain() }
+            }
+        }
         checkDrain()
     }
 

@@ -293,6 +293,18 @@ final class SignalWorker {
         metrics.set(counters.queued, UInt64(queued))
     }
 
+    /// The server is draining: every peer is told so and closed with 1001 (going away), so it
+    /// reconnects to another instance while relayed sessions finish.
+    func drain() {
+        let frame = WebSocket.encode(.text, SignalSession.error(.draining, "this server is shutting down; reconnect elsewhere"))
+            + WebSocket.close(.goingAway, reason: "draining")
+        for p in sessions.values {
+            p.session.closed()
+            push(frame, to: p)
+            p.conn.closeAfterFlush()
+        }
+    }
+
     func closed(_ conn: StreamConnection) {
         guard let p = sessions.removeValue(forKey: conn.id) else { return }
         if p.registered != nil { authenticated -= 1 }

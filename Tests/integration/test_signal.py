@@ -430,3 +430,19 @@ def test_silent_client_is_closed_after_the_auth_timeout(signal_server):
         assert time.time() - started < 3.5
     run(go())
     assert f.metric("ferry_signal_auth_failures_total", {"reason": "not_authenticated"}) == 1
+
+
+def test_draining_server_sends_peers_away(signal_server):
+    import signal as sig
+    f = signal_server()
+
+    async def go():
+        p = await connect(f.url)
+        f.signal(sig.SIGTERM)
+        m = await p.recv()
+        assert m["code"] == "draining"
+        with pytest.raises(websockets.ConnectionClosed) as e:
+            await p.recv()
+        assert e.value.rcvd.code == 1001
+    run(go())
+    assert f.proc.wait(10) == 0
