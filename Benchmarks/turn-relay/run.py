@@ -29,26 +29,11 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "..", "Tests", "integration"))
 import turnclient as tc  # noqa: E402
+sys.path.insert(0, os.path.join(HERE, ".."))
+from common import cpu_seconds, free_udp_port, rss_kib  # noqa: E402
 
-TICK = os.sysconf("SC_CLK_TCK")
 USER, PASSWORD, REALM = "bench", "bench-password", "ferry.bench"
 GEN_GSO = 16  # ChannelData messages per generator send (see tgen.c); set by --gen-gso
-
-
-def free_udp_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def cpu_seconds(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
-
-
-def rss_kib(pid):
-    return int(re.search(r"VmRSS:\s+(\d+)", open(f"/proc/{pid}/status").read()).group(1))
 
 
 class Server:

@@ -19,17 +19,11 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "..", "Tests", "integration"))
-sys.path.insert(0, os.path.join(HERE, "..", "turn-relay"))
+sys.path.insert(0, os.path.join(HERE, ".."))
 import turnclient as tc  # noqa: E402
-from run import cpu_seconds, free_udp_port, rss_kib  # noqa: E402
+from common import cpu_seconds, free_tcp_port, free_udp_port, rss_kib  # noqa: E402
 
 USER, PASSWORD = "bench", "bench-password"
-
-
-def free_tcp_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_ferryd(ferryd, tmp, udp, tcp, tls):
