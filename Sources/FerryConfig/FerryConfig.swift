@@ -76,6 +76,8 @@ public struct FerryConfig: Sendable, Equatable {
         public var unauthorizedPerSecond = 5
         public var unauthorizedBurst = 20
         public var strictChannelNumbers = false
+        /// SO_RCVBUF/SO_SNDBUF of each relayed socket (0 = kernel default).
+        public var relayBufferBytes = 1 << 20
         public var staticAuthSecrets: [String] = []
         public var users: [TURNUser] = []
     }
@@ -316,6 +318,7 @@ public struct FerryConfig: Sendable, Equatable {
         c.turn.unauthorizedPerSecond = turn.int("unauthorized_per_second", default: 5, range: 0...1_000_000)
         c.turn.unauthorizedBurst = turn.int("unauthorized_burst", default: 20, range: 1...1_000_000)
         c.turn.strictChannelNumbers = turn.bool("strict_channel_numbers", default: false)
+        c.turn.relayBufferBytes = turn.int("relay_buffer_bytes", default: 1 << 20, range: 0...(1 << 30))
         c.turn.staticAuthSecrets = turn.stringArray("static_auth_secrets", default: [])
         for (i, secret) in c.turn.staticAuthSecrets.enumerated() where secret.utf8.count < 16 {
             turn.report("static_auth_secrets[\(i)]", "must be at least 16 bytes")

@@ -246,7 +246,7 @@ public final class Server: @unchecked Sendable {
             let hi = loop.index == workers - 1 ? t.portMax : lo + block - 1
             let worker = TURNWorker(loop: loop, batchSize: config.engine.batchSize, maxDatagram: config.engine.maxDatagram,
                                     portRange: lo...max(lo, hi), metrics: metrics.block(loop.index), batchHistograms: histograms,
-                                    gso: config.engine.gso)
+                                    gso: config.engine.gso, relayBuffer: t.relayBufferBytes)
             let server = TURNServer(settings: settings, credentials: credentials, nonces: nonces, policy: policy,
                                     relays: worker, shared: shared, counters: counters, metrics: metrics.block(loop.index))
             worker.attach(server)

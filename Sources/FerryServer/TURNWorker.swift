@@ -87,9 +87,14 @@ final class TURNWorker: RelayProvider {
 
     private let batchHistograms: (client: HistogramID, peer: HistogramID)
 
+    /// Relayed sockets: never SO_REUSEPORT (each port belongs to one allocation); buffers from
+    /// `turn.relay_buffer_bytes` (one per allocation, so smaller than the listeners').
+    private let relayOptions: Sockets.UDPOptions
+
     init(loop: EventLoop, batchSize: Int, maxDatagram: Int, portRange: ClosedRange<Int>, metrics: CounterBlock,
-         batchHistograms: (client: HistogramID, peer: HistogramID), gso: Bool) {
+         batchHistograms: (client: HistogramID, peer: HistogramID), gso: Bool, relayBuffer: Int) {
         self.loop = loop
+        relayOptions = Sockets.UDPOptions(reusePort: false, receiveBuffer: relayBuffer, sendBuffer: relayBuffer)
         self.gso = gso
         arenaCapacity = batchSize * maxDatagram
         arena = .allocate(byteCount: arenaCapacity, alignment: 64)
@@ -511,7 +516,7 @@ final class TURNWorker: RelayProvider {
             portCursor = portCursor >= portMax ? portMin : portCursor + 1
             if evenPort && portCursor % 2 == 1 { continue }
             let address = SocketAddress(ip: ip, port: UInt16(portCursor))
-            guard let fd = try? Sockets.udp(bind: address, options: .init(reusePort: false)) else { continue }
+            guard let fd = try? Sockets.udp(bind: address, options: relayOptions) else { continue }
             let relay = RelaySocket(fd: fd, slot: slot, generation: generation, worker: self)
             guard let registration = try? loop.register(fd: fd.raw, events: Epoll.input, handler: relay) else { return nil }
             relay.registration = registration
@@ -522,7 +527,7 @@ final class TURNWorker: RelayProvider {
     }
 
     func openReserved(ip: IPAddress, port: UInt16) -> Int32? {
-        guard let fd = try? Sockets.udp(bind: SocketAddress(ip: ip, port: port), options: .init(reusePort: false)) else { return nil }
+        guard let fd = try? Sockets.udp(bind: SocketAddress(ip: ip, port: port), options: relayOptions) else { return nil }
         // Held as a raw number until some worker adopts or expires it (see TURNShared).
         return fd.release()
     }
