@@ -251,6 +251,8 @@ final class StreamConnection: EventHandler {
         var consumed = 0
         var invalid = false
         input.withUnsafeBytes { all in
+            // Queued relay sends point into `input`: send them before the buffer can change.
+            defer { worker.flushToPeers() }
             while consumed < all.count {
                 let rest = UnsafeRawBufferPointer(rebasing: all[consumed...])
                 switch StreamFraming.next(rest, maxFrame: StreamConnection.maxFrame) {
@@ -268,7 +270,6 @@ final class StreamConnection: EventHandler {
                 }
             }
         }
-        worker.flushToPeers()
         if consumed > 0 { input.removeFirst(consumed) }
         if input.isEmpty { input = [] }
         if invalid {
