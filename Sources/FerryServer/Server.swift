@@ -230,7 +230,10 @@ public final class Server: @unchecked Sendable {
                           peer: metrics.histogram("ferry_turn_batch_size", "Datagrams per recvmmsg on TURN sockets, by side.",
                                                   bounds: [1, 2, 4, 8, 16, 32, 64, 128, 256], labels: [("side", "peer")]))
         let streamCounters = registerStreamMetrics()
-        if config.listeners.contains(where: { $0.transport != .udp }) { tlsContexts = try loadTLS(initial: true) }
+        // A plain TCP listener works without certificates (TLS sniffed there is then refused).
+        if config.listeners.contains(where: { $0.transport != .udp }) && (!config.tls.certificates.isEmpty || config.tls.selfSigned) {
+            tlsContexts = try loadTLS(initial: true)
+        }
         let state = self.state
         let httpsRoute: HTTPSession.Route = { head in Server.healthRoute(head, state: state) }
         let hub = SignalHub()
@@ -456,7 +459,8 @@ public final class Server: @unchecked Sendable {
     }
 
     private func reloadTLS() {
-        guard !turnWorkers.isEmpty, config.listeners.contains(where: { $0.transport != .udp }) else { return }
+        guard !turnWorkers.isEmpty, config.listeners.contains(where: { $0.transport != .udp }),
+              !config.tls.certificates.isEmpty || config.tls.selfSigned else { return }
         let block = metrics.block(engine.loops.count)
         do {
             let set = try loadTLS(initial: false)

@@ -39,7 +39,8 @@ final class StreamSettings {
 struct StreamCounters {
     enum Close: String, CaseIterable {
         case client, idleTimeout = "idle_timeout", handshakeTimeout = "handshake_timeout",
-             protocolError = "protocol_error", tlsError = "tls_error", limit, rateLimited = "rate_limited", shutdown
+             protocolError = "protocol_error", tlsError = "tls_error", limit, rateLimited = "rate_limited", shutdown,
+             slowReader = "slow_reader"
     }
 
     let accepted: [StreamListener.Kind: CounterID]
@@ -220,6 +221,7 @@ final class StreamConnection: EventHandler {
             lastActivity = loop.now
             input.append(contentsOf: UnsafeRawBufferPointer(rebasing: chunk[0..<n]))
             process()
+            if closed { return }
             if input.count > StreamConnection.maxFrame + StreamConnection.readChunk {
                 close(.protocolError)
                 return
@@ -253,7 +255,7 @@ final class StreamConnection: EventHandler {
         input.withUnsafeBytes { all in
             // Queued relay sends point into `input`: send them before the buffer can change.
             defer { worker.flushToPeers() }
-            while consumed < all.count {
+            while consumed < all.count && !closed {
                 let rest = UnsafeRawBufferPointer(rebasing: all[consumed...])
                 switch StreamFraming.next(rest, maxFrame: StreamConnection.maxFrame) {
                 case .incomplete:
@@ -270,6 +272,7 @@ final class StreamConnection: EventHandler {
                 }
             }
         }
+        guard !closed else { return }
         if consumed > 0 { input.removeFirst(consumed) }
         if input.isEmpty { input = [] }
         if invalid {
@@ -327,7 +330,7 @@ final class StreamConnection: EventHandler {
         var failure: WebSocket.CloseCode?
         var messages: [[UInt8]] = []
         input.withUnsafeMutableBytes { all in
-            while consumed < all.count && failure == nil {
+            while consumed < all.count && failure == nil && !closed {
                 let rest = UnsafeMutableRawBufferPointer(rebasing: all[consumed...])
                 switch WebSocket.parse(UnsafeRawBufferPointer(rest), maxPayload: settings.maxWebSocketMessage) {
                 case .incomplete:
@@ -362,6 +365,7 @@ final class StreamConnection: EventHandler {
                 }
             }
         }
+        guard !closed else { return }
         if consumed > 0 { input.removeFirst(consumed) }
         if input.isEmpty { input = [] }
         for m in messages where !closed { settings.signal?.text(m, from: self) }
@@ -378,7 +382,6 @@ final class StreamConnection: EventHandler {
     /// Closes once everything queued has been written.
     func closeAfterFlush() {
         closeAfterWrite = true
-        input = []
         if !dirty {
             dirty = true
             worker.markDirty(self)
@@ -386,11 +389,17 @@ final class StreamConnection: EventHandler {
     }
 
     /// Queues bytes for the client. Droppable data (relayed packets) is refused when the queue
-    /// would pass `stream.write_buffer_bytes`; protocol answers are always queued.
+    /// would pass `stream.write_buffer_bytes`; protocol answers are queued up to four times that,
+    /// and a client that lets even those pile up (requests sent, answers never read) is closed.
     @discardableResult
     func enqueue(_ bytes: UnsafeRawBufferPointer, droppable: Bool) -> Bool {
         guard !closed else { return false }
-        if droppable && output.count - outputStart + bytes.count > settings.writeLimit { return false }
+        let pending = output.count - outputStart + bytes.count
+        if droppable && pending > settings.writeLimit { return false }
+        if pending > 4 * settings.writeLimit {
+            close(.slowReader)
+            return false
+        }
         output.append(contentsOf: bytes)
         if !dirty {
             dirty = true
@@ -450,8 +459,8 @@ final class StreamConnection: EventHandler {
         worker.metrics.add(settings.counters.closed[reason]!)
         worker.streamClosed(self)
         if mode == .websocket { settings.signal?.closed(self) }
-        output = []
-        input = []
+        // `input` and `output` may be borrowed by the caller right now (close can happen inside
+        // frame processing): they go with the object, which the worker just dropped.
         tls = nil
         fd.close()
     }

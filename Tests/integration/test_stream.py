@@ -329,3 +329,42 @@ def test_handshake_rate_limit_per_source(stream_server):
     for _ in range(6):
         s_client(f.tls_port)
     assert f.metric("ferry_connections_closed_total", {"reason": "rate_limited"}) >= 2
+
+
+def test_client_that_never_reads_its_answers_is_closed(stream_server):
+    """Requests whose answers are never read cannot grow the server either: past four times the
+    write buffer the connection is closed (slow_reader)."""
+    f = stream_server(extra_stream="write_buffer_bytes = 4096")
+    s = socket.create_connection(("127.0.0.1", f.tcp_port))
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    binding, _ = tc.encode(tc.BINDING, 0, [])
+    s.settimeout(5)
+    try:
+        for _ in range(200000):   # ~4 MB of requests, each answered with ~48 bytes
+            s.sendall(binding * 10)
+    except (BrokenPipeError, ConnectionResetError, socket.timeout):
+        pass
+    deadline = time.time() + 5
+    while f.metric("ferry_connections_closed_total", {"reason": "slow_reader"}) != 1:
+        assert time.time() < deadline
+        time.sleep(0.1)
+    s.close()
+
+
+def test_plain_tcp_listener_needs_no_certificate(ferryd_factory):
+    port = free_port()
+    f = ferryd_factory(f"""
+[turn]
+relay_ipv4 = "127.0.0.1"
+[[listener]]
+name = "turn-tcp"
+transport = "tcp"
+address = "127.0.0.1:{port}"
+""")
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        data, tid = tc.encode(tc.BINDING, 0, [])
+        s.sendall(data)
+        assert tc.Response(s.recv(1000)).ok
+    rc, out = s_client(port)
+    assert rc != 0, "TLS is refused where no certificate is configured"
+    assert f.metric("ferry_connections_closed_total", {"reason": "tls_error"}) == 1
