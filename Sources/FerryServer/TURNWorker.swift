@@ -539,6 +539,9 @@ final class TURNWorker: RelayProvider {
     }
 
     func closeRelay(handle: Int32) {
+        // Datagrams queued for this socket earlier in the batch leave first: after close the
+        // number could be reused by the next relayed socket (or be gone, EBADF).
+        if handle == toPeerFD || (train.count > 0 && train.handle == handle) { flushPeer() }
         guard let relay = relaySockets.removeValue(forKey: handle) else {
             // An unclaimed reservation: never registered anywhere.
             _ = Glibc.close(handle)

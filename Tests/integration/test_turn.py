@@ -300,3 +300,35 @@ def test_drain_waits_for_allocations_then_exits(turn_server):
     assert c.refresh(0).ok
     assert f.proc.wait(10) == 0
     assert time.time() - started < 2, "the last allocation gone, the drain ends"
+
+
+def test_channel_data_then_deletion_in_one_batch(turn_server):
+    """ChannelData queued for a relay, then a Refresh that deletes the allocation, in the same
+    receive batch: the queued datagrams leave before the relayed socket closes (this once sent
+    on a closed descriptor)."""
+    f = turn_server()
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.bind(("127.0.0.1", 0))
+    sink.settimeout(0.5)
+    for round_ in range(20):
+        c = tc.TurnClient(("127.0.0.1", f.port), "test", "pass")
+        assert c.allocate().ok
+        assert c.channel_bind(0x4000, *sink.getsockname()).ok
+        tid = os.urandom(12)
+        full = [(tc.LIFETIME, struct.pack("!I", 0)), (tc.USERNAME, b"test"), (tc.REALM, c.realm.encode()), (tc.NONCE, c.nonce.encode())]
+        refresh, _ = tc.encode(tc.REFRESH, 0, full, tid=tid, key=c.key())
+        burst = [b"\x40\x00\x00\x04data"] * 30 + [refresh] + [b"\x40\x00\x00\x04late"] * 5
+        for d in burst:
+            c.sock.sendto(d, ("127.0.0.1", f.port))
+        got = 0
+        try:
+            while True:
+                data = sink.recv(100)
+                got += data == b"data"
+        except socket.timeout:
+            pass
+        assert got == 30, (round_, got)
+        c.close()
+    assert f.proc.poll() is None
+    assert f.metric("ferry_turn_allocations_active") == 0
+    assert f.metric("ferry_turn_drops_total", {"reason": "no_allocation"}) >= 20 * 5 - 5
