@@ -315,7 +315,8 @@ final class TURNWorker: RelayProvider {
             for i in 0..<n {
                 let data = peerBatch.data(i)
                 let length = peerBatch.length(i)
-                guard !peerBatch.truncated(i), let peer = peerBatch.source(i) else {
+                // A Data indication adds up to 48 bytes and padding; its length field is 16 bits.
+                guard !peerBatch.truncated(i), length <= 65535 - TURNWorker.headroom - 4, let peer = peerBatch.source(i) else {
                     server.countDrop(.malformed)
                     continue
                 }
