@@ -179,3 +179,32 @@ import FerryWire
         #expect(!KeyText.isKey("!" + key.dropFirst()))
     }
 }
+
+@Suite struct SignalFuzz {
+    @Test func sessionSurvivesMutatedMessages() {
+        let server = SignalServerKey(privateKey: X25519.keyPair().privateKey)
+        let policy = SignalPolicy(serverKey: server, tokenSecrets: ["0123456789abcdef"], jwt: nil, maxPayload: 100,
+                                  messagesPerSecond: 1e9, messageBurst: 1e9, bytesPerSecond: 1e12, relays: [], relayTTL: 600,
+                                  pingInterval: 20)
+        let to = B64.std([UInt8](repeating: 3, count: 32))
+        let seeds = [
+            Array(#"{"v":1,"type":"offer","to":"\#(to)","payload":"x\u00e9\"","id":[1,{"a":null}]}"#.utf8),
+            Array(#"{"v":1,"type":"subscribe","peers":["\#(to)"]}"#.utf8),
+            Array(#"{"v":1,"type":"auth","peer_key":"\#(to)","proof":"AAAA","token":"ferry1.a.b"}"#.utf8),
+        ]
+        var g = SystemRandomNumberGenerator()
+        for i in 0..<20_000 {
+            let s = SignalSession(policy: policy, now: 0)
+            var m = seeds[i % seeds.count]
+            switch i % 3 {
+            case 0: for _ in 0..<3 { m[Int.random(in: 0..<m.count, using: &g)] = UInt8.random(in: 0...255, using: &g) }
+            case 1: m = Array(m.prefix(Int.random(in: 0...m.count, using: &g)))
+            default: m = (0..<Int.random(in: 0..<80, using: &g)).map { _ in [UInt8]("{}[]\":,\\u0123456789abcdefnulltrue ".utf8).randomElement(using: &g)! }
+            }
+            _ = s.receive(m, now: 1, wallNow: 1000)
+            _ = JSONValue.parse(m)
+        }
+        // Deep nesting is refused, not recursed into without bound.
+        #expect(JSONValue.parse(Array(String(repeating: "[", count: 100_000).utf8)) == nil)
+    }
+}

@@ -42,3 +42,41 @@ import FerryWire
         #expect(s([]) == nil)
     }
 }
+
+@Suite struct WebSocketFrames {
+    @Test func maskedTextFrameRoundTrip() {
+        var frame: [UInt8] = [0x81, 0x85, 1, 2, 3, 4]
+        let text = Array("hello".utf8)
+        let key: [UInt8] = [1, 2, 3, 4]
+        frame += text.enumerated().map { $0.element ^ key[$0.offset & 3] }
+        frame.withUnsafeMutableBytes { raw in
+            guard case .frame(let f) = WebSocket.parse(UnsafeRawBufferPointer(raw), maxPayload: 100) else {
+                Issue.record("not parsed")
+                return
+            }
+            #expect(f.opcode == .text && f.fin && f.payloadLength == 5)
+            let payload = UnsafeMutableRawBufferPointer(rebasing: raw[f.payloadStart..<f.frameLength])
+            WebSocket.unmask(payload, key: f.maskKey!)
+            #expect(Array(payload) == text)
+        }
+    }
+
+    @Test func refusals() {
+        func p(_ b: [UInt8], max: Int = 100) -> WebSocket.ParseResult { b.withUnsafeBytes { WebSocket.parse($0, maxPayload: max) } }
+        #expect(p([0x81, 0x05, 0, 0, 0, 0, 0]) == .failure(.protocolError), "unmasked client frame")
+        #expect(p([0xC1, 0x80, 0, 0, 0, 0]) == .failure(.protocolError), "RSV bit")
+        #expect(p([0x83, 0x80, 0, 0, 0, 0]) == .failure(.protocolError), "reserved opcode")
+        #expect(p([0x09, 0x80, 0, 0, 0, 0]) == .failure(.protocolError), "fragmented ping")
+        #expect(p([0x81, 0xFE, 0x10, 0x00]) == .failure(.tooBig), "4096 > 100")
+        #expect(p([0x81, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 0]) == .failure(.tooBig), "a 2^63 length")
+        #expect(p([0x81]) == .incomplete)
+    }
+
+    @Test func randomBytesNeverTrap() {
+        var rng = SystemRandomNumberGenerator()
+        for _ in 0..<20_000 {
+            let bytes = (0..<Int.random(in: 0..<40, using: &rng)).map { _ in UInt8.random(in: 0...255, using: &rng) }
+            _ = bytes.withUnsafeBytes { WebSocket.parse($0, maxPayload: 1000) }
+        }
+    }
+}
