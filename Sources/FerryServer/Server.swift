@@ -236,7 +236,7 @@ public final class Server: @unchecked Sendable {
         }
         let state = self.state
         let httpsRoute: HTTPSession.Route = { head in Server.healthRoute(head, state: state) }
-        let hub = SignalHub()
+        let hub: any SignalDirectory = SignalHub()
         var signalPolicy: SignalPolicy?
         var signalCounters: SignalCounters?
         if config.signal.enabled {
@@ -413,7 +413,7 @@ public final class Server: @unchecked Sendable {
                             pingInterval: s.pingIntervalSeconds)
     }
 
-    private func registerSignalMetrics(_ hub: SignalHub) -> SignalCounters {
+    private func registerSignalMetrics(_ hub: any SignalDirectory) -> SignalCounters {
         var auth: [SignalErrorCode: CounterID] = [:]
         for c in [SignalErrorCode.authFailed, .badProof, .tokenExpired, .wrongNetwork, .notAuthenticated] {
             auth[c] = metrics.counter("ferry_signal_auth_failures_total", "Signaling connections refused at authentication, by reason.", labels: [("reason", c.rawValue)])

@@ -3,10 +3,25 @@ import FerrySystem
 import FerryWire
 import FerrySignal
 
-/// Where every authenticated peer is: the directory all workers share (a lock, touched on
-/// registration, lookup of a message's recipient and presence changes; never on the packet
-/// path). The seam for signaling across several ferryd through Redis later.
-final class SignalHub: Sendable {
+/// Where every authenticated peer is, and who watches whom: what the workers share. The seam for
+/// signaling across several ferryd: a Redis-backed directory implements the same calls (with
+/// entries that name another instance), and the router above it does not change.
+protocol SignalDirectory: Sendable {
+    /// Registers `peer`; returns the entry it replaced, if any.
+    func register(_ peer: String, _ e: SignalHub.Entry) -> SignalHub.Entry?
+    /// Removes `peer` if it is still this connection's; true when it was.
+    func unregister(_ peer: String, _ e: SignalHub.Entry) -> Bool
+    func lookup(_ peer: String) -> SignalHub.Entry?
+    var count: Int { get }
+    /// Subscribes and returns which of `peers` are online in `network` now.
+    func subscribe(_ w: SignalHub.Watcher, network: String, to peers: [String]) -> [String]
+    func unsubscribe(_ w: SignalHub.Watcher, from peers: [String])
+    func watchers(of peer: String, network: String) -> [SignalHub.Watcher]
+}
+
+/// The in-process directory: a lock, touched on registration, on lookup of a message's
+/// recipient and on presence changes; never on the packet path.
+final class SignalHub: SignalDirectory {
     struct Entry: Sendable, Equatable {
         let worker: Int
         let conn: Int32
@@ -69,8 +84,6 @@ final class SignalHub: Sendable {
         }
     }
 
-    func dropWatcher(_ w: Watcher, watched: [String]) { unsubscribe(w, from: watched) }
-
     /// Who in `network` watches `peer`.
     func watchers(of peer: String, network: String) -> [Watcher] {
         state.withLock { s in (s.watchers[peer] ?? [:]).filter { $0.value == network }.map(\.key) }
@@ -124,7 +137,7 @@ final class SignalWorker {
 
     private let index: Int
     private unowned let loop: EventLoop
-    private let hub: SignalHub
+    private let hub: any SignalDirectory
     private(set) var policy: SignalPolicy
     private let counters: SignalCounters
     private let metrics: CounterBlock
@@ -141,7 +154,7 @@ final class SignalWorker {
     /// the peer's message queue, which drops its oldest when full.
     static let directWriteBytes = 64 * 1024
 
-    init(index: Int, loop: EventLoop, hub: SignalHub, policy: SignalPolicy, counters: SignalCounters, metrics: CounterBlock,
+    init(index: Int, loop: EventLoop, hub: any SignalDirectory, policy: SignalPolicy, counters: SignalCounters, metrics: CounterBlock,
          queueLimit: Int, authTimeoutSeconds: Int, registry: SignalWorkers, loops: [EventLoop]) {
         self.index = index
         self.loop = loop
@@ -308,7 +321,7 @@ final class SignalWorker {
     func closed(_ conn: StreamConnection) {
         guard let p = sessions.removeValue(forKey: conn.id) else { return }
         if p.registered != nil { authenticated -= 1 }
-        if !p.watching.isEmpty { hub.dropWatcher(.init(worker: index, conn: conn.id), watched: p.watching) }
+        if !p.watching.isEmpty { hub.unsubscribe(.init(worker: index, conn: conn.id), from: p.watching) }
         if let (peer, network) = p.registered, hub.unregister(peer, .init(worker: index, conn: conn.id, network: network)) {
             announce(peer, network: network, online: false)
         }
