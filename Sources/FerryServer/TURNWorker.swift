@@ -150,18 +150,7 @@ final class TURNWorker: RelayProvider {
         let toClient = listeners[li].toClient
         let now = loop.now
         var wallNow: UInt64 = 0
-        for _ in 0..<16 {
-            let n: Int
-            do {
-                guard let got = try clientBatch.receive(from: fd).value else {
-                    listeners[li].hot.settle(received: 0, capacity: batchSize, fd: fd, registration: listeners[li].registration, loop: loop)
-                    return
-                }
-                n = got
-            } catch {
-                server.countDrop(.sendError)
-                return
-            }
+        let last = BatchReader.drain(clientBatch, fd: fd, onError: { server.countDrop(.sendError) }) { n in
             batchHistograms.client.observe(UInt64(n), in: metrics)
             var relayedPackets: UInt64 = 0
             var relayedBytes: UInt64 = 0
@@ -211,12 +200,10 @@ final class TURNWorker: RelayProvider {
             flushPeer()
             flushClient(toClient, fd)
             if relayedPackets > 0 { server.countRelayed(toPeer: true, packets: relayedPackets, bytes: relayedBytes) }
-            if n < batchSize {
-                listeners[li].hot.settle(received: n, capacity: batchSize, fd: fd, registration: listeners[li].registration, loop: loop)
-                return
-            }
         }
-        listeners[li].hot.settle(received: batchSize, capacity: batchSize, fd: fd, registration: listeners[li].registration, loop: loop)
+        if let last {
+            listeners[li].hot.settle(received: last, capacity: batchSize, fd: fd, registration: listeners[li].registration, loop: loop)
+        }
     }
 
     /// Queues one datagram for a relayed socket, extending the current GSO train when it can.
@@ -295,19 +282,8 @@ final class TURNWorker: RelayProvider {
     fileprivate func relayReadable(_ relay: RelaySocket) {
         let fd = relay.fd.raw
         let now = loop.now
-        for _ in 0..<16 {
-            let n: Int
-            do {
-                guard let got = try peerBatch.receive(from: fd).value else {
-                    relay.hot.settle(received: 0, capacity: batchSize, fd: fd, registration: relay.registration, loop: loop)
-                    return
-                }
-                n = got
-            } catch {
-                // ICMP errors surface here (ECONNREFUSED): nothing to read, count and go on.
-                server.countDrop(.sendError)
-                return
-            }
+        // A read error here is an ICMP error (ECONNREFUSED) for an earlier send: counted, no data.
+        let last = BatchReader.drain(peerBatch, fd: fd, onError: { server.countDrop(.sendError) }) { n in
             batchHistograms.peer.observe(UInt64(n), in: metrics)
             var packets: UInt64 = 0
             var bytes: UInt64 = 0
@@ -360,12 +336,8 @@ final class TURNWorker: RelayProvider {
                 li += 1
             }
             if packets > 0 { server.countRelayed(toPeer: false, packets: packets, bytes: bytes) }
-            if n < batchSize {
-                relay.hot.settle(received: n, capacity: batchSize, fd: fd, registration: relay.registration, loop: loop)
-                return
-            }
         }
-        relay.hot.settle(received: batchSize, capacity: batchSize, fd: fd, registration: relay.registration, loop: loop)
+        if let last { relay.hot.settle(received: last, capacity: batchSize, fd: fd, registration: relay.registration, loop: loop) }
     }
 
     /// Queues a relayed message for a stream client; false (and counted) when its queue is full.

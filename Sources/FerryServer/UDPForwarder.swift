@@ -50,19 +50,7 @@ final class UDPForwarder: EventHandler {
     func handleEvent(_ events: UInt32, loop: EventLoop) {
         let raw = fd.raw
         let target = UnsafeRawPointer(self.target), targetLength = self.targetLength
-        // At most 16 batches per wakeup, then let other sockets on this loop have a turn.
-        for _ in 0..<16 {
-            let n: Int
-            do {
-                guard let got = try batch.receive(from: raw).value else {
-                    settle(n: 0, loop: loop)
-                    return
-                }
-                n = got
-            } catch {
-                metrics.add(counters.sendError)
-                return
-            }
+        let last = BatchReader.drain(batch, fd: raw, onError: { metrics.add(counters.sendError) }) { n in
             var bytes: UInt64 = 0
             var truncated: UInt64 = 0
             for i in 0..<n {
@@ -80,18 +68,8 @@ final class UDPForwarder: EventHandler {
             if result.bufferFull > 0 { metrics.add(counters.bufferFull, UInt64(result.bufferFull)) }
             if result.failed > 0 { metrics.add(counters.sendError, UInt64(result.failed)) }
             counters.batches.observe(UInt64(n), in: metrics)
-            if n < batch.capacity {
-                settle(n: n, loop: loop)
-                return
-            }
         }
-        settle(n: batch.capacity, loop: loop)
-    }
-
-    /// Full batches: the socket is saturated, poll it without epoll wakeups; a partial batch or
-    /// an empty socket: back to sleeping in epoll.
-    private func settle(n: Int, loop: EventLoop) {
-        hot.settle(received: n, capacity: batch.capacity, fd: fd.raw, registration: registration, loop: loop)
+        if let last { hot.settle(received: last, capacity: batch.capacity, fd: raw, registration: registration, loop: loop) }
     }
 
     deinit { target.deallocate() }
