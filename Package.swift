@@ -28,6 +28,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
         .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
+        .package(url: "https://github.com/apple/swift-collections", from: "1.1.0"),
     ],
     targets: [
         .target(name: "CFerryLinux"),
@@ -47,7 +48,8 @@ let package = Package(
                 swiftSettings: strict),
         .target(name: "FerryServer",
                 dependencies: ["FerrySystem", "FerryWire", "FerryTURN", "FerryTLS", "FerrySignal", "FerryConfig",
-                               .product(name: "Logging", package: "swift-log")],
+                               .product(name: "Logging", package: "swift-log"),
+                               .product(name: "DequeModule", package: "swift-collections")],
                 swiftSettings: strict),
         .executableTarget(name: "ferryd",
                           dependencies: ["FerryServer", "FerryConfig", "FerryWire",

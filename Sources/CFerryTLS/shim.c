@@ -22,8 +22,11 @@ SSL_CTX *ferry_tls_server_ctx(int min13) {
     SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
     if (!ctx) return NULL;
     SSL_CTX_set_min_proto_version(ctx, min13 ? TLS1_3_VERSION : TLS1_2_VERSION);
-    SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
-    SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    // IGNORE_UNEXPECTED_EOF: a client that closes without close_notify (browsers do) is a client
+    // closing, not a TLS error (OpenSSL 3 reports it as one otherwise).
+    SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE
+                                 | SSL_OP_IGNORE_UNEXPECTED_EOF);
+    SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_SERVER);
     static const unsigned char sid[] = "ferry";
     SSL_CTX_set_session_id_context(ctx, sid, sizeof sid - 1);
@@ -265,6 +268,83 @@ int ferry_tls_selected_alpn(const SSL *ssl, char *out, size_t outlen) {
 }
 
 const char *ferry_tls_version(const SSL *ssl) { return SSL_get_version(ssl); }
+
+// ---- Output queue and the BIO that writes into it ----
+
+int ferry_outbuf_append(ferry_outbuf *b, const void *p, size_t n) {
+    if (n == 0) return 1;
+    if (b->end + n > b->cap && b->start > 0) {
+        // Slide the unsent bytes to the front before growing.
+        memmove(b->data, b->data + b->start, b->end - b->start);
+        b->end -= b->start;
+        b->start = 0;
+    }
+    if (b->end + n > b->cap) {
+        size_t cap = b->cap ? b->cap : 4096;
+        while (cap < b->end + n) cap *= 2;
+        unsigned char *d = realloc(b->data, cap);
+        if (!d) return 0;
+        b->data = d;
+        b->cap = cap;
+    }
+    memcpy(b->data + b->end, p, n);
+    b->end += n;
+    return 1;
+}
+
+void ferry_outbuf_consume(ferry_outbuf *b, size_t n) {
+    b->start += n;
+    if (b->start >= b->end) ferry_outbuf_free(b);
+}
+
+void ferry_outbuf_free(ferry_outbuf *b) {
+    free(b->data);
+    b->data = NULL;
+    b->start = b->end = b->cap = 0;
+}
+
+static int outbuf_bio_write(BIO *bio, const char *data, int len) {
+    BIO_clear_retry_flags(bio);
+    if (len <= 0) return 0;
+    return ferry_outbuf_append(BIO_get_data(bio), data, (size_t)len) ? len : -1;
+}
+
+static long outbuf_bio_ctrl(BIO *bio, int cmd, long num, void *ptr) {
+    (void)bio; (void)num; (void)ptr;
+    // A flush is the caller's write(2); nothing is ever pending inside the BIO itself.
+    return cmd == BIO_CTRL_FLUSH ? 1 : 0;
+}
+
+static int outbuf_bio_create(BIO *bio) {
+    BIO_set_init(bio, 1);
+    return 1;
+}
+
+static BIO_METHOD *outbuf_method;
+static CRYPTO_ONCE outbuf_once = CRYPTO_ONCE_STATIC_INIT;
+
+static void outbuf_method_init(void) {
+    BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "ferry output queue");
+    if (!m) return;
+    BIO_meth_set_write(m, outbuf_bio_write);
+    BIO_meth_set_ctrl(m, outbuf_bio_ctrl);
+    BIO_meth_set_create(m, outbuf_bio_create);
+    outbuf_method = m;
+}
+
+int ferry_tls_set_io(SSL *ssl, int fd, ferry_outbuf *out) {
+    if (!CRYPTO_THREAD_run_once(&outbuf_once, outbuf_method_init) || !outbuf_method) return 0;
+    BIO *rbio = BIO_new_socket(fd, BIO_NOCLOSE);
+    BIO *wbio = BIO_new(outbuf_method);
+    if (!rbio || !wbio) {
+        BIO_free(rbio);
+        BIO_free(wbio);
+        return 0;
+    }
+    BIO_set_data(wbio, out);
+    SSL_set_bio(ssl, rbio, wbio);
+    return 1;
+}
 
 // ---- Keys and signatures ----
 #include <openssl/core_names.h>

@@ -1,4 +1,5 @@
 import Synchronization
+import DequeModule
 import FerrySystem
 import FerryWire
 import FerrySignal
@@ -121,12 +122,18 @@ final class SignalWorkers: @unchecked Sendable {
 
 /// Signaling on one worker: its sessions and the batches it sends to other workers.
 /// Ownership: the worker's loop thread (the hub is the only shared part).
+///
+/// A peer is reached only through `sessions`, keyed by connection id, and leaves it when its
+/// connection closes (`closed`): deliveries, presence and the connection's refills look the id
+/// up, so a message for a peer that just went finds nothing (and is counted), never a dangling
+/// object. Connection ids are not reused while the worker lives (they count up from 2^20 to
+/// 2^31 before wrapping, skipping live ones).
 final class SignalWorker {
     final class Peer {
         let session: SignalSession
-        unowned let conn: StreamConnection
-        var pending: [[UInt8]] = []
-        var pendingStart = 0
+        let conn: StreamConnection
+        /// Frames waiting for the connection; bounded by `queueLimit`, oldest dropped first.
+        var pending = Deque<[UInt8]>()
         var watching: [String] = []
         var registered: (peer: String, network: String)?
         init(session: SignalSession, conn: StreamConnection) {
@@ -148,7 +155,8 @@ final class SignalWorker {
     private var sessions: [Int32: Peer] = [:]
     private var authenticated = 0
     private var outbox: [Int: [SignalDelivery]] = [:]
-    private var backlogged: [Peer] = []
+    /// Frames in all peers' queues on this worker (the queued-messages gauge).
+    private var queued = 0
     private var lastPing: UInt64 = 0
     /// Below this many queued bytes a frame goes straight to the connection; above, it waits in
     /// the peer's message queue, which drops its oldest when full.
@@ -267,43 +275,44 @@ final class SignalWorker {
     }
 
     /// Queues a frame for a peer: straight to the connection while it keeps up, else into the
-    /// peer's bounded queue, which drops its oldest message when full.
+    /// peer's bounded queue, which drops its oldest message when full. The connection takes
+    /// from the queue whenever its output drains (`refill`).
     private func push(_ frame: [UInt8], to p: Peer) {
-        if p.pending.count == p.pendingStart && p.conn.queuedBytes < SignalWorker.directWriteBytes {
+        guard !p.conn.closed else { return }
+        if p.pending.isEmpty && p.conn.queuedBytes < SignalWorker.directWriteBytes {
             frame.withUnsafeBytes { _ = p.conn.enqueue($0, droppable: false) }
             return
         }
-        if p.pending.count - p.pendingStart >= queueLimit {
-            p.pendingStart += 1
+        if p.pending.count >= queueLimit {
+            p.pending.removeFirst()
+            queued -= 1
             metrics.add(counters.queueDropped)
         }
-        if p.pending.count == p.pendingStart { backlogged.append(p) }
         p.pending.append(frame)
+        queued += 1
+        metrics.set(counters.queued, UInt64(queued))
     }
 
+    /// `conn` wrote everything it had: move queued frames into it, up to the direct-write
+    /// bound. True when it got more to write.
+    func refill(_ conn: StreamConnection) -> Bool {
+        guard let p = sessions[conn.id], !p.pending.isEmpty else { return false }
+        var moved = false
+        while !conn.closed, conn.queuedBytes < SignalWorker.directWriteBytes, let frame = p.pending.popFirst() {
+            queued -= 1
+            frame.withUnsafeBytes { _ = conn.enqueue($0, droppable: false) }
+            moved = true
+        }
+        metrics.set(counters.queued, UInt64(queued))
+        return moved && !conn.closed
+    }
+
+    /// End of the loop iteration: batches for other workers go out through their mailboxes.
     private func flush() {
         for (w, batch) in outbox where !batch.isEmpty {
             loops[w].execute { [registry] l in registry.all[l.index].receive(batch) }
         }
         outbox.removeAll(keepingCapacity: true)
-        guard !backlogged.isEmpty else { return }
-        var still: [Peer] = []
-        var queued = 0
-        for p in backlogged {
-            while p.pendingStart < p.pending.count && p.conn.queuedBytes < SignalWorker.directWriteBytes {
-                p.pending[p.pendingStart].withUnsafeBytes { _ = p.conn.enqueue($0, droppable: false) }
-                p.pendingStart += 1
-            }
-            if p.pendingStart < p.pending.count {
-                still.append(p)
-                queued += p.pending.count - p.pendingStart
-            } else {
-                p.pending = []
-                p.pendingStart = 0
-            }
-        }
-        backlogged = still
-        metrics.set(counters.queued, UInt64(queued))
     }
 
     /// The server is draining: every peer is told so and closed with 1001 (going away), so it
@@ -320,6 +329,10 @@ final class SignalWorker {
 
     func closed(_ conn: StreamConnection) {
         guard let p = sessions.removeValue(forKey: conn.id) else { return }
+        if !p.pending.isEmpty {
+            queued -= p.pending.count
+            metrics.set(counters.queued, UInt64(queued))
+        }
         if p.registered != nil { authenticated -= 1 }
         if !p.watching.isEmpty { hub.unsubscribe(.init(worker: index, conn: conn.id), from: p.watching) }
         if let (peer, network) = p.registered, hub.unregister(peer, .init(worker: index, conn: conn.id, network: network)) {

@@ -75,9 +75,11 @@ final class StreamConnection: EventHandler {
     private var tls: TLSSession?
     private(set) var mode: Mode
     private var input: [UInt8] = []
-    private var output: [UInt8] = []
-    private var outputStart = 0
+    /// What the socket is owed: plaintext, or TLS records (the session appends them here).
+    private let output = OutputQueue()
     private var writeArmed = false
+    /// The client sent its last byte (FIN or close_notify): what was read is answered, then close.
+    private var inputDone = false
     private var closeAfterWrite = false
     private var http = HTTPSession()
     private(set) var lastActivity: UInt64
@@ -104,12 +106,15 @@ final class StreamConnection: EventHandler {
         if kind == .tls { startTLS() }
     }
 
+    deinit {
+        tls = nil  // before the queue its records go to
+        output.deallocate()
+    }
+
     var inHandshake: Bool { mode == .sniffing || mode == .handshaking || mode == .decided }
 
     func handleEvent(_ events: UInt32, loop: EventLoop) {
-        if events & Epoll.output != 0 {
-            if mode == .handshaking { handshake() } else { flush() }
-        }
+        if events & Epoll.output != 0 { flush() }
         guard !closed else { return }
         if events & (Epoll.input | Epoll.readHangup | Epoll.hangup | Epoll.error) != 0 {
             switch mode {
@@ -150,7 +155,7 @@ final class StreamConnection: EventHandler {
     }
 
     private func startTLS() {
-        guard let contexts = settings.contexts, let session = contexts.session(fd: fd.raw) else {
+        guard let contexts = settings.contexts, let session = contexts.session(fd: fd.raw, output: output) else {
             close(.tlsError)
             return
         }
@@ -165,7 +170,11 @@ final class StreamConnection: EventHandler {
 
     private func handshake() {
         guard let tls else { return }
-        switch tls.handshake() {
+        let progress = tls.handshake()
+        // A flight (or an alert) the handshake queued leaves now.
+        if output.count > 0 { flush() }
+        guard !closed else { return }
+        switch progress {
         case .done:
             worker.metrics.add(tls.version == "TLSv1.3" ? settings.counters.handshakesOK.tls13 : settings.counters.handshakesOK.tls12)
             setWriteInterest(false)
@@ -176,10 +185,8 @@ final class StreamConnection: EventHandler {
             default: mode = .decided
             }
             readAvailable()
-        case .wantRead:
-            setWriteInterest(false)
-        case .wantWrite:
-            setWriteInterest(true)
+        case .wantRead, .wantWrite:
+            break  // more of the client's flight to come (writes never block: they go to `output`)
         case .closed:
             worker.metrics.add(settings.counters.handshakesFailed)
             close(.client)
@@ -198,6 +205,8 @@ final class StreamConnection: EventHandler {
 
     private func readAvailable() {
         let chunk = worker.streamReadBuffer
+        // Records OpenSSL queued while reading (session tickets, alerts) leave with the next flush.
+        defer { if !closed && output.count > 0 { markDirty() } }
         for _ in 0..<64 {
             guard !closed, !closeAfterWrite else { return }
             let n: Int
@@ -205,16 +214,15 @@ final class StreamConnection: EventHandler {
                 let (got, progress) = tls.read(into: chunk)
                 switch progress {
                 case .done: n = got
-                case .wantRead: return
-                case .wantWrite: setWriteInterest(true); return
-                case .closed: close(.client); return
+                case .wantRead, .wantWrite: return
+                case .closed: endOfInput(); return
                 case .failed: close(.tlsError); return
                 }
             } else {
                 switch Result(catching: { () throws(SystemError) in try Sockets.read(fd.raw, into: chunk) }) {
                 case .failure: close(.client); return
                 case .success(.wouldBlock): return
-                case .success(.done(0)): close(.client); return
+                case .success(.done(0)): endOfInput(); return
                 case .success(.done(let got)): n = got
                 }
             }
@@ -316,7 +324,10 @@ final class StreamConnection: EventHandler {
         if !outcome.output.isEmpty {
             outcome.output.withUnsafeBytes { _ = enqueue($0, droppable: false) }
         }
-        if http.closing { closeAfterWrite = true; flush() }
+        if http.closing {
+            closeAfterFlush()
+            flush()
+        }
     }
 
     /// WebSocket frames (RFC 6455 §5): text messages go to the signaling session; fragments are
@@ -382,70 +393,92 @@ final class StreamConnection: EventHandler {
     /// Closes once everything queued has been written.
     func closeAfterFlush() {
         closeAfterWrite = true
-        if !dirty {
-            dirty = true
-            worker.markDirty(self)
-        }
+        updateInterest()
+        markDirty()
     }
 
-    /// Queues bytes for the client. Droppable data (relayed packets) is refused when the queue
-    /// would pass `stream.write_buffer_bytes`; protocol answers are queued up to four times that,
-    /// and a client that lets even those pile up (requests sent, answers never read) is closed.
+    /// The client finished sending (FIN, or TLS close_notify or EOF): what it asked for before is
+    /// already answered in `output`; write that (and our close_notify), then close.
+    private func endOfInput() {
+        inputDone = true
+        tls?.shutdown()
+        closeAfterWrite = true
+        updateInterest()
+        flush()
+    }
+
+    private func markDirty() {
+        guard !dirty else { return }
+        dirty = true
+        worker.markDirty(self)
+    }
+
+    /// Queues bytes for the client (over TLS: encrypted now, one record per call, so each TURN
+    /// message is a record of its own). Droppable data (relayed packets) is refused when the
+    /// queue would pass `stream.write_buffer_bytes`; protocol answers are queued up to four times
+    /// that, and a client that lets even those pile up (requests sent, answers never read) is
+    /// closed.
     @discardableResult
     func enqueue(_ bytes: UnsafeRawBufferPointer, droppable: Bool) -> Bool {
         guard !closed else { return false }
-        let pending = output.count - outputStart + bytes.count
+        let pending = output.count + bytes.count
         if droppable && pending > settings.writeLimit { return false }
         if pending > 4 * settings.writeLimit {
             close(.slowReader)
             return false
         }
-        output.append(contentsOf: bytes)
-        if !dirty {
-            dirty = true
-            worker.markDirty(self)
+        if let tls {
+            guard tls.write(bytes) == .done else {
+                close(.tlsError)
+                return false
+            }
+        } else if !output.append(bytes) {
+            close(.slowReader)
+            return false
         }
+        markDirty()
         return true
     }
 
     /// Writes what is queued; called at the end of the loop iteration (so many relayed packets
-    /// leave in one write, one TLS record) and when the socket becomes writable.
+    /// leave in one write) and when the socket becomes writable. A signaling peer's message
+    /// queue refills the connection each time it drains, so a backlog leaves as fast as the
+    /// socket takes it, never waiting for an unrelated wakeup.
     func flush() {
         dirty = false
         guard !closed else { return }
-        while outputStart < output.count {
-            let n: Int
-            let pending = output.withUnsafeBytes { UnsafeRawBufferPointer(rebasing: $0[outputStart...]) }
-            if let tls {
-                let (wrote, progress) = tls.write(pending)
-                switch progress {
-                case .done: n = wrote
-                case .wantWrite, .wantRead: setWriteInterest(true); return
-                case .closed: close(.client); return
-                case .failed: close(.tlsError); return
-                }
-            } else {
-                switch Result(catching: { () throws(SystemError) in try Sockets.write(fd.raw, from: pending) }) {
+        while true {
+            while output.count > 0 {
+                switch Result(catching: { () throws(SystemError) in try Sockets.write(fd.raw, from: output.pending) }) {
                 case .failure: close(.client); return
                 case .success(.wouldBlock): setWriteInterest(true); return
-                case .success(.done(let wrote)): n = wrote
+                case .success(.done(let wrote)): output.consume(wrote)
                 }
             }
-            outputStart += n
+            guard !closeAfterWrite, mode == .websocket, let signal = settings.signal, signal.refill(self) else { break }
         }
-        // Everything written: give the memory back (an idle connection keeps no buffer).
-        output = []
-        outputStart = 0
         setWriteInterest(false)
         if closeAfterWrite { close(.client) }
     }
 
-    var queuedBytes: Int { output.count - outputStart }
+    var queuedBytes: Int { output.count }
 
     private func setWriteInterest(_ on: Bool) {
-        guard on != writeArmed, let registration else { return }
+        guard on != writeArmed else { return }
         writeArmed = on
-        try? loop.modify(fd: fd.raw, registration, events: Epoll.input | Epoll.readHangup | (on ? Epoll.output : 0))
+        updateInterest()
+    }
+
+    /// Reads are wanted until the input ended or a close is pending (level-triggered epoll would
+    /// otherwise report the same EOF or unread bytes forever); writes while bytes wait.
+    private var interestArmed = Epoll.input | Epoll.readHangup
+
+    private func updateInterest() {
+        guard let registration else { return }
+        let events = (inputDone || closeAfterWrite ? 0 : Epoll.input | Epoll.readHangup) | (writeArmed ? Epoll.output : 0)
+        guard events != interestArmed else { return }
+        interestArmed = events
+        try? loop.modify(fd: fd.raw, registration, events: events)
     }
 
     // MARK: Closing
@@ -456,6 +489,8 @@ final class StreamConnection: EventHandler {
         if let registration { loop.deregister(fd: fd.raw, registration) }
         registration = nil
         if reason != .client && reason != .tlsError { tls?.shutdown() }
+        // Best effort, one non-blocking write: a TLS alert or close_notify, or a last answer.
+        if output.count > 0 { _ = try? Sockets.write(fd.raw, from: output.pending) }
         worker.metrics.add(settings.counters.closed[reason]!)
         worker.streamClosed(self)
         if mode == .websocket { settings.signal?.closed(self) }

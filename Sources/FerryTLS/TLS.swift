@@ -129,10 +129,14 @@ public final class TLSContextSet: @unchecked Sendable {
         if let sni { ferry_sni_table_free(sni) }
     }
 
-    /// A server session on a connected socket.
-    public func session(fd: Int32) -> TLSSession? {
+    /// A server session on a connected socket: it reads from `fd` and appends every record it
+    /// writes to `output`, which the caller writes to the socket.
+    public func session(fd: Int32, output: OutputQueue) -> TLSSession? {
         guard let ssl = SSL_new(contexts[0]) else { return nil }
-        SSL_set_fd(ssl, fd)
+        guard ferry_tls_set_io(ssl, fd, output.storage) == 1 else {
+            SSL_free(ssl)
+            return nil
+        }
         SSL_set_accept_state(ssl)
         return TLSSession(ssl: ssl, contexts: self)
     }
@@ -194,11 +198,13 @@ public final class TLSSession {
         return rc == 1 ? (n, .done) : (0, progress(rc))
     }
 
-    /// Writes; partial writes are allowed (SSL_MODE_ENABLE_PARTIAL_WRITE).
-    public func write(_ buffer: UnsafeRawBufferPointer) -> (Int, Progress) {
+    /// Encrypts `buffer` into records appended to the session's output queue (one record per
+    /// call up to 16 KiB); `.done`, or `.failed` when the session is unusable. Never blocks.
+    public func write(_ buffer: UnsafeRawBufferPointer) -> Progress {
+        guard buffer.count > 0 else { return .done }
         var n = 0
         let rc = SSL_write_ex(ssl, buffer.baseAddress, buffer.count, &n)
-        return rc == 1 ? (n, .done) : (0, progress(rc))
+        return rc == 1 ? .done : progress(rc)
     }
 
     /// Bytes already decrypted and buffered inside OpenSSL (read them before waiting on epoll).
@@ -217,5 +223,39 @@ public final class TLSSession {
         return String(cString: p)
     }
 
+    /// Queues a close_notify alert in the output queue.
     public func shutdown() { _ = SSL_shutdown(ssl) }
+}
+
+/// Bytes owed to one socket, in C memory so a TLS session can append its records there (see
+/// `ferry_tls_set_io`). Storage is freed whenever the queue empties. A plain pointer wrapper,
+/// no reference counting: the owner calls `deallocate()` once, after the TLS session is gone.
+public struct OutputQueue {
+    let storage: UnsafeMutablePointer<ferry_outbuf>
+
+    public init() {
+        storage = .allocate(capacity: 1)
+        storage.initialize(to: ferry_outbuf(data: nil, start: 0, end: 0, cap: 0))
+    }
+
+    public func deallocate() {
+        ferry_outbuf_free(storage)
+        storage.deallocate()
+    }
+
+    /// Bytes queued and not yet written.
+    @inline(__always) public var count: Int { storage.pointee.end - storage.pointee.start }
+
+    /// Appends; false when memory could not be had.
+    @inline(__always) public func append(_ bytes: UnsafeRawBufferPointer) -> Bool {
+        ferry_outbuf_append(storage, bytes.baseAddress, bytes.count) == 1
+    }
+
+    /// The unwritten bytes (valid until the next append or consume).
+    @inline(__always) public var pending: UnsafeRawBufferPointer {
+        UnsafeRawBufferPointer(start: storage.pointee.data.map { $0 + storage.pointee.start }, count: count)
+    }
+
+    /// Drops `n` written bytes from the front; frees the storage when none are left.
+    @inline(__always) public func consume(_ n: Int) { ferry_outbuf_consume(storage, n) }
 }

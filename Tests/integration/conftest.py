@@ -22,16 +22,25 @@ def binary(name):
     return path
 
 
+_handed_out = set()
+
+
 def free_port(kind=socket.SOCK_STREAM):
-    """A port that is free for both TCP and UDP at the moment of asking."""
+    """A port that is free for both TCP and UDP at the moment of asking, and never one handed out
+    before in this run: the kernel may offer a port again as soon as the probe socket closes, so
+    two calls before anything binds (a listener's port, then the admin port) could get the same
+    one, and ferryd then failed to start with EADDRINUSE."""
     while True:
         with socket.socket(socket.AF_INET, kind) as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
+        if port in _handed_out:
+            continue
         other = socket.SOCK_DGRAM if kind == socket.SOCK_STREAM else socket.SOCK_STREAM
         try:
             with socket.socket(socket.AF_INET, other) as s:
                 s.bind(("127.0.0.1", port))
+            _handed_out.add(port)
             return port
         except OSError:
             continue

@@ -129,10 +129,19 @@ class Peer:
         return json.loads(await asyncio.wait_for(self.ws.recv(), timeout))
 
 
-async def connect(url, priv=None, make_token=None, bad_proof=False, max_size=2 ** 20):
+async def connect(url, priv=None, make_token=None, bad_proof=False, max_size=2 ** 20, rcvbuf=None):
+    """An authenticated peer. `rcvbuf` shrinks its socket's receive buffer (set before connecting),
+    so that what the server sends it piles up inside the server rather than in the kernel."""
     priv = priv or X25519PrivateKey.generate()
     pub = priv.public_key().public_bytes_raw()
-    ws = await websockets.connect(url, ssl=client_ssl() if url.startswith("wss") else None, max_size=max_size)
+    kw = {}
+    if rcvbuf:
+        host, port = url.split("//")[1].split("/")[0].rsplit(":", 1)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.connect((host, int(port)))
+        kw = {"sock": sock, "server_hostname": "localhost"} if url.startswith("wss") else {"sock": sock}
+    ws = await websockets.connect(url, ssl=client_ssl() if url.startswith("wss") else None, max_size=max_size, close_timeout=1, **kw)
     hello = json.loads(await ws.recv())
     assert hello["type"] == "hello"
     spub, challenge = base64.b64decode(hello["server_key"]), base64.b64decode(hello["challenge"])

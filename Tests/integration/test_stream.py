@@ -368,3 +368,80 @@ address = "127.0.0.1:{port}"
     rc, out = s_client(port)
     assert rc != 0, "TLS is refused where no certificate is configured"
     assert f.metric("ferry_connections_closed_total", {"reason": "tls_error"}) == 1
+
+
+def tls_connect(port):
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname="a.test")
+
+
+def half_close(sock):
+    """Sends FIN on the socket under `sock` (a TLS socket too, without close_notify)."""
+    with socket.socket(fileno=os.dup(sock.fileno())) as raw:
+        raw.shutdown(socket.SHUT_WR)
+
+
+def test_tls_relay_sends_each_turn_message_in_its_own_record(stream_server):
+    """A burst of peer datagrams relayed to a TLS client arrives as one TLS record per
+    ChannelData message: turnutils_uclient (and clients written like it) take one SSL_read as one
+    message, so several messages in one record lost all but the first (the issue-8 flake of
+    test_uclient_over_tls_without_loss). Python's SSLSocket.recv returns at most one record."""
+    f = stream_server()
+    tls = tls_connect(f.tls_port)
+    tls.settimeout(5)
+    c = tc.StreamTurnClient(tls, "test", "pass")
+    r = c.allocate()
+    assert r.ok, r.code
+    relayed = r.addresses(tc.XOR_RELAYED_ADDRESS)[0]
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.bind(("127.0.0.1", 0))
+    assert c.channel_bind(0x4000, *sink.getsockname()).ok
+    burst = 64
+    for i in range(burst):
+        sink.sendto(struct.pack("!I", i) + b"w" * 196, relayed)   # one recvmmsg batch, one flush
+    seen = []
+    while len(seen) < burst:
+        record = tls.recv(65536)
+        assert record, "closed"
+        channel, length = struct.unpack("!HH", record[:4])
+        assert channel == 0x4000 and len(record) == 4 + ((length + 3) & ~3), \
+            f"record {len(seen)} holds {len(record)} bytes: more than one message"
+        seen.append(struct.unpack("!I", record[4:8])[0])
+    assert seen == list(range(burst))
+    tls.close()
+
+
+@pytest.mark.parametrize("transport", ["tcp", "tls"])
+def test_answer_to_a_request_sent_with_the_clients_fin_is_delivered(stream_server, transport):
+    """A client's last request and its end of input in one read: the answer still leaves, then
+    the connection closes as the client's (a TLS client that sends no close_notify, as Chromium
+    does, is not a TLS error)."""
+    f = stream_server()
+    rounds = 20
+    for _ in range(rounds):
+        if transport == "tls":
+            sock = tls_connect(f.tls_port)
+        else:
+            sock = socket.create_connection(("127.0.0.1", f.tcp_port))
+        sock.settimeout(5)
+        data, tid = tc.encode(tc.BINDING, 0, [])
+        sock.sendall(data)
+        half_close(sock)     # FIN right behind the request, no close_notify
+        answer = b""
+        try:
+            while len(answer) < 20:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                answer += chunk
+        except (ssl.SSLError, ConnectionResetError) as e:
+            pytest.fail(f"no answer before the close: {e}")
+        assert len(answer) >= 20 and tc.Response(answer).tid == tid
+        sock.close()
+    deadline = time.time() + 5
+    while f.metric("ferry_connections_closed_total", {"reason": "client"}) < rounds:
+        assert time.time() < deadline, f.metric("ferry_connections_closed_total", {"reason": "client"})
+        time.sleep(0.05)
+    assert f.metric("ferry_connections_closed_total", {"reason": "tls_error"}) == 0

@@ -44,6 +44,27 @@ int64_t ferry_tls_cert_not_after(const char *cert_pem, size_t cert_len);
 // `days`. PEM texts are malloc'd; the caller frees them. 1 on success.
 int ferry_tls_self_signed(const char *name, int days, char **cert_pem, char **key_pem);
 
+// A connection's queue of bytes for the socket: plaintext for TCP, TLS records for TLS. Storage
+// grows by doubling and is freed whenever the queue empties, so an idle connection holds none.
+typedef struct ferry_outbuf {
+    unsigned char *data;
+    size_t start;  // first unsent byte
+    size_t end;    // one past the last queued byte
+    size_t cap;
+} ferry_outbuf;
+// Appends n bytes; 0 when memory could not be had (nothing appended).
+int ferry_outbuf_append(ferry_outbuf *b, const void *p, size_t n);
+// Marks n bytes as sent; frees the storage once nothing is left.
+void ferry_outbuf_consume(ferry_outbuf *b, size_t n);
+void ferry_outbuf_free(ferry_outbuf *b);
+
+// Reads of `ssl` come from the socket `fd`; every TLS record it writes (handshake flights, alerts,
+// application data) is appended to `out` instead of going to the socket, and the caller writes
+// `out` to the socket. Why: each SSL_write then makes its own record(s), so one TURN message is
+// one record (clients such as turnutils_uclient take one SSL_read as one message), while many
+// records still leave in one write(2). 1 on success.
+int ferry_tls_set_io(SSL *ssl, int fd, ferry_outbuf *out);
+
 // Per-connection helpers.
 int ferry_tls_selected_alpn(const SSL *ssl, char *out, size_t outlen);
 const char *ferry_tls_version(const SSL *ssl);
