@@ -100,8 +100,10 @@ public struct FerryConfig: Sendable, Equatable {
 
     public struct Stream: Sendable, Equatable {
         public var idleTimeoutSeconds = 600
+        public var requestTimeoutSeconds = 10
         public var writeBufferBytes = 262_144
         public var maxConnections = 20_000
+        public var maxConnectionsPerSource = 256
     }
 
     public struct SignalRelay: Sendable, Equatable {
@@ -371,6 +373,8 @@ public struct FerryConfig: Sendable, Equatable {
         c.stream.idleTimeoutSeconds = stream.int("idle_timeout_seconds", default: 600, range: 10...86400)
         c.stream.writeBufferBytes = stream.int("write_buffer_bytes", default: 262_144, range: 4096...(64 << 20))
         c.stream.maxConnections = stream.int("max_connections", default: 20_000, range: 1...10_000_000)
+        c.stream.requestTimeoutSeconds = stream.int("request_timeout_seconds", default: 10, range: 1...3600)
+        c.stream.maxConnectionsPerSource = stream.int("max_connections_per_source", default: 256, range: 1...10_000_000)
         stream.finish()
         let sig = root.table("signal")
         c.signal.enabled = sig.bool("enabled", default: false)

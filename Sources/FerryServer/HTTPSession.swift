@@ -49,6 +49,7 @@ struct HTTPSession {
                 input.removeFirst(consumed)
                 let answer = HTTPSession.answer(head, route: route)
                 out.statuses.append(answer.status)
+                if answer.status == 400 { out.malformed += 1 }
                 let keep = head.keepAlive && answer.status < 400
                 out.output += HTTPResponse.encode(status: answer.status, contentType: answer.contentType, body: answer.body,
                                                   close: !keep, headOnly: head.method == "HEAD", extraHeaders: answer.headers)

@@ -255,8 +255,10 @@ public final class Server: @unchecked Sendable {
             worker.attach(server)
             let streamSettings = StreamSettings(
                 contexts: tlsContexts, idleTimeoutSeconds: config.stream.idleTimeoutSeconds,
-                handshakeTimeoutSeconds: config.tls.handshakeTimeoutSeconds, writeLimit: config.stream.writeBufferBytes,
+                handshakeTimeoutSeconds: config.tls.handshakeTimeoutSeconds, requestTimeoutSeconds: config.stream.requestTimeoutSeconds,
+                writeLimit: config.stream.writeBufferBytes,
                 maxConnections: (config.stream.maxConnections + workers - 1) / workers,
+                maxPerSource: config.stream.maxConnectionsPerSource,
                 handshakesPerSecond: config.tls.handshakesPerSecond, handshakeBurst: config.tls.handshakeBurst,
                 route: httpsRoute, counters: streamCounters)
             if let signalPolicy, let signalCounters {
@@ -505,6 +507,8 @@ public final class Server: @unchecked Sendable {
             handshakesFailed: metrics.counter("ferry_tls_handshakes_total", hs, labels: [("result", "failed"), ("version", "none")]),
             protocols: protocols,
             httpRequests: metrics.counter("ferry_https_requests_total", "HTTP requests served on stream listeners (health; signaling next)."),
+            httpMalformed: metrics.counter("ferry_https_malformed_requests_total",
+                                           "HTTP requests on stream listeners refused as malformed (answered 400/408/431/505 and closed)."),
             websockets: metrics.counter("ferry_websocket_upgrades_total", "WebSocket connections opened on /v1/signal."),
             websocketErrors: metrics.counter("ferry_websocket_errors_total", "WebSocket connections closed for a protocol error, an oversized message (1009) or binary data."))
     }

@@ -12,8 +12,12 @@ final class StreamSettings {
     var contexts: TLSContextSet?
     let idleTimeout: UInt64
     let handshakeTimeout: UInt64
+    /// An HTTP request head must be complete this long after its first byte (else 408).
+    let requestTimeout: UInt64
     let writeLimit: Int
     let maxConnections: Int
+    /// Open connections one source IP may hold on this worker.
+    let maxPerSource: Int
     let route: HTTPSession.Route
     let counters: StreamCounters
     var handshakes: RateLimiter<IPAddress>
@@ -22,13 +26,16 @@ final class StreamSettings {
     var allowPlaintextSignal = false
     var maxWebSocketMessage = 65536
 
-    init(contexts: TLSContextSet?, idleTimeoutSeconds: Int, handshakeTimeoutSeconds: Int, writeLimit: Int, maxConnections: Int,
-         handshakesPerSecond: Int, handshakeBurst: Int, route: @escaping HTTPSession.Route, counters: StreamCounters) {
+    init(contexts: TLSContextSet?, idleTimeoutSeconds: Int, handshakeTimeoutSeconds: Int, requestTimeoutSeconds: Int, writeLimit: Int,
+         maxConnections: Int, maxPerSource: Int, handshakesPerSecond: Int, handshakeBurst: Int, route: @escaping HTTPSession.Route,
+         counters: StreamCounters) {
         self.contexts = contexts
         idleTimeout = UInt64(idleTimeoutSeconds) * 1_000_000_000
         handshakeTimeout = UInt64(handshakeTimeoutSeconds) * 1_000_000_000
+        requestTimeout = UInt64(requestTimeoutSeconds) * 1_000_000_000
         self.writeLimit = writeLimit
         self.maxConnections = maxConnections
+        self.maxPerSource = maxPerSource
         self.route = route
         self.counters = counters
         handshakes = RateLimiter(ratePerSecond: Double(handshakesPerSecond), burst: Double(handshakeBurst))
@@ -39,8 +46,8 @@ final class StreamSettings {
 struct StreamCounters {
     enum Close: String, CaseIterable {
         case client, idleTimeout = "idle_timeout", handshakeTimeout = "handshake_timeout",
-             protocolError = "protocol_error", tlsError = "tls_error", limit, rateLimited = "rate_limited", shutdown,
-             slowReader = "slow_reader"
+             protocolError = "protocol_error", tlsError = "tls_error", limit, sourceLimit = "source_limit",
+             rateLimited = "rate_limited", shutdown, slowReader = "slow_reader", requestTimeout = "request_timeout"
     }
 
     let accepted: [StreamListener.Kind: CounterID]
@@ -50,6 +57,7 @@ struct StreamCounters {
     let handshakesFailed: CounterID
     let protocols: [String: CounterID]
     let httpRequests: CounterID
+    let httpMalformed: CounterID
     let websockets: CounterID
     let websocketErrors: CounterID
 }
@@ -81,9 +89,13 @@ final class StreamConnection: EventHandler {
     /// The client sent its last byte (FIN or close_notify): what was read is answered, then close.
     private var inputDone = false
     private var closeAfterWrite = false
+    /// What a close after the last write is counted as.
+    private var closeReason = StreamCounters.Close.client
     private var http = HTTPSession()
     private(set) var lastActivity: UInt64
     let started: UInt64
+    /// When the HTTP request head now arriving began (0: none is partly read).
+    private(set) var requestStarted: UInt64 = 0
     private(set) var closed = false
     var dirty = false
     /// Largest frame: a STUN message or ChannelData of 64 KiB, plus its header.
@@ -308,19 +320,26 @@ final class StreamConnection: EventHandler {
                         if !input.isEmpty { processWebSocket() }
                         return
                     case .failure(let f):
-                        answer = HTTPResponse.encode(status: f.status, body: Array((f.reason + "\n").utf8), close: true)
+                        answer = HTTPResponse.encode(status: f.status, body: Array((f.reason + "\n").utf8), close: true,
+                                                     extraHeaders: f.headers.sorted { $0.key < $1.key })
+                        if f.status == 400 { worker.metrics.add(settings.counters.httpMalformed) }
                     }
                 }
                 answer.withUnsafeBytes { _ = enqueue($0, droppable: false) }
                 closeAfterFlush()
                 return
             }
-            if case .incomplete = parsed { return }
+            if case .incomplete = parsed {
+                if requestStarted == 0 { requestStarted = loop.now }
+                return
+            }
         }
         let bytes = input
         input = []
         let outcome = http.receive(bytes, route: settings.route)
         if !outcome.statuses.isEmpty { worker.metrics.add(settings.counters.httpRequests, UInt64(outcome.statuses.count)) }
+        if outcome.malformed > 0 { worker.metrics.add(settings.counters.httpMalformed, UInt64(outcome.malformed)) }
+        requestStarted = http.hasPartialRequest ? (requestStarted == 0 ? loop.now : requestStarted) : 0
         if !outcome.output.isEmpty {
             outcome.output.withUnsafeBytes { _ = enqueue($0, droppable: false) }
         }
@@ -386,6 +405,19 @@ final class StreamConnection: EventHandler {
             frame.withUnsafeBytes { _ = enqueue($0, droppable: false) }
             closeAfterFlush()
         }
+    }
+
+    /// The request head took longer than `stream.request_timeout_seconds`: 408, then close (a
+    /// head sent a byte at a time would otherwise hold the connection past every timeout).
+    func requestTimedOut() {
+        guard !closed, !closeAfterWrite else { return }
+        var session = http
+        let outcome = session.timedOut()
+        http = session
+        worker.metrics.add(settings.counters.httpMalformed)
+        outcome.output.withUnsafeBytes { _ = enqueue($0, droppable: false) }
+        closeReason = .requestTimeout
+        closeAfterFlush()
     }
 
     // MARK: Writing
@@ -458,7 +490,7 @@ final class StreamConnection: EventHandler {
             guard !closeAfterWrite, mode == .websocket, let signal = settings.signal, signal.refill(self) else { break }
         }
         setWriteInterest(false)
-        if closeAfterWrite { close(.client) }
+        if closeAfterWrite { close(closeReason) }
     }
 
     var queuedBytes: Int { output.count }

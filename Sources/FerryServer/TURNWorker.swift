@@ -77,6 +77,8 @@ final class TURNWorker: RelayProvider {
     private var nextStreamID = TURNWorker.firstStreamID
     private var dirtyStreams: [StreamConnection] = []
     private var activeByKind: [StreamListener.Kind: Int] = [:]
+    /// Open connections per source IP (`stream.max_connections_per_source`).
+    private var bySource: [IPAddress: Int] = [:]
     private var streamListeners: [StreamListener] = []
     private(set) var streamSettings: StreamSettings?
     let streamReadBuffer: UnsafeMutableRawBufferPointer
@@ -375,6 +377,12 @@ final class TURNWorker: RelayProvider {
             fd.close()
             return
         }
+        // One address cannot hold the whole connection limit.
+        guard bySource[peer.ip, default: 0] < settings.maxPerSource else {
+            metrics.add(settings.counters.closed[.sourceLimit]!)
+            fd.close()
+            return
+        }
         Sockets.setNoDelay(fd.raw)
         while streams[nextStreamID] != nil { nextStreamID = nextStreamID == .max ? TURNWorker.firstStreamID : nextStreamID + 1 }
         let id = nextStreamID
@@ -384,6 +392,7 @@ final class TURNWorker: RelayProvider {
             let conn = try StreamConnection(id: id, fd: fd, peer: peer, kind: kind, worker: self, loop: loop, settings: settings)
             if !conn.closed {
                 streams[id] = conn
+                bySource[peer.ip, default: 0] += 1
                 activeByKind[kind, default: 0] += 1
                 metrics.set(settings.counters.active[kind]!, UInt64(activeByKind[kind]!))
             }
@@ -394,6 +403,7 @@ final class TURNWorker: RelayProvider {
 
     func streamClosed(_ conn: StreamConnection) {
         guard streams.removeValue(forKey: conn.id) != nil else { return }
+        if let n = bySource[conn.peer.ip] { bySource[conn.peer.ip] = n > 1 ? n - 1 : nil }
         if conn.mode == .turn { server.clientGone(ClientKey(address: conn.peer, listener: conn.id)) }
         if let settings = streamSettings {
             activeByKind[conn.kind, default: 1] -= 1
@@ -410,13 +420,16 @@ final class TURNWorker: RelayProvider {
         for c in batch where c.dirty { c.flush() }
     }
 
-    /// Once a second: close connections idle past `stream.idle_timeout_seconds`, and those still
-    /// sniffing or in the TLS handshake past `tls.handshake_timeout_seconds`.
+    /// Once a second: close connections idle past `stream.idle_timeout_seconds`, those still
+    /// sniffing or in the TLS handshake past `tls.handshake_timeout_seconds`, and answer 408 to
+    /// an HTTP request head unfinished after `stream.request_timeout_seconds`.
     private func sweepStreams(now: UInt64) {
         guard let settings = streamSettings else { return }
         for c in Array(streams.values) {
             if c.inHandshake && now - c.started > settings.handshakeTimeout {
                 c.close(.handshakeTimeout)
+            } else if c.requestStarted > 0 && now - c.requestStarted > settings.requestTimeout {
+                c.requestTimedOut()
             } else if now - c.lastActivity > settings.idleTimeout {
                 c.close(.idleTimeout)
             }

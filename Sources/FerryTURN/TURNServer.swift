@@ -167,13 +167,10 @@ public final class TURNServer {
     /// server cannot be used to reflect traffic at a spoofed address: over the limit, dropped.
     private func challenge(_ ctx: Context, _ code: Int, _ why: TURNCounters.AuthFailure, _ ip: [UInt8]) -> Action {
         metrics.add(counters.authFailures[why]!)
-        guard unauthorized.allow(ctx.client.ip, now: ctx.now) else {
-            metrics.add(counters.drops[.rateLimited]!)
-            return .none
-        }
+        guard allowUnauthenticatedAnswer(ctx) else { return .none }
         let nonce = nonces.make(for: ip, now: ctx.wallNow)
         let realm = credentials.realm
-        return error(ctx, code, signed: false) { w in
+        return error(ctx, code, signed: false, limited: false) { w in
             w.append(STUN.Attribute.realm, string: realm)
             w.append(STUN.Attribute.nonce, string: nonce)
         }
@@ -535,6 +532,7 @@ public final class TURNServer {
         }
         let expiry = now + TURNSettings.channelLifetime * 1_000_000_000
         let reserved = expiry + TURNSettings.channelReuseDelay * 1_000_000_000
+        let isNew = existing == nil
         if existing == nil {
             // A free slot: never used, or past its reuse delay.
             if let i = (0..<count).first(where: { base[$0].reservedUntil <= now }) {
@@ -546,7 +544,6 @@ public final class TURNServer {
                 metrics.add(counters.drops[.quota]!)
                 return error(ctx, 508)
             }
-            metrics.add(counters.channelsBound)
         }
         // "In addition, the server MUST install or refresh a permission for the IP address."
         guard installPermissions(slot, [peer.ip], expiry: now + TURNSettings.permissionLifetime * 1_000_000_000, now: now) else {
@@ -555,6 +552,8 @@ public final class TURNServer {
         }
         base[existing!] = ChannelBinding(number: number, peer: peer, expiry: expiry, reservedUntil: reserved)
         table.pointee.allocations[Int(slot)].channelCount = Int32(count)
+        // Counted once the binding exists (a 508 from the permission above made none).
+        if isNew { metrics.add(counters.channelsBound) }
         return success(ctx) { _ in }
     }
 
@@ -718,8 +717,20 @@ public final class TURNServer {
         finish(ctx, cls: .success, resultIndex: 0, signed: signed, body)
     }
 
-    private func error(_ ctx: Context, _ code: Int, reason: String? = nil, signed: Bool = true,
+    /// Every error answer to a request that did not authenticate (400, 420, 401, 438) shares the
+    /// per-source limit: such answers are larger than the requests that cause them, so without
+    /// the limit a spoofed source could use the server to reflect traffic. Over it: dropped.
+    private func allowUnauthenticatedAnswer(_ ctx: Context) -> Bool {
+        guard unauthorized.allow(ctx.client.ip, now: ctx.now) else {
+            metrics.add(counters.drops[.rateLimited]!)
+            return false
+        }
+        return true
+    }
+
+    private func error(_ ctx: Context, _ code: Int, reason: String? = nil, signed: Bool = true, limited: Bool = true,
                        _ extra: (inout STUNWriter) -> Void = { _ in }) -> Action {
+        if limited && ctx.key.isEmpty && !allowUnauthenticatedAnswer(ctx) { return .none }
         let resultIndex = TURNCounters.results.firstIndex(of: code) ?? 1
         return finish(ctx, cls: .error, resultIndex: resultIndex, signed: signed) { w in
             w.appendErrorCode(code, reason: reason)

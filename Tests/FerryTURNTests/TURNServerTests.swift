@@ -259,6 +259,22 @@ final class Harness {
         h.advance(seconds: 2)
         #expect(h.send(probe).reply?.code == 401, "the bucket refills")
     }
+
+    @Test func everyUnauthenticatedErrorShareTheLimit() {
+        // 400 (unknown method), 420 (unknown comprehension-required attribute) and 401 answers
+        // amplify like a challenge does: one bucket per source for all of them.
+        let h = Harness { $0.unauthorizedPerSecond = 1; $0.unauthorizedBurst = 3 }
+        let unknownMethod = STUNWriter.build(method: 0x0FF, class: .request) { _ in }
+        let unknownAttribute = STUNWriter.build(method: STUN.Method.allocate, class: .request) { $0.append(0x7FF0, uint32: 1) }
+        let challenge = STUNWriter.build(method: STUN.Method.allocate, class: .request) { $0.append(STUN.Attribute.requestedTransport, uint32: 17 << 24) }
+        #expect(h.send(unknownMethod).reply?.code == 400)
+        #expect(h.send(unknownAttribute).reply?.code == 420)
+        #expect(h.send(challenge).reply?.code == 401)
+        for probe in [unknownMethod, unknownAttribute, challenge] { #expect(h.send(probe).reply == nil) }
+        #expect(h.drops(.rateLimited) == 3)
+        #expect(h.send(STUNWriter.build(method: STUN.Method.binding, class: .request) { _ in }).reply?.isSuccess == true,
+                "Binding is the service itself, not limited")
+    }
 }
 
 @Suite struct TURNAllocate {
@@ -435,6 +451,25 @@ final class Harness {
         #expect(h.request(STUN.Method.createPermission) { $0.append(STUN.Attribute.xorPeerAddress, xorAddress: SocketAddress("192.0.2.1:9")!) }?.isSuccess == true)
         h.advance(seconds: 301)
         #expect(h.request(STUN.Method.createPermission) { $0.append(STUN.Attribute.xorPeerAddress, xorAddress: SocketAddress("192.0.2.3:1")!) }?.isSuccess == true)
+    }
+
+    @Test func channelRefusedFor508IsNotCountedAsBound() {
+        let h = Harness { $0.maxPermissionsPerAllocation = 1 }
+        _ = h.allocate()
+        #expect(h.request(STUN.Method.createPermission) { $0.append(STUN.Attribute.xorPeerAddress, xorAddress: SocketAddress("192.0.2.1:1")!) }?.isSuccess == true)
+        // A new peer IP needs a second permission, which the limit refuses: no channel is made.
+        let refused = h.request(STUN.Method.channelBind) { w in
+            w.append(STUN.Attribute.channelNumber, uint32: UInt32(0x4001) << 16)
+            w.append(STUN.Attribute.xorPeerAddress, xorAddress: SocketAddress("192.0.2.2:1")!)
+        }
+        #expect(refused?.code == 508)
+        #expect(h.count(h.counters.channelsBound) == 0)
+        let bound = h.request(STUN.Method.channelBind) { w in
+            w.append(STUN.Attribute.channelNumber, uint32: UInt32(0x4001) << 16)
+            w.append(STUN.Attribute.xorPeerAddress, xorAddress: SocketAddress("192.0.2.1:7")!)
+        }
+        #expect(bound?.isSuccess == true)
+        #expect(h.count(h.counters.channelsBound) == 1)
     }
 
     @Test func sendIndicationNeedsPermission() {

@@ -123,10 +123,14 @@ public enum HTTPHeadParser {
         }
         let request = HTTPRequestHead(method: method, target: target, version: version, headers: headers)
         if version == "HTTP/1.1" && request.header("Host") == nil { return .failure(.badRequest("missing Host")) }
-        if request.header("Transfer-Encoding") != nil, request.header("Content-Length") != nil {
+        // RFC 9112 §6.3: framing that two parties could read differently (the shape of request
+        // smuggling) is an unrecoverable error: 400 and close.
+        let lengths = headers.filter { $0.name.lowercased() == "content-length" }
+        if request.header("Transfer-Encoding") != nil, !lengths.isEmpty {
             return .failure(.badRequest("both Transfer-Encoding and Content-Length"))
         }
-        if let cl = request.header("Content-Length"), Int(cl) == nil || Int(cl)! < 0 {
+        if lengths.count > 1 { return .failure(.badRequest("more than one Content-Length")) }
+        if let cl = lengths.first?.value, cl.isEmpty || cl.utf8.count > 18 || !cl.utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }) {
             return .failure(.badRequest("bad Content-Length"))
         }
         return .complete(request, consumed: end + 4)
@@ -159,16 +163,21 @@ public enum HTTPHeadParser {
 public enum HTTPResponse {
     public static func reasonPhrase(_ status: Int) -> String {
         switch status {
+        case 101: return "Switching Protocols"
         case 200: return "OK"
         case 400: return "Bad Request"
+        case 403: return "Forbidden"
         case 404: return "Not Found"
         case 405: return "Method Not Allowed"
         case 408: return "Request Timeout"
         case 413: return "Content Too Large"
+        case 426: return "Upgrade Required"
+        case 429: return "Too Many Requests"
         case 431: return "Request Header Fields Too Large"
+        case 500: return "Internal Server Error"
         case 503: return "Service Unavailable"
         case 505: return "HTTP Version Not Supported"
-        default: return "Status"
+        default: return "Unknown"
         }
     }
 

@@ -27,10 +27,12 @@ public enum WebSocket {
               head.header("Connection")?.lowercased().split(separator: ",").contains(where: { $0.trimmingCharacters() == "upgrade" }) == true
         else { return .failure(.init(status: 426, reason: "Upgrade: websocket required")) }
         guard head.header("Sec-WebSocket-Version") == "13" else {
-            return .failure(.init(status: 426, reason: "Sec-WebSocket-Version: 13 required"))
+            // RFC 6455 §4.2.2: say which version this server speaks.
+            return .failure(.init(status: 426, reason: "Sec-WebSocket-Version: 13 required",
+                                  headers: [("Sec-WebSocket-Version", "13")]))
         }
-        guard let key = head.header("Sec-WebSocket-Key"), key.utf8.count == 24 else {
-            return .failure(.init(status: 400, reason: "bad Sec-WebSocket-Key"))
+        guard let key = head.header("Sec-WebSocket-Key"), isNonce(key) else {
+            return .failure(.init(status: 400, reason: "bad Sec-WebSocket-Key (must be 16 bytes in base64)"))
         }
         let digest = Array((key + guid).utf8).withUnsafeBytes { Crypto.digest(EVP_sha1(), $0, size: 20) }
         let response = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -38,9 +40,28 @@ public enum WebSocket {
         return .success(Array(response.utf8))
     }
 
+    /// RFC 6455 §4.2.1: the key is a base64-encoded 16-byte value: 22 alphabet characters, the
+    /// last of which carries only 2 bits (so one of A, Q, g, w), then "==".
+    static func isNonce(_ key: String) -> Bool {
+        let b = Array(key.utf8)
+        guard b.count == 24, b[22] == UInt8(ascii: "="), b[23] == UInt8(ascii: "=") else { return false }
+        func isAlphabet(_ c: UInt8) -> Bool {
+            (c >= 0x41 && c <= 0x5A) || (c >= 0x61 && c <= 0x7A) || (c >= 0x30 && c <= 0x39) || c == 0x2B || c == 0x2F
+        }
+        guard b[0..<22].allSatisfy(isAlphabet) else { return false }
+        return [UInt8(ascii: "A"), UInt8(ascii: "Q"), UInt8(ascii: "g"), UInt8(ascii: "w")].contains(b[21])
+    }
+
     public struct HandshakeFailure: Error, Equatable, Sendable {
         public let status: Int
         public let reason: String
+        public var headers: [String: String] = [:]
+
+        public init(status: Int, reason: String, headers: [(String, String)] = []) {
+            self.status = status
+            self.reason = reason
+            self.headers = Dictionary(headers, uniquingKeysWith: { a, _ in a })
+        }
     }
 
     /// One parsed frame header and where its payload is.
