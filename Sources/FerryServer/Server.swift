@@ -140,7 +140,7 @@ public final class Server: @unchecked Sendable {
                                              metrics: metrics.block(worker), counters: counters)
                     forwarders.append((loop, f))
                 case .turn:
-                    try turnWorkers[worker].addListener(fd: fd)
+                    try turnWorkers[worker].addListener(fd: fd, counters: udpCounters(listener.name))
                 }
             }
             logger.info("listening", metadata: ["listener": "\(listener.name)", "service": "\(listener.service.rawValue)",
@@ -315,12 +315,12 @@ public final class Server: @unchecked Sendable {
 
     // MARK: Metrics
 
-    private func udpCounters(_ listener: String) -> UDPForwarder.Counters {
+    private func udpCounters(_ listener: String) -> UDPListenerCounters {
         let l = ("listener", listener)
         func drop(_ reason: String) -> CounterID {
             metrics.counter("ferry_udp_drops_total", "Datagrams dropped by the engine, by listener and reason.", labels: [l, ("reason", reason)])
         }
-        return UDPForwarder.Counters(
+        return UDPListenerCounters(
             received: metrics.counter("ferry_udp_datagrams_received_total", "Datagrams (or GRO trains) read from a listener socket.", labels: [l]),
             sent: metrics.counter("ferry_udp_datagrams_sent_total", "Datagrams (or GSO trains) written to a listener socket.", labels: [l]),
             bytes: metrics.counter("ferry_udp_bytes_received_total", "Bytes read from a listener socket.", labels: [l]),

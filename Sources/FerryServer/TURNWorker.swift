@@ -23,6 +23,7 @@ final class TURNWorker: RelayProvider {
         let fd: FileDescriptor
         let ipv6: Bool
         let toClient: UDPSendQueue
+        let counters: UDPListenerCounters
         var registration: Registration?
         var hot = HotSocket()
     }
@@ -124,13 +125,13 @@ final class TURNWorker: RelayProvider {
     func attach(_ server: TURNServer) { self.server = server }
 
     /// Adds a TURN listener socket owned by this worker; returns its index.
-    func addListener(fd: FileDescriptor) throws(SystemError) {
+    func addListener(fd: FileDescriptor, counters: UDPListenerCounters) throws(SystemError) {
         let ipv6 = !(try Sockets.localAddress(fd.raw)).ip.isIPv4
         let index = Int32(listeners.count)
         let handler = ListenerHandler(worker: self, index: index)
         let registration = try loop.register(fd: fd.raw, events: Epoll.input, handler: handler)
         listeners.append(Listener(fd: fd, ipv6: ipv6, toClient: UDPSendQueue(capacity: batchSize, ipv6Socket: ipv6),
-                                  registration: registration))
+                                  counters: counters, registration: registration))
         listenerHandlers.append(handler)
     }
 
@@ -150,17 +151,27 @@ final class TURNWorker: RelayProvider {
         let li = Int(index)
         let fd = listeners[li].fd.raw
         let toClient = listeners[li].toClient
+        let counters = listeners[li].counters
         let now = loop.now
         var wallNow: UInt64 = 0
         let last = BatchReader.drain(clientBatch, fd: fd, onError: { server.countDrop(.sendError) }) { n in
             batchHistograms.client.observe(UInt64(n), in: metrics)
+            counters.batches.observe(UInt64(n), in: metrics)
             var relayedPackets: UInt64 = 0
             var relayedBytes: UInt64 = 0
+            var receivedBytes: UInt64 = 0
+            var truncated: UInt64 = 0
             var replyCount = 0
             for i in 0..<n {
                 let data = clientBatch.data(i)
                 let length = clientBatch.length(i)
-                guard length >= 4, !clientBatch.truncated(i), let source = clientBatch.source(i) else {
+                receivedBytes += UInt64(length)
+                // Longer than engine.max_datagram: the engine's drop, not a protocol error.
+                if clientBatch.truncated(i) {
+                    truncated += 1
+                    continue
+                }
+                guard length >= 4, let source = clientBatch.source(i) else {
                     server.countDrop(.malformed)
                     continue
                 }
@@ -192,7 +203,7 @@ final class TURNWorker: RelayProvider {
                 case .none:
                     break
                 case .reply(let len):
-                    if toClient.isFull { flushClient(toClient, fd) }
+                    if toClient.isFull { flushClient(li) }
                     toClient.append(out.baseAddress!, len, to: source)
                     replyCount += 1
                 case .relay(let handle, let peer, let payload):
@@ -200,7 +211,10 @@ final class TURNWorker: RelayProvider {
                 }
             }
             flushPeer()
-            flushClient(toClient, fd)
+            flushClient(li)
+            metrics.add(counters.received, UInt64(n))
+            metrics.add(counters.bytes, receivedBytes)
+            if truncated > 0 { metrics.add(counters.truncated, truncated) }
             if relayedPackets > 0 { server.countRelayed(toPeer: true, packets: relayedPackets, bytes: relayedBytes) }
         }
         if let last {
@@ -270,8 +284,17 @@ final class TURNWorker: RelayProvider {
         toPeerFD = -1
     }
 
-    private func flushClient(_ q: UDPSendQueue, _ fd: Int32) {
-        if q.count > 0 { account(q.flush(fd)) }
+    /// Sends what is queued for clients on listener `li`; counted on the listener and, for
+    /// drops, on the relay.
+    private func flushClient(_ li: Int) {
+        let q = listeners[li].toClient
+        guard q.count > 0 else { return }
+        let r = q.flush(listeners[li].fd.raw)
+        let c = listeners[li].counters
+        metrics.add(c.sent, UInt64(r.sent))
+        if r.bufferFull > 0 { metrics.add(c.bufferFull, UInt64(r.bufferFull)) }
+        if r.failed > 0 { metrics.add(c.sendError, UInt64(r.failed)) }
+        account(r)
     }
 
     private func account(_ r: UDPSendQueue.FlushResult) {
@@ -317,14 +340,14 @@ final class TURNWorker: RelayProvider {
                     let start = data - ChannelData.headerLength
                     ChannelData.writeHeader(channel: number, length: length, at: start)
                     let q = listeners[Int(listener)].toClient
-                    if q.isFull { flushClient(q, listeners[Int(listener)].fd.raw) }
+                    if q.isFull { flushClient(Int(listener)) }
                     q.append(start, length + ChannelData.headerLength, to: client)
                     touched |= 1 << UInt64(listener & 63)
                 case .indication(let client, let listener):
                     let start = writeDataIndication(before: data, length: length, peer: peer)
                     let total = start.distance(to: data) + (length + 3) & ~3
                     let q = listeners[Int(listener)].toClient
-                    if q.isFull { flushClient(q, listeners[Int(listener)].fd.raw) }
+                    if q.isFull { flushClient(Int(listener)) }
                     q.append(UnsafeRawPointer(start), total, to: client)
                     touched |= 1 << UInt64(listener & 63)
                 }
@@ -333,7 +356,7 @@ final class TURNWorker: RelayProvider {
             }
             var li = 0
             while touched != 0 {
-                if touched & 1 != 0 { flushClient(listeners[li].toClient, listeners[li].fd.raw) }
+                if touched & 1 != 0 { flushClient(li) }
                 touched >>= 1
                 li += 1
             }

@@ -3,6 +3,17 @@ import Glibc
 #endif
 import FerrySystem
 
+/// The `ferry_udp_*` series of one UDP listener (docs/metrics.md), whatever service it runs.
+struct UDPListenerCounters {
+    let received: CounterID
+    let sent: CounterID
+    let bytes: CounterID
+    let truncated: CounterID
+    let bufferFull: CounterID
+    let sendError: CounterID
+    let batches: HistogramID
+}
+
 /// The engine's plain UDP forwarding mode (`service = "forward"`): every datagram received on
 /// the listener is sent on to one fixed address, from the same socket. It is the engine with no
 /// protocol at all, which is what the engine benchmark measures against a C forwarder.
@@ -12,15 +23,7 @@ import FerrySystem
 /// train of equal-size segments; it goes out as one GSO send with the same segment size.
 /// Per packet there is no allocation, lock, atomic read-modify-write or dynamic dispatch.
 final class UDPForwarder: EventHandler {
-    struct Counters {
-        let received: CounterID
-        let sent: CounterID
-        let bytes: CounterID
-        let truncated: CounterID
-        let bufferFull: CounterID
-        let sendError: CounterID
-        let batches: HistogramID
-    }
+    typealias Counters = UDPListenerCounters
 
     /// All owned by the worker the forwarder is registered on.
     private let fd: FileDescriptor
