@@ -352,6 +352,8 @@ final class SignalWorker {
             if p.session.state == .awaitingAuth && now - p.conn.started > authTimeout {
                 metrics.add(counters.authFailures[.notAuthenticated]!)
                 p.session.closed()
+                // As every 4001: the error first, so a client can tell why (docs/signaling.md).
+                push(WebSocket.encode(.text, SignalSession.error(.notAuthenticated, "no auth within \(authTimeout / 1_000_000_000) s")), to: p)
                 push(WebSocket.close(.unauthorized, reason: "authentication timed out"), to: p)
                 p.conn.closeAfterFlush()
             } else if pingNow && p.registered != nil {

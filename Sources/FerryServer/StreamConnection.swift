@@ -388,6 +388,11 @@ final class StreamConnection: EventHandler {
                         if fragments.count > settings.maxWebSocketMessage { failure = .tooBig; break }
                         fragmenting = !f.fin
                         if f.fin {
+                            // RFC 6455 §8.1: a text message that is not UTF-8 fails the connection (1007).
+                            guard String(validating: fragments, as: UTF8.self) != nil else {
+                                failure = .invalidPayload
+                                break
+                            }
                             messages.append(fragments)
                             fragments = []
                         }
@@ -401,7 +406,8 @@ final class StreamConnection: EventHandler {
         for m in messages where !closed { settings.signal?.text(m, from: self) }
         if let code = failure {
             if code != .normal { worker.metrics.add(settings.counters.websocketErrors) }
-            let frame = WebSocket.close(code, reason: code == .tooBig ? "message too big" : "")
+            let reason = code == .tooBig ? "message too big" : code == .invalidPayload ? "text is not UTF-8" : ""
+            let frame = WebSocket.close(code, reason: reason)
             frame.withUnsafeBytes { _ = enqueue($0, droppable: false) }
             closeAfterFlush()
         }

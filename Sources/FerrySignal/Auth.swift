@@ -73,6 +73,8 @@ public enum SignalToken {
               let net = claims["net"] as? String, let exp = (claims["exp"] as? NSNumber)?.uint64Value else {
             return .failure(.authFailed)
         }
+        // A network names who may reach whom: an empty one would be a shared default.
+        guard !net.isEmpty else { return .failure(.wrongNetwork) }
         if let bound = claims["peer"] as? String, bound != peer { return .failure(.authFailed) }
         guard exp > now else { return .failure(.tokenExpired) }
         return .success(SignalIdentity(network: net, expiry: exp))
@@ -143,11 +145,13 @@ public final class JWTVerifier: @unchecked Sendable {
         let audiences: [String] = (claims["aud"] as? [String]) ?? ((claims["aud"] as? String).map { [$0] } ?? [])
         guard audiences.contains(audience) else { return .failure(.authFailed) }
         guard let exp = (claims["exp"] as? NSNumber)?.uint64Value else { return .failure(.authFailed) }
+        // Leeway absorbs clock skew between the issuer and this server: a token is good until
+        // exp + leeway, and the session it opens lasts exactly that long (welcome says when).
         guard exp + leewaySeconds > now else { return .failure(.tokenExpired) }
         if let nbf = (claims["nbf"] as? NSNumber)?.uint64Value, nbf > now + leewaySeconds { return .failure(.authFailed) }
         guard let network = claims[networkClaim] as? String, !network.isEmpty else { return .failure(.wrongNetwork) }
         if let peerClaim, let bound = claims[peerClaim] as? String, bound != peer { return .failure(.authFailed) }
-        return .success(SignalIdentity(network: network, expiry: exp))
+        return .success(SignalIdentity(network: network, expiry: exp + leewaySeconds))
     }
 }
 

@@ -21,6 +21,10 @@ struct Ferry: ParsableCommand {
         @Option(help: "Lifetime in seconds (negative makes an already expired token, for tests).") var ttl: Int64 = 3600
 
         func run() throws {
+            guard !network.isEmpty else {
+                printError("--network must not be empty")
+                throw ExitCode(2)
+            }
             if let peer, B64.decode(peer)?.count != 32 {
                 printError("--peer must be a base64 WireGuard public key (32 bytes)")
                 throw ExitCode(2)

@@ -1,4 +1,5 @@
 import Testing
+import FerrySystem
 import Foundation
 import FerrySignal
 import FerryTLS
@@ -24,6 +25,9 @@ import FerryWire
         forged[10] = forged[10] == "A" ? "B" : "A"
         #expect(SignalToken.verify(String(forged), secrets: ["0123456789abcdef"], peer: peer, now: 1000) == .failure(.authFailed))
         #expect(SignalToken.verify("garbage", secrets: ["0123456789abcdef"], peer: peer, now: 1000) == .failure(.authFailed))
+        let noNetwork = SignalToken.mint(secret: "0123456789abcdef", network: "", peer: peer, expiry: 2000)
+        #expect(SignalToken.verify(noNetwork, secrets: ["0123456789abcdef"], peer: peer, now: 1000) == .failure(.wrongNetwork),
+                "an empty network is no network")
     }
 }
 
@@ -192,7 +196,8 @@ import FerryWire
             Array(#"{"v":1,"type":"subscribe","peers":["\#(to)"]}"#.utf8),
             Array(#"{"v":1,"type":"auth","peer_key":"\#(to)","proof":"AAAA","token":"ferry1.a.b"}"#.utf8),
         ]
-        var g = SystemRandomNumberGenerator()
+        let seed = SplitMix64.testSeed()
+        var g = SplitMix64(seed: seed)
         for i in 0..<20_000 {
             let s = SignalSession(policy: policy, now: 0)
             var m = seeds[i % seeds.count]
@@ -201,7 +206,16 @@ import FerryWire
             case 1: m = Array(m.prefix(Int.random(in: 0...m.count, using: &g)))
             default: m = (0..<Int.random(in: 0..<80, using: &g)).map { _ in [UInt8]("{}[]\":,\\u0123456789abcdefnulltrue ".utf8).randomElement(using: &g)! }
             }
-            _ = s.receive(m, now: 1, wallNow: 1000)
+            let actions = s.receive(m, now: 1, wallNow: 1000)
+            // No mutant authenticates (the proof is wrong) or is routed before authenticating,
+            // and every message gets an answer or a drop.
+            #expect(!actions.isEmpty, "FERRY_TEST_SEED=\(seed) \(m)")
+            for a in actions {
+                switch a {
+                case .register, .route, .subscribe, .unsubscribe: Issue.record("FERRY_TEST_SEED=\(seed): \(a) for \(m)")
+                default: break
+                }
+            }
             _ = JSONValue.parse(m)
         }
         // Deep nesting is refused, not recursed into without bound.

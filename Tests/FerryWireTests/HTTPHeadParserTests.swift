@@ -1,4 +1,5 @@
 import Testing
+import FerrySystem
 import FerryWire
 
 @Suite struct HTTPHeadParsing {
@@ -73,14 +74,43 @@ import FerryWire
         #expect(parse(many) == .failure(.tooLarge))
     }
 
-    @Test func randomBytesNeverTrap() {
-        var rng = SystemRandomNumberGenerator()
-        for _ in 0..<2000 {
-            let n = Int.random(in: 0..<300, using: &rng)
-            var bytes = (0..<n).map { _ in UInt8.random(in: 0...255, using: &rng) }
-            if Bool.random(using: &rng) { bytes += Array("\r\n\r\n".utf8) }
-            _ = bytes.withUnsafeBytes { HTTPHeadParser.parse($0) }
+    /// Random bytes, and random heads built from plausible pieces: whatever comes back must be
+    /// consistent with the input (a complete head ends in CRLFCRLF within the buffer and parses
+    /// the same again; incomplete means no end in sight; failures map to 400/431/505).
+    @Test func randomInputGivesConsistentResults() {
+        let seed = SplitMix64.testSeed()
+        var rng = SplitMix64(seed: seed)
+        let fields = ["Host: a", "Content-Length: 0", "Content-Length: 4", "Transfer-Encoding: chunked", "X:\ty", "Upgrade: websocket",
+                      " folded", "NoColon", "Bad Name: v", "Connection: close"]
+        var completes = 0
+        for i in 0..<4000 {
+            var bytes: [UInt8]
+            if i % 2 == 0 {
+                bytes = (0..<Int.random(in: 0..<300, using: &rng)).map { _ in UInt8.random(in: 0...255, using: &rng) }
+                if Bool.random(using: &rng) { bytes += Array("\r\n\r\n".utf8) }
+            } else {
+                let line = ["GET", "HEAD", "POST"].randomElement(using: &rng)! + " " + ["/", "/x?y", "*"].randomElement(using: &rng)! + " "
+                    + ["HTTP/1.1", "HTTP/1.0", "HTTP/2.0"].randomElement(using: &rng)!
+                let head = ([line] + (0..<Int.random(in: 0..<5, using: &rng)).map { _ in fields.randomElement(using: &rng)! }).joined(separator: "\r\n")
+                bytes = Array((head + "\r\n\r\n").utf8)
+                if Bool.random(using: &rng) { bytes[Int.random(in: 0..<bytes.count, using: &rng)] = UInt8.random(in: 0...255, using: &rng) }
+            }
+            let result = bytes.withUnsafeBytes { HTTPHeadParser.parse($0) }
+            switch result {
+            case .complete(let head, let consumed):
+                completes += 1
+                #expect(consumed <= bytes.count && Array(bytes[(consumed - 4)..<consumed]) == Array("\r\n\r\n".utf8),
+                        "FERRY_TEST_SEED=\(seed) input \(bytes)")
+                let again = Array(bytes[0..<consumed]).withUnsafeBytes { HTTPHeadParser.parse($0) }
+                #expect(again == .complete(head, consumed: consumed), "FERRY_TEST_SEED=\(seed) input \(bytes)")
+            case .incomplete:
+                let hasEnd = bytes.count >= 4 && (0...(bytes.count - 4)).contains { Array(bytes[$0..<($0 + 4)]) == Array("\r\n\r\n".utf8) }
+                #expect(!hasEnd && bytes.count < 8192, "FERRY_TEST_SEED=\(seed) input \(bytes)")
+            case .failure(let f):
+                #expect([400, 431, 505].contains(f.status), "FERRY_TEST_SEED=\(seed)")
+            }
         }
+        #expect(completes > 20, "the plausible pieces make some valid heads (FERRY_TEST_SEED=\(seed))")
     }
 
     @Test func responseEncoding() {

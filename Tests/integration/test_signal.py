@@ -433,6 +433,8 @@ def test_silent_client_is_closed_after_the_auth_timeout(signal_server):
         ws = await websockets.connect(f.url, ssl=client_ssl())
         assert json.loads(await ws.recv())["type"] == "hello"
         started = time.time()
+        err = json.loads(await asyncio.wait_for(ws.recv(), 5))
+        assert err["type"] == "error" and err["code"] == "not_authenticated", "every 4001 comes with its error"
         with pytest.raises(websockets.ConnectionClosed) as e:
             await asyncio.wait_for(ws.recv(), 5)
         assert e.value.rcvd.code == 4001
@@ -455,3 +457,37 @@ def test_draining_server_sends_peers_away(signal_server):
         assert e.value.rcvd.code == 1001
     run(go())
     assert f.proc.wait(10) == 0
+
+
+def test_jwt_within_the_leeway_opens_a_session_that_lasts_until_exp_plus_leeway(signal_server):
+    """A JWT whose exp passed less than the 60 s leeway ago is accepted; welcome's expires is
+    exp + 60 (in the future), and the session can send until then."""
+    f = signal_server()
+
+    async def go():
+        exp = int(time.time()) - 30
+        p = await connect(f.url, make_token=lambda pub: f.issuer.token(ttl=-30))
+        assert p.welcome["type"] == "welcome", p.welcome
+        assert p.welcome["expires"] == exp + 60 or p.welcome["expires"] == exp + 61
+        assert p.welcome["expires"] > time.time()
+        other = await connect(f.url)
+        await p.send(type="offer", to=other.key, payload="still valid")
+        assert (await other.recv())["payload"] == "still valid"
+    run(go())
+
+
+def test_text_that_is_not_utf8_closes_with_1007(signal_server):
+    """RFC 6455 §8.1: an invalid UTF-8 text message fails the connection (1007)."""
+    f = signal_server()
+
+    async def go():
+        p = await connect(f.url)
+        payload = b'{"v":1,"type":"ping","x":"\xff\xfe"}'
+        mask = os.urandom(4)
+        frame = bytes([0x81, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        p.ws.transport.write(frame)
+        with pytest.raises(websockets.ConnectionClosed) as e:
+            await p.recv()
+        assert e.value.rcvd.code == 1007
+    run(go())
+    assert f.metric("ferry_websocket_errors_total") == 1
