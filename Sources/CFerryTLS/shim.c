@@ -460,12 +460,72 @@ int ferry_jws_verify(EVP_PKEY *key, int alg, const unsigned char *data, size_t l
 
 #include <sys/socket.h>
 #include <sys/time.h>
+#include <netdb.h>
+#include <poll.h>
+#include <errno.h>
+#include <unistd.h>
+#include <time.h>
+
+static int64_t monotonic_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+// Waits until fd is ready for `events` or the deadline passes; 1 ready, 0 timed out, -1 error.
+static int wait_fd(int fd, short events, int64_t deadline) {
+    for (;;) {
+        int64_t left = deadline - monotonic_ms();
+        if (left <= 0) return 0;
+        struct pollfd p = {.fd = fd, .events = events};
+        int rc = poll(&p, 1, (int)(left > 60000 ? 60000 : left));
+        if (rc > 0) return 1;
+        if (rc < 0 && errno != EINTR) return -1;
+    }
+}
+
+// Connects to the first address of host:port that answers before the deadline.
+static int connect_deadline(const char *host, const char *port, int64_t deadline, char *err, size_t errlen) {
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res = NULL;
+    int rc = getaddrinfo(host, port, &hints, &res);
+    if (rc != 0) { snprintf(err, errlen, "cannot resolve %s: %s", host, gai_strerror(rc)); return -1; }
+    int fd = -1;
+    for (struct addrinfo *a = res; a && fd < 0; a = a->ai_next) {
+        fd = socket(a->ai_family, a->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, a->ai_protocol);
+        if (fd < 0) continue;
+        if (connect(fd, a->ai_addr, a->ai_addrlen) == 0) break;
+        int soerr = errno;
+        if (soerr == EINPROGRESS && wait_fd(fd, POLLOUT, deadline) == 1) {
+            socklen_t l = sizeof soerr;
+            if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &l) == 0 && soerr == 0) break;
+        }
+        snprintf(err, errlen, "connect to %s:%s: %s", host, port, soerr == EINPROGRESS ? "timed out" : strerror(soerr));
+        close(fd);
+        fd = -1;
+    }
+    freeaddrinfo(res);
+    return fd;
+}
+
+// Drives one SSL call on a non-blocking socket until it completes or the deadline passes.
+#define SSL_WITH_DEADLINE(call, what)                                                                   \
+    for (;;) {                                                                                          \
+        ERR_clear_error();                                                                              \
+        int rc_ = (call);                                                                               \
+        if (rc_ > 0) break;                                                                             \
+        int e_ = SSL_get_error(ssl, rc_);                                                               \
+        short ev_ = e_ == SSL_ERROR_WANT_READ ? POLLIN : e_ == SSL_ERROR_WANT_WRITE ? POLLOUT : 0;      \
+        if (!ev_) { ferry_tls_last_error(err, errlen); if (!err[0]) snprintf(err, errlen, "%s failed", what); goto done; } \
+        if (wait_fd(fd, ev_, deadline) != 1) { snprintf(err, errlen, "%s: timed out", what); goto done; } \
+    }
 
 int ferry_https_get(const char *host, const char *port, const char *path, const char *ca_file, int timeout_seconds,
                     size_t max_body, char **body, size_t *body_len, char *err, size_t errlen) {
     int status = -1;
+    int64_t deadline = monotonic_ms() + (int64_t)timeout_seconds * 1000;
     SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
-    BIO *bio = NULL;
+    SSL *ssl = NULL;
+    int fd = -1;
     char *buf = NULL;
     if (!ctx) { snprintf(err, errlen, "SSL_CTX_new failed"); return -1; }
     SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
@@ -474,37 +534,41 @@ int ferry_https_get(const char *host, const char *port, const char *path, const 
         snprintf(err, errlen, "cannot load CA certificates");
         goto done;
     }
-    bio = BIO_new_ssl_connect(ctx);
-    SSL *ssl = NULL;
-    BIO_get_ssl(bio, &ssl);
-    char target[512];
-    snprintf(target, sizeof target, "%s:%s", host, port);
-    BIO_set_conn_hostname(bio, target);
+    fd = connect_deadline(host, port, deadline, err, errlen);
+    if (fd < 0) goto done;
+    ssl = SSL_new(ctx);
+    if (!ssl) { snprintf(err, errlen, "SSL_new failed"); goto done; }
+    SSL_set_fd(ssl, fd);
     SSL_set_tlsext_host_name(ssl, host);
     SSL_set1_host(ssl, host);
-    if (BIO_do_connect(bio) != 1) { ferry_tls_last_error(err, errlen); if (!err[0]) snprintf(err, errlen, "connect to %s failed", target); goto done; }
-    int fd = -1;
-    BIO_get_fd(bio, &fd);
-    if (fd >= 0) {
-        struct timeval tv = {.tv_sec = timeout_seconds, .tv_usec = 0};
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-    }
-    if (BIO_do_handshake(bio) != 1) { ferry_tls_last_error(err, errlen); goto done; }
+    SSL_WITH_DEADLINE(SSL_connect(ssl), "TLS handshake");
     char req[1024];
     int rl = snprintf(req, sizeof req, "GET %s HTTP/1.0\r\nHost: %s\r\nAccept: application/json\r\nUser-Agent: ferryd\r\nConnection: close\r\n\r\n", path, host);
-    if (BIO_write(bio, req, rl) != rl) { snprintf(err, errlen, "write failed"); goto done; }
+    SSL_WITH_DEADLINE(SSL_write(ssl, req, rl), "sending the request");
     size_t cap = 65536, len = 0;
     buf = malloc(cap);
+    if (!buf) { snprintf(err, errlen, "out of memory"); goto done; }
     for (;;) {
         if (len + 4096 > cap) {
             if (cap >= max_body + 16384) { snprintf(err, errlen, "response too large"); goto done; }
+            char *grown = realloc(buf, cap * 2);
+            if (!grown) { snprintf(err, errlen, "out of memory"); goto done; }
+            buf = grown;
             cap *= 2;
-            buf = realloc(buf, cap);
         }
-        int n = BIO_read(bio, buf + len, 4096);
-        if (n <= 0) break;
-        len += (size_t)n;
+        ERR_clear_error();
+        int n = SSL_read(ssl, buf + len, 4096);
+        if (n > 0) { len += (size_t)n; continue; }
+        int e = SSL_get_error(ssl, n);
+        if (e == SSL_ERROR_ZERO_RETURN || (e == SSL_ERROR_SYSCALL && errno == 0)) break;  // end of response
+        short ev = e == SSL_ERROR_WANT_READ ? POLLIN : e == SSL_ERROR_WANT_WRITE ? POLLOUT : 0;
+        if (!ev) {
+            // OpenSSL 3 reports an EOF without close_notify as an error; HTTP/1.0 ends there.
+            if (ERR_GET_REASON(ERR_peek_error()) == SSL_R_UNEXPECTED_EOF_WHILE_READING) break;
+            ferry_tls_last_error(err, errlen);
+            goto done;
+        }
+        if (wait_fd(fd, ev, deadline) != 1) { snprintf(err, errlen, "reading the response: timed out"); goto done; }
     }
     buf[len < cap ? len : cap - 1] = 0;
     char *sep = NULL;
@@ -521,7 +585,8 @@ int ferry_https_get(const char *host, const char *port, const char *path, const 
     status = code;
 done:
     free(buf);
-    BIO_free_all(bio);
+    SSL_free(ssl);
+    if (fd >= 0) close(fd);
     SSL_CTX_free(ctx);
     return status;
 }

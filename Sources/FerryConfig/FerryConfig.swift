@@ -120,6 +120,7 @@ public struct FerryConfig: Sendable, Equatable {
         public var jwksFile = ""
         public var jwksURL = ""
         public var jwksCAFile = ""
+        public var jwksTimeoutSeconds = 10
         public var jwtIssuer = ""
         public var jwtAudience = ""
         public var networkClaim = "ferry_network"
@@ -390,6 +391,7 @@ public struct FerryConfig: Sendable, Equatable {
         c.signal.jwksFile = sig.string("jwks_file", default: "") ?? ""
         c.signal.jwksURL = sig.string("jwks_url", default: "") ?? ""
         c.signal.jwksCAFile = sig.string("jwks_ca_file", default: "") ?? ""
+        c.signal.jwksTimeoutSeconds = sig.int("jwks_timeout_seconds", default: 10, range: 1...120)
         if !c.signal.jwksURL.isEmpty && !c.signal.jwksURL.hasPrefix("https://") {
             sig.report("jwks_url", "must be an https:// URL, got \"\(c.signal.jwksURL)\"")
         }

@@ -51,6 +51,17 @@ public final class Server: @unchecked Sendable {
     /// Per worker: the monotonic time the worker last answered a watchdog ping.
     private let heartbeats: Heartbeats
     private var reloadCounters: (ok: CounterID, failed: CounterID)?
+    /// The JWKS last fetched from `signal.jwks_url` (control thread). Fetches run on a thread of
+    /// their own and post their result back to the control loop; only the newest counts.
+    private var jwks: (url: String, data: Data)?
+    /// The JWKS the running signaling policy verifies with (from a file or a fetch).
+    private var jwksInUse: Data?
+    private var jwksGeneration = 0
+    private var jwksRetry: TimerID?
+    private var jwksCounters: (ok: CounterID, failed: CounterID)?
+    private let jwksFetchedAt = ExpiryBox()
+    /// After a failed fetch, the next try.
+    static let jwksRetrySeconds: UInt64 = 30
 
     /// Readiness, shared with the scrape-time gauges.
     final class ServerState: Sendable {
@@ -241,8 +252,11 @@ public final class Server: @unchecked Sendable {
         var signalCounters: SignalCounters?
         if config.signal.enabled {
             signalKey = try signalServerKey()
-            signalPolicy = try makeSignalPolicy()
             signalCounters = registerSignalMetrics(hub)
+            // The first fetch runs here, before anything serves (bounded by jwks_timeout_seconds);
+            // a failure starts without JWT keys and retries in the background.
+            if !config.signal.jwksURL.isEmpty { applyJWKSFetch(fetchJWKS(config.signal), url: config.signal.jwksURL) }
+            signalPolicy = try makeSignalPolicy()
         }
         for loop in engine.loops {
             let lo = t.portMin + loop.index * block
@@ -395,12 +409,17 @@ public final class Server: @unchecked Sendable {
             }
             jwks = data
         } else if !s.jwksURL.isEmpty {
-            // Fetched now (start, and every reload); a failure keeps the running keys.
-            jwks = Data(try HTTPSFetch.get(s.jwksURL, caFile: s.jwksCAFile.isEmpty ? nil : s.jwksCAFile))
+            // The keys last fetched from this URL (fetches run off the loop: `startJWKSFetch`);
+            // until a first fetch from a new URL succeeds, the keys in use stay.
+            if let fetched = self.jwks, fetched.url == s.jwksURL { jwks = fetched.data } else { jwks = jwksInUse }
         }
         if let data = jwks {
             jwt = try JWTVerifier(jwks: data, issuer: s.jwtIssuer, audience: s.jwtAudience, networkClaim: s.networkClaim,
                                   peerClaim: s.peerClaim.isEmpty ? nil : s.peerClaim)
+        }
+        jwksInUse = jwks
+        if !s.jwksURL.isEmpty && jwt == nil {
+            logger.warning("no JWKS from the issuer yet: JWTs are refused until a fetch succeeds", metadata: ["jwks_url": "\(s.jwksURL)"])
         }
         var relays: [RelayHandout] = []
         if !s.selfRelayURLs.isEmpty, let secret = config.turn.staticAuthSecrets.first {
@@ -415,7 +434,89 @@ public final class Server: @unchecked Sendable {
                             pingInterval: s.pingIntervalSeconds)
     }
 
+    // MARK: JWKS
+
+    /// One bounded, blocking fetch (on whatever thread calls it: the start, or a fetch thread).
+    private static func fetch(url: String, caFile: String, timeout: Int) -> Result<[UInt8], TLSError> {
+        Result { () throws(TLSError) in try HTTPSFetch.get(url, caFile: caFile.isEmpty ? nil : caFile, timeoutSeconds: timeout) }
+    }
+
+    private func fetchJWKS(_ s: FerryConfig.Signal) -> Result<[UInt8], TLSError> {
+        Server.fetch(url: s.jwksURL, caFile: s.jwksCAFile, timeout: s.jwksTimeoutSeconds)
+    }
+
+    /// Fetches the JWKS on a thread of its own; the result comes back through the control loop's
+    /// mailbox, so /metrics, /healthz and the watchdog never wait for an issuer.
+    private func startJWKSFetch() {
+        if let t = jwksRetry { control.cancel(t) }
+        jwksRetry = nil
+        let s = config.signal
+        guard s.enabled, !s.jwksURL.isEmpty else { return }
+        jwksGeneration += 1
+        let generation = jwksGeneration
+        let (url, caFile, timeout) = (s.jwksURL, s.jwksCAFile, s.jwksTimeoutSeconds)
+        let control = self.control
+        Thread.detachNewThread { [self] in
+            let result = Server.fetch(url: url, caFile: caFile, timeout: timeout)
+            control.execute { _ in
+                // A newer fetch (a later reload) supersedes this one.
+                guard generation == self.jwksGeneration else { return }
+                self.applyJWKSFetch(result, url: url)
+                if self.config.signal.jwksURL == url, case .success = result { self.pushSignalPolicy() }
+            }
+        }
+    }
+
+    /// Keeps a fetched JWKS if it parses; otherwise keeps the keys in use, counts, logs, and
+    /// tries again in `jwksRetrySeconds`.
+    private func applyJWKSFetch(_ result: Result<[UInt8], TLSError>, url: String) {
+        let block = metrics.block(engine.loops.count)
+        var failure: String?
+        switch result {
+        case .success(let bytes):
+            let s = config.signal
+            do {
+                let check = try JWTVerifier(jwks: Data(bytes), issuer: s.jwtIssuer, audience: s.jwtAudience,
+                                            networkClaim: s.networkClaim, peerClaim: nil)
+                jwks = (url, Data(bytes))
+                jwksFetchedAt.value.store(Int64(wallClockSeconds()), ordering: .relaxed)
+                if let c = jwksCounters?.ok { block.add(c) }
+                logger.info("jwks fetched", metadata: ["jwks_url": "\(url)", "keys": "\(check.keyCount)"])
+                return
+            } catch {
+                failure = "\(error)"
+            }
+        case .failure(let error):
+            failure = error.message
+        }
+        if let c = jwksCounters?.failed { block.add(c) }
+        logger.error("jwks fetch failed; keeping the keys in use", metadata: [
+            "jwks_url": "\(url)", "error": "\(failure ?? "")", "retry_seconds": "\(Server.jwksRetrySeconds)"])
+        jwksRetry = control.schedule(after: Server.jwksRetrySeconds * 1_000_000_000) { [unowned self] in self.startJWKSFetch() }
+    }
+
+    /// Builds the signaling policy from the running config and hands it to every worker.
+    private func pushSignalPolicy() {
+        do {
+            let policy = try makeSignalPolicy()
+            for loop in engine.loops {
+                loop.execute { [self] l in self.signalWorkers.all[l.index].update(policy: policy) }
+            }
+        } catch {
+            logger.error("signaling policy not updated", metadata: ["error": "\(error)"])
+        }
+    }
+
     private func registerSignalMetrics(_ hub: any SignalDirectory) -> SignalCounters {
+        jwksCounters = (metrics.counter("ferry_signal_jwks_fetches_total", "Fetches of the issuer's JWKS (signal.jwks_url), by result.",
+                                        labels: [("result", "ok")]),
+                        metrics.counter("ferry_signal_jwks_fetches_total", "Fetches of the issuer's JWKS (signal.jwks_url), by result.",
+                                        labels: [("result", "failed")]))
+        let fetchedAt = jwksFetchedAt
+        metrics.computedGauge("ferry_signal_jwks_fetched_timestamp_seconds", "Unix time of the last successful JWKS fetch.") {
+            let v = fetchedAt.value.load(ordering: .relaxed)
+            return v > 0 ? [(labels: "", value: Double(v))] : []
+        }
         var auth: [SignalErrorCode: CounterID] = [:]
         for c in [SignalErrorCode.authFailed, .badProof, .tokenExpired, .wrongNetwork, .notAuthenticated] {
             auth[c] = metrics.counter("ferry_signal_auth_failures_total", "Signaling connections refused at authentication, by reason.", labels: [("reason", c.rawValue)])
@@ -569,6 +670,8 @@ public final class Server: @unchecked Sendable {
                     for loop in engine.loops {
                         loop.execute { [self] l in self.signalWorkers.all[l.index].update(policy: policy) }
                     }
+                    // The issuer's keys are fetched again off the loop; the keys in use stay until then.
+                    startJWKSFetch()
                 } catch {
                     config.signal = old
                     logger.error("signaling reload failed; keeping the running settings", metadata: ["error": "\(error)"])

@@ -17,7 +17,7 @@ import websockets
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
-from conftest import binary, free_port
+from conftest import binary, free_port, http_get
 
 SECRET = "signal-secret-0123456789"
 b64 = lambda b: base64.b64encode(b).decode()
@@ -417,9 +417,10 @@ def test_jwks_fetched_from_the_issuer_at_start_and_on_reload(ferryd_factory, tmp
         rotated = Issuer(served)
         f.signal(sig.SIGHUP)
         deadline = time.time() + 5
-        while f.metric("ferry_reloads_total", {"result": "ok"}) != 1:
+        while f.metric("ferry_signal_jwks_fetches_total", {"result": "ok"}) != 2:
             assert time.time() < deadline
-            time.sleep(0.1)
+            time.sleep(0.05)
+        assert f.metric("ferry_reloads_total", {"result": "ok"}) == 1
         assert run(go(rotated.token(alg="EdDSA"))) == ("welcome", None)
         assert run(go(issuer.token(alg="ES256")))[1] == "auth_failed", "the old key is gone"
     finally:
@@ -491,3 +492,40 @@ def test_text_that_is_not_utf8_closes_with_1007(signal_server):
         assert e.value.rcvd.code == 1007
     run(go())
     assert f.metric("ferry_websocket_errors_total") == 1
+
+
+def test_unreachable_issuer_never_stalls_the_server(ferryd_factory, tmpdir_path):
+    """Issue 8 §5: a reload whose JWKS URL points at an issuer that accepts and never answers
+    fetches off the control loop: /healthz answers within 100 ms throughout, the keys in use keep
+    working, and the failure is counted and logged once the fetch times out."""
+    import signal as sig
+    issuer = Issuer(tmpdir_path)
+    tls_port, tcp_port = free_port(), free_port()
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)          # accepts (in the kernel) and never says a word
+    config = signal_config(tls_port, tcp_port, issuer.path, "jwks_timeout_seconds = 2")
+    f = ferryd_factory(config)
+    url = f"wss://127.0.0.1:{tls_port}/v1/signal"
+
+    async def welcome(tok):
+        p = await connect(url, make_token=lambda pub: tok)
+        await p.ws.close()
+        return p.welcome.get("type")
+    assert run(welcome(issuer.token())) == "welcome"
+    with open(f.config_path, "w") as out:
+        out.write(f'[admin]\naddress = "127.0.0.1:{f.admin_port}"\n' + config.replace(
+            f'jwks_file = "{issuer.path}"', f'jwks_url = "https://127.0.0.1:{silent.getsockname()[1]}/jwks.json"'))
+    f.signal(sig.SIGHUP)
+    worst, started = 0.0, time.time()
+    while time.time() - started < 3.5:
+        t = time.time()
+        assert http_get(f.admin_port, "/healthz", timeout=2)[0] == 200
+        worst = max(worst, time.time() - t)
+        time.sleep(0.02)
+    assert worst < 0.1, f"/healthz took {worst * 1000:.0f} ms during the reload"
+    assert run(welcome(issuer.token())) == "welcome", "the keys in use stay"
+    assert f.metric("ferry_reloads_total", {"result": "ok"}) == 1
+    assert f.metric("ferry_signal_jwks_fetches_total", {"result": "failed"}) == 1
+    assert "jwks fetch failed" in f.output() and "timed out" in f.output()
+    silent.close()

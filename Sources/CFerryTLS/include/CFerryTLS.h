@@ -91,9 +91,10 @@ void ferry_pkey_free(EVP_PKEY *k);
 // Verifies a JWS signature over data: alg 1 = RS256, 2 = ES256 (JOSE r||s, 64 bytes), 3 = EdDSA.
 int ferry_jws_verify(EVP_PKEY *key, int alg, const unsigned char *data, size_t len, const unsigned char *sig, size_t siglen);
 
-// A blocking HTTPS GET (for fetching an issuer's JWKS at start and on reload, on the control
-// thread): verifies the server's certificate against the system's CAs (or ca_file) and its host
-// name, sends HTTP/1.0, reads at most max_body bytes with a timeout_seconds socket timeout.
-// Returns the HTTP status (200 expected) with a malloc'd body, or -1 with err set.
+// A blocking HTTPS GET (an issuer's JWKS; run on a thread of its own, never on a loop): verifies
+// the server's certificate against the system's CAs (or ca_file) and its host name, sends
+// HTTP/1.0, reads at most max_body bytes. Connect, handshake and response together take at most
+// timeout_seconds (name resolution is the resolver's own). Returns the HTTP status (200
+// expected) with a malloc'd body, or -1 with err set.
 int ferry_https_get(const char *host, const char *port, const char *path, const char *ca_file, int timeout_seconds,
                     size_t max_body, char **body, size_t *body_len, char *err, size_t errlen);
