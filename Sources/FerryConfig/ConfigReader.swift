@@ -30,6 +30,8 @@ final class ConfigReader {
 
     final class IssueSink {
         var issues: [ConfigIssue] = []
+        /// Every leaf key read, present or not, with array indexes written `[]`.
+        var asked: Set<String> = []
     }
 
     init(_ table: TOMLTable?, prefix: String = "", sink: IssueSink) {
@@ -49,8 +51,15 @@ final class ConfigReader {
         return table?[name]
     }
 
+    /// A leaf key is read (for `FerryConfig.parsedKeys`).
+    private func leaf(_ name: String) -> TOMLValueConvertible? {
+        let full = key(name).replacing(/\[\d+\]/, with: "[]")
+        sink.asked.insert(full)
+        return value(name)
+    }
+
     func int(_ name: String, default def: Int, range: ClosedRange<Int>) -> Int {
-        guard let v = value(name) else { return def }
+        guard let v = leaf(name) else { return def }
         guard v.type == .int, let i = v.int else {
             report(name, "must be an integer from \(range.lowerBound) to \(range.upperBound), got \(describe(v))")
             return def
@@ -63,7 +72,7 @@ final class ConfigReader {
     }
 
     func bool(_ name: String, default def: Bool) -> Bool {
-        guard let v = value(name) else { return def }
+        guard let v = leaf(name) else { return def }
         guard v.type == .bool, let b = v.bool else {
             report(name, "must be true or false, got \(describe(v))")
             return def
@@ -72,7 +81,7 @@ final class ConfigReader {
     }
 
     func string(_ name: String, default def: String?) -> String? {
-        guard let v = value(name) else { return def }
+        guard let v = leaf(name) else { return def }
         guard v.type == .string, let s = v.string else {
             report(name, "must be a string, got \(describe(v))")
             return def
@@ -99,7 +108,7 @@ final class ConfigReader {
     }
 
     func stringArray(_ name: String, default def: [String]) -> [String] {
-        guard let v = value(name) else { return def }
+        guard let v = leaf(name) else { return def }
         guard v.type == .array, let arr = v.array else {
             report(name, "must be an array of strings, got \(describe(v))")
             return def

@@ -220,13 +220,16 @@ public struct FerryConfig: Sendable, Equatable {
 
     /// Parses and validates TOML text. Throws `ConfigErrors` listing every problem found.
     public static func parse(_ text: String) throws(ConfigErrors) -> FerryConfig {
+        try parse(text, sink: ConfigReader.IssueSink())
+    }
+
+    static func parse(_ text: String, sink: ConfigReader.IssueSink) throws(ConfigErrors) -> FerryConfig {
         let table: TOMLTable
         do {
             table = try TOMLTable(string: text)
         } catch {
             throw ConfigErrors(issues: [ConfigIssue(key: "", message: "TOML syntax: \(error)")])
         }
-        let sink = ConfigReader.IssueSink()
         let root = ConfigReader(table, sink: sink)
         var c = FerryConfig()
 

@@ -632,39 +632,24 @@ public final class Server: @unchecked Sendable {
         Systemd.notify("RELOADING=1\nMONOTONIC_USEC=\(Systemd.monotonicMicros())\nSTATUS=reloading")
         let block = metrics.block(engine.loops.count)
         do {
-            let next = try reloadSource()
-            var restartOnly: [String] = []
-            if next.listeners != config.listeners { restartOnly.append("listener") }
-            if next.engine != config.engine { restartOnly.append("engine") }
-            if next.admin != config.admin { restartOnly.append("admin") }
-            if next.server.workers != config.server.workers || next.server.pinWorkers != config.server.pinWorkers {
-                restartOnly.append("server.workers/pin_workers")
-            }
-            if next.log.format != config.log.format { restartOnly.append("log.format") }
-            if next.turn.realm != config.turn.realm || next.turn.relayIPv4 != config.turn.relayIPv4
-                || next.turn.relayIPv6 != config.turn.relayIPv6 || next.turn.portMin != config.turn.portMin
-                || next.turn.portMax != config.turn.portMax || next.turn.maxAllocations != config.turn.maxAllocations
-                || next.turn.nonceSecret != config.turn.nonceSecret {
-                restartOnly.append("turn.(realm|relay_*|port_*|max_allocations|nonce_secret)")
-            }
+            // Every key is either applied below or named as needing a restart: the plan comes
+            // from the key table (FerryConfig.keys), and restart-only keys keep their running
+            // values in `next`, so they are named again on every reload until the restart.
+            let plan = FerryConfig.reloadPlan(running: config, next: try reloadSource())
+            let next = plan.effective
             if !turnWorkers.isEmpty {
                 // Users, shared secrets and the peer policy apply to the next request.
-                let credentials = Server.credentials(next.turn, realm: config.turn.realm)
+                let credentials = Server.credentials(next.turn, realm: next.turn.realm)
                 let policy = Server.policy(next.policy)
                 for loop in engine.loops {
                     loop.execute { [self] l in self.turnWorkers[l.index].server.update(credentials: credentials, policy: policy) }
                 }
-                config.turn.users = next.turn.users
-                config.turn.staticAuthSecrets = next.turn.staticAuthSecrets
-                config.policy = next.policy
             }
-            if next.tls != config.tls {
-                config.tls = next.tls
-            }
+            let running = config
+            config = next
+            // Certificates are read again even when the paths are the same (renewed in place).
             reloadTLS()
-            if config.signal.enabled && next.signal.enabled {
-                let old = config.signal
-                config.signal = next.signal
+            if config.signal.enabled {
                 do {
                     let policy = try makeSignalPolicy()
                     for loop in engine.loops {
@@ -673,16 +658,23 @@ public final class Server: @unchecked Sendable {
                     // The issuer's keys are fetched again off the loop; the keys in use stay until then.
                     startJWKSFetch()
                 } catch {
-                    config.signal = old
-                    logger.error("signaling reload failed; keeping the running settings", metadata: ["error": "\(error)"])
+                    config.signal = running.signal
+                    logger.error("signaling reload failed; keeping the running signaling settings", metadata: ["error": "\(error)"])
                 }
             }
-            levelBox.level = Logger.Level(next.log.level)
-            config.log.level = next.log.level
-            config.server.drainSeconds = next.server.drainSeconds
+            levelBox.level = Logger.Level(config.log.level)
             if let c = reloadCounters?.ok { block.add(c) }
-            logger.notice("configuration reloaded", metadata: restartOnly.isEmpty ? [:] :
-                ["needs_restart": "\(restartOnly.joined(separator: ","))"])
+            var metadata: Logger.Metadata = [:]
+            if !plan.applied.isEmpty { metadata["applied"] = "\(plan.applied.joined(separator: ","))" }
+            if !plan.needsRestart.isEmpty { metadata["needs_restart"] = "\(plan.needsRestart.joined(separator: ","))" }
+            logger.notice("configuration reloaded", metadata: metadata)
+        } catch let errors as ConfigErrors {
+            if let c = reloadCounters?.failed { block.add(c) }
+            // One line per problem, as `ferry config check` prints them.
+            logger.error("reload failed; keeping the running configuration", metadata: ["problems": "\(errors.issues.count)"])
+            for issue in errors.issues {
+                logger.error("config problem", metadata: ["key": "\(issue.key)", "problem": "\(issue.message)"])
+            }
         } catch {
             if let c = reloadCounters?.failed { block.add(c) }
             logger.error("reload failed; keeping the running configuration", metadata: ["error": "\(error)"])

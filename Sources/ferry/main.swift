@@ -40,7 +40,14 @@ struct Ferry: ParsableCommand {
     }
 
     struct Config: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Work with ferryd config files.", subcommands: [Check.self])
+        static let configuration = CommandConfiguration(abstract: "Work with ferryd config files.", subcommands: [Check.self, Keys.self])
+
+        struct Keys: ParsableCommand {
+            static let configuration = CommandConfiguration(
+                abstract: "Print every config key as a Markdown table: default, allowed values, override, whether SIGHUP applies it, meaning.")
+
+            func run() { print(FerryConfig.keysMarkdown(), terminator: "") }
+        }
 
         struct Check: ParsableCommand {
             static let configuration = CommandConfiguration(
@@ -49,16 +56,28 @@ struct Ferry: ParsableCommand {
             @Argument(help: "The TOML file to check.")
             var file: String
 
+            @Option(help: "The file ferryd runs with now: also print what a reload (SIGHUP) to FILE would apply and what needs a restart.")
+            var running: String?
+
             func run() throws {
-                guard let text = readFile(file) else {
-                    printError("\(file): cannot read the file")
+                let cfg = try parsed(file)
+                print("\(file): OK (\(cfg.listeners.count) listener(s), \(cfg.workerCount) worker(s))")
+                if let running {
+                    let plan = FerryConfig.reloadPlan(running: try parsed(running), next: cfg)
+                    print("reload applies: \(plan.applied.isEmpty ? "nothing" : plan.applied.joined(separator: ", "))")
+                    print("needs a restart: \(plan.needsRestart.isEmpty ? "nothing" : plan.needsRestart.joined(separator: ", "))")
+                }
+            }
+
+            private func parsed(_ path: String) throws -> FerryConfig {
+                guard let text = readFile(path) else {
+                    printError("\(path): cannot read the file")
                     throw ExitCode(2)
                 }
                 do {
-                    let cfg = try FerryConfig.parse(text)
-                    print("\(file): OK (\(cfg.listeners.count) listener(s), \(cfg.workerCount) worker(s))")
+                    return try FerryConfig.parse(text)
                 } catch {
-                    for issue in error.issues { printError("\(file): \(issue)") }
+                    for issue in error.issues { printError("\(path): \(issue)") }
                     throw ExitCode(1)
                 }
             }
