@@ -84,6 +84,7 @@ self_signed = true
 handshakes_per_second = 0
 [stream]
 max_connections = 100000
+max_connections_per_source = 100000   # every peer of the benchmark is 127.0.0.1
 [signal]
 enabled = true
 token_secrets = ["{SECRET}"]

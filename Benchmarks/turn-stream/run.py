@@ -55,6 +55,7 @@ self_signed = true
 handshakes_per_second = 0
 [stream]
 max_connections = 50000
+max_connections_per_source = 50000   # every client of the benchmark is 127.0.0.1
 [[listener]]
 name = "udp"
 address = "127.0.0.1:{udp}"

@@ -317,8 +317,8 @@ extension FerryConfig {
                   meaning: "whole server, split among workers; more are closed at once (`limit`)", [
             .field("stream.max_connections", \.stream.maxConnections, example: [("stream.max_connections", "100")]),
         ]),
-        ConfigKey(["stream.max_connections_per_source"], default: "256", allowed: "1–10^7", override: "", reload: .restart,
-                  meaning: "open connections one source IP may hold on each worker; more are closed at once (`source_limit`)", [
+        ConfigKey(["stream.max_connections_per_source"], default: "1024", allowed: "1–10^7", override: "", reload: .restart,
+                  meaning: "open connections one source IP may hold on each worker; more are closed at once (`source_limit`). Raise it where many peers share one address (a large office NAT, CGNAT)", [
             .field("stream.max_connections_per_source", \.stream.maxConnectionsPerSource, example: [("stream.max_connections_per_source", "8")]),
         ]),
         ConfigKey(["signal.enabled"], default: "false", allowed: "bool", override: "", reload: .restart,

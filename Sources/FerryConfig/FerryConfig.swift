@@ -103,7 +103,7 @@ public struct FerryConfig: Sendable, Equatable {
         public var requestTimeoutSeconds = 10
         public var writeBufferBytes = 262_144
         public var maxConnections = 20_000
-        public var maxConnectionsPerSource = 256
+        public var maxConnectionsPerSource = 1024
     }
 
     public struct SignalRelay: Sendable, Equatable {
@@ -378,7 +378,7 @@ public struct FerryConfig: Sendable, Equatable {
         c.stream.writeBufferBytes = stream.int("write_buffer_bytes", default: 262_144, range: 4096...(64 << 20))
         c.stream.maxConnections = stream.int("max_connections", default: 20_000, range: 1...10_000_000)
         c.stream.requestTimeoutSeconds = stream.int("request_timeout_seconds", default: 10, range: 1...3600)
-        c.stream.maxConnectionsPerSource = stream.int("max_connections_per_source", default: 256, range: 1...10_000_000)
+        c.stream.maxConnectionsPerSource = stream.int("max_connections_per_source", default: 1024, range: 1...10_000_000)
         stream.finish()
         let sig = root.table("signal")
         c.signal.enabled = sig.bool("enabled", default: false)
