@@ -303,6 +303,8 @@ final class SignalWorker {
             frame.withUnsafeBytes { _ = conn.enqueue($0, droppable: false) }
             moved = true
         }
+        // An emptied queue gives its storage back: a peer that once fell behind costs no more.
+        if p.pending.isEmpty { p.pending = Deque() }
         metrics.set(counters.queued, UInt64(queued))
         return moved && !conn.closed
     }
