@@ -258,7 +258,7 @@ extension FerryConfig {
             .field("turn.relay_buffer_bytes", \.turn.relayBufferBytes, example: [("turn.relay_buffer_bytes", "65536")]),
         ]),
         ConfigKey(["turn.strict_channel_numbers"], default: "false", allowed: "bool", override: "", reload: .restart,
-                  meaning: "true: only RFC 8656's 0x4000–0x4FFF; false also RFC 5766's up to 0x7FFE (coturn's clients)", [
+                  meaning: "true: only RFC 8656's 0x4000–0x4FFF; false also RFC 5766's up to 0x7FFF (coturn's clients pick from all of it)", [
             .field("turn.strict_channel_numbers", \.turn.strictChannelNumbers, example: [("turn.strict_channel_numbers", "true")]),
         ]),
         ConfigKey(["turn.static_auth_secrets"], default: "[]", allowed: "strings ≥ 16 bytes", override: "", reload: .applied,

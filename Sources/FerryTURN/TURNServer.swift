@@ -497,7 +497,8 @@ public final class TURNServer {
         }
         // "The request contains both a CHANNEL-NUMBER and an XOR-PEER-ADDRESS attribute; the
         // channel number is in the range 0x4000 through 0x4FFF (inclusive)" — else 400. RFC 5766
-        // allowed up to 0x7FFE and coturn's clients still use it: accepted unless strict.
+        // §11 allowed "0x4000 through 0x7FFF" and coturn's clients still use all of it: accepted
+        // unless strict.
         guard let cn = ctx.msg.attribute(STUN.Attribute.channelNumber), cn.count == 4 else {
             return error(ctx, 400, reason: "Missing CHANNEL-NUMBER")
         }

@@ -30,7 +30,7 @@ public struct TURNSettings: Sendable {
     /// 401 answers per second per source IP (a bucket of `unauthorizedBurst`); 0 = unlimited.
     public var unauthorizedPerSecond: Double = 5
     public var unauthorizedBurst: Double = 20
-    /// Only RFC 8656's channel numbers (0x4000–0x4FFF); otherwise RFC 5766's up to 0x7FFE too.
+    /// Only RFC 8656's channel numbers (0x4000–0x4FFF); otherwise RFC 5766's up to 0x7FFF too.
     public var strictChannelNumbers = false
 
     public init() {}

@@ -126,13 +126,13 @@ extension STUNWriter {
 }
 
 /// ChannelData framing (RFC 8656 §12.4): channel number, length, data; over streams padded to
-/// a multiple of 4. RFC 8656 narrowed channel numbers to 0x4000–0x4FFF; RFC 5766 allowed up to
-/// 0x7FFE, and coturn's own clients still pick from that range, so servers accept it unless
-/// configured strictly (`turn.strict_channel_numbers`).
+/// a multiple of 4. RFC 8656 narrowed channel numbers to 0x4000–0x4FFF; RFC 5766 §11 allowed
+/// "0x4000 through 0x7FFF", and coturn's own clients still pick uniformly from that range, so
+/// servers accept it unless configured strictly (`turn.strict_channel_numbers`).
 public enum ChannelData {
     public static let minChannel: UInt16 = 0x4000
     public static let maxChannel: UInt16 = 0x4FFF
-    public static let maxLegacyChannel: UInt16 = 0x7FFE
+    public static let maxLegacyChannel: UInt16 = 0x7FFF
     public static let headerLength = 4
 
     /// First two bits 01: ChannelData, by RFC 7983's demultiplexing.
