@@ -502,7 +502,7 @@ final class Harness {
             }
         }
         #expect(bind(0x3FFF, peer)?.code == 400)
-        #expect(bind(0x7FFF, peer)?.code == 400)
+        #expect(bind(0x8000, peer)?.code == 400, "0x8000 and up are reserved (RFC 5766 §11)")
         #expect(bind(0x4000, SocketAddress("10.1.1.1:5")!)?.code == 403)
         #expect(bind(0x4000, peer)?.isSuccess == true)
         #expect(bind(0x4000, peer)?.isSuccess == true, "rebinding the same pair refreshes")
