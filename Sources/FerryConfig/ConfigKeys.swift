@@ -43,9 +43,7 @@ public struct ConfigKey: Sendable {
     public let reload: Reload
     public let meaning: String
 
-    init(_ names: [String], default defaultText: String, allowed: String, override: String, reload: Reload, meaning: String,
-         _ fields: [Field]) {
-        precondition(names == fields.map(\.name), "a row's names and fields drifted apart")
+    init(default defaultText: String, allowed: String, override: String, reload: Reload, meaning: String, _ fields: [Field]) {
         self.fields = fields
         self.defaultText = defaultText
         self.allowed = allowed
@@ -111,287 +109,287 @@ extension FerryConfig {
 
     /// Every documented key, in table order.
     public static let keys: [ConfigKey] = [
-        ConfigKey(["server.workers"], default: "0", allowed: "0–1024", override: "`FERRY_WORKERS`, `--workers`", reload: .restart,
+        ConfigKey(default: "0", allowed: "0–1024", override: "`FERRY_WORKERS`, `--workers`", reload: .restart,
                   meaning: "worker threads; 0 = one per available core", [
             .field("server.workers", \.server.workers, example: [("server.workers", "3")]),
         ]),
-        ConfigKey(["server.pin_workers"], default: "true", allowed: "bool", override: "", reload: .restart,
+        ConfigKey(default: "true", allowed: "bool", override: "", reload: .restart,
                   meaning: "pin worker n to CPU n", [
             .field("server.pin_workers", \.server.pinWorkers, example: [("server.pin_workers", "false")]),
         ]),
-        ConfigKey(["server.drain_seconds"], default: "10", allowed: "0–3600", override: "", reload: .applied,
+        ConfigKey(default: "10", allowed: "0–3600", override: "", reload: .applied,
                   meaning: "how long SIGTERM waits for sessions to end", [
             .field("server.drain_seconds", \.server.drainSeconds, example: [("server.drain_seconds", "30")]),
         ]),
-        ConfigKey(["server.software"], default: "\"ferry\"", allowed: "string", override: "", reload: .restart,
+        ConfigKey(default: "\"ferry\"", allowed: "string", override: "", reload: .restart,
                   meaning: "name in STUN SOFTWARE and HTTP headers (\"\" sends none)", [
             .field("server.software", \.server.software, example: [("server.software", "\"relay\"")]),
         ]),
-        ConfigKey(["server.state_directory"], default: "\"\"", allowed: "path", override: "", reload: .restart,
+        ConfigKey(default: "\"\"", allowed: "path", override: "", reload: .restart,
                   meaning: "state kept across restarts (`nonce.key`); \"\" keeps it in memory", [
             .field("server.state_directory", \.server.stateDirectory, example: [("server.state_directory", "\"/var/lib/ferry\"")]),
         ]),
-        ConfigKey(["log.level"], default: "\"info\"", allowed: "trace, debug, info, notice, warning, error, critical", override: "`FERRY_LOG_LEVEL`, `--log-level`", reload: .applied,
+        ConfigKey(default: "\"info\"", allowed: "trace, debug, info, notice, warning, error, critical", override: "`FERRY_LOG_LEVEL`, `--log-level`", reload: .applied,
                   meaning: "", [
             .field("log.level", \.log.level, example: [("log.level", "\"debug\"")]),
         ]),
-        ConfigKey(["log.format"], default: "\"text\"", allowed: "text, json", override: "`FERRY_LOG_FORMAT`, `--log-format`", reload: .restart,
+        ConfigKey(default: "\"text\"", allowed: "text, json", override: "`FERRY_LOG_FORMAT`, `--log-format`", reload: .restart,
                   meaning: "json: one object per line", [
             .field("log.format", \.log.format, example: [("log.format", "\"json\"")]),
         ]),
-        ConfigKey(["engine.batch_size"], default: "64", allowed: "1–1024", override: "", reload: .restart,
+        ConfigKey(default: "64", allowed: "1–1024", override: "", reload: .restart,
                   meaning: "datagrams per recvmmsg/sendmmsg", [
             .field("engine.batch_size", \.engine.batchSize, example: [("engine.batch_size", "32")]),
         ]),
-        ConfigKey(["engine.max_datagram"], default: "2048", allowed: "576–65535", override: "", reload: .restart,
+        ConfigKey(default: "2048", allowed: "576–65535", override: "", reload: .restart,
                   meaning: "longer datagrams are dropped (`truncated`)", [
             .field("engine.max_datagram", \.engine.maxDatagram, example: [("engine.max_datagram", "1500")]),
         ]),
-        ConfigKey(["engine.udp_receive_buffer"], default: "8388608", allowed: "0–2^30", override: "", reload: .restart,
+        ConfigKey(default: "8388608", allowed: "0–2^30", override: "", reload: .restart,
                   meaning: "SO_RCVBUF(FORCE) of every UDP socket; 0 = kernel default", [
             .field("engine.udp_receive_buffer", \.engine.udpReceiveBuffer, example: [("engine.udp_receive_buffer", "0")]),
         ]),
-        ConfigKey(["engine.udp_send_buffer"], default: "8388608", allowed: "0–2^30", override: "", reload: .restart,
+        ConfigKey(default: "8388608", allowed: "0–2^30", override: "", reload: .restart,
                   meaning: "SO_SNDBUF(FORCE) of every UDP socket", [
             .field("engine.udp_send_buffer", \.engine.udpSendBuffer, example: [("engine.udp_send_buffer", "0")]),
         ]),
-        ConfigKey(["engine.gro"], default: "true", allowed: "bool", override: "", reload: .restart,
+        ConfigKey(default: "true", allowed: "bool", override: "", reload: .restart,
                   meaning: "forward service: read GSO trains coalesced (UDP_GRO), forward with UDP_SEGMENT", [
             .field("engine.gro", \.engine.gro, example: [("engine.gro", "false")]),
         ]),
-        ConfigKey(["engine.gso"], default: "true", allowed: "bool", override: "", reload: .restart,
+        ConfigKey(default: "true", allowed: "bool", override: "", reload: .restart,
                   meaning: "TURN: send runs of equal-size datagrams from one relay to one peer as one UDP_SEGMENT train", [
             .field("engine.gso", \.engine.gso, example: [("engine.gso", "false")]),
         ]),
-        ConfigKey(["admin.address"], default: "\"127.0.0.1:9090\"", allowed: "address or \"\"", override: "`FERRY_ADMIN_ADDRESS`, `--admin-address`", reload: .restart,
+        ConfigKey(default: "\"127.0.0.1:9090\"", allowed: "address or \"\"", override: "`FERRY_ADMIN_ADDRESS`, `--admin-address`", reload: .restart,
                   meaning: "\"\" disables; systemd socket \"admin\" wins", [
             .field("admin.address", \.admin.address, example: [("admin.address", "\"127.0.0.1:9191\"")]),
         ]),
-        ConfigKey(["admin.max_connections"], default: "64", allowed: "1–65536", override: "", reload: .restart,
+        ConfigKey(default: "64", allowed: "1–65536", override: "", reload: .restart,
                   meaning: "more are closed at once and counted", [
             .field("admin.max_connections", \.admin.maxConnections, example: [("admin.max_connections", "8")]),
         ]),
-        ConfigKey(["admin.request_timeout_seconds"], default: "10", allowed: "1–3600", override: "", reload: .restart,
+        ConfigKey(default: "10", allowed: "1–3600", override: "", reload: .restart,
                   meaning: "incomplete request → 408; idle keep-alive closed", [
             .field("admin.request_timeout_seconds", \.admin.requestTimeoutSeconds, example: [("admin.request_timeout_seconds", "3")]),
         ]),
-        ConfigKey(["listener[].name"], default: "required", allowed: "letters, digits, `-_.`", override: "", reload: .restart,
+        ConfigKey(default: "required", allowed: "letters, digits, `-_.`", override: "", reload: .restart,
                   meaning: "matches systemd `FileDescriptorName=`", [
             .field("listener[].name", \.listeners, { $0.map(\.name) }, example: [("listener[].name", "\"c\"")]),
         ]),
-        ConfigKey(["listener[].transport"], default: "\"udp\"", allowed: "udp, tcp, tls", override: "", reload: .restart,
+        ConfigKey(default: "\"udp\"", allowed: "udp, tcp, tls", override: "", reload: .restart,
                   meaning: "tcp: TLS, STUN and HTTP told apart by the first bytes; tls: TLS first, then ALPN (`stun.turn`, `http/1.1`) or the first bytes. Under activation a stream listener takes one passed socket, shared by all workers with EPOLLEXCLUSIVE", [
             .field("listener[].transport", \.listeners, { $0.map(\.transport) }, example: [("listener[].transport", "\"tcp\"")]),
         ]),
-        ConfigKey(["listener[].address"], default: "required", allowed: "`ip:port`, `[ipv6]:port`", override: "", reload: .restart,
+        ConfigKey(default: "required", allowed: "`ip:port`, `[ipv6]:port`", override: "", reload: .restart,
                   meaning: "bound with SO_REUSEPORT, one socket per worker", [
             .field("listener[].address", \.listeners, { $0.map(\.address) }, example: [("listener[].address", "\"127.0.0.1:3479\"")]),
         ]),
-        ConfigKey(["listener[].service"], default: "\"turn\"", allowed: "turn, forward", override: "", reload: .restart,
+        ConfigKey(default: "\"turn\"", allowed: "turn, forward", override: "", reload: .restart,
                   meaning: "turn: STUN and TURN; forward: every datagram to `forward_to` (benchmark mode)", [
             .field("listener[].service", \.listeners, { $0.map(\.service) }, example: [("listener[].service", "\"forward\""), ("listener[].forward_to", "\"127.0.0.1:9\"")]),
         ]),
-        ConfigKey(["listener[].forward_to"], default: "—", allowed: "address", override: "", reload: .restart,
+        ConfigKey(default: "—", allowed: "address", override: "", reload: .restart,
                   meaning: "required for `service = \"forward\"`", [
             .field("listener[].forward_to", \.listeners, { $0.map(\.forwardTo) }, example: [("listener[].forward_to", "\"127.0.0.1:9\""), ("listener[].service", "\"forward\"")]),
         ]),
-        ConfigKey(["turn.realm"], default: "\"ferry\"", allowed: "1–763 bytes", override: "", reload: .restart,
+        ConfigKey(default: "\"ferry\"", allowed: "1–763 bytes", override: "", reload: .restart,
                   meaning: "realm of 401 challenges and long-term keys", [
             .field("turn.realm", \.turn.realm, example: [("turn.realm", "\"example.org\"")]),
         ]),
-        ConfigKey(["turn.relay_ipv4", "turn.relay_ipv6"], default: "\"\"", allowed: "address", override: "", reload: .restart,
+        ConfigKey(default: "\"\"", allowed: "address", override: "", reload: .restart,
                   meaning: "where relayed sockets bind; one is required with a TURN listener", [
             .field("turn.relay_ipv4", \.turn.relayIPv4, example: [("turn.relay_ipv4", "\"127.0.0.2\"")]),
             .field("turn.relay_ipv6", \.turn.relayIPv6, example: [("turn.relay_ipv6", "\"::1\"")]),
         ]),
-        ConfigKey(["turn.external_ipv4", "turn.external_ipv6"], default: "\"\"", allowed: "address", override: "", reload: .restart,
+        ConfigKey(default: "\"\"", allowed: "address", override: "", reload: .restart,
                   meaning: "advertised in XOR-RELAYED-ADDRESS behind 1:1 NAT", [
             .field("turn.external_ipv4", \.turn.externalIPv4, example: [("turn.external_ipv4", "\"192.0.2.1\"")]),
             .field("turn.external_ipv6", \.turn.externalIPv6, example: [("turn.external_ipv6", "\"2001:db8::1\"")]),
         ]),
-        ConfigKey(["turn.port_min", "turn.port_max"], default: "49152, 65535", allowed: "1024–65535", override: "", reload: .restart,
+        ConfigKey(default: "49152, 65535", allowed: "1024–65535", override: "", reload: .restart,
                   meaning: "relayed ports; each worker takes a contiguous block", [
             .field("turn.port_min", \.turn.portMin, example: [("turn.port_min", "50000")]),
             .field("turn.port_max", \.turn.portMax, example: [("turn.port_max", "60000")]),
         ]),
-        ConfigKey(["turn.default_lifetime", "turn.max_lifetime"], default: "600, 3600", allowed: "60–86400 s", override: "", reload: .restart,
+        ConfigKey(default: "600, 3600", allowed: "60–86400 s", override: "", reload: .restart,
                   meaning: "allocation lifetime: requests are clamped to [default, max] (RFC 8656 §7.2)", [
             .field("turn.default_lifetime", \.turn.defaultLifetime, example: [("turn.default_lifetime", "300")]),
             .field("turn.max_lifetime", \.turn.maxLifetime, example: [("turn.max_lifetime", "7200")]),
         ]),
-        ConfigKey(["turn.nonce_lifetime"], default: "600", allowed: "5–86400 s", override: "", reload: .restart,
+        ConfigKey(default: "600", allowed: "5–86400 s", override: "", reload: .restart,
                   meaning: "older nonces get 438 Stale Nonce", [
             .field("turn.nonce_lifetime", \.turn.nonceLifetime, example: [("turn.nonce_lifetime", "60")]),
         ]),
-        ConfigKey(["turn.nonce_secret"], default: "\"\"", allowed: "string", override: "", reload: .restart,
+        ConfigKey(default: "\"\"", allowed: "string", override: "", reload: .restart,
                   meaning: "nonce MAC key; \"\" = `state_directory/nonce.key`, else random per process", [
             .field("turn.nonce_secret", \.turn.nonceSecret, example: [("turn.nonce_secret", "\"another-nonce-secret\"")]),
         ]),
-        ConfigKey(["turn.max_allocations"], default: "10000", allowed: "1–10^7", override: "", reload: .restart,
+        ConfigKey(default: "10000", allowed: "1–10^7", override: "", reload: .restart,
                   meaning: "whole server, split evenly among workers; over it: 508", [
             .field("turn.max_allocations", \.turn.maxAllocations, example: [("turn.max_allocations", "100")]),
         ]),
-        ConfigKey(["turn.max_allocations_per_user"], default: "10", allowed: "1–10^7", override: "", reload: .restart,
+        ConfigKey(default: "10", allowed: "1–10^7", override: "", reload: .restart,
                   meaning: "over it: 486", [
             .field("turn.max_allocations_per_user", \.turn.maxAllocationsPerUser, example: [("turn.max_allocations_per_user", "2")]),
         ]),
-        ConfigKey(["turn.max_permissions_per_allocation"], default: "16", allowed: "1–1024", override: "", reload: .restart,
+        ConfigKey(default: "16", allowed: "1–1024", override: "", reload: .restart,
                   meaning: "over it: 508", [
             .field("turn.max_permissions_per_allocation", \.turn.maxPermissionsPerAllocation, example: [("turn.max_permissions_per_allocation", "4")]),
         ]),
-        ConfigKey(["turn.max_channels_per_allocation"], default: "16", allowed: "1–4096", override: "", reload: .restart,
+        ConfigKey(default: "16", allowed: "1–4096", override: "", reload: .restart,
                   meaning: "over it: 508", [
             .field("turn.max_channels_per_allocation", \.turn.maxChannelsPerAllocation, example: [("turn.max_channels_per_allocation", "4")]),
         ]),
-        ConfigKey(["turn.bandwidth_per_allocation", "turn.bandwidth_burst"], default: "0, 0", allowed: "bytes/s, bytes", override: "", reload: .restart,
+        ConfigKey(default: "0, 0", allowed: "bytes/s, bytes", override: "", reload: .restart,
                   meaning: "token bucket per allocation, both directions; 0 = unlimited; drops count as `quota`", [
             .field("turn.bandwidth_per_allocation", \.turn.bandwidthPerAllocation, example: [("turn.bandwidth_per_allocation", "125000")]),
             .field("turn.bandwidth_burst", \.turn.bandwidthBurst, example: [("turn.bandwidth_burst", "250000")]),
         ]),
-        ConfigKey(["turn.unauthorized_per_second", "turn.unauthorized_burst"], default: "5, 20", allowed: "0–10^6", override: "", reload: .restart,
+        ConfigKey(default: "5, 20", allowed: "0–10^6", override: "", reload: .restart,
                   meaning: "error answers to unauthenticated requests (401, 438, 400, 420) per source IP (per worker); over it they are dropped (`rate_limited`), since each is larger than its request; 0 = no limit", [
             .field("turn.unauthorized_per_second", \.turn.unauthorizedPerSecond, example: [("turn.unauthorized_per_second", "1")]),
             .field("turn.unauthorized_burst", \.turn.unauthorizedBurst, example: [("turn.unauthorized_burst", "2")]),
         ]),
-        ConfigKey(["turn.relay_buffer_bytes"], default: "1048576", allowed: "0–2^30", override: "", reload: .restart,
+        ConfigKey(default: "1048576", allowed: "0–2^30", override: "", reload: .restart,
                   meaning: "SO_RCVBUF/SO_SNDBUF of each relayed socket (one per allocation)", [
             .field("turn.relay_buffer_bytes", \.turn.relayBufferBytes, example: [("turn.relay_buffer_bytes", "65536")]),
         ]),
-        ConfigKey(["turn.strict_channel_numbers"], default: "false", allowed: "bool", override: "", reload: .restart,
+        ConfigKey(default: "false", allowed: "bool", override: "", reload: .restart,
                   meaning: "true: only RFC 8656's 0x4000–0x4FFF; false also RFC 5766's up to 0x7FFF (coturn's clients pick from all of it)", [
             .field("turn.strict_channel_numbers", \.turn.strictChannelNumbers, example: [("turn.strict_channel_numbers", "true")]),
         ]),
-        ConfigKey(["turn.static_auth_secrets"], default: "[]", allowed: "strings ≥ 16 bytes", override: "", reload: .applied,
+        ConfigKey(default: "[]", allowed: "strings ≥ 16 bytes", override: "", reload: .applied,
                   meaning: "coturn-compatible TURN REST secrets, several for rotation", [
             .field("turn.static_auth_secrets", \.turn.staticAuthSecrets, example: [("turn.static_auth_secrets", "[\"another-rest-secret-0001\"]")]),
         ]),
-        ConfigKey(["turn.user[].name", "turn.user[].password", "turn.user[].key"], default: "", allowed: "", override: "", reload: .applied,
+        ConfigKey(default: "", allowed: "", override: "", reload: .applied,
                   meaning: "static users; `key` = hex MD5(name:realm:password)", [
             .field("turn.user[].name", \.turn.users, { $0.map(\.name) }, example: [("turn.user[].name", "\"v\"")]),
             .field("turn.user[].password", \.turn.users, { $0.map(\.password) }, example: [("turn.user[].password", "\"other\"")]),
             .field("turn.user[].key", \.turn.users, { $0.map(\.key) }, example: [("turn.user[].key", "\"0123456789abcdef0123456789abcdef\""), ("turn.user[].password", ConfigKey.remove)]),
         ]),
-        ConfigKey(["policy.allow"], default: "[]", allowed: "CIDRs", override: "", reload: .applied,
+        ConfigKey(default: "[]", allowed: "CIDRs", override: "", reload: .applied,
                   meaning: "peers allowed although denied by default (a VPC's RFC 1918 range)", [
             .field("policy.allow", \.policy.allow, example: [("policy.allow", "[\"10.0.0.0/8\"]")]),
         ]),
-        ConfigKey(["policy.deny"], default: "[]", allowed: "CIDRs", override: "", reload: .applied,
+        ConfigKey(default: "[]", allowed: "CIDRs", override: "", reload: .applied,
                   meaning: "peers never relayed to; overrides everything", [
             .field("policy.deny", \.policy.deny, example: [("policy.deny", "[\"192.0.2.0/24\"]")]),
         ]),
-        ConfigKey(["tls.certificate[].certificate", "tls.certificate[].key"], default: "", allowed: "paths", override: "", reload: .applied,
+        ConfigKey(default: "", allowed: "paths", override: "", reload: .applied,
                   meaning: "PEM chain and key; the first is the default, the others chosen by SNI (names from their subjectAltName)", [
             .field("tls.certificate[].certificate", \.tls.certificates, { $0.map(\.certificate) }, example: [("tls.certificate[].certificate", "\"/etc/ferry/other.pem\"")]),
             .field("tls.certificate[].key", \.tls.certificates, { $0.map(\.key) }, example: [("tls.certificate[].key", "\"/etc/ferry/other.key\"")]),
         ]),
-        ConfigKey(["tls.self_signed"], default: "false", allowed: "bool", override: "", reload: .restart,
+        ConfigKey(default: "false", allowed: "bool", override: "", reload: .restart,
                   meaning: "generate a self-signed certificate at start (the development default)", [
             .field("tls.self_signed", \.tls.selfSigned, example: [("tls.self_signed", "true")]),
         ]),
-        ConfigKey(["tls.min_version"], default: "\"1.2\"", allowed: "1.2, 1.3", override: "", reload: .applied,
+        ConfigKey(default: "\"1.2\"", allowed: "1.2, 1.3", override: "", reload: .applied,
                   meaning: "older versions are refused", [
             .field("tls.min_version", \.tls.minVersion, example: [("tls.min_version", "\"1.3\"")]),
         ]),
-        ConfigKey(["tls.handshake_timeout_seconds"], default: "10", allowed: "1–300", override: "", reload: .restart,
+        ConfigKey(default: "10", allowed: "1–300", override: "", reload: .restart,
                   meaning: "a connection must finish sniffing and the TLS handshake in this time", [
             .field("tls.handshake_timeout_seconds", \.tls.handshakeTimeoutSeconds, example: [("tls.handshake_timeout_seconds", "3")]),
         ]),
-        ConfigKey(["tls.handshakes_per_second", "tls.handshake_burst"], default: "20, 40", allowed: "0–10^6", override: "", reload: .restart,
+        ConfigKey(default: "20, 40", allowed: "0–10^6", override: "", reload: .restart,
                   meaning: "new TLS handshakes per source IP per worker; over it the connection is closed (`rate_limited`)", [
             .field("tls.handshakes_per_second", \.tls.handshakesPerSecond, example: [("tls.handshakes_per_second", "5")]),
             .field("tls.handshake_burst", \.tls.handshakeBurst, example: [("tls.handshake_burst", "10")]),
         ]),
-        ConfigKey(["stream.idle_timeout_seconds"], default: "600", allowed: "10–86400", override: "", reload: .restart,
+        ConfigKey(default: "600", allowed: "10–86400", override: "", reload: .restart,
                   meaning: "a connection that sends nothing this long is closed (TURN clients refresh well within it)", [
             .field("stream.idle_timeout_seconds", \.stream.idleTimeoutSeconds, example: [("stream.idle_timeout_seconds", "60")]),
         ]),
-        ConfigKey(["stream.request_timeout_seconds"], default: "10", allowed: "1–3600", override: "", reload: .restart,
+        ConfigKey(default: "10", allowed: "1–3600", override: "", reload: .restart,
                   meaning: "an HTTP request head on a stream listener must be complete this long after its first byte, else 408 and close (`request_timeout`)", [
             .field("stream.request_timeout_seconds", \.stream.requestTimeoutSeconds, example: [("stream.request_timeout_seconds", "3")]),
         ]),
-        ConfigKey(["stream.write_buffer_bytes"], default: "262144", allowed: "4096–64 MiB", override: "", reload: .restart,
+        ConfigKey(default: "262144", allowed: "4096–64 MiB", override: "", reload: .restart,
                   meaning: "the most a connection queues for a client that reads slowly; relayed data beyond it is dropped (`buffer_full`)", [
             .field("stream.write_buffer_bytes", \.stream.writeBufferBytes, example: [("stream.write_buffer_bytes", "65536")]),
         ]),
-        ConfigKey(["stream.max_connections"], default: "20000", allowed: "1–10^7", override: "", reload: .restart,
+        ConfigKey(default: "20000", allowed: "1–10^7", override: "", reload: .restart,
                   meaning: "whole server, split among workers; more are closed at once (`limit`)", [
             .field("stream.max_connections", \.stream.maxConnections, example: [("stream.max_connections", "100")]),
         ]),
-        ConfigKey(["stream.max_connections_per_source"], default: "1024", allowed: "1–10^7", override: "", reload: .restart,
+        ConfigKey(default: "1024", allowed: "1–10^7", override: "", reload: .restart,
                   meaning: "open connections one source IP may hold on each worker; more are closed at once (`source_limit`). Raise it where many peers share one address (a large office NAT, CGNAT)", [
             .field("stream.max_connections_per_source", \.stream.maxConnectionsPerSource, example: [("stream.max_connections_per_source", "8")]),
         ]),
-        ConfigKey(["signal.enabled"], default: "false", allowed: "bool", override: "", reload: .restart,
+        ConfigKey(default: "false", allowed: "bool", override: "", reload: .restart,
                   meaning: "signaling at `/v1/signal` on stream listeners (docs/signaling.md)", [
             .field("signal.enabled", \.signal.enabled, example: [("signal.enabled", "false")]),
         ]),
-        ConfigKey(["signal.allow_plaintext"], default: "false", allowed: "bool", override: "", reload: .restart,
+        ConfigKey(default: "false", allowed: "bool", override: "", reload: .restart,
                   meaning: "also accept `ws://` without TLS (the loopback development default)", [
             .field("signal.allow_plaintext", \.signal.allowPlaintext, example: [("signal.allow_plaintext", "true")]),
         ]),
-        ConfigKey(["signal.server_key"], default: "\"\"", allowed: "64 hex digits", override: "", reload: .restart,
+        ConfigKey(default: "\"\"", allowed: "64 hex digits", override: "", reload: .restart,
                   meaning: "the server's X25519 private key; \"\" = `state_directory/signal.key`, else per process", [
             .field("signal.server_key", \.signal.serverKey, example: [("signal.server_key", "\"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\"")]),
         ]),
-        ConfigKey(["signal.token_secrets"], default: "[]", allowed: "strings ≥ 16 bytes", override: "", reload: .applied,
+        ConfigKey(default: "[]", allowed: "strings ≥ 16 bytes", override: "", reload: .applied,
                   meaning: "secrets for `ferry1.` tokens (`ferry token`), several for rotation", [
             .field("signal.token_secrets", \.signal.tokenSecrets, example: [("signal.token_secrets", "[\"another-token-secret-01\"]")]),
         ]),
-        ConfigKey(["signal.jwks_file", "signal.jwt_issuer", "signal.jwt_audience"], default: "\"\"", allowed: "path, strings", override: "", reload: .applied,
+        ConfigKey(default: "\"\"", allowed: "path, strings", override: "", reload: .applied,
                   meaning: "JWT (RS256, ES256, EdDSA) verification", [
             .field("signal.jwks_file", \.signal.jwksFile, example: [("signal.jwks_file", "\"/etc/ferry/jwks.json\""), ("signal.jwt_issuer", "\"https://issuer.example\""), ("signal.jwt_audience", "\"ferry\"")]),
             .field("signal.jwt_issuer", \.signal.jwtIssuer, example: [("signal.jwt_issuer", "\"https://other.example\"")]),
             .field("signal.jwt_audience", \.signal.jwtAudience, example: [("signal.jwt_audience", "\"other\"")]),
         ]),
-        ConfigKey(["signal.jwks_url", "signal.jwks_ca_file"], default: "\"\"", allowed: "https URL, path", override: "", reload: .applied,
+        ConfigKey(default: "\"\"", allowed: "https URL, path", override: "", reload: .applied,
                   meaning: "fetch the JWKS from the issuer at start and on every reload (instead of `jwks_file`), on a thread of its own; a failed fetch keeps the keys in use and is retried every 30 s; CA file for a private issuer, else the system's CAs", [
             .field("signal.jwks_url", \.signal.jwksURL, example: [("signal.jwks_url", "\"https://issuer.example/jwks.json\""), ("signal.jwt_issuer", "\"https://issuer.example\""), ("signal.jwt_audience", "\"ferry\"")]),
             .field("signal.jwks_ca_file", \.signal.jwksCAFile, example: [("signal.jwks_ca_file", "\"/etc/ferry/issuer-ca.pem\"")]),
         ]),
-        ConfigKey(["signal.jwks_timeout_seconds"], default: "10", allowed: "1–120", override: "", reload: .applied,
+        ConfigKey(default: "10", allowed: "1–120", override: "", reload: .applied,
                   meaning: "the most one JWKS fetch may take: connect, TLS handshake and response together", [
             .field("signal.jwks_timeout_seconds", \.signal.jwksTimeoutSeconds, example: [("signal.jwks_timeout_seconds", "3")]),
         ]),
-        ConfigKey(["signal.network_claim", "signal.peer_claim"], default: "\"ferry_network\", \"\"", allowed: "claim names", override: "", reload: .applied,
+        ConfigKey(default: "\"ferry_network\", \"\"", allowed: "claim names", override: "", reload: .applied,
                   meaning: "the JWT claim naming the network; optionally one binding the peer key", [
             .field("signal.network_claim", \.signal.networkClaim, example: [("signal.network_claim", "\"net\"")]),
             .field("signal.peer_claim", \.signal.peerClaim, example: [("signal.peer_claim", "\"wg_key\"")]),
         ]),
-        ConfigKey(["signal.max_payload"], default: "16384", allowed: "64–1 MiB", override: "", reload: .applied,
+        ConfigKey(default: "16384", allowed: "64–1 MiB", override: "", reload: .applied,
                   meaning: "a routed message's `payload` limit (`payload_too_large`)", [
             .field("signal.max_payload", \.signal.maxPayload, example: [("signal.max_payload", "4096")]),
         ]),
-        ConfigKey(["signal.max_message"], default: "65536", allowed: "1024–4 MiB", override: "", reload: .restart,
+        ConfigKey(default: "65536", allowed: "1024–4 MiB", override: "", reload: .restart,
                   meaning: "WebSocket message limit (close 1009)", [
             .field("signal.max_message", \.signal.maxMessage, example: [("signal.max_message", "8192")]),
         ]),
-        ConfigKey(["signal.messages_per_second", "signal.message_burst", "signal.bytes_per_second"], default: "50, 100, 262144", allowed: "", override: "", reload: .applied,
+        ConfigKey(default: "50, 100, 262144", allowed: "", override: "", reload: .applied,
                   meaning: "per-peer rate limits (`rate_limited`); the byte bucket holds two seconds' worth", [
             .field("signal.messages_per_second", \.signal.messagesPerSecond, example: [("signal.messages_per_second", "5")]),
             .field("signal.message_burst", \.signal.messageBurst, example: [("signal.message_burst", "10")]),
             .field("signal.bytes_per_second", \.signal.bytesPerSecond, example: [("signal.bytes_per_second", "65536")]),
         ]),
-        ConfigKey(["signal.queue_messages"], default: "256", allowed: "1–100000", override: "", reload: .restart,
+        ConfigKey(default: "256", allowed: "1–100000", override: "", reload: .restart,
                   meaning: "per-peer outbound queue; full drops the oldest", [
             .field("signal.queue_messages", \.signal.queueMessages, example: [("signal.queue_messages", "16")]),
         ]),
-        ConfigKey(["signal.auth_timeout_seconds"], default: "10", allowed: "1–300", override: "", reload: .restart,
+        ConfigKey(default: "10", allowed: "1–300", override: "", reload: .restart,
                   meaning: "a connection must authenticate this long after it opens, else `not_authenticated` and close 4001", [
             .field("signal.auth_timeout_seconds", \.signal.authTimeoutSeconds, example: [("signal.auth_timeout_seconds", "3")]),
         ]),
-        ConfigKey(["signal.ping_interval_seconds"], default: "20", allowed: "1–3600", override: "", reload: .applied,
+        ConfigKey(default: "20", allowed: "1–3600", override: "", reload: .applied,
                   meaning: "WebSocket pings to authenticated peers (announced in `hello`)", [
             .field("signal.ping_interval_seconds", \.signal.pingIntervalSeconds, example: [("signal.ping_interval_seconds", "5")]),
         ]),
-        ConfigKey(["signal.relay_ttl_seconds"], default: "86400", allowed: "seconds", override: "", reload: .applied,
+        ConfigKey(default: "86400", allowed: "seconds", override: "", reload: .applied,
                   meaning: "lifetime of handed-out TURN credentials", [
             .field("signal.relay_ttl_seconds", \.signal.relayTTLSeconds, example: [("signal.relay_ttl_seconds", "3600")]),
         ]),
-        ConfigKey(["signal.self_relay_urls"], default: "[]", allowed: "turn:/turns: URLs", override: "", reload: .applied,
+        ConfigKey(default: "[]", allowed: "turn:/turns: URLs", override: "", reload: .applied,
                   meaning: "this server's relay URLs in `welcome` (credentials from the first `turn.static_auth_secrets`)", [
             .field("signal.self_relay_urls", \.signal.selfRelayURLs, example: [("signal.self_relay_urls", "[\"turn:relay.example.org:3478\"]")]),
         ]),
-        ConfigKey(["signal.relay[].region", "signal.relay[].urls", "signal.relay[].secret"], default: "", allowed: "", override: "", reload: .applied,
+        ConfigKey(default: "", allowed: "", override: "", reload: .applied,
                   meaning: "relays of other regions and their TURN REST secrets", [
             .field("signal.relay[].region", \.signal.relays, { $0.map(\.region) }, example: [("signal.relay[].region", "\"us-west\"")]),
             .field("signal.relay[].urls", \.signal.relays, { $0.map(\.urls) }, example: [("signal.relay[].urls", "[\"turn:other.example.org:3478\"]")]),

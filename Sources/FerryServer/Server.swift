@@ -38,8 +38,9 @@ public final class Server: @unchecked Sendable {
     private var turnCounters: TURNCounters?
     /// The TLS contexts in use (control thread); workers get their own reference on reload.
     private var tlsContexts: TLSContextSet?
-    private let certificateExpiry = ExpiryBox()
-    final class ExpiryBox: Sendable {
+    private let certificateExpiry = UnixSecondsBox()
+    /// A Unix time written on the control thread and read by scrape-time gauges.
+    final class UnixSecondsBox: Sendable {
         let value = Atomic<Int64>(0)
     }
     private var certificateReloads: (ok: CounterID, failed: CounterID)?
@@ -59,7 +60,7 @@ public final class Server: @unchecked Sendable {
     private var jwksGeneration = 0
     private var jwksRetry: TimerID?
     private var jwksCounters: (ok: CounterID, failed: CounterID)?
-    private let jwksFetchedAt = ExpiryBox()
+    private let jwksFetchedAt = UnixSecondsBox()
     /// After a failed fetch, the next try.
     static let jwksRetrySeconds: UInt64 = 30
 
@@ -255,7 +256,10 @@ public final class Server: @unchecked Sendable {
             signalCounters = registerSignalMetrics(hub)
             // The first fetch runs here, before anything serves (bounded by jwks_timeout_seconds);
             // a failure starts without JWT keys and retries in the background.
-            if !config.signal.jwksURL.isEmpty { applyJWKSFetch(fetchJWKS(config.signal), url: config.signal.jwksURL) }
+            let s = config.signal
+            if !s.jwksURL.isEmpty {
+                applyJWKSFetch(Server.fetch(url: s.jwksURL, caFile: s.jwksCAFile, timeout: s.jwksTimeoutSeconds), url: s.jwksURL)
+            }
             signalPolicy = try makeSignalPolicy()
         }
         for loop in engine.loops {
@@ -439,10 +443,6 @@ public final class Server: @unchecked Sendable {
     /// One bounded, blocking fetch (on whatever thread calls it: the start, or a fetch thread).
     private static func fetch(url: String, caFile: String, timeout: Int) -> Result<[UInt8], TLSError> {
         Result { () throws(TLSError) in try HTTPSFetch.get(url, caFile: caFile.isEmpty ? nil : caFile, timeoutSeconds: timeout) }
-    }
-
-    private func fetchJWKS(_ s: FerryConfig.Signal) -> Result<[UInt8], TLSError> {
-        Server.fetch(url: s.jwksURL, caFile: s.jwksCAFile, timeout: s.jwksTimeoutSeconds)
     }
 
     /// Fetches the JWKS on a thread of its own; the result comes back through the control loop's

@@ -417,9 +417,7 @@ final class StreamConnection: EventHandler {
     /// head sent a byte at a time would otherwise hold the connection past every timeout).
     func requestTimedOut() {
         guard !closed, !closeAfterWrite else { return }
-        var session = http
-        let outcome = session.timedOut()
-        http = session
+        let outcome = http.timedOut()
         worker.metrics.add(settings.counters.httpMalformed)
         outcome.output.withUnsafeBytes { _ = enqueue($0, droppable: false) }
         closeReason = .requestTimeout

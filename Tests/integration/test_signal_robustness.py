@@ -144,9 +144,9 @@ def test_random_churn_of_peers_leaves_the_server_consistent(signal_server):
                 a, b = rng.sample(peers, 2)
                 await a.send(type="subscribe", peers=[b.key])
         for p in peers:
-            (reset if rng.random() < 0.5 else lambda p: None)(p)
-        for p in peers:
-            if p.ws.state is not websockets.protocol.State.CLOSED:
+            if rng.random() < 0.5:
+                reset(p)
+            else:
                 p.ws.transport.abort()
     try:
         run(go())
