@@ -50,7 +50,13 @@ public indirect enum JSONValue: Equatable, Sendable {
         switch self {
         case .string(let s): JSONValue.encodeString(s, into: &out)
         case .number(let n):
-            if n == n.rounded(), abs(n) < 1e15 { out += Array(String(Int64(n)).utf8) } else { out += Array("\(n)".utf8) }
+            if !n.isFinite {
+                out += Array("null".utf8)  // JSON has no infinity or NaN (as JSON.stringify writes them)
+            } else if n == n.rounded(), abs(n) < 1e15 {
+                out += Array(String(Int64(n)).utf8)
+            } else {
+                out += Array("\(n)".utf8)
+            }
         case .bool(let b): out += Array((b ? "true" : "false").utf8)
         case .null: out += Array("null".utf8)
         case .array(let a):
@@ -179,7 +185,10 @@ struct JSONParser {
             guard i < bytes.count, bytes[i] >= 48 && bytes[i] <= 57 else { return nil }
             while i < bytes.count, bytes[i] >= 48 && bytes[i] <= 57 { i += 1 }
         }
-        return Double(String(decoding: bytes[start..<i], as: UTF8.self)).map { .number($0) }
+        // RFC 8259 §6 lets a reader limit the range; a number beyond a Double's (1e999) would
+        // read as infinity, which no JSON text can carry back (an echoed "id" became `inf`).
+        guard let n = Double(String(decoding: bytes[start..<i], as: UTF8.self)), n.isFinite else { return nil }
+        return .number(n)
     }
 
     mutating func string() -> String? {

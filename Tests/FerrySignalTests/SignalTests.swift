@@ -162,6 +162,7 @@ import FerryWire
         "", "{", "{\"a\":}", "{\"a\" 1}", "{\"a\":1,}", "[1,]", "01", "1.", ".5", "-", "tru", "nul",
         "{\"a\":1}x", "\"\\x\"", "\"\u{01}\"", "\"\\ud800\"", "\"\\udc00\"", "{\"a\":1,\"a\":2}", "{a:1}",
         String(repeating: "[", count: 100) + String(repeating: "]", count: 100),
+        "1e999", "-4e308", "[0,4e308]",  // beyond a Double: would read as infinity (found by fuzzing)
     ])
     func invalidDocuments(_ s: String) {
         #expect(parse(s) == nil, "accepted: \(s.debugDescription)")
@@ -174,6 +175,21 @@ import FerryWire
     @Test func encodingRoundTrips() {
         let v = JSONValue.object([("s", .string("q\"\\\n\u{1}")), ("n", .number(3)), ("f", .number(0.5)), ("a", .array([.null]))])
         #expect(JSONValue.parse(v.encoded()) == v)
+    }
+
+    /// Found by the `json` fuzz target: `{"id":1e999}` was read as infinity and an error reply
+    /// echoing that id as `ref` carried `inf`, which is not JSON.
+    @Test func repliesEchoingAnIdStayJSON() {
+        let server = SignalServerKey(privateKey: X25519.keyPair().privateKey)
+        let policy = SignalPolicy(serverKey: server, tokenSecrets: ["0123456789abcdef"], jwt: nil, maxPayload: 100, messagesPerSecond: 10,
+                                  messageBurst: 10, bytesPerSecond: 1000, relays: [], relayTTL: 600, pingInterval: 20)
+        let s = SignalSession(policy: policy, now: 0)
+        for text in [#"{"v":1,"type":"offer","id":1e999}"#, #"{"v":1,"type":"offer","id":-1e309}"#] {
+            for case .reply(let r) in s.receive(Array(text.utf8), now: 0, wallNow: 0) {
+                #expect(JSONValue.parse(r) != nil, "not JSON: \(String(decoding: r, as: UTF8.self))")
+            }
+        }
+        #expect(JSONValue.number(.infinity).encoded() == Array("null".utf8), "the writer never writes a non-number")
     }
 
     @Test func keyText() {
