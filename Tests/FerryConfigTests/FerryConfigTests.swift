@@ -62,6 +62,14 @@ import FerrySystem
         #expect(try FerryConfig.parse("[admin]\naddress = \"\"").admin.address == nil)
     }
 
+    /// Found by the `config` fuzz target: TOMLKit's parser asserted (aborting `ferry config check`,
+    /// and ferryd on a SIGHUP) on a control character after `[`. TOML forbids them everywhere.
+    @Test func controlCharactersAreASyntaxErrorNotAnAbort() {
+        #expect(issues("[\u{02}server]") == ["TOML syntax: control character 0x02 at line 1, column 2"])
+        #expect(issues("[turn]\nrealm = \"a\u{7F}\"") == ["TOML syntax: control character 0x7F at line 2, column 11"])
+        #expect(issues("# a comment\twith a tab\r\n[turn]\r\nrealm = \"x\"\n").isEmpty, "tab and CRLF are allowed")
+    }
+
     @Test func unknownKeysAreNamed() {
         #expect(issues("[server]\nworkerz = 2") == ["server.workerz: unknown key"])
         #expect(issues("colour = 1") == ["colour: unknown key"])
