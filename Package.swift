@@ -10,6 +10,7 @@
 //   → FerryConfig   the config file model, parser and validation (pure)
 //   → FerryServer   listeners, data plane, admin HTTP, metrics, composition
 //   → ferryd, ferry thin executables
+//   FerryFuzz, ferry-fuzz: fuzz targets over the pure modules (tests only)
 import PackageDescription
 
 let strict: [SwiftSetting] = [
@@ -60,6 +61,12 @@ let package = Package(
                           dependencies: ["FerryConfig", "FerryWire", "FerrySystem", "FerrySignal",
                                          .product(name: "ArgumentParser", package: "swift-argument-parser")],
                           swiftSettings: strict),
+        // Fuzz targets (docs/testing.md): a library the unit tests replay corpora through, and the
+        // executable scripts/fuzz.sh builds with libFuzzer (a plain build replays files).
+        .target(name: "FerryFuzz",
+                dependencies: ["FerrySystem", "FerryWire", "FerryTLS", "FerryTURN", "FerrySignal", "FerryConfig", "COpenSSL"],
+                swiftSettings: strict),
+        .executableTarget(name: "ferry-fuzz", dependencies: ["FerryFuzz"], swiftSettings: strict),
         .testTarget(name: "FerrySystemTests", dependencies: ["FerrySystem", "CFerryLinux"], swiftSettings: strict),
         .testTarget(name: "FerryWireTests", dependencies: ["FerryWire", "FerrySystem"], exclude: ["Vectors"], swiftSettings: strict),
         .testTarget(name: "FerryTLSTests", dependencies: ["FerryTLS", "COpenSSL", "CFerryTLS"], swiftSettings: strict),
@@ -67,5 +74,6 @@ let package = Package(
         .testTarget(name: "FerryTURNTests", dependencies: ["FerryTURN"], swiftSettings: strict),
         .testTarget(name: "FerryConfigTests", dependencies: ["FerryConfig"], swiftSettings: strict),
         .testTarget(name: "FerryServerTests", dependencies: ["FerryServer"], swiftSettings: strict),
+        .testTarget(name: "FerryFuzzTests", dependencies: ["FerryFuzz"], exclude: ["Corpus", "Crashes"], swiftSettings: strict),
     ]
 )
