@@ -74,7 +74,7 @@ import Glibc
 /// A client (OpenSSL directly) and a server session (FerryTLS, writing into its output queue)
 /// over a socketpair, handshaken in lock step.
 final class Handshake {
-    let server: TLSSession
+    private(set) var server: TLSSession!
     let output = OutputQueue()
     private let client: OpaquePointer
     private let clientContext: OpaquePointer
@@ -119,6 +119,8 @@ final class Handshake {
     }
 
     deinit {
+        server = nil  // before the queue its records go to, as StreamConnection does
+        output.deallocate()
         SSL_free(client)
         SSL_CTX_free(clientContext)
         close(fds.server)

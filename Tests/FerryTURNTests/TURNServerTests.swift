@@ -54,6 +54,8 @@ final class Harness {
                             policy: policy, relays: relays, shared: TURNShared(), counters: counters, metrics: metrics)
     }
 
+    deinit { metrics.base.deallocate() }
+
     struct Reply {
         let bytes: [UInt8]
         var code: Int? { bytes.withUnsafeBytes { try! STUNMessage.parse($0).get().errorCode()?.code } }
