@@ -54,9 +54,9 @@ public final class Server: @unchecked Sendable {
     private var reloadCounters: (ok: CounterID, failed: CounterID)?
     /// The JWKS last fetched from `signal.jwks_url` (control thread). Fetches run on a thread of
     /// their own and post their result back to the control loop; only the newest counts.
-    private var jwks: (url: String, data: Data)?
+    private var jwks: (url: String, data: [UInt8])?
     /// The JWKS the running signaling policy verifies with (from a file or a fetch).
-    private var jwksInUse: Data?
+    private var jwksInUse: [UInt8]?
     private var jwksGeneration = 0
     private var jwksRetry: TimerID?
     private var jwksCounters: (ok: CounterID, failed: CounterID)?
@@ -406,19 +406,21 @@ public final class Server: @unchecked Sendable {
     private func makeSignalPolicy() throws -> SignalPolicy {
         let s = config.signal
         var jwt: JWTVerifier?
-        var jwks: Data?
+        // Bytes, not Data: Data's enum storage hides its buffer pointer from LeakSanitizer, which
+        // then reports a JWKS held here for the whole run as leaked (docs/testing.md).
+        var jwks: [UInt8]?
         if !s.jwksFile.isEmpty {
             guard let data = FileManager.default.contents(atPath: s.jwksFile) else {
                 throw SystemError(call: "read signal.jwks_file \(s.jwksFile)", errno: ENOENT)
             }
-            jwks = data
+            jwks = [UInt8](data)
         } else if !s.jwksURL.isEmpty {
             // The keys last fetched from this URL (fetches run off the loop: `startJWKSFetch`);
             // until a first fetch from a new URL succeeds, the keys in use stay.
             if let fetched = self.jwks, fetched.url == s.jwksURL { jwks = fetched.data } else { jwks = jwksInUse }
         }
         if let data = jwks {
-            jwt = try JWTVerifier(jwks: data, issuer: s.jwtIssuer, audience: s.jwtAudience, networkClaim: s.networkClaim,
+            jwt = try JWTVerifier(jwks: Data(data), issuer: s.jwtIssuer, audience: s.jwtAudience, networkClaim: s.networkClaim,
                                   peerClaim: s.peerClaim.isEmpty ? nil : s.peerClaim)
         }
         jwksInUse = jwks
@@ -478,7 +480,7 @@ public final class Server: @unchecked Sendable {
             do {
                 let check = try JWTVerifier(jwks: Data(bytes), issuer: s.jwtIssuer, audience: s.jwtAudience,
                                             networkClaim: s.networkClaim, peerClaim: nil)
-                jwks = (url, Data(bytes))
+                jwks = (url, bytes)
                 jwksFetchedAt.value.store(Int64(wallClockSeconds()), ordering: .relaxed)
                 if let c = jwksCounters?.ok { block.add(c) }
                 logger.info("jwks fetched", metadata: ["jwks_url": "\(url)", "keys": "\(check.keyCount)"])

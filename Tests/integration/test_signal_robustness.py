@@ -13,7 +13,7 @@ import time
 import pytest
 import websockets
 
-from conftest import http_get
+from conftest import UNDER_ASAN, http_get
 from test_signal import connect, run, signal_server  # noqa: F401  (the fixture)
 
 OPEN = "allow_plaintext = true\nmessages_per_second = 100000\nmessage_burst = 100000\nbytes_per_second = 1000000000\n"
@@ -112,7 +112,8 @@ def test_flood_at_a_peer_that_never_reads_keeps_memory_bounded(signal_server):
     before, after, queued = run(go())
     assert f.metric("ferry_signal_queue_dropped_total") > 9000
     assert queued <= 256
-    assert after - before < 6 * 1024, f"RSS grew by {(after - before) / 1024:.1f} MiB"
+    if not UNDER_ASAN:
+        assert after - before < 6 * 1024, f"RSS grew by {(after - before) / 1024:.1f} MiB"
     alive(f)
 
 
