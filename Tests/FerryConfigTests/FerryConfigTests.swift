@@ -1,6 +1,7 @@
 import Testing
-import FerryConfig
+@testable import FerryConfig
 import FerrySystem
+import Foundation
 
 @Suite struct FerryConfigParsing {
     func issues(_ text: String) -> [String] {
@@ -68,6 +69,37 @@ import FerrySystem
         #expect(issues("[\u{02}server]") == ["TOML syntax: control character 0x02 at line 1, column 2"])
         #expect(issues("[turn]\nrealm = \"a\u{7F}\"") == ["TOML syntax: control character 0x7F at line 2, column 11"])
         #expect(issues("# a comment\twith a tab\r\n[turn]\r\nrealm = \"x\"\n").isEmpty, "tab and CRLF are allowed")
+    }
+
+    /// Found by the `config` fuzz target: a table name starting with a character that is neither a
+    /// bare-key character nor a quote made toml++ assert (abort) instead of reporting an error.
+    @Test func aTableNameThatCannotStartAKeyIsASyntaxErrorNotAnAbort() {
+        #expect(issues("[server]\nworkers = 1\n[@turn]\nrealm = \"x\"")
+                == ["TOML syntax: a table name must start with a letter, a digit, '-', '_' or a quote, at line 3, column 2"])
+        #expect(issues("[[ {x} ]]") == ["TOML syntax: a table name must start with a letter, a digit, '-', '_' or a quote, at line 1, column 4"])
+    }
+
+    /// The pre-check must not refuse valid TOML that only looks like a bad header: a `[` opening a
+    /// line inside a value or inside a string.
+    @Test func thePreCheckLeavesValidFilesAlone() throws {
+        let valid = """
+            [turn]
+            realm = "[@not a header"
+            static_auth_secrets = [
+              "0123456789abcdef0123",
+            ]
+            [ "policy" ] # quoted, with spaces
+            allow = ["127.0.0.0/8"]
+            [signal]
+            token_secrets = [\"\"\"
+            [@also not a header\"\"\", '''
+            [{also not'''']
+            """
+        #expect(TOMLPrecheck.problem(valid) == nil)
+        #expect(issues(valid).allSatisfy { !$0.hasPrefix("TOML syntax") }, "toml++ reads it too")
+        #expect(TOMLPrecheck.problem("a = [\n  [1, 2],\n  [{x = 1}],\n]\n") == nil, "arrays of arrays spanning lines")
+        let root = String(#filePath.dropLast("Tests/FerryConfigTests/FerryConfigTests.swift".count))
+        #expect(TOMLPrecheck.problem(try String(contentsOfFile: root + "config/ferry.example.toml", encoding: .utf8)) == nil)
     }
 
     @Test func unknownKeysAreNamed() {
