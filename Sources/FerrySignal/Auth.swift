@@ -48,6 +48,21 @@ public enum SignalErrorCode: String, Error, Sendable, CaseIterable {
     case draining
 }
 
+/// A time claim (`exp`, `nbf`; RFC 7519 §2 NumericDate, which may have a fraction) as whole Unix
+/// seconds, rounded down, or nil when it is not one: not a number, negative, or past the year 9999. `NSNumber.uint64Value` made
+/// -1 into 2^64 - 1 (a token that never expires), and a JWT signed with such an `exp` trapped on
+/// `exp + leeway` (found by the `token` fuzz target).
+enum UnixSeconds {
+    static let max: UInt64 = 253_402_300_799  // 9999-12-31T23:59:59Z
+
+    static func claim(_ value: Any?) -> UInt64? {
+        guard let n = value as? NSNumber else { return nil }
+        let d = n.doubleValue
+        guard d.isFinite, d >= 0, d <= Double(max) else { return nil }
+        return UInt64(d.rounded(.down))
+    }
+}
+
 /// The shared-secret token for deployments without OIDC:
 /// `ferry1.<base64url(JSON {"net", "peer"?, "exp"})>.<base64url(HMAC-SHA256(secret, "ferry1." + payload))>`.
 /// `peer`, when present, binds the token to one WireGuard public key. `ferry token` mints them.
@@ -70,7 +85,7 @@ public enum SignalToken {
         }
         guard let payload = B64.decode(String(parts[1])),
               let claims = (try? JSONSerialization.jsonObject(with: Data(payload))) as? [String: Any],
-              let net = claims["net"] as? String, let exp = (claims["exp"] as? NSNumber)?.uint64Value else {
+              let net = claims["net"] as? String, let exp = UnixSeconds.claim(claims["exp"]) else {
             return .failure(.authFailed)
         }
         // A network names who may reach whom: an empty one would be a shared default.
@@ -144,11 +159,13 @@ public final class JWTVerifier: @unchecked Sendable {
         guard (claims["iss"] as? String) == issuer else { return .failure(.authFailed) }
         let audiences: [String] = (claims["aud"] as? [String]) ?? ((claims["aud"] as? String).map { [$0] } ?? [])
         guard audiences.contains(audience) else { return .failure(.authFailed) }
-        guard let exp = (claims["exp"] as? NSNumber)?.uint64Value else { return .failure(.authFailed) }
+        guard let exp = UnixSeconds.claim(claims["exp"]) else { return .failure(.authFailed) }
         // Leeway absorbs clock skew between the issuer and this server: a token is good until
         // exp + leeway, and the session it opens lasts exactly that long (welcome says when).
         guard exp + leewaySeconds > now else { return .failure(.tokenExpired) }
-        if let nbf = (claims["nbf"] as? NSNumber)?.uint64Value, nbf > now + leewaySeconds { return .failure(.authFailed) }
+        if let nbfClaim = claims["nbf"] {
+            guard let nbf = UnixSeconds.claim(nbfClaim), nbf <= now + leewaySeconds else { return .failure(.authFailed) }
+        }
         guard let network = claims[networkClaim] as? String, !network.isEmpty else { return .failure(.wrongNetwork) }
         if let peerClaim, let bound = claims[peerClaim] as? String, bound != peer { return .failure(.authFailed) }
         return .success(SignalIdentity(network: network, expiry: exp + leewaySeconds))

@@ -529,3 +529,31 @@ def test_unreachable_issuer_never_stalls_the_server(ferryd_factory, tmpdir_path)
     assert f.metric("ferry_signal_jwks_fetches_total", {"result": "failed"}) == 1
     assert "jwks fetch failed" in f.output() and "timed out" in f.output()
     silent.close()
+
+
+def test_time_claims_out_of_range_are_refused_and_harmless(signal_server):
+    """exp and nbf must be numbers of seconds from 0 to the year 9999 (a fraction is allowed, RFC
+    7519 §2). Found by the token fuzz target:
+    a JWT signed with "exp": -1 trapped the signaling worker (the unsigned exp + leeway
+    overflowed), and a ferry1 token with "exp": -1 read as 2^64 - 1, a token that never expired."""
+    f = signal_server()
+
+    def ferry1(pub, exp):
+        payload = b64url(json.dumps({"net": "net-a", "exp": exp, "peer": b64(pub)}).encode())
+        mac = hmac.new(SECRET.encode(), f"ferry1.{payload}".encode(), hashlib.sha256).digest()
+        return f"ferry1.{payload}.{b64url(mac)}"
+
+    async def go():
+        iss = f.issuer
+        for exp in (-1, 1e30, 2 ** 64, "2030-01-01"):
+            assert (await refused(f.url, make_token=lambda pub: iss.token(exp=exp)))[0] == "auth_failed", exp
+        assert (await refused(f.url, make_token=lambda pub: iss.token(nbf=-1)))[0] == "auth_failed"
+        p = await connect(f.url, make_token=lambda pub: iss.token(exp=time.time() + 600.25))
+        assert p.welcome["type"] == "welcome", p.welcome
+        await p.ws.close()
+        for exp in (-1, 2 ** 64):
+            assert (await refused(f.url, make_token=lambda pub: ferry1(pub, exp)))[0] == "auth_failed", exp
+        p = await connect(f.url, make_token=lambda pub: ferry1(pub, int(time.time()) + 600))
+        assert p.welcome["type"] == "welcome", "the server still serves, and a good ferry1 token still works"
+        await p.ws.close()
+    run(go())
