@@ -56,8 +56,14 @@ case "${1:-}" in
       [ -d "$crashes/$t" ] && inputs+=("$crashes/$t")
       echo "== $t: committed corpus and crash inputs" >&2
       # -runs=0 with directories: each input once, no mutation; any finding fails the run.
-      FERRY_FUZZ_TARGET=$t "$bin" -runs=0 "${inputs[@]}" 2>&1 | grep -E "INITED|ERROR|Done|SUMMARY" >&2
-      [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "fuzz: $t failed on a committed input" >&2; exit 1; }
+      log=$(mktemp)
+      if ! FERRY_FUZZ_TARGET=$t "$bin" -runs=0 "${inputs[@]}" >"$log" 2>&1; then
+        cat "$log" >&2
+        echo "fuzz: $t failed on a committed input" >&2
+        exit 1
+      fi
+      grep -E "INITED|Done" "$log" >&2 || true
+      rm -f "$log"
     done ;;
   "")
     build
