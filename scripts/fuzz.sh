@@ -3,8 +3,9 @@
 #   scripts/fuzz.sh                 every target in turn, 60 s each
 #   scripts/fuzz.sh TARGET [SECONDS] [libFuzzer flags...]
 #   scripts/fuzz.sh --corpus-only   every target over its committed corpus and crash inputs, no mutation (CI)
-#   scripts/fuzz.sh --merge TARGET  adds to the committed corpus the inputs of .fuzz/corpus/TARGET that
-#                                   reach coverage it does not (libFuzzer's -merge=1), to commit
+#   scripts/fuzz.sh --merge TARGET  adds to the committed corpus the fewest inputs of .fuzz/corpus/TARGET
+#                                   that reach every edge it does not (set-cover merge over edges, not
+#                                   hit counts: keeps the committed corpus small), to commit
 #   scripts/fuzz.sh --list
 # New interesting inputs go to .fuzz/corpus/TARGET (seeded from Tests/FerryFuzzTests/Corpus/TARGET);
 # a finding is written to .fuzz/crashes/TARGET/ and the run stops. Commit a fixed finding's input
@@ -47,7 +48,7 @@ case "${1:-}" in
     target=$2
     build
     before=$(ls "$seeds/$target" | wc -l)
-    FERRY_FUZZ_TARGET=$target "$bin" -set_cover_merge=1 "$seeds/$target" ".fuzz/corpus/$target" 2>&1 | grep -E "MERGE-OUTER: [0-9]+ new" >&2 || true
+    FERRY_FUZZ_TARGET=$target "$bin" -set_cover_merge=1 -use_counters=0 "$seeds/$target" ".fuzz/corpus/$target" 2>&1 | grep -E "MERGE-OUTER: [0-9]+ new" >&2 || true
     echo "$target: $before → $(ls "$seeds/$target" | wc -l) committed inputs ($(du -sh "$seeds/$target" | cut -f1))" >&2 ;;
   --corpus-only)
     build
