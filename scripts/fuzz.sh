@@ -34,6 +34,9 @@ export SWIFT_BACKTRACE=enable=no
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1:symbolize=1}
 export LSAN_OPTIONS=${LSAN_OPTIONS:-suppressions=$root/Tests/Sanitizers/lsan.supp:print_suppressions=0}
 
+# The target names, from their one list (FuzzTargets.all).
+targets() { grep -o 'FuzzTarget(name: "[^"]*"' Sources/FerryFuzz/FuzzTarget.swift | cut -d'"' -f2; }
+
 run() {
   local target=$1 seconds=$2; shift 2
   mkdir -p ".fuzz/corpus/$target" ".fuzz/crashes/$target"
@@ -43,7 +46,7 @@ run() {
 }
 
 case "${1:-}" in
-  --list) grep -o 'FuzzTarget(name: "[^"]*"' Sources/FerryFuzz/FuzzTarget.swift | cut -d'"' -f2 ;;
+  --list) targets ;;
   --merge)
     target=$2
     build
@@ -52,7 +55,7 @@ case "${1:-}" in
     echo "$target: $before → $(ls "$seeds/$target" | wc -l) committed inputs ($(du -sh "$seeds/$target" | cut -f1))" >&2 ;;
   --corpus-only)
     build
-    for t in $(grep -o 'FuzzTarget(name: "[^"]*"' Sources/FerryFuzz/FuzzTarget.swift | cut -d'"' -f2); do
+    for t in $(targets); do
       inputs=("$seeds/$t")
       [ -d "$crashes/$t" ] && inputs+=("$crashes/$t")
       echo "== $t: committed corpus and crash inputs" >&2
@@ -68,7 +71,7 @@ case "${1:-}" in
     done ;;
   "")
     build
-    for t in $(grep -o 'FuzzTarget(name: "[^"]*"' Sources/FerryFuzz/FuzzTarget.swift | cut -d'"' -f2); do run "$t" 60; done ;;
+    for t in $(targets); do run "$t" 60; done ;;
   *)
     target=$1; seconds=${2:-60}; shift; [ $# -gt 0 ] && shift
     build

@@ -151,13 +151,6 @@ class StreamClient(tc.StreamTurnClient):
                 return r
 
 
-def tls_context():
-    c = ssl.create_default_context()
-    c.check_hostname = False
-    c.verify_mode = ssl.CERT_NONE
-    return c
-
-
 def turn_loop(kind, index, ports, sink, rate):
     rnd = random.Random(index)
     channel = 0x4000 + index
@@ -173,7 +166,7 @@ def turn_loop(kind, index, ports, sink, rate):
             else:
                 s = socket.create_connection(("127.0.0.1", ports[kind]), timeout=5)
                 if kind == "tls":
-                    s = tls_context().wrap_socket(s)
+                    s = tc.insecure_client_context().wrap_socket(s)
                 c = StreamClient(s, user, password)
             if not c.allocate().ok or not c.channel_bind(channel, "127.0.0.1", sink).ok:
                 raise RuntimeError("allocate or bind refused")
@@ -256,7 +249,7 @@ def session(c, kind, channel, packets, rate):
 
 def sink_loop(sock):
     sock.settimeout(0.5)
-    while not stop.is_set() or True:
+    while True:
         try:
             data, addr = sock.recvfrom(65536)
         except socket.timeout:
@@ -281,7 +274,7 @@ async def signal_main(port, lifetime):
     b64 = lambda b: base64.b64encode(b).decode()
     b64url = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
     present = {}
-    ctx = tls_context()
+    ctx = tc.insecure_client_context()
 
     def mint(pub):
         payload = b64url(json.dumps({"exp": int(time.time()) + 3600, "net": "soak", "peer": pub}).encode())
@@ -365,11 +358,11 @@ def malformed_loop(ports, per_second):
                 with socket.create_connection(("127.0.0.1", ports["tls"]), timeout=2) as s:
                     s.sendall(b"\x16\x03\x01\x02\x00" + rnd.randbytes(100))
             elif kind == 4:
-                with tls_context().wrap_socket(socket.create_connection(("127.0.0.1", ports["tls"]), timeout=2)) as s:
+                with tc.insecure_client_context().wrap_socket(socket.create_connection(("127.0.0.1", ports["tls"]), timeout=2)) as s:
                     s.sendall(b"GET /v1/signal HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n")
                     s.recv(1024)
             else:
-                with tls_context().wrap_socket(socket.create_connection(("127.0.0.1", ports["tls"]), timeout=2)) as s:
+                with tc.insecure_client_context().wrap_socket(socket.create_connection(("127.0.0.1", ports["tls"]), timeout=2)) as s:
                     s.sendall(b"GET /v1/signal HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                               b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
                     s.recv(1024)

@@ -143,12 +143,10 @@ enum TURNServerTarget {
                 case 5:
                     let t = r.byte() % 2 == 0 ? lastToken : r.take(8)
                     attributes.append { w in t.withUnsafeBytes { w.append(STUN.Attribute.reservationToken, bytes: $0) } }
-                case 6:
+                case 6, 7:
+                    let type = r.pick([STUN.Attribute.requestedAddressFamily, STUN.Attribute.additionalAddressFamily])
                     let f = r.pick([1 << 24, 2 << 24, 3 << 24] as [UInt32])
-                    attributes.append { $0.append(STUN.Attribute.requestedAddressFamily, uint32: f) }
-                case 7:
-                    let f = r.pick([1 << 24, 2 << 24, 3 << 24] as [UInt32])
-                    attributes.append { $0.append(STUN.Attribute.additionalAddressFamily, uint32: f) }
+                    attributes.append { $0.append(type, uint32: f) }
                 case 8:
                     attributes.append { $0.append(STUN.Attribute.dontFragment, bytes: UnsafeRawBufferPointer(start: nil, count: 0)) }
                 case 9:
@@ -214,10 +212,10 @@ enum TURNServerTarget {
                     require(server.policy.permits(peer.ip), "ChannelData reaches only a permitted peer")
                 }
             case 6:
-                guard let (handle, owner) = relays.open.sorted(by: { $0.key < $1.key }).dropFirst(Int(r.byte()) % max(1, relays.open.count)).first,
-                      let (slot, generation) = owner else { break }
+                // A relay that serves an allocation (not an unadopted reservation), chosen by the input.
+                guard let (slot, generation) = relays.open.sorted(by: { $0.key < $1.key })
+                    .dropFirst(Int(r.byte()) % max(1, relays.open.count)).first?.value else { break }
                 let generation2 = r.byte() % 8 == 0 ? generation &+ 1 : generation
-                require(relays.open[handle] != nil, "an adopted relay is open")
                 switch server.peerRoute(slot: slot, generation: generation2, peer: r.pick(peers), length: Int(r.u16()), now: now) {
                 case .drop:
                     break

@@ -49,9 +49,9 @@ public enum SignalErrorCode: String, Error, Sendable, CaseIterable {
 }
 
 /// A time claim (`exp`, `nbf`; RFC 7519 §2 NumericDate, which may have a fraction) as whole Unix
-/// seconds, rounded down, or nil when it is not one: not a number, negative, or past the year 9999. `NSNumber.uint64Value` made
-/// -1 into 2^64 - 1 (a token that never expires), and a JWT signed with such an `exp` trapped on
-/// `exp + leeway` (found by the `token` fuzz target).
+/// seconds, rounded down, or nil when it is not one: not a number, negative, or past the year
+/// 9999. `NSNumber.uint64Value` made -1 into 2^64 - 1 (a token that never expires), and a JWT
+/// signed with such an `exp` trapped on `exp + leeway` (found by the `token` fuzz target).
 enum UnixSeconds {
     static let max: UInt64 = 253_402_300_799  // 9999-12-31T23:59:59Z
 

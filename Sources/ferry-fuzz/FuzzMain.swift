@@ -10,7 +10,7 @@ import Glibc
 
 #if FUZZING
 let selected: FuzzTarget = {
-    let name = String(cString: getenv("FERRY_FUZZ_TARGET") ?? strdup(""))
+    let name = getenv("FERRY_FUZZ_TARGET").map { String(cString: $0) } ?? ""
     guard let target = FuzzTargets.named(name) else {
         fatalError("set FERRY_FUZZ_TARGET to one of: \(FuzzTargets.all.map(\.name).joined(separator: " "))")
     }

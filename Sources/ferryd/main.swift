@@ -8,7 +8,6 @@ import Logging
 import Glibc
 #endif
 
-/// ferryd: the Ferry relay and signaling server.
 /// The server lives until the process exits and is never torn down: its workers, loops and
 /// metric closures refer to one another. Holding it here keeps that graph reachable to the end,
 /// so LeakSanitizer (docs/testing.md) reports only memory lost while ferryd runs.
@@ -16,6 +15,7 @@ import Glibc
 /// order, and one declared after the call would be reset to nil once `main()` returns.)
 nonisolated(unsafe) private var runningServer: Server?
 
+/// ferryd: the Ferry relay and signaling server.
 struct Ferryd: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "ferryd",

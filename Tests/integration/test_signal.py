@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from conftest import binary, free_port, http_get
+from turnclient import insecure_client_context as client_ssl
 
 SECRET = "signal-secret-0123456789"
 b64 = lambda b: base64.b64encode(b).decode()
@@ -109,12 +110,6 @@ def signal_server(ferryd_factory, tmpdir_path):
         return f
     return start
 
-
-def client_ssl():
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
 
 
 class Peer:

@@ -7,6 +7,7 @@ import hmac
 import ipaddress
 import os
 import socket
+import ssl
 import struct
 import zlib
 
@@ -81,6 +82,14 @@ class Response:
 
     def addresses(self, t):
         return [parse_xor_address(v, self.tid) for v in self.attrs.get(t, [])]
+
+
+def insecure_client_context():
+    """A client TLS context that accepts ferryd's self-signed test certificates."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
 
 
 class TurnClient:
