@@ -2,11 +2,13 @@
 //
 // Modules, lowest first; nothing imports upward:
 //   C shims (CFerryLinux, COpenSSL, CSystemd)
+//   → FerryCore     what every layer shares: IP and socket addresses, counter blocks, SplitMix64
 //   → FerrySystem   syscalls, sockets, epoll loop, workers, timers, systemd
-//   → FerryWire     pure codecs (HTTP/1.1 heads, STUN/TURN messages)
+//   → FerryWire     pure codecs (HTTP/1.1 heads, STUN/TURN messages, crypto helpers); no FerrySystem
 //   → FerryTLS      OpenSSL contexts (SNI, ALPN, reload) and non-blocking sessions
 //   → FerryTURN     TURN state machines: allocations, auth, nonces, peer policy, quotas (pure)
-//   → FerrySignal   signaling sessions: identity proofs, tokens, JWT, messages, rate limits (pure)
+//   → FerrySignal   signaling sessions: identity proofs, tokens, JWT, messages, rate limits (pure;
+//                   no FerrySystem, no FerryTURN)
 //   → FerryConfig   the config file model, parser and validation (pure)
 //   → FerryServer   listeners, data plane, admin HTTP, metrics, composition
 //   → ferryd, ferry thin executables
@@ -38,17 +40,18 @@ let package = Package(
         .systemLibrary(name: "CSystemd", pkgConfig: "libsystemd",
                        providers: [.apt(["libsystemd-dev"])]),
         .target(name: "CFerryTLS", dependencies: ["COpenSSL"]),
-        .target(name: "FerrySystem", dependencies: ["CFerryLinux", "CSystemd"],
+        .target(name: "FerryCore", dependencies: ["CFerryLinux"], swiftSettings: strict),
+        .target(name: "FerrySystem", dependencies: ["FerryCore", "CFerryLinux", "CSystemd"],
                 swiftSettings: strict),
-        .target(name: "FerryWire", dependencies: ["COpenSSL", "FerrySystem"], swiftSettings: strict),
+        .target(name: "FerryWire", dependencies: ["COpenSSL", "FerryCore"], swiftSettings: strict),
         .target(name: "FerryTLS", dependencies: ["COpenSSL", "CFerryTLS", "FerrySystem"], swiftSettings: strict),
-        .target(name: "FerryTURN", dependencies: ["FerrySystem", "FerryWire"], swiftSettings: strict),
-        .target(name: "FerrySignal", dependencies: ["FerrySystem", "FerryWire", "FerryTLS", "FerryTURN"], swiftSettings: strict),
+        .target(name: "FerryTURN", dependencies: ["FerryCore", "FerryWire"], swiftSettings: strict),
+        .target(name: "FerrySignal", dependencies: ["FerryCore", "FerryWire", "FerryTLS"], swiftSettings: strict),
         .target(name: "FerryConfig",
-                dependencies: ["FerrySystem", .product(name: "TOMLKit", package: "TOMLKit")],
+                dependencies: ["FerryCore", "FerrySystem", .product(name: "TOMLKit", package: "TOMLKit")],
                 swiftSettings: strict),
         .target(name: "FerryServer",
-                dependencies: ["FerrySystem", "FerryWire", "FerryTURN", "FerryTLS", "FerrySignal", "FerryConfig",
+                dependencies: ["FerryCore", "FerrySystem", "FerryWire", "FerryTURN", "FerryTLS", "FerrySignal", "FerryConfig",
                                .product(name: "Logging", package: "swift-log"),
                                .product(name: "DequeModule", package: "swift-collections")],
                 swiftSettings: strict),
@@ -58,22 +61,22 @@ let package = Package(
                                          .product(name: "Logging", package: "swift-log")],
                           swiftSettings: strict),
         .executableTarget(name: "ferry",
-                          dependencies: ["FerryConfig", "FerryWire", "FerrySystem", "FerrySignal",
+                          dependencies: ["FerryCore", "FerryConfig", "FerryWire", "FerrySystem", "FerrySignal",
                                          .product(name: "ArgumentParser", package: "swift-argument-parser")],
                           swiftSettings: strict),
         // Fuzz targets (docs/testing.md): a library the unit tests replay corpora through, and the
         // executable scripts/fuzz.sh builds with libFuzzer (a plain build replays files).
         .target(name: "FerryFuzz",
-                dependencies: ["FerrySystem", "FerryWire", "FerryTLS", "FerryTURN", "FerrySignal", "FerryConfig", "COpenSSL"],
+                dependencies: ["FerryCore", "FerrySystem", "FerryWire", "FerryTLS", "FerryTURN", "FerrySignal", "FerryConfig", "COpenSSL"],
                 swiftSettings: strict),
         .executableTarget(name: "ferry-fuzz", dependencies: ["FerryFuzz"], swiftSettings: strict),
-        .testTarget(name: "FerrySystemTests", dependencies: ["FerrySystem", "CFerryLinux"], swiftSettings: strict),
-        .testTarget(name: "FerryWireTests", dependencies: ["FerryWire", "FerrySystem"], exclude: ["Vectors"], swiftSettings: strict),
+        .testTarget(name: "FerrySystemTests", dependencies: ["FerrySystem", "FerryCore", "CFerryLinux"], swiftSettings: strict),
+        .testTarget(name: "FerryWireTests", dependencies: ["FerryWire", "FerryCore", "FerrySystem"], exclude: ["Vectors"], swiftSettings: strict),
         .testTarget(name: "FerryTLSTests", dependencies: ["FerryTLS", "COpenSSL", "CFerryTLS"], swiftSettings: strict),
-        .testTarget(name: "FerrySignalTests", dependencies: ["FerrySignal", "FerrySystem"], swiftSettings: strict),
-        .testTarget(name: "FerryTURNTests", dependencies: ["FerryTURN"], swiftSettings: strict),
-        .testTarget(name: "FerryConfigTests", dependencies: ["FerryConfig"], swiftSettings: strict),
-        .testTarget(name: "FerryServerTests", dependencies: ["FerryServer"], swiftSettings: strict),
+        .testTarget(name: "FerrySignalTests", dependencies: ["FerrySignal", "FerrySystem", "FerryCore"], swiftSettings: strict),
+        .testTarget(name: "FerryTURNTests", dependencies: ["FerryTURN", "FerryCore"], swiftSettings: strict),
+        .testTarget(name: "FerryConfigTests", dependencies: ["FerryConfig", "FerryCore", "FerrySystem"], swiftSettings: strict),
+        .testTarget(name: "FerryServerTests", dependencies: ["FerryServer", "FerryCore"], swiftSettings: strict),
         .testTarget(name: "FerryFuzzTests", dependencies: ["FerryFuzz"], exclude: ["Corpus", "Crashes"], swiftSettings: strict),
     ]
 )

@@ -1,3 +1,4 @@
+import FerryCore
 import FerrySystem
 import FerryTURN
 import FerryWire
@@ -165,8 +166,8 @@ enum TURNServerTarget {
             var username = "", password = ""
             switch auth {
             case 0, 1, 2: (username, password) = r.pick(users)
-            case 3: username = "\(wall + UInt64(r.byte()) * 60):alice"; password = CredentialStore.restPassword(secret: secret, username: username)
-            case 4: username = "\(wall - 1):alice"; password = CredentialStore.restPassword(secret: secret, username: username)
+            case 3: username = "\(wall + UInt64(r.byte()) * 60):alice"; password = Crypto.restPassword(secret: secret, username: username)
+            case 4: username = "\(wall - 1):alice"; password = Crypto.restPassword(secret: secret, username: username)
             case 5: (username, password) = ("alice", "wrong")
             case 6: (username, password) = (String(decoding: r.blob(), as: UTF8.self), "x")
             default: break  // no credentials

@@ -1,3 +1,4 @@
+import FerryCore
 import CFerryLinux
 import FerrySystem
 import Synchronization

@@ -1,3 +1,4 @@
+import FerryCore
 import Synchronization
 import DequeModule
 import FerrySystem

@@ -1,3 +1,4 @@
+import FerryCore
 import FerrySystem
 
 /// Accepts connections on a listening socket and hands each to `onAccept`, which decides the

@@ -1,4 +1,5 @@
 #if canImport(Glibc)
+import FerryCore
 import Glibc
 #endif
 import FerrySystem

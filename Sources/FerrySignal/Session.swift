@@ -1,6 +1,5 @@
 import Foundation
 import FerryWire
-import FerryTURN
 
 /// A relay a peer may use, with short-lived TURN REST credentials made from its shared secret.
 public struct RelayHandout: Sendable {
@@ -17,7 +16,7 @@ public struct RelayHandout: Sendable {
     func credentials(peer: String, now: UInt64, ttl: UInt64) -> JSONValue {
         let username = "\(now + ttl):\(peer)"
         return .object([("region", .string(region)), ("urls", .array(urls.map { .string($0) })), ("username", .string(username)),
-                        ("credential", .string(CredentialStore.restPassword(secret: secret, username: username))),
+                        ("credential", .string(Crypto.restPassword(secret: secret, username: username))),
                         ("expires", .number(Double(now + ttl)))])
     }
 }

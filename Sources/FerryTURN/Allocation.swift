@@ -1,4 +1,4 @@
-import FerrySystem
+import FerryCore
 import FerryWire
 
 /// How a TURN allocation's state is laid out on one worker: three flat slabs allocated once

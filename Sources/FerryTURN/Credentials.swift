@@ -34,11 +34,6 @@ public struct CredentialStore: Sendable {
         Crypto.md5(Array("\(username):\(realm):\(password)".utf8))
     }
 
-    /// The REST password a secret gives a username (what `ferry token` and NetBird compute).
-    public static func restPassword(secret: String, username: String) -> String {
-        Crypto.base64(Crypto.hmacSHA1(key: Array(secret.utf8), data: Array(username.utf8)))
-    }
-
     public enum Lookup: Equatable, Sendable {
         /// Candidate keys; the message's integrity decides which, if any, is right.
         case keys([[UInt8]])

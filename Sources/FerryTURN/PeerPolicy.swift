@@ -1,4 +1,4 @@
-import FerrySystem
+import FerryCore
 
 /// An address block, `10.0.0.0/8` or `fc00::/7`.
 public struct CIDR: Hashable, Sendable, CustomStringConvertible {

@@ -1,4 +1,4 @@
-import FerrySystem
+import FerryCore
 import FerryWire
 
 /// One worker's STUN/TURN server (RFC 8489, RFC 8656): pure protocol logic. It takes a parsed

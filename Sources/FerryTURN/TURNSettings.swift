@@ -1,4 +1,4 @@
-import FerrySystem
+import FerryCore
 import FerryWire
 import Synchronization
 

@@ -1,5 +1,6 @@
 import Testing
 @testable import FerryConfig
+import FerryCore
 import FerrySystem
 import Foundation
 

@@ -1,4 +1,5 @@
 import Testing
+import FerryCore
 import FerrySystem
 import Foundation
 import FerrySignal

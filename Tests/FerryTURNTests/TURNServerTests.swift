@@ -1,5 +1,5 @@
 import Testing
-import FerrySystem
+import FerryCore
 import FerryWire
 import FerryTURN
 
@@ -234,18 +234,18 @@ final class Harness {
     @Test func restCredentials() {
         let h = Harness(secrets: ["old", "s3cret"])
         let user = "\(h.wallNow + 3600):peer1"
-        let password = CredentialStore.restPassword(secret: "s3cret", username: user)
+        let password = Crypto.restPassword(secret: "s3cret", username: user)
         #expect(h.allocate(user: user, password: password)?.isSuccess == true)
         // Signed by the rotated-out secret: still accepted while listed.
         let user2 = "\(h.wallNow + 3600)"
-        #expect(h.allocate(user: user2, password: CredentialStore.restPassword(secret: "old", username: user2),
+        #expect(h.allocate(user: user2, password: Crypto.restPassword(secret: "old", username: user2),
                            from: SocketAddress("203.0.113.5:40001")!)?.isSuccess == true)
     }
 
     @Test func expiredRestCredentialIsRefused() {
         let h = Harness()
         let user = "\(h.wallNow - 1):peer1"
-        let r = h.allocate(user: user, password: CredentialStore.restPassword(secret: "s3cret", username: user))!
+        let r = h.allocate(user: user, password: Crypto.restPassword(secret: "s3cret", username: user))!
         #expect(r.code == 401)
         #expect(h.count(h.counters.authFailures[.expired]!) == 1)
         #expect(h.server.activeAllocations == 0)

@@ -1,5 +1,6 @@
 import Testing
 import FerryWire
+import FerryCore
 import FerrySystem
 #if canImport(Glibc)
 import Glibc

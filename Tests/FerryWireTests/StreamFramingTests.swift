@@ -1,5 +1,5 @@
 import Testing
-import FerrySystem
+import FerryCore
 import FerryWire
 
 @Suite struct StreamFramingTests {

@@ -48,6 +48,12 @@ public enum Crypto {
     }
 
     /// Compares in time independent of where the bytes differ (CRYPTO_memcmp).
+    /// The coturn "TURN REST" password a shared secret gives a username:
+    /// base64(HMAC-SHA1(secret, username)), what `ferry token`, NetBird, Synapse and Nextcloud compute.
+    public static func restPassword(secret: String, username: String) -> String {
+        base64(hmacSHA1(key: Array(secret.utf8), data: Array(username.utf8)))
+    }
+
     public static func constantTimeEqual(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer) -> Bool {
         a.count == b.count && (a.count == 0 || CRYPTO_memcmp(a.baseAddress, b.baseAddress, a.count) == 0)
     }

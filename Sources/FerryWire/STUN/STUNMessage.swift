@@ -1,4 +1,4 @@
-import FerrySystem
+import FerryCore
 
 extension UnsafeRawBufferPointer {
     @inlinable public func u16(_ offset: Int) -> UInt16 { UInt16(bigEndian: loadUnaligned(fromByteOffset: offset, as: UInt16.self)) }

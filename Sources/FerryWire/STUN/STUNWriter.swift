@@ -1,4 +1,4 @@
-import FerrySystem
+import FerryCore
 
 /// Writes one STUN message into a caller's buffer, keeping the header's length current.
 /// Allocates nothing. When the buffer is too small, `overflow` is set and later appends do
