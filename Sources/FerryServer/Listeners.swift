@@ -1,7 +1,7 @@
 #if canImport(Glibc)
-import FerryCore
 import Glibc
 #endif
+import FerryCore
 import FerrySystem
 import FerryConfig
 import Logging

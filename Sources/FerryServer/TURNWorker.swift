@@ -1,7 +1,7 @@
 #if canImport(Glibc)
-import FerryCore
 import Glibc
 #endif
+import FerryCore
 import CFerryLinux
 import FerrySystem
 import FerryWire

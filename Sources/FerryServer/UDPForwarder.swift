@@ -1,7 +1,7 @@
 #if canImport(Glibc)
-import FerryCore
 import Glibc
 #endif
+import FerryCore
 import FerrySystem
 
 /// The `ferry_udp_*` series of one UDP listener (docs/metrics.md), whatever service it runs.

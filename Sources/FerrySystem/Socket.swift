@@ -1,7 +1,7 @@
 #if canImport(Glibc)
-import FerryCore
 import Glibc
 #endif
+import FerryCore
 import CFerryLinux
 
 /// Socket set-up calls. Each returns an owned descriptor; none of them is on the packet path.

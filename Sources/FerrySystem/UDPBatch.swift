@@ -1,7 +1,7 @@
 #if canImport(Glibc)
-import FerryCore
 import Glibc
 #endif
+import FerryCore
 import CFerryLinux
 
 /// Preallocated receive side of batched UDP I/O: `capacity` slots of `slotSize` bytes, their

@@ -1,0 +1,125 @@
+import FerryCore
+import FerryWire
+
+extension TURNServer {
+    // MARK: Send indication (RFC 8656 §10.2)
+
+    func sendIndication(_ msg: STUNMessage, client: SocketAddress, listener: Int32, now: UInt64) -> Action {
+        guard let slot = table.pointee.byClient[ClientKey(address: client, listener: listener)] else {
+            metrics.add(counters.drops[.noAllocation]!)
+            return .none
+        }
+        // "The message is first checked for validity. The Send indication MUST contain both an
+        // XOR-PEER-ADDRESS attribute and a DATA attribute. If one of these attributes is missing
+        // or invalid, then the message is discarded."
+        guard let peer = msg.xorAddress(STUN.Attribute.xorPeerAddress), let data = msg.attribute(STUN.Attribute.data) else {
+            metrics.add(counters.drops[.malformed]!)
+            return .none
+        }
+        let handle = table.pointee.allocations[Int(slot)].relay(for: IPFamily(peer.ip))
+        guard handle >= 0 else {
+            metrics.add(counters.drops[.malformed]!)
+            return .none
+        }
+        // "...the server MUST check that there is a permission installed for the IP address
+        // contained in the XOR-PEER-ADDRESS attribute. If no such permission exists, the message
+        // is discarded."
+        guard table.pointee.hasPermission(slot, peer.ip, now: now) else {
+            metrics.add(counters.drops[.noPermission]!)
+            return .none
+        }
+        guard consumeBandwidth(slot, bytes: data.count, now: now) else {
+            metrics.add(counters.drops[.quota]!)
+            return .none
+        }
+        metrics.add(counters.relayedPackets.toPeer)
+        metrics.add(counters.relayedBytes.toPeer, UInt64(data.count))
+        return .relay(handle: handle, peer: peer, payload: data)
+    }
+
+    // MARK: The relay path
+
+    /// Where a client's ChannelData goes: the relay handle and peer, or nil (dropped and
+    /// counted). Per packet: one hash lookup, a scan of the allocation's few channels, a token
+    /// bucket. Counting of relayed packets is left to the caller, once per batch.
+    @inlinable
+    public func channelTarget(client: ClientKey, channel: UInt16, length: Int, now: UInt64) -> (handle: Int32, peer: SocketAddress)? {
+        let t = table
+        guard let slot = t.pointee.byClient[client] else {
+            drop(.noAllocation)
+            return nil
+        }
+        guard let peer = t.pointee.peer(slot, channel: channel, now: now) else {
+            drop(.noChannel)
+            return nil
+        }
+        let handle = t.pointee.allocations[Int(slot)].relay(for: IPFamily(peer.ip))
+        guard handle >= 0 else {
+            drop(.malformed)
+            return nil
+        }
+        guard consumeBandwidth(slot, bytes: length, now: now) else {
+            drop(.quota)
+            return nil
+        }
+        return (handle, peer)
+    }
+
+    /// How a datagram from `peer` on allocation `slot`'s relay reaches the client.
+    public enum PeerRoute {
+        case drop
+        /// As ChannelData on this channel.
+        case channel(UInt16, client: SocketAddress, listener: Int32)
+        /// As a Data indication.
+        case indication(client: SocketAddress, listener: Int32)
+    }
+
+    /// RFC 8656 §10.3 and §12.5: a datagram from a peer is relayed only if the peer's IP has a
+    /// permission; through its channel if one is bound, else in a Data indication.
+    @inlinable
+    public func peerRoute(slot: Int32, generation: UInt32, peer: SocketAddress, length: Int, now: UInt64) -> PeerRoute {
+        let t = table
+        let a = t.pointee.allocations + Int(slot)
+        guard a.pointee.active, a.pointee.generation == generation else {
+            drop(.noAllocation)
+            return .drop
+        }
+        guard t.pointee.hasPermission(slot, peer.ip, now: now) else {
+            drop(.noPermission)
+            return .drop
+        }
+        guard consumeBandwidth(slot, bytes: length, now: now) else {
+            drop(.quota)
+            return .drop
+        }
+        let channel = t.pointee.channel(slot, peer: peer, now: now)
+        if channel != 0 { return .channel(channel, client: a.pointee.client, listener: a.pointee.listener) }
+        return .indication(client: a.pointee.client, listener: a.pointee.listener)
+    }
+
+    @usableFromInline
+    func drop(_ reason: TURNCounters.Drop) { metrics.add(counters.drops[reason]!) }
+
+    /// Counts a drop found by the caller (send errors, full buffers, malformed ChannelData).
+    public func countDrop(_ reason: TURNCounters.Drop, _ n: UInt64 = 1) { metrics.add(counters.drops[reason]!, n) }
+
+    /// Counts relayed traffic, once per batch.
+    public func countRelayed(toPeer: Bool, packets: UInt64, bytes: UInt64) {
+        metrics.add(toPeer ? counters.relayedPackets.toPeer : counters.relayedPackets.toClient, packets)
+        metrics.add(toPeer ? counters.relayedBytes.toPeer : counters.relayedBytes.toClient, bytes)
+    }
+
+    /// The per-allocation bandwidth bucket (bytes per second, both directions).
+    @usableFromInline
+    func consumeBandwidth(_ slot: Int32, bytes: Int, now: UInt64) -> Bool {
+        let rate = settings.bandwidthPerAllocation
+        if rate == 0 { return true }
+        let a = table.pointee.allocations + Int(slot)
+        let elapsed = Double(now &- a.pointee.tokensAt) / 1e9
+        a.pointee.tokens = min(Double(burstBytes), a.pointee.tokens + elapsed * Double(rate))
+        a.pointee.tokensAt = now
+        guard a.pointee.tokens >= Double(bytes) else { return false }
+        a.pointee.tokens -= Double(bytes)
+        return true
+    }
+}
