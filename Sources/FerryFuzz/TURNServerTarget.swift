@@ -3,40 +3,50 @@ import FerrySystem
 import FerryTURN
 import FerryWire
 
-/// Relayed sockets as numbers, with the bookkeeping the target checks: every handle the server
-/// is given must be open when it is used, and closed when its allocation goes.
+/// Relayed sockets as numbers, with the bookkeeping the target checks: every relay the server
+/// is given must be open when it is used, and closed when its allocation goes; every reservation
+/// is adopted or closed exactly once.
 final class FuzzRelays: RelayProvider {
     var nextHandle: Int32 = 100
     var nextPort: UInt16 = 50000
-    /// Open handles and whom they serve (slot, generation; nil for an unadopted reservation).
-    var open: [Int32: (slot: Int32, generation: UInt32)?] = [:]
+    /// Open relays and whom they serve (slot, generation).
+    var open: [RelayID: (slot: Int32, generation: UInt32)] = [:]
+    /// Reservations not yet adopted or closed.
+    var reserved: Set<Int32> = []
     var failOpen = false
 
-    func openRelay(ip: IPAddress, evenPort: Bool, slot: Int32, generation: UInt32) -> (handle: Int32, port: UInt16)? {
+    func openRelay(ip: IPAddress, evenPort: Bool, slot: Int32, generation: UInt32) -> (relay: RelayID, port: UInt16)? {
         if failOpen { return nil }
         if evenPort && nextPort % 2 == 1 { nextPort &+= 1 }
         defer { nextHandle += 1; nextPort &+= 2 }
-        open[nextHandle] = (slot, generation)
-        return (nextHandle, nextPort)
+        let id = RelayID(slot: nextHandle, generation: 1)
+        open[id] = (slot, generation)
+        return (id, nextPort)
     }
 
-    func openReserved(ip: IPAddress, port: UInt16) -> Int32? {
+    func openReserved(ip: IPAddress, port: UInt16) -> ReservedRelay? {
         if failOpen { return nil }
         defer { nextHandle += 1 }
-        open[nextHandle] = .some(nil)
-        return nextHandle
+        reserved.insert(nextHandle)
+        return ReservedRelay(token: nextHandle)
     }
 
-    func adopt(handle: Int32, slot: Int32, generation: UInt32) {
-        require(open[handle] != nil, "adopts an open reservation")
-        open[handle] = (slot, generation)
+    func adopt(_ r: ReservedRelay, slot: Int32, generation: UInt32) -> RelayID? {
+        require(reserved.remove(r.token) != nil, "adopts an open reservation")
+        let id = RelayID(slot: r.token, generation: 1)
+        open[id] = (slot, generation)
+        return id
     }
 
-    func closeRelay(handle: Int32) {
-        require(open.removeValue(forKey: handle) != nil, "closes a relay once (handle \(handle))")
+    func closeRelay(_ relay: RelayID) {
+        require(open.removeValue(forKey: relay) != nil, "closes a relay once (\(relay))")
     }
 
-    func setDontFragment(handle: Int32) { require(open[handle] != nil, "DONT-FRAGMENT on an open relay") }
+    func closeReserved(_ r: ReservedRelay) {
+        require(reserved.remove(r.token) != nil, "closes a reservation once (\(r.token))")
+    }
+
+    func setDontFragment(_ relay: RelayID) { require(open[relay] != nil, "DONT-FRAGMENT on an open relay") }
 }
 
 /// The TURN server driven by a script of requests (with and without valid long-term or REST
@@ -50,10 +60,10 @@ enum TURNServerTarget {
     static let realm = "fuzz.realm"
     static let secret = "rest-secret"
     static let clients: [ClientKey] = [
-        ClientKey(address: SocketAddress("203.0.113.5:40000")!, listener: 0),
-        ClientKey(address: SocketAddress("203.0.113.6:40001")!, listener: 0),
-        ClientKey(address: SocketAddress("[2001:db8::5]:40000")!, listener: 1),
-        ClientKey(address: SocketAddress("203.0.113.5:40000")!, listener: 1 << 20 | 7),  // a stream connection
+        ClientKey(address: SocketAddress("203.0.113.5:40000")!, transport: .udp(listener: 0)),
+        ClientKey(address: SocketAddress("203.0.113.6:40001")!, transport: .udp(listener: 0)),
+        ClientKey(address: SocketAddress("[2001:db8::5]:40000")!, transport: .udp(listener: 1)),
+        ClientKey(address: SocketAddress("203.0.113.5:40000")!, transport: .stream(ConnectionID(7))),
     ]
     /// Peers the policy allows and denies, in several encodings.
     static let peers: [SocketAddress] = ["192.0.2.10:7000", "192.0.2.11:7001", "198.51.100.20:9", "127.0.0.1:7000",
@@ -96,7 +106,7 @@ enum TURNServerTarget {
             bytes.withUnsafeBytes { raw in
                 guard case .success(let msg) = STUNMessage.parse(raw) else { return }
                 let action = out.withUnsafeMutableBytes { o in
-                    server.handle(msg, client: clients[c].address, listener: clients[c].listener, now: now, wallNow: wall, out: o)
+                    server.handle(msg, from: clients[c], now: now, wallNow: wall, out: o)
                 }
                 switch action {
                 case .none:
@@ -213,18 +223,18 @@ enum TURNServerTarget {
                     require(server.policy.permits(peer.ip), "ChannelData reaches only a permitted peer")
                 }
             case 6:
-                // A relay that serves an allocation (not an unadopted reservation), chosen by the input.
-                guard let (slot, generation) = relays.open.sorted(by: { $0.key < $1.key })
+                // A relay that serves an allocation, chosen by the input.
+                guard let (slot, generation) = relays.open.sorted(by: { $0.key.slot < $1.key.slot })
                     .dropFirst(Int(r.byte()) % max(1, relays.open.count)).first?.value else { break }
                 let generation2 = r.byte() % 8 == 0 ? generation &+ 1 : generation
                 switch server.peerRoute(slot: slot, generation: generation2, peer: r.pick(peers), length: Int(r.u16()), now: now) {
                 case .drop:
                     break
-                case .channel(let channel, let client, let listener):
+                case .channel(let channel, let client, let via):
                     require(channel >= 0x4000 && channel <= 0x7FFF, "a bound channel has a channel number")
-                    require(clients.contains(ClientKey(address: client, listener: listener)), "peer data goes to a known client")
-                case .indication(let client, let listener):
-                    require(clients.contains(ClientKey(address: client, listener: listener)), "peer data goes to a known client")
+                    require(clients.contains(ClientKey(address: client, transport: via)), "peer data goes to a known client")
+                case .indication(let client, let via):
+                    require(clients.contains(ClientKey(address: client, transport: via)), "peer data goes to a known client")
                 }
             case 7:
                 let seconds = UInt64(r.u16() % 1200)
@@ -245,7 +255,8 @@ enum TURNServerTarget {
         server.closeAll()
         server.sweep(now: now + 3_600_000_000_000)
         require(server.activeAllocations == 0, "closeAll leaves no allocation")
-        require(relays.open.isEmpty, "every relayed socket is closed in the end (left: \(relays.open.keys.sorted()))")
+        require(relays.open.isEmpty, "every relayed socket is closed in the end (left: \(relays.open.keys.map(\.slot).sorted()))")
+        require(relays.reserved.isEmpty, "every reservation is adopted or closed in the end (left: \(relays.reserved.sorted()))")
         for u in usernames {
             require(shared.reserveUserSlot(u, limit: 1), "every user quota slot of \(u) is given back")
             shared.releaseUserSlot(u)

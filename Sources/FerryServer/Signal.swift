@@ -26,13 +26,13 @@ protocol SignalDirectory: Sendable {
 final class SignalHub: SignalDirectory {
     struct Entry: Sendable, Equatable {
         let worker: Int
-        let conn: Int32
+        let conn: ConnectionID
         let network: String
     }
 
     struct Watcher: Hashable, Sendable {
         let worker: Int
-        let conn: Int32
+        let conn: ConnectionID
     }
 
     private struct State {
@@ -94,7 +94,7 @@ final class SignalHub: SignalDirectory {
 
 /// A message for a connection on another worker, carried in batches over the mailbox.
 struct SignalDelivery: Sendable {
-    let conn: Int32
+    let conn: ConnectionID
     let frame: [UInt8]
     /// Monotonic time the message arrived, for the routing-latency histogram (0: not routed).
     let received: UInt64
@@ -153,7 +153,7 @@ final class SignalWorker {
     private let authTimeout: UInt64
     private let registry: SignalWorkers
     private let loops: [EventLoop]
-    private var sessions: [Int32: Peer] = [:]
+    private var sessions: [ConnectionID: Peer] = [:]
     private var authenticated = 0
     private var outbox: [Int: [SignalDelivery]] = [:]
     /// Frames in all peers' queues on this worker (the queued-messages gauge).

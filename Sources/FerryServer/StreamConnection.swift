@@ -73,7 +73,7 @@ struct StreamCounters {
 final class StreamConnection: EventHandler {
     enum Mode { case sniffing, handshaking, decided, turn, http, websocket }
 
-    let id: Int32
+    let id: ConnectionID
     let peer: SocketAddress
     let kind: StreamListener.Kind
     private let fd: FileDescriptor
@@ -103,7 +103,7 @@ final class StreamConnection: EventHandler {
     static let maxFrame = 4 + 65536
     static let readChunk = 16384
 
-    init(id: Int32, fd: FileDescriptor, peer: SocketAddress, kind: StreamListener.Kind, worker: TURNWorker, loop: EventLoop,
+    init(id: ConnectionID, fd: FileDescriptor, peer: SocketAddress, kind: StreamListener.Kind, worker: TURNWorker, loop: EventLoop,
          settings: StreamSettings) throws(SystemError) {
         self.id = id
         self.fd = fd

@@ -64,7 +64,7 @@ final class TURNWorker: RelayProvider {
     /// Replies to STUN requests in one batch, one 1500-byte slot each.
     private let replies: UnsafeMutableRawPointer
     private static let replySlot = 1500
-    private var relaySockets: [Int32: RelaySocket] = [:]
+    private var relays = RelayTable()
     private let portMin: Int
     private let portMax: Int
     private var portCursor: Int
@@ -72,11 +72,8 @@ final class TURNWorker: RelayProvider {
     private let batchSize: Int
     private var transactionCounter: UInt64 = 0
     // Stream transports (TURN over TCP and TLS, HTTPS on a shared port).
-    /// Connection ids double as the "listener" of a stream client's five-tuple key, above the
-    /// UDP listener indexes.
-    static let firstStreamID: Int32 = 1 << 20
-    private var streams: [Int32: StreamConnection] = [:]
-    private var nextStreamID = TURNWorker.firstStreamID
+    private var streams: [ConnectionID: StreamConnection] = [:]
+    private var nextStreamID: UInt32 = 1
     private var dirtyStreams: [StreamConnection] = []
     private var activeByKind: [StreamListener.Kind: Int] = [:]
     /// Open connections per source IP (`stream.max_connections_per_source`).
@@ -121,6 +118,7 @@ final class TURNWorker: RelayProvider {
         replies.deallocate()
         arena.deallocate()
         streamReadBuffer.deallocate()
+        relays.release()
     }
 
     func attach(_ server: TURNServer) { self.server = server }
@@ -185,9 +183,9 @@ final class TURNWorker: RelayProvider {
                         server.countDrop(.malformed)
                         continue
                     }
-                    guard let target = server.channelTarget(client: ClientKey(address: source, listener: index),
+                    guard let target = server.channelTarget(client: ClientKey(address: source, transport: .udp(listener: index)),
                                                             channel: channel, length: payload, now: now) else { continue }
-                    queueToPeer(handle: target.handle, peer: target.peer, data + 4, payload)
+                    queueToPeer(target.relay, peer: target.peer, data + 4, payload)
                     relayedPackets += 1
                     relayedBytes += UInt64(payload)
                     continue
@@ -200,15 +198,16 @@ final class TURNWorker: RelayProvider {
                 }
                 if wallNow == 0 { wallNow = wallClockSeconds() }
                 let out = UnsafeMutableRawBufferPointer(start: replies + replyCount * TURNWorker.replySlot, count: TURNWorker.replySlot)
-                switch server.handle(msg, client: source, listener: index, now: now, wallNow: wallNow, out: out) {
+                switch server.handle(msg, from: ClientKey(address: source, transport: .udp(listener: index)),
+                                     now: now, wallNow: wallNow, out: out) {
                 case .none:
                     break
                 case .reply(let len):
                     if toClient.isFull { flushClient(li) }
                     toClient.append(out.baseAddress!, len, to: source)
                     replyCount += 1
-                case .relay(let handle, let peer, let payload):
-                    queueToPeer(handle: handle, peer: peer, payload.baseAddress!, payload.count)
+                case .relay(let relay, let peer, let payload):
+                    queueToPeer(relay, peer: peer, payload.baseAddress!, payload.count)
                 }
             }
             flushPeer()
@@ -224,8 +223,16 @@ final class TURNWorker: RelayProvider {
     }
 
     /// Queues one datagram for a relayed socket, extending the current GSO train when it can.
+    /// `bytes` must stay valid until the flush at the end of the batch: it points into this
+    /// worker's receive batches (client side) or a stream connection's read buffer, flushed
+    /// before that buffer is reused.
     @inline(__always)
-    private func queueToPeer(handle: Int32, peer: SocketAddress, _ bytes: UnsafeRawPointer, _ length: Int) {
+    private func queueToPeer(_ relay: RelayID, peer: SocketAddress, _ bytes: UnsafeRawPointer, _ length: Int) {
+        let handle = relays.fd(relay)
+        guard handle >= 0 else {
+            server.countDrop(.noAllocation)
+            return
+        }
         if gso && train.count > 0 && handle == train.handle && length == train.segment && peer == train.peer
             && train.count < TURNWorker.maxSegments && (train.count + 1) * length <= TURNWorker.maxTrainBytes {
             if train.start == nil {
@@ -325,26 +332,25 @@ final class TURNWorker: RelayProvider {
                 switch server.peerRoute(slot: relay.slot, generation: relay.generation, peer: peer, length: length, now: now) {
                 case .drop:
                     continue
-                case .channel(let number, _, let listener) where listener >= TURNWorker.firstStreamID:
+                case .channel(let number, _, .stream(let id)):
                     // Over a stream, ChannelData is padded to 4 bytes (RFC 8656 §12.5).
                     let start = data - ChannelData.headerLength
                     ChannelData.writeHeader(channel: number, length: length, at: start)
                     let padded = (length + 3) & ~3
                     for i in length..<padded { (data + i).storeBytes(of: UInt8(0), as: UInt8.self) }
-                    guard toStream(listener, UnsafeRawBufferPointer(start: start, count: ChannelData.headerLength + padded)) else { continue }
-                case .indication(let client, let listener) where listener >= TURNWorker.firstStreamID:
+                    guard toStream(id, UnsafeRawBufferPointer(start: start, count: ChannelData.headerLength + padded)) else { continue }
+                case .indication(_, .stream(let id)):
                     let start = writeDataIndication(before: data, length: length, peer: peer)
-                    _ = client
                     let total = start.distance(to: data) + (length + 3) & ~3
-                    guard toStream(listener, UnsafeRawBufferPointer(start: start, count: total)) else { continue }
-                case .channel(let number, let client, let listener):
+                    guard toStream(id, UnsafeRawBufferPointer(start: start, count: total)) else { continue }
+                case .channel(let number, let client, .udp(let listener)):
                     let start = data - ChannelData.headerLength
                     ChannelData.writeHeader(channel: number, length: length, at: start)
                     let q = listeners[Int(listener)].toClient
                     if q.isFull { flushClient(Int(listener)) }
                     q.append(start, length + ChannelData.headerLength, to: client)
                     touched |= 1 << UInt64(listener & 63)
-                case .indication(let client, let listener):
+                case .indication(let client, .udp(let listener)):
                     let start = writeDataIndication(before: data, length: length, peer: peer)
                     let total = start.distance(to: data) + (length + 3) & ~3
                     let q = listeners[Int(listener)].toClient
@@ -367,7 +373,7 @@ final class TURNWorker: RelayProvider {
     }
 
     /// Queues a relayed message for a stream client; false (and counted) when its queue is full.
-    private func toStream(_ id: Int32, _ bytes: UnsafeRawBufferPointer) -> Bool {
+    private func toStream(_ id: ConnectionID, _ bytes: UnsafeRawBufferPointer) -> Bool {
         guard let conn = streams[id] else {
             server.countDrop(.noAllocation)
             return false
@@ -408,9 +414,10 @@ final class TURNWorker: RelayProvider {
             return
         }
         Sockets.setNoDelay(fd.raw)
-        while streams[nextStreamID] != nil { nextStreamID = nextStreamID == .max ? TURNWorker.firstStreamID : nextStreamID + 1 }
-        let id = nextStreamID
-        nextStreamID = nextStreamID == .max ? TURNWorker.firstStreamID : nextStreamID + 1
+        // Ids count up and skip any still open, so an id is never shared by two live connections.
+        while streams[ConnectionID(nextStreamID)] != nil { nextStreamID = nextStreamID == .max ? 1 : nextStreamID + 1 }
+        let id = ConnectionID(nextStreamID)
+        nextStreamID = nextStreamID == .max ? 1 : nextStreamID + 1
         metrics.add(settings.counters.accepted[kind]!)
         do {
             let conn = try StreamConnection(id: id, fd: fd, peer: peer, kind: kind, worker: self, loop: loop, settings: settings)
@@ -428,7 +435,7 @@ final class TURNWorker: RelayProvider {
     func streamClosed(_ conn: StreamConnection) {
         guard streams.removeValue(forKey: conn.id) != nil else { return }
         if let n = bySource[conn.peer.ip] { bySource[conn.peer.ip] = n > 1 ? n - 1 : nil }
-        if conn.mode == .turn { server.clientGone(ClientKey(address: conn.peer, listener: conn.id)) }
+        if conn.mode == .turn { server.clientGone(ClientKey(address: conn.peer, transport: .stream(conn.id))) }
         if let settings = streamSettings {
             activeByKind[conn.kind, default: 1] -= 1
             metrics.set(settings.counters.active[conn.kind]!, UInt64(max(0, activeByKind[conn.kind]!)))
@@ -470,20 +477,21 @@ final class TURNWorker: RelayProvider {
             return
         }
         let out = UnsafeMutableRawBufferPointer(start: replies, count: TURNWorker.replySlot)
-        switch server.handle(msg, client: conn.peer, listener: conn.id, now: loop.now, wallNow: wallClockSeconds(), out: out) {
+        switch server.handle(msg, from: ClientKey(address: conn.peer, transport: .stream(conn.id)),
+                             now: loop.now, wallNow: wallClockSeconds(), out: out) {
         case .none:
             break
         case .reply(let len):
             conn.enqueue(UnsafeRawBufferPointer(start: out.baseAddress, count: len), droppable: false)
-        case .relay(let handle, let peer, let payload):
-            queueToPeer(handle: handle, peer: peer, payload.baseAddress!, payload.count)
+        case .relay(let relay, let peer, let payload):
+            queueToPeer(relay, peer: peer, payload.baseAddress!, payload.count)
         }
     }
 
     func handleStreamChannelData(channel: UInt16, payload: UnsafeRawPointer, length: Int, from conn: StreamConnection) {
-        guard let target = server.channelTarget(client: ClientKey(address: conn.peer, listener: conn.id),
+        guard let target = server.channelTarget(client: ClientKey(address: conn.peer, transport: .stream(conn.id)),
                                                 channel: channel, length: length, now: loop.now) else { return }
-        queueToPeer(handle: target.handle, peer: target.peer, payload, length)
+        queueToPeer(target.relay, peer: target.peer, payload, length)
         server.countRelayed(toPeer: true, packets: 1, bytes: UInt64(length))
     }
 
@@ -520,49 +528,58 @@ final class TURNWorker: RelayProvider {
     /// Relayed ports come from this worker's block of `turn.port_min…port_max` (the range is cut
     /// into one contiguous block per worker), so workers never race for a port; the kernel's
     /// bind is the final word (a port some other process holds is skipped).
-    func openRelay(ip: IPAddress, evenPort: Bool, slot: Int32, generation: UInt32) -> (handle: Int32, port: UInt16)? {
+    func openRelay(ip: IPAddress, evenPort: Bool, slot: Int32, generation: UInt32) -> (relay: RelayID, port: UInt16)? {
         let span = portMax - portMin + 1
         for _ in 0..<min(span, 256) {
             portCursor = portCursor >= portMax ? portMin : portCursor + 1
             if evenPort && portCursor % 2 == 1 { continue }
             let address = SocketAddress(ip: ip, port: UInt16(portCursor))
             guard let fd = try? Sockets.udp(bind: address, options: relayOptions) else { continue }
-            let relay = RelaySocket(fd: fd, slot: slot, generation: generation, worker: self)
-            guard let registration = try? loop.register(fd: fd.raw, events: Epoll.input, handler: relay) else { return nil }
-            relay.registration = registration
-            relaySockets[fd.raw] = relay
-            return (fd.raw, UInt16(portCursor))
+            guard let relay = register(fd, slot: slot, generation: generation) else { return nil }
+            return (relay, UInt16(portCursor))
         }
         return nil
     }
 
-    func openReserved(ip: IPAddress, port: UInt16) -> Int32? {
-        guard let fd = try? Sockets.udp(bind: SocketAddress(ip: ip, port: port), options: relayOptions) else { return nil }
-        // Held as a raw number until some worker adopts or expires it (see TURNShared).
-        return fd.release()
-    }
-
-    func adopt(handle: Int32, slot: Int32, generation: UInt32) {
-        let relay = RelaySocket(fd: FileDescriptor(handle), slot: slot, generation: generation, worker: self)
-        relay.registration = try? loop.register(fd: handle, events: Epoll.input, handler: relay)
-        relaySockets[handle] = relay
-    }
-
-    func closeRelay(handle: Int32) {
-        // Datagrams queued for this socket earlier in the batch leave first: after close the
-        // number could be reused by the next relayed socket (or be gone, EBADF).
-        if handle == toPeerFD || (train.count > 0 && train.handle == handle) { flushPeer() }
-        guard let relay = relaySockets.removeValue(forKey: handle) else {
-            // An unclaimed reservation: never registered anywhere.
-            _ = Glibc.close(handle)
-            return
+    private func register(_ fd: FileDescriptor, slot: Int32, generation: UInt32) -> RelayID? {
+        let socket = RelaySocket(fd: fd, slot: slot, generation: generation, worker: self)
+        guard let registration = try? loop.register(fd: fd.raw, events: Epoll.input, handler: socket) else {
+            fd.close()
+            return nil
         }
-        if let r = relay.registration { loop.deregister(fd: handle, r) }
-        relay.fd.close()
+        socket.registration = registration
+        return relays.insert(socket)
     }
 
-    func setDontFragment(handle: Int32) {
-        guard let local = try? Sockets.localAddress(handle) else { return }
+    func openReserved(ip: IPAddress, port: UInt16) -> ReservedRelay? {
+        guard let fd = try? Sockets.udp(bind: SocketAddress(ip: ip, port: port), options: relayOptions) else { return nil }
+        // Held as a token until some worker adopts it or the reservation expires (TURNShared):
+        // it crosses threads, so no worker's table owns it meanwhile.
+        return ReservedRelay(token: fd.release())
+    }
+
+    func adopt(_ reserved: ReservedRelay, slot: Int32, generation: UInt32) -> RelayID? {
+        register(FileDescriptor(reserved.token), slot: slot, generation: generation)
+    }
+
+    func closeReserved(_ reserved: ReservedRelay) {
+        FileDescriptor(reserved.token).close()
+    }
+
+    func closeRelay(_ relay: RelayID) {
+        let handle = relays.fd(relay)
+        guard handle >= 0 else { return }
+        // Datagrams queued for this socket earlier in the batch leave first: after close the
+        // number could be reused by the next relayed socket.
+        if handle == toPeerFD || (train.count > 0 && train.handle == handle) { flushPeer() }
+        guard let socket = relays.remove(relay) else { return }
+        if let r = socket.registration { loop.deregister(fd: handle, r) }
+        socket.fd.close()
+    }
+
+    func setDontFragment(_ relay: RelayID) {
+        let handle = relays.fd(relay)
+        guard handle >= 0, let local = try? Sockets.localAddress(handle) else { return }
         if local.ip.isIPv4 {
             _ = try? Sockets.setOption(handle, Int32(IPPROTO_IP), ferry_ip_mtu_discover, ferry_ip_pmtudisc_do, "setsockopt(IP_MTU_DISCOVER)")
         } else {
@@ -570,7 +587,7 @@ final class TURNWorker: RelayProvider {
         }
     }
 
-    var relayCount: Int { relaySockets.count }
+    var relayCount: Int { relays.count }
 }
 
 /// Readiness of one TURN listener socket.

@@ -10,10 +10,10 @@ public struct Allocation {
     /// Bumped on every reuse of the slot, so stale relay-socket events are recognised.
     public var generation: UInt32 = 0
     public var client = SocketAddress(ip: .ipv4Any, port: 0)
-    public var listener: Int32 = 0
-    /// Relayed sockets (handles from the `RelayProvider`), -1 when absent.
-    public var relay4: Int32 = -1
-    public var relay6: Int32 = -1
+    public var transport = ClientTransport.udp(listener: 0)
+    /// Relayed sockets (ids from the `RelayProvider`), `.none` when absent.
+    public var relay4 = RelayID.none
+    public var relay6 = RelayID.none
     /// The relayed transport addresses as advertised to the client.
     public var relayAddress4 = SocketAddress(ip: .ipv4Any, port: 0)
     public var relayAddress6 = SocketAddress(ip: .ipv6Any, port: 0)
@@ -28,7 +28,8 @@ public struct Allocation {
     public var tokens: Double = 0
     public var tokensAt: UInt64 = 0
 
-    public func relay(for family: IPFamily) -> Int32 { family == .ipv4 ? relay4 : relay6 }
+    public func relay(for family: IPFamily) -> RelayID { family == .ipv4 ? relay4 : relay6 }
+    public var clientKey: ClientKey { ClientKey(address: client, transport: transport) }
 }
 
 public enum IPFamily: UInt8, Sendable {
@@ -53,14 +54,24 @@ public struct ChannelBinding {
     public var reservedUntil: UInt64 = 0
 }
 
-/// Identifies a client's flow on a worker: its address and the listener it came in on.
+/// How a client reaches this worker: a datagram on one of its UDP listener sockets (by index),
+/// or one of its stream connections (TCP or TLS). Part of the five-tuple, spelled out rather
+/// than packed into another field's spare bits.
+public enum ClientTransport: Hashable, Sendable {
+    case udp(listener: Int32)
+    case stream(ConnectionID)
+}
+
+/// Identifies a client's flow on a worker (RFC 8656 §2's five-tuple, as pion/turn keys it): the
+/// client's address and the transport it came in on; the server side is implied by the listener
+/// or connection.
 public struct ClientKey: Hashable, Sendable {
     public var address: SocketAddress
-    public var listener: Int32
+    public var transport: ClientTransport
 
-    public init(address: SocketAddress, listener: Int32) {
+    public init(address: SocketAddress, transport: ClientTransport) {
         self.address = address
-        self.listener = listener
+        self.transport = transport
     }
 }
 
@@ -113,7 +124,7 @@ public struct AllocationTable {
         allocations[Int(slot)].generation = g
         allocations[Int(slot)].active = true
         allocations[Int(slot)].client = key.address
-        allocations[Int(slot)].listener = key.listener
+        allocations[Int(slot)].transport = key.transport
         byClient[key] = slot
         activeCount += 1
         return slot
@@ -122,7 +133,7 @@ public struct AllocationTable {
     mutating func remove(_ slot: Int32) {
         let a = allocations[Int(slot)]
         guard a.active else { return }
-        byClient[ClientKey(address: a.client, listener: a.listener)] = nil
+        byClient[a.clientKey] = nil
         allocations[Int(slot)].active = false
         allocations[Int(slot)].key = []
         allocations[Int(slot)].username = ""

@@ -6,7 +6,7 @@ extension TURNServer {
 
     func allocate(_ ctx: Context) -> Action {
         let msg = ctx.msg
-        let key = ClientKey(address: ctx.client, listener: ctx.listener)
+        let key = ctx.clientKey
         // 1. "The server checks if the 5-tuple is currently in use by an existing allocation. If
         // yes, the server rejects the request with a 437 (Allocation Mismatch) error." A
         // retransmission of the Allocate that made it gets the same success again.
@@ -80,8 +80,8 @@ extension TURNServer {
             // reserved transport address ... If the token is not valid, 508."
             let token = t.u64(0)
             guard let r = shared.takeReservation(token) else { return fail(508) }
-            relays.adopt(handle: r.handle, slot: slot, generation: generation)
-            setRelay(slot, family: r.family, handle: r.handle, port: r.port)
+            guard let relay = relays.adopt(r.socket, slot: slot, generation: generation) else { return fail(508) }
+            setRelay(slot, family: r.family, relay: relay, port: r.port)
         } else {
             for (i, family) in families.enumerated() {
                 guard let ip = bindIP(family) else {
@@ -95,7 +95,7 @@ extension TURNServer {
                     if i > 0 { familyError = true; continue }
                     return fail(508)
                 }
-                setRelay(slot, family: family, handle: opened.handle, port: opened.port)
+                setRelay(slot, family: family, relay: opened.relay, port: opened.port)
                 // EVEN-PORT with the R bit: also hold port+1 and hand out a token for it.
                 if even, let e = evenPort, e[0] & 0x80 != 0 {
                     guard opened.port < 65535, let reserved = relays.openReserved(ip: ip, port: opened.port + 1) else {
@@ -103,7 +103,7 @@ extension TURNServer {
                     }
                     var g = SystemRandomNumberGenerator()
                     let token: UInt64 = g.next()
-                    shared.addReservation(token, .init(handle: reserved, port: opened.port + 1, family: family,
+                    shared.addReservation(token, .init(socket: reserved, port: opened.port + 1, family: family,
                                                        expiry: ctx.now + 30_000_000_000))
                     reservationToken = token
                 }
@@ -111,8 +111,8 @@ extension TURNServer {
         }
         let a = table.pointee.allocations[Int(slot)]
         if dontFragment {
-            if a.relay4 >= 0 { relays.setDontFragment(handle: a.relay4) }
-            if a.relay6 >= 0 { relays.setDontFragment(handle: a.relay6) }
+            if !a.relay4.isNone { relays.setDontFragment(a.relay4) }
+            if !a.relay6.isNone { relays.setDontFragment(a.relay6) }
         }
         let lifetime = grantedLifetime(msg, allowZero: false)
         table.pointee.allocations[Int(slot)].expiry = ctx.now + UInt64(lifetime) * 1_000_000_000
@@ -130,8 +130,8 @@ extension TURNServer {
         let a = table.pointee.allocations[Int(slot)]
         let remaining = UInt32((a.expiry > ctx.now ? a.expiry - ctx.now : 0) / 1_000_000_000)
         return success(ctx) { w in
-            if a.relay4 >= 0 { w.append(STUN.Attribute.xorRelayedAddress, xorAddress: a.relayAddress4) }
-            if a.relay6 >= 0 { w.append(STUN.Attribute.xorRelayedAddress, xorAddress: a.relayAddress6) }
+            if !a.relay4.isNone { w.append(STUN.Attribute.xorRelayedAddress, xorAddress: a.relayAddress4) }
+            if !a.relay6.isNone { w.append(STUN.Attribute.xorRelayedAddress, xorAddress: a.relayAddress6) }
             if familyError {
                 // ADDRESS-ERROR-CODE (RFC 8656 §18.10): family, then an ERROR-CODE body.
                 let reason = Array("Address Family not Supported".utf8)
@@ -155,24 +155,24 @@ extension TURNServer {
         family == .ipv4 ? settings.relayIPv4 : settings.relayIPv6
     }
 
-    func setRelay(_ slot: Int32, family: IPFamily, handle: Int32, port: UInt16) {
+    func setRelay(_ slot: Int32, family: IPFamily, relay: RelayID, port: UInt16) {
         if family == .ipv4 {
             let ip = settings.externalIPv4 ?? settings.relayIPv4 ?? .ipv4Any
-            table.pointee.allocations[Int(slot)].relay4 = handle
+            table.pointee.allocations[Int(slot)].relay4 = relay
             table.pointee.allocations[Int(slot)].relayAddress4 = SocketAddress(ip: ip, port: port)
         } else {
             let ip = settings.externalIPv6 ?? settings.relayIPv6 ?? .ipv6Any
-            table.pointee.allocations[Int(slot)].relay6 = handle
+            table.pointee.allocations[Int(slot)].relay6 = relay
             table.pointee.allocations[Int(slot)].relayAddress6 = SocketAddress(ip: ip, port: port)
         }
     }
 
     func closeRelays(_ slot: Int32) {
         let a = table.pointee.allocations[Int(slot)]
-        if a.relay4 >= 0 { relays.closeRelay(handle: a.relay4) }
-        if a.relay6 >= 0 { relays.closeRelay(handle: a.relay6) }
-        table.pointee.allocations[Int(slot)].relay4 = -1
-        table.pointee.allocations[Int(slot)].relay6 = -1
+        if !a.relay4.isNone { relays.closeRelay(a.relay4) }
+        if !a.relay6.isNone { relays.closeRelay(a.relay6) }
+        table.pointee.allocations[Int(slot)].relay4 = .none
+        table.pointee.allocations[Int(slot)].relay6 = .none
     }
 
     var burstBytes: UInt64 {
@@ -195,7 +195,7 @@ extension TURNServer {
     }
 
     func ownAllocation(_ ctx: Context) -> Owned {
-        guard let slot = table.pointee.byClient[ClientKey(address: ctx.client, listener: ctx.listener)] else {
+        guard let slot = table.pointee.byClient[ctx.clientKey] else {
             return .answered(error(ctx, 437))
         }
         // RFC 8656 §5: "the request MUST be authenticated with the same username and password

@@ -25,7 +25,7 @@ extension TURNServer {
             return error(ctx, 400, reason: "Missing or malformed XOR-PEER-ADDRESS")
         }
         let a = table.pointee.allocations[Int(slot)]
-        if a.relay(for: IPFamily(peer.ip)) < 0 { return error(ctx, 443) }
+        if a.relay(for: IPFamily(peer.ip)).isNone { return error(ctx, 443) }
         if !policy.permits(peer.ip) {
             metrics.add(counters.drops[.deniedPeer]!)
             return error(ctx, 403)

@@ -22,7 +22,7 @@ extension TURNServer {
             // "If an XOR-PEER-ADDRESS attribute contains an address of an address family that is
             // not the same as that of a relayed transport address for the allocation, the server
             // MUST generate an error response with the 443 (Peer Address Family Mismatch)."
-            if a.relay(for: IPFamily(peer.ip)) < 0 { return error(ctx, 443) }
+            if a.relay(for: IPFamily(peer.ip)).isNone { return error(ctx, 443) }
             // "If the server is ... configured to forbid ... the address, 403 (Forbidden)."
             if !policy.permits(peer.ip) {
                 metrics.add(counters.drops[.deniedPeer]!)

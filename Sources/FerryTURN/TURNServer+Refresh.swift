@@ -16,10 +16,10 @@ extension TURNServer {
         // (RFC 8656 §7.5): 443 if the allocation has no relay of that family.
         if let f = ctx.msg.attribute(STUN.Attribute.requestedAddressFamily) {
             guard f.count == 4, let family = IPFamily(rawValue: f[0]) else { return error(ctx, 440) }
-            guard a.relay(for: family) >= 0 else { return error(ctx, 443) }
-            if lifetime == 0 && a.relay4 >= 0 && a.relay6 >= 0 {
-                relays.closeRelay(handle: a.relay(for: family))
-                if family == .ipv4 { table.pointee.allocations[Int(slot)].relay4 = -1 } else { table.pointee.allocations[Int(slot)].relay6 = -1 }
+            guard !a.relay(for: family).isNone else { return error(ctx, 443) }
+            if lifetime == 0 && !a.relay4.isNone && !a.relay6.isNone {
+                relays.closeRelay(a.relay(for: family))
+                if family == .ipv4 { table.pointee.allocations[Int(slot)].relay4 = .none } else { table.pointee.allocations[Int(slot)].relay6 = .none }
                 return success(ctx) { w in w.append(STUN.Attribute.lifetime, uint32: UInt32((a.expiry - min(a.expiry, ctx.now)) / 1_000_000_000)) }
             }
         }

@@ -4,8 +4,8 @@ import FerryWire
 extension TURNServer {
     // MARK: Send indication (RFC 8656 §10.2)
 
-    func sendIndication(_ msg: STUNMessage, client: SocketAddress, listener: Int32, now: UInt64) -> Action {
-        guard let slot = table.pointee.byClient[ClientKey(address: client, listener: listener)] else {
+    func sendIndication(_ msg: STUNMessage, client: ClientKey, now: UInt64) -> Action {
+        guard let slot = table.pointee.byClient[client] else {
             metrics.add(counters.drops[.noAllocation]!)
             return .none
         }
@@ -16,8 +16,8 @@ extension TURNServer {
             metrics.add(counters.drops[.malformed]!)
             return .none
         }
-        let handle = table.pointee.allocations[Int(slot)].relay(for: IPFamily(peer.ip))
-        guard handle >= 0 else {
+        let relay = table.pointee.allocations[Int(slot)].relay(for: IPFamily(peer.ip))
+        guard !relay.isNone else {
             metrics.add(counters.drops[.malformed]!)
             return .none
         }
@@ -34,7 +34,7 @@ extension TURNServer {
         }
         metrics.add(counters.relayedPackets.toPeer)
         metrics.add(counters.relayedBytes.toPeer, UInt64(data.count))
-        return .relay(handle: handle, peer: peer, payload: data)
+        return .relay(relay, peer: peer, payload: data)
     }
 
     // MARK: The relay path
@@ -43,7 +43,7 @@ extension TURNServer {
     /// counted). Per packet: one hash lookup, a scan of the allocation's few channels, a token
     /// bucket. Counting of relayed packets is left to the caller, once per batch.
     @inlinable
-    public func channelTarget(client: ClientKey, channel: UInt16, length: Int, now: UInt64) -> (handle: Int32, peer: SocketAddress)? {
+    public func channelTarget(client: ClientKey, channel: UInt16, length: Int, now: UInt64) -> (relay: RelayID, peer: SocketAddress)? {
         let t = table
         guard let slot = t.pointee.byClient[client] else {
             drop(.noAllocation)
@@ -53,8 +53,8 @@ extension TURNServer {
             drop(.noChannel)
             return nil
         }
-        let handle = t.pointee.allocations[Int(slot)].relay(for: IPFamily(peer.ip))
-        guard handle >= 0 else {
+        let relay = t.pointee.allocations[Int(slot)].relay(for: IPFamily(peer.ip))
+        guard !relay.isNone else {
             drop(.malformed)
             return nil
         }
@@ -62,16 +62,16 @@ extension TURNServer {
             drop(.quota)
             return nil
         }
-        return (handle, peer)
+        return (relay, peer)
     }
 
     /// How a datagram from `peer` on allocation `slot`'s relay reaches the client.
     public enum PeerRoute {
         case drop
         /// As ChannelData on this channel.
-        case channel(UInt16, client: SocketAddress, listener: Int32)
+        case channel(UInt16, client: SocketAddress, via: ClientTransport)
         /// As a Data indication.
-        case indication(client: SocketAddress, listener: Int32)
+        case indication(client: SocketAddress, via: ClientTransport)
     }
 
     /// RFC 8656 §10.3 and §12.5: a datagram from a peer is relayed only if the peer's IP has a
@@ -93,8 +93,8 @@ extension TURNServer {
             return .drop
         }
         let channel = t.pointee.channel(slot, peer: peer, now: now)
-        if channel != 0 { return .channel(channel, client: a.pointee.client, listener: a.pointee.listener) }
-        return .indication(client: a.pointee.client, listener: a.pointee.listener)
+        if channel != 0 { return .channel(channel, client: a.pointee.client, via: a.pointee.transport) }
+        return .indication(client: a.pointee.client, via: a.pointee.transport)
     }
 
     @usableFromInline

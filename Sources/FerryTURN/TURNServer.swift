@@ -59,17 +59,17 @@ public final class TURNServer {
         /// Send the `length` bytes written to `out` back to the client.
         case reply(length: Int)
         /// A Send indication's DATA (a slice of the request) goes to `peer` via relay `handle`.
-        case relay(handle: Int32, peer: SocketAddress, payload: UnsafeRawBufferPointer)
+        case relay(RelayID, peer: SocketAddress, payload: UnsafeRawBufferPointer)
     }
 
-    /// Handles one STUN message from `client` (on listener `listener`).
-    public func handle(_ msg: STUNMessage, client: SocketAddress, listener: Int32, now: UInt64, wallNow: UInt64,
+    /// Handles one STUN message from `client` (its address and the transport it came in on).
+    public func handle(_ msg: STUNMessage, from client: ClientKey, now: UInt64, wallNow: UInt64,
                        out: UnsafeMutableRawBufferPointer) -> Action {
         switch msg.messageClass {
         case .request:
-            return request(msg, client: client, listener: listener, now: now, wallNow: wallNow, out: out)
+            return request(msg, from: client, now: now, wallNow: wallNow, out: out)
         case .indication:
-            if msg.method == STUN.Method.send { return sendIndication(msg, client: client, listener: listener, now: now) }
+            if msg.method == STUN.Method.send { return sendIndication(msg, client: client, now: now) }
             return .none
         case .success, .error:
             return .none  // a server ignores responses (RFC 8489 §6.3.3)
@@ -80,8 +80,8 @@ public final class TURNServer {
 
     struct Context {
         let msg: STUNMessage
-        let client: SocketAddress
-        let listener: Int32
+        let clientKey: ClientKey
+        var client: SocketAddress { clientKey.address }
         let now: UInt64
         let wallNow: UInt64
         let out: UnsafeMutableRawBufferPointer
@@ -91,10 +91,10 @@ public final class TURNServer {
         var methodIndex: Int
     }
 
-    func request(_ msg: STUNMessage, client: SocketAddress, listener: Int32, now: UInt64, wallNow: UInt64,
+    func request(_ msg: STUNMessage, from client: ClientKey, now: UInt64, wallNow: UInt64,
                          out: UnsafeMutableRawBufferPointer) -> Action {
         let methodIndex = TURNCounters.methods.firstIndex(of: msg.method) ?? -1
-        var ctx = Context(msg: msg, client: client, listener: listener, now: now, wallNow: wallNow, out: out, methodIndex: methodIndex)
+        var ctx = Context(msg: msg, clientKey: client, now: now, wallNow: wallNow, out: out, methodIndex: methodIndex)
         guard methodIndex >= 0 else {
             return error(ctx, 400, reason: "Unknown method", signed: false)
         }
@@ -190,7 +190,7 @@ public final class TURNServer {
                 metrics.add(counters.allocationsExpired)
             }
         }
-        for r in shared.expiredReservations(now: now) { relays.closeRelay(handle: r.handle) }
+        for r in shared.expiredReservations(now: now) { relays.closeReserved(r.socket) }
         unauthorized.sweep(now: now)
     }
 

@@ -10,7 +10,7 @@ public final class TURNShared: Sendable {
     private let reservations = Mutex<[UInt64: Reservation]>([:])
 
     public struct Reservation: Sendable {
-        public let handle: Int32
+        public let socket: ReservedRelay
         public let port: UInt16
         public let family: IPFamily
         public let expiry: UInt64

@@ -59,7 +59,7 @@ import FerryTURN
                 if case .success(let msg) = STUNMessage.parse(raw) {
                     parsed += 1
                     _ = h.out.withUnsafeMutableBytes { o in
-                        h.server.handle(msg, client: h.client, listener: 0, now: h.now, wallNow: h.wallNow, out: o)
+                        h.server.handle(msg, from: ClientKey(address: h.client, transport: .udp(listener: 0)), now: h.now, wallNow: h.wallNow, out: o)
                     }
                 }
                 _ = StreamFraming.next(raw)

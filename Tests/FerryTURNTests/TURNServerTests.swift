@@ -3,7 +3,8 @@ import FerryCore
 import FerryWire
 import FerryTURN
 
-/// A RelayProvider that hands out numbered fake sockets and remembers what happened.
+/// A RelayProvider that hands out numbered fake sockets (relay ids with slot = the number,
+/// generation 1; a reservation's token is the number too) and remembers what happened.
 final class FakeRelays: RelayProvider {
     var nextHandle: Int32 = 100
     var nextPort: UInt16 = 50000
@@ -12,23 +13,26 @@ final class FakeRelays: RelayProvider {
     var dontFragment: [Int32] = []
     var failOpen = false
 
-    func openRelay(ip: IPAddress, evenPort: Bool, slot: Int32, generation: UInt32) -> (handle: Int32, port: UInt16)? {
+    static func id(_ n: Int32) -> RelayID { RelayID(slot: n, generation: 1) }
+
+    func openRelay(ip: IPAddress, evenPort: Bool, slot: Int32, generation: UInt32) -> (relay: RelayID, port: UInt16)? {
         if failOpen { return nil }
         if evenPort && nextPort % 2 == 1 { nextPort += 1 }
         defer { nextHandle += 1; nextPort += 2 }
         open[nextHandle] = nextPort
-        return (nextHandle, nextPort)
+        return (FakeRelays.id(nextHandle), nextPort)
     }
 
-    func openReserved(ip: IPAddress, port: UInt16) -> Int32? {
+    func openReserved(ip: IPAddress, port: UInt16) -> ReservedRelay? {
         defer { nextHandle += 1 }
         open[nextHandle] = port
-        return nextHandle
+        return ReservedRelay(token: nextHandle)
     }
 
-    func adopt(handle: Int32, slot: Int32, generation: UInt32) {}
-    func closeRelay(handle: Int32) { closed.append(handle); open[handle] = nil }
-    func setDontFragment(handle: Int32) { dontFragment.append(handle) }
+    func adopt(_ reserved: ReservedRelay, slot: Int32, generation: UInt32) -> RelayID? { FakeRelays.id(reserved.token) }
+    func closeRelay(_ relay: RelayID) { closed.append(relay.slot); open[relay.slot] = nil }
+    func closeReserved(_ reserved: ReservedRelay) { closed.append(reserved.token); open[reserved.token] = nil }
+    func setDontFragment(_ relay: RelayID) { dontFragment.append(relay.slot) }
 }
 
 /// Drives a TURNServer with a fake clock, as a client would.
@@ -73,7 +77,7 @@ final class Harness {
         bytes.withUnsafeBytes { raw in
             let msg = try! STUNMessage.parse(raw).get()
             let action = out.withUnsafeMutableBytes { o in
-                server.handle(msg, client: from ?? client, listener: 0, now: now, wallNow: wallNow, out: o)
+                server.handle(msg, from: ClientKey(address: from ?? client, transport: .udp(listener: 0)), now: now, wallNow: wallNow, out: o)
             }
             if case .reply(let n) = action { return (Reply(bytes: Array(out[0..<n])), action) }
             return (nil, action)
@@ -489,7 +493,7 @@ final class Harness {
             Issue.record("not relayed")
             return
         }
-        #expect(handle == 100 && to == peer && Array(data) == payload)
+        #expect(handle == FakeRelays.id(100) && to == peer && Array(data) == payload)
         h.advance(seconds: 301)
         if case .none = h.send(send).action {} else { Issue.record("relayed after the permission expired") }
     }
@@ -513,7 +517,7 @@ final class Harness {
         // The binding installed a permission.
         #expect(h.server.table.pointee.hasPermission(0, peer.ip, now: h.now))
         // ChannelData from the client goes to the peer; unknown channels are dropped.
-        let key = ClientKey(address: h.client, listener: 0)
+        let key = ClientKey(address: h.client, transport: .udp(listener: 0))
         #expect(h.server.channelTarget(client: key, channel: 0x4000, length: 100, now: h.now)?.peer == peer)
         #expect(h.server.channelTarget(client: key, channel: 0x4002, length: 100, now: h.now) == nil)
         #expect(h.drops(.noChannel) == 1)
