@@ -17,8 +17,8 @@ import Synchronization
 /// thread; workers run on their own threads.
 ///
 /// `@unchecked Sendable`: worker tasks posted through `EventLoop.execute` reach their own
-/// worker's entry of `turnWorkers` (static after set-up; each entry used only on its worker's
-/// thread); everything else is used on the control thread.
+/// worker's entry of `workers` and `turnServices` (static after set-up; each entry used only on
+/// its worker's thread); everything else is used on the control thread.
 public final class Server: @unchecked Sendable {
     /// Re-reads the configuration for a reload (file, environment and flags applied).
     public typealias ConfigSource = () throws -> FerryConfig
@@ -33,9 +33,10 @@ public final class Server: @unchecked Sendable {
     private let metrics: MetricsRegistry
     private var admin: AdminServer?
     private var signals: SignalSource?
-    private var forwarders: [(loop: EventLoop, handler: UDPForwarder)] = []
+    /// One per event loop: sockets, connections and the services registered on them.
+    private var workers: [Worker] = []
     /// One per worker when any listener serves TURN.
-    private var turnWorkers: [TURNWorker] = []
+    private var turnServices: [TURNService] = []
     private var turnCounters: TURNCounters?
     /// The TLS contexts in use (control thread); workers get their own reference on reload.
     private var tlsContexts: TLSContextSet?
@@ -110,8 +111,7 @@ public final class Server: @unchecked Sendable {
         startWatchdog()
         control.run()
         engine.stopAndJoin()
-        for f in forwarders { f.handler.close(loop: f.loop) }
-        for w in turnWorkers { w.close() }
+        for w in workers { w.close() }
         admin?.close()
         logger.info("ferryd stopped")
         return 0
@@ -121,12 +121,17 @@ public final class Server: @unchecked Sendable {
         var registry = ListenerRegistry(passed: Systemd.takeListenedSockets(), logger: logger)
         if registry.activated { logger.info("socket activation", metadata: ["names": "\(registry.passed.keys.sorted())"]) }
         registerGlobalMetrics()
-        if config.listeners.contains(where: { $0.service == .turn }) { try setUpTURN() }
+        workers = engine.loops.map { loop in
+            Worker(loop: loop, metrics: metrics.block(loop.index), batchSize: config.engine.batchSize, maxDatagram: config.engine.maxDatagram)
+        }
+        let turn = config.listeners.contains(where: { $0.service == .turn })
+        if turn { try setUpTURN() }
+        if turn || config.listeners.contains(where: { $0.transport != .udp }) { try setUpStreams() }
         for listener in config.listeners where listener.transport != .udp {
             let (sockets, shared) = try registry.tcpSockets(listener, workers: engine.loops.count)
             boundAddresses[listener.name] = try Sockets.localAddress(sockets[0].raw)
             for (worker, fd) in sockets.enumerated() {
-                try turnWorkers[worker].addStreamListener(fd: fd, kind: listener.transport == .tls ? .tls : .tcp, shared: shared)
+                try workers[worker].addStreamListener(fd: fd, kind: listener.transport == .tls ? .tls : .tcp, shared: shared)
             }
             logger.info("listening", metadata: ["listener": "\(listener.name)", "service": "\(listener.service.rawValue)",
                                                 "transport": "\(listener.transport.rawValue)",
@@ -142,18 +147,17 @@ public final class Server: @unchecked Sendable {
             let sockets = try registry.udpSockets(listener, workers: engine.loops.count, options: options)
             if let first = sockets.first { boundAddresses[listener.name] = try Sockets.localAddress(first.fd.raw) }
             for (worker, fd) in sockets {
-                let loop = engine.loops[worker]
+                // Each service registers for the first bytes it reads (DatagramDemux).
+                let counters = udpCounters(listener.name)
                 switch listener.service {
                 case .forward:
-                    let counters = udpCounters(listener.name)
                     let local = try Sockets.localAddress(fd.raw)
-                    let f = try UDPForwarder(fd: fd, target: listener.forwardTo!, batchSize: config.engine.batchSize,
-                                             maxDatagram: config.engine.maxDatagram, gro: config.engine.gro,
-                                             ipv6Socket: !local.ip.isIPv4, loop: loop,
-                                             metrics: metrics.block(worker), counters: counters)
-                    forwarders.append((loop, f))
+                    let forwarder = UDPForwarder(target: listener.forwardTo!, ipv6Socket: !local.ip.isIPv4, metrics: metrics.block(worker))
+                    try workers[worker].addDatagramSocket(fd: fd, counters: counters, services: [(forwarder, [0...255])], gro: config.engine.gro)
                 case .turn:
-                    try turnWorkers[worker].addListener(fd: fd, counters: udpCounters(listener.name))
+                    let turn = turnServices[worker]
+                    try workers[worker].addDatagramSocket(fd: fd, counters: counters, services: [(turn, TURNService.datagramRanges)],
+                                                          fallback: turn)
                 }
             }
             logger.info("listening", metadata: ["listener": "\(listener.name)", "service": "\(listener.service.rawValue)",
@@ -242,6 +246,30 @@ public final class Server: @unchecked Sendable {
                                                      bounds: [1, 2, 4, 8, 16, 32, 64, 128, 256], labels: [("side", "client")]),
                           peer: metrics.histogram("ferry_turn_batch_size", "Datagrams per recvmmsg on TURN sockets, by side.",
                                                   bounds: [1, 2, 4, 8, 16, 32, 64, 128, 256], labels: [("side", "peer")]))
+        for loop in engine.loops {
+            let lo = t.portMin + loop.index * block
+            let hi = loop.index == workers - 1 ? t.portMax : lo + block - 1
+            let worker = self.workers[loop.index]
+            let turn = TURNService(worker: worker, maxDatagram: config.engine.maxDatagram, portRange: lo...max(lo, hi),
+                                   batchHistograms: histograms, gso: config.engine.gso, relayBuffer: t.relayBufferBytes)
+            let server = TURNServer(settings: settings, credentials: credentials, nonces: nonces, policy: policy,
+                                    relays: turn, shared: shared, counters: counters, metrics: metrics.block(loop.index))
+            turn.attach(server)
+            turnServices.append(turn)
+            loop.onSweep { now in server.sweep(now: now) }
+        }
+        logger.info("turn", metadata: ["realm": "\(t.realm)", "relay_ipv4": "\(t.relayIPv4.map { "\($0)" } ?? "-")",
+                                       "relay_ipv6": "\(t.relayIPv6.map { "\($0)" } ?? "-")",
+                                       "ports": "\(t.portMin)-\(t.portMax)", "users": "\(credentials.userCount)",
+                                       "shared_secrets": "\(credentials.secretCount)",
+                                       "allowed_peers": "\(config.policy.allow)", "denied_peers": "\(config.policy.deny)"])
+    }
+
+    /// Stream connections on every worker (TURN over TCP/TLS, HTTPS, signaling): TLS contexts,
+    /// limits, and the services a sniffed connection is handed to. Signaling registers here, not
+    /// on TURN: a connection reaches it through the worker, whatever else the worker serves.
+    private func setUpStreams() throws {
+        let workers = engine.loops.count
         let streamCounters = registerStreamMetrics()
         // A plain TCP listener works without certificates (TLS sniffed there is then refused).
         if config.listeners.contains(where: { $0.transport != .udp }) && (!config.tls.certificates.isEmpty || config.tls.selfSigned) {
@@ -264,14 +292,7 @@ public final class Server: @unchecked Sendable {
             signalPolicy = try makeSignalPolicy()
         }
         for loop in engine.loops {
-            let lo = t.portMin + loop.index * block
-            let hi = loop.index == workers - 1 ? t.portMax : lo + block - 1
-            let worker = TURNWorker(loop: loop, batchSize: config.engine.batchSize, maxDatagram: config.engine.maxDatagram,
-                                    portRange: lo...max(lo, hi), metrics: metrics.block(loop.index), batchHistograms: histograms,
-                                    gso: config.engine.gso, relayBuffer: t.relayBufferBytes)
-            let server = TURNServer(settings: settings, credentials: credentials, nonces: nonces, policy: policy,
-                                    relays: worker, shared: shared, counters: counters, metrics: metrics.block(loop.index))
-            worker.attach(server)
+            let worker = self.workers[loop.index]
             let streamSettings = StreamSettings(
                 contexts: tlsContexts, idleTimeoutSeconds: config.stream.idleTimeoutSeconds,
                 handshakeTimeoutSeconds: config.tls.handshakeTimeoutSeconds, requestTimeoutSeconds: config.stream.requestTimeoutSeconds,
@@ -280,6 +301,7 @@ public final class Server: @unchecked Sendable {
                 maxPerSource: config.stream.maxConnectionsPerSource,
                 handshakesPerSecond: config.tls.handshakesPerSecond, handshakeBurst: config.tls.handshakeBurst,
                 route: httpsRoute, counters: streamCounters)
+            streamSettings.turn = turnServices.isEmpty ? nil : turnServices[loop.index]
             if let signalPolicy, let signalCounters {
                 let sw = SignalWorker(index: loop.index, loop: loop, hub: hub, policy: signalPolicy, counters: signalCounters,
                                       metrics: metrics.block(loop.index), queueLimit: config.signal.queueMessages,
@@ -290,14 +312,7 @@ public final class Server: @unchecked Sendable {
                 streamSettings.maxWebSocketMessage = config.signal.maxMessage
             }
             worker.configureStreams(streamSettings)
-            turnWorkers.append(worker)
-            loop.onSweep { now in server.sweep(now: now) }
         }
-        logger.info("turn", metadata: ["realm": "\(t.realm)", "relay_ipv4": "\(t.relayIPv4.map { "\($0)" } ?? "-")",
-                                       "relay_ipv6": "\(t.relayIPv6.map { "\($0)" } ?? "-")",
-                                       "ports": "\(t.portMin)-\(t.portMax)", "users": "\(credentials.userCount)",
-                                       "shared_secrets": "\(credentials.secretCount)",
-                                       "allowed_peers": "\(config.policy.allow)", "denied_peers": "\(config.policy.deny)"])
     }
 
     private func registerTURNMetrics() -> TURNCounters {
@@ -344,6 +359,7 @@ public final class Server: @unchecked Sendable {
             sent: metrics.counter("ferry_udp_datagrams_sent_total", "Datagrams (or GSO trains) written to a listener socket.", labels: [l]),
             bytes: metrics.counter("ferry_udp_bytes_received_total", "Bytes read from a listener socket.", labels: [l]),
             truncated: drop("truncated"),
+            unclaimed: drop("unclaimed"),
             bufferFull: drop("buffer_full"),
             sendError: drop("send_error"),
             batches: metrics.histogram("ferry_udp_batch_size", "Datagrams returned per recvmmsg call.", bounds: [1, 2, 4, 8, 16, 32, 64, 128, 256], labels: [l]))
@@ -565,14 +581,14 @@ public final class Server: @unchecked Sendable {
     }
 
     private func reloadTLS() {
-        guard !turnWorkers.isEmpty, config.listeners.contains(where: { $0.transport != .udp }),
+        guard !turnServices.isEmpty, config.listeners.contains(where: { $0.transport != .udp }),
               !config.tls.certificates.isEmpty || config.tls.selfSigned else { return }
         let block = metrics.block(engine.loops.count)
         do {
             let set = try loadTLS(initial: false)
             tlsContexts = set
             for loop in engine.loops {
-                loop.execute { [self] l in self.turnWorkers[l.index].updateTLS(set) }
+                loop.execute { [self] l in self.workers[l.index].updateTLS(set) }
             }
             if let c = certificateReloads?.ok { block.add(c) }
         } catch {
@@ -640,12 +656,12 @@ public final class Server: @unchecked Sendable {
             // values in `next`, so they are named again on every reload until the restart.
             let plan = FerryConfig.reloadPlan(running: config, next: try reloadSource())
             let next = plan.effective
-            if !turnWorkers.isEmpty {
+            if !turnServices.isEmpty {
                 // Users, shared secrets and the peer policy apply to the next request.
                 let credentials = Server.credentials(next.turn, realm: next.turn.realm)
                 let policy = Server.policy(next.policy)
                 for loop in engine.loops {
-                    loop.execute { [self] l in self.turnWorkers[l.index].server.update(credentials: credentials, policy: policy) }
+                    loop.execute { [self] l in self.turnServices[l.index].server.update(credentials: credentials, policy: policy) }
                 }
             }
             let running = config

@@ -1,0 +1,489 @@
+import FerryCore
+import FerrySystem
+import FerryWire
+import FerryTLS
+
+/// One TCP or TLS connection on a worker: the I/O shell around `StreamConnectionStateMachine`.
+/// It peeks, reads, runs TLS and writes; the state machine decides what each event means
+/// (sniff, handshake, serve, close, time out). What it carries is served by others: TURN frames
+/// by the worker's `StreamFrameHandler`, HTTP by `HTTPSession`, WebSocket messages by signaling.
+/// Writes go through a bounded queue: relayed data beyond the bound is dropped and counted
+/// (`buffer_full`), so a client that reads slowly cannot grow the server. Buffers are released
+/// when empty, so an idle connection costs little more than its socket and TLS state.
+///
+/// Ownership: the worker's loop thread. Static after construction: `id`, `peer`, `kind`, `fd`,
+/// `settings` (whose `contexts` a reload swaps on this thread).
+final class StreamConnection: EventHandler {
+    let id: ConnectionID
+    let peer: SocketAddress
+    let kind: StreamListener.Kind
+    private let fd: FileDescriptor
+    private unowned let worker: Worker
+    private unowned let loop: EventLoop
+    private let settings: StreamSettings
+    private var registration: Registration?
+    private var tls: TLSSession?
+    private var state: StreamConnectionStateMachine
+    private var input = InputBuffer()
+    /// What the socket is owed: plaintext, or TLS records (the session appends them here).
+    private let output = OutputQueue()
+    /// The epoll events registered now.
+    private var interestArmed = Epoll.input | Epoll.readHangup
+    private var http = HTTPSession()
+    /// A WebSocket message arriving in fragments (RFC 6455 §5.4).
+    private var fragments: [UInt8] = []
+    private var fragmenting = false
+    /// Queued for the end-of-iteration flush.
+    var dirty = false
+    /// Largest frame: a STUN message or ChannelData of 64 KiB, plus its header.
+    static let maxFrame = 4 + 65536
+    static let readChunk = 16384
+
+    var closed: Bool { state.isClosed }
+    /// When the connection was accepted (monotonic nanoseconds).
+    var started: UInt64 { state.started }
+    var carried: StreamConnectionStateMachine.Carried? { state.carried }
+
+    init(id: ConnectionID, fd: FileDescriptor, peer: SocketAddress, kind: StreamListener.Kind, worker: Worker, loop: EventLoop,
+         settings: StreamSettings) throws(SystemError) {
+        self.id = id
+        self.fd = fd
+        self.peer = peer
+        self.kind = kind
+        self.worker = worker
+        self.loop = loop
+        self.settings = settings
+        state = StreamConnectionStateMachine(tlsFirst: kind == .tls, now: loop.now, timeouts: settings.timeouts)
+        registration = try loop.register(fd: fd.raw, events: Epoll.input | Epoll.readHangup, handler: self)
+        if kind == .tls { startTLS() }
+    }
+
+    deinit {
+        tls = nil  // before the queue its records go to
+        output.deallocate()
+    }
+
+    func handleEvent(_ events: UInt32, loop: EventLoop) {
+        if events & Epoll.output != 0 { flush() }
+        guard events & (Epoll.input | Epoll.readHangup | Epoll.hangup | Epoll.error) != 0 else { return }
+        switch state.readable() {
+        case .sniff: sniff()
+        case .handshake: handshake()
+        case .read: readAvailable()
+        case .ignore: break
+        }
+    }
+
+    /// The sweep's tick: the state machine says which deadline passed.
+    func tick(now: UInt64) {
+        switch state.tick(now: now) {
+        case .none:
+            break
+        case .requestTimeout:
+            // 408, then close: a head sent a byte at a time would otherwise hold the connection
+            // past every timeout.
+            let outcome = http.timedOut()
+            worker.metrics.add(settings.counters.httpMalformed)
+            outcome.output.withUnsafeBytes { _ = enqueue($0, droppable: false) }
+            updateInterest()
+            markDirty()
+        case .close(let reason):
+            close(reason)
+        }
+    }
+
+    // MARK: Sniffing and TLS
+
+    private func sniff() {
+        var peekBuffer = (UInt64(0), UInt64(0))
+        let result = withUnsafeMutableBytes(of: &peekBuffer) { buf in Result { () throws(SystemError) in try Sockets.peek(fd.raw, into: buf) } }
+        let n: Int
+        switch result {
+        case .failure: close(.client); return
+        case .success(.wouldBlock): return
+        case .success(.done(0)): close(.client); return
+        case .success(.done(let got)): n = got
+        }
+        let seen = withUnsafeBytes(of: &peekBuffer) { StreamConnection.sniffed(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
+        apply(state.sniffed(seen))
+    }
+
+    private static func sniffed(_ bytes: UnsafeRawBufferPointer) -> StreamConnectionStateMachine.Sniffed? {
+        switch ProtocolSniffer.sniff(bytes) {
+        case nil: return nil
+        case .tls?: return .tls
+        case .stun?: return .stun
+        case .http?: return .http
+        case .unknown?: return .unknown
+        }
+    }
+
+    private func apply(_ action: StreamConnectionStateMachine.SniffAction) {
+        switch action {
+        case .wait:
+            break
+        case .startTLS:
+            startTLS()
+        case .serve(let carried, let name):
+            count(protocol: name)
+            if carried == .turn && settings.turn == nil {
+                close(.protocolError)  // no TURN listener behind this port
+                return
+            }
+            readAvailable()
+        case .close(let reason):
+            close(reason)
+        }
+    }
+
+    private func startTLS() {
+        guard let contexts = settings.contexts, let session = contexts.session(fd: fd.raw, output: output) else {
+            close(.tlsError)
+            return
+        }
+        guard settings.handshakes.allow(peer.ip, now: loop.now) else {
+            close(.rateLimited)
+            return
+        }
+        tls = session
+        handshake()
+    }
+
+    private func handshake() {
+        guard let tls else { return }
+        let progress: StreamConnectionStateMachine.HandshakeProgress
+        switch tls.handshake() {
+        case .done: progress = .done(alpn: tls.alpn)
+        case .wantRead, .wantWrite: progress = .inProgress  // writes never block: they go to `output`
+        case .closed: progress = .peerClosed
+        case .failed: progress = .failed
+        }
+        // A flight (or an alert) the handshake queued leaves now.
+        if output.count > 0 { flush() }
+        switch state.handshake(progress) {
+        case .wait:
+            break
+        case .established(let serve, let name):
+            worker.metrics.add(tls.version == "TLSv1.3" ? settings.counters.handshakesOK.tls13 : settings.counters.handshakesOK.tls12)
+            if let name { count(protocol: name) }
+            if serve == .turn && settings.turn == nil {
+                close(.protocolError)
+                return
+            }
+            guard !state.isClosed else { return }
+            readAvailable()
+        case .failed(let reason):
+            worker.metrics.add(settings.counters.handshakesFailed)
+            finishClose(reason, carried: nil)
+        }
+    }
+
+    private func count(protocol name: String) {
+        if let c = settings.counters.protocols[name] { worker.metrics.add(c) }
+    }
+
+    // MARK: Reading
+
+    private func readAvailable() {
+        let chunk = worker.streamReadBuffer
+        // Records OpenSSL queued while reading (session tickets, alerts) leave with the next flush.
+        defer { if !state.isClosed && output.count > 0 { markDirty() } }
+        for _ in 0..<64 {
+            guard !state.isWindingDown else { return }
+            let n: Int
+            if let tls {
+                let (got, progress) = tls.read(into: chunk)
+                switch progress {
+                case .done: n = got
+                case .wantRead, .wantWrite: return
+                case .closed: endOfInput(); return
+                case .failed: close(.tlsError); return
+                }
+            } else {
+                switch Result(catching: { () throws(SystemError) in try Sockets.read(fd.raw, into: chunk) }) {
+                case .failure: close(.client); return
+                case .success(.wouldBlock): return
+                case .success(.done(0)): endOfInput(); return
+                case .success(.done(let got)): n = got
+                }
+            }
+            state.received(now: loop.now)
+            input.append(UnsafeRawBufferPointer(rebasing: chunk[0..<n]))
+            process()
+            if state.isClosed { return }
+            if input.count > StreamConnection.maxFrame + StreamConnection.readChunk {
+                close(.protocolError)
+                return
+            }
+        }
+    }
+
+    private func process() {
+        if state.phase == .awaitingProtocol {
+            // TLS without ALPN: the first decrypted bytes tell HTTP from TURN.
+            let seen = input.withUnreadBytes { StreamConnection.sniffed($0) }
+            switch state.sniffed(seen, decrypted: true) {
+            case .wait:
+                return
+            case .serve(let carried, let name):
+                count(protocol: name)
+                if carried == .turn && settings.turn == nil {
+                    close(.protocolError)
+                    return
+                }
+            case .startTLS, .close:
+                close(.protocolError)
+                return
+            }
+        }
+        switch state.phase {
+        case .serving(.turn): processTURN()
+        case .serving(.http): processHTTP()
+        case .serving(.websocket): processWebSocket()
+        default: break
+        }
+    }
+
+    /// TURN frames go to the worker's TURN service, which sends what it relays before returning.
+    private func processTURN() {
+        guard let turn = settings.turn else { return }
+        let used = input.withUnreadBytes { turn.consume($0, from: self) }
+        guard !state.isClosed else { return }
+        guard let used else {
+            close(.protocolError)
+            return
+        }
+        input.consume(used)
+    }
+
+    private func processHTTP() {
+        // `GET /v1/signal` with an Upgrade becomes a signaling WebSocket.
+        if let signal = settings.signal {
+            let parsed = input.withUnreadBytes { HTTPHeadParser.parse($0) }
+            if case .complete(let head, let consumed) = parsed, head.path == "/v1/signal" {
+                input.consume(consumed)
+                state.requestHead(partial: false, now: loop.now)
+                let answer: [UInt8]
+                if tls == nil && !settings.allowPlaintextSignal {
+                    answer = HTTPResponse.encode(status: 403, body: Array("signaling requires TLS (wss://)\n".utf8), close: true)
+                } else {
+                    switch WebSocket.accept(head) {
+                    case .success(let response):
+                        response.withUnsafeBytes { _ = enqueue($0, droppable: false) }
+                        state.upgradedToWebSocket()
+                        worker.metrics.add(settings.counters.websockets)
+                        signal.opened(self)
+                        if !input.isEmpty { processWebSocket() }
+                        return
+                    case .failure(let f):
+                        answer = HTTPResponse.encode(status: f.status, body: Array((f.reason + "\n").utf8), close: true,
+                                                     extraHeaders: f.headers.sorted { $0.key < $1.key })
+                        if f.status == 400 { worker.metrics.add(settings.counters.httpMalformed) }
+                    }
+                }
+                answer.withUnsafeBytes { _ = enqueue($0, droppable: false) }
+                closeAfterFlush()
+                return
+            }
+            if case .incomplete = parsed {
+                state.requestHead(partial: true, now: loop.now)
+                return
+            }
+        }
+        let bytes = input.unread
+        input.removeAll()
+        let outcome = http.receive(bytes, route: settings.route)
+        if !outcome.statuses.isEmpty { worker.metrics.add(settings.counters.httpRequests, UInt64(outcome.statuses.count)) }
+        if outcome.malformed > 0 { worker.metrics.add(settings.counters.httpMalformed, UInt64(outcome.malformed)) }
+        state.requestHead(partial: http.hasPartialRequest, now: loop.now)
+        if !outcome.output.isEmpty {
+            outcome.output.withUnsafeBytes { _ = enqueue($0, droppable: false) }
+        }
+        if http.closing {
+            closeAfterFlush()
+            flush()
+        }
+    }
+
+    /// WebSocket frames (RFC 6455 §5): text messages go to the signaling session; fragments are
+    /// joined up to the message limit; pings are answered; a close is echoed. Oversized frames or
+    /// messages close with 1009, protocol errors with 1002, binary data with 1003.
+    private func processWebSocket() {
+        var consumed = 0
+        var failure: WebSocket.CloseCode?
+        var messages: [[UInt8]] = []
+        let maxMessage = settings.maxWebSocketMessage
+        input.withUnreadMutableBytes { all in
+            while consumed < all.count && failure == nil {
+                let rest = UnsafeMutableRawBufferPointer(rebasing: all[consumed...])
+                switch WebSocket.parse(UnsafeRawBufferPointer(rest), maxPayload: maxMessage) {
+                case .incomplete:
+                    return
+                case .failure(let code):
+                    failure = code
+                case .frame(let f):
+                    let payload = UnsafeMutableRawBufferPointer(rebasing: rest[f.payloadStart..<f.frameLength])
+                    if let key = f.maskKey { WebSocket.unmask(payload, key: key) }
+                    consumed += f.frameLength
+                    switch f.opcode {
+                    case .ping:
+                        let pong = WebSocket.encode(.pong, UnsafeRawBufferPointer(payload))
+                        pong.withUnsafeBytes { _ = enqueue($0, droppable: false) }
+                    case .pong:
+                        break
+                    case .close:
+                        failure = .normal
+                    case .binary:
+                        failure = .unsupportedData
+                    case .text, .continuation:
+                        if f.opcode == .text && fragmenting { failure = .protocolError; break }
+                        if f.opcode == .continuation && !fragmenting { failure = .protocolError; break }
+                        fragments += UnsafeRawBufferPointer(payload)
+                        if fragments.count > maxMessage { failure = .tooBig; break }
+                        fragmenting = !f.fin
+                        if f.fin {
+                            // RFC 6455 §8.1: a text message that is not UTF-8 fails the connection (1007).
+                            guard String(validating: fragments, as: UTF8.self) != nil else {
+                                failure = .invalidPayload
+                                break
+                            }
+                            messages.append(fragments)
+                            fragments = []
+                        }
+                    }
+                }
+            }
+        }
+        guard !state.isClosed else { return }
+        input.consume(consumed)
+        for m in messages where !state.isClosed { settings.signal?.text(m, from: self) }
+        if let code = failure, !state.isClosed {
+            if code != .normal { worker.metrics.add(settings.counters.websocketErrors) }
+            let reason = code == .tooBig ? "message too big" : code == .invalidPayload ? "text is not UTF-8" : ""
+            let frame = WebSocket.close(code, reason: reason)
+            frame.withUnsafeBytes { _ = enqueue($0, droppable: false) }
+            closeAfterFlush()
+        }
+    }
+
+    // MARK: Writing
+
+    /// Closes once everything queued has been written.
+    func closeAfterFlush() {
+        state.closeAfterFlush()
+        updateInterest()
+        markDirty()
+    }
+
+    /// The client finished sending (FIN, or TLS close_notify or EOF): what it asked for before is
+    /// already answered in `output`; write that (and our close_notify), then close.
+    private func endOfInput() {
+        switch state.endOfInput() {
+        case .ignore:
+            return
+        case .shutdownAndFlush:
+            tls?.shutdown()
+            updateInterest()
+            flush()
+        }
+    }
+
+    private func markDirty() {
+        guard !dirty else { return }
+        dirty = true
+        worker.markDirty(self)
+    }
+
+    /// Queues bytes for the client (over TLS: encrypted now, one record per call, so each TURN
+    /// message is a record of its own). Droppable data (relayed packets) is refused when the
+    /// queue would pass `stream.write_buffer_bytes`; protocol answers are queued up to four times
+    /// that, and a client that lets even those pile up (requests sent, answers never read) is
+    /// closed.
+    @discardableResult
+    func enqueue(_ bytes: UnsafeRawBufferPointer, droppable: Bool) -> Bool {
+        guard !state.isClosed else { return false }
+        let pending = output.count + bytes.count
+        if droppable && pending > settings.writeLimit { return false }
+        if pending > 4 * settings.writeLimit {
+            close(.slowReader)
+            return false
+        }
+        if let tls {
+            guard tls.write(bytes) == .done else {
+                close(.tlsError)
+                return false
+            }
+        } else if !output.append(bytes) {
+            close(.slowReader)
+            return false
+        }
+        markDirty()
+        return true
+    }
+
+    /// Writes what is queued; called at the end of the loop iteration (so many relayed packets
+    /// leave in one write) and when the socket becomes writable. A signaling peer's message
+    /// queue refills the connection each time it drains, so a backlog leaves as fast as the
+    /// socket takes it, never waiting for an unrelated wakeup.
+    func flush() {
+        dirty = false
+        guard !state.isClosed else { return }
+        var blocked = false
+        writing: while true {
+            while output.count > 0 {
+                switch Result(catching: { () throws(SystemError) in try Sockets.write(fd.raw, from: output.pending) }) {
+                case .failure: close(.client); return
+                case .success(.wouldBlock): blocked = true; break writing
+                case .success(.done(let wrote)): output.consume(wrote)
+                }
+            }
+            guard !state.isWindingDown, state.carried == .websocket, let signal = settings.signal, signal.refill(self) else { break }
+        }
+        let action = state.flushed(blocked: blocked)
+        updateInterest()
+        switch action {
+        case .waitWritable, .idle: break
+        case .close(let reason): close(reason)
+        }
+    }
+
+    var queuedBytes: Int { output.count }
+
+    private func updateInterest() {
+        guard let registration, !state.isClosed else { return }
+        let events = (state.wantsRead ? Epoll.input | Epoll.readHangup : 0) | (state.wantsWrite ? Epoll.output : 0)
+        guard events != interestArmed else { return }
+        interestArmed = events
+        try? loop.modify(fd: fd.raw, registration, events: events)
+    }
+
+    // MARK: Closing
+
+    func close(_ reason: StreamCounters.Close) {
+        let carried = state.carried
+        switch state.close(reason) {
+        case .alreadyClosed: return
+        case .close(let reason): finishClose(reason, carried: carried)
+        }
+    }
+
+    /// The I/O of a close the state machine already decided.
+    private func finishClose(_ reason: StreamCounters.Close, carried: StreamConnectionStateMachine.Carried?) {
+        if let registration { loop.deregister(fd: fd.raw, registration) }
+        registration = nil
+        if reason != .client && reason != .tlsError { tls?.shutdown() }
+        // Best effort, one non-blocking write: a TLS alert or close_notify, or a last answer.
+        if output.count > 0 { _ = try? Sockets.write(fd.raw, from: output.pending) }
+        worker.metrics.add(settings.counters.closed[reason]!)
+        worker.streamClosed(self)
+        switch carried {
+        case .turn?: settings.turn?.connectionClosed(self)
+        case .websocket?: settings.signal?.closed(self)
+        case .http?, nil: break
+        }
+        // `input` and `output` may be borrowed by the caller right now (close can happen inside
+        // frame processing): they go with the object, which the worker just dropped.
+        tls = nil
+        fd.close()
+    }
+}

@@ -1,0 +1,460 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import FerryCore
+import CFerryLinux
+import FerrySystem
+import FerryWire
+import FerryTURN
+
+
+/// TURN's data plane on one worker (RFC 8656): a datagram service for STUN and ChannelData on
+/// the worker's UDP listener sockets, the frame handler for TURN over TCP and TLS, and the
+/// relayed sockets of the allocations that live here (it is their `RelayProvider`). Protocol
+/// decisions are `TURNServer`'s; this class only moves bytes.
+///
+/// Hot path, hand-written: a client's ChannelData is read in a `recvmmsg` batch and sent on
+/// from the same buffer (offset 4) with `sendmmsg`; a peer's datagram is read into a slot with
+/// headroom, and the ChannelData or Data-indication header is written in front of it in place.
+/// Per packet: one client lookup (hash) or one relay-slot index, a scan of a few permission or
+/// channel slots, no allocation, lock, atomic read-modify-write or dynamic dispatch.
+///
+/// Ownership: everything here belongs to the worker's loop thread; static after set-up except
+/// the relay table, the send queues and the GSO train.
+final class TURNService: RelayProvider, DatagramService, StreamFrameHandler {
+    private unowned let worker: Worker
+    private unowned let loop: EventLoop
+    private(set) var server: TURNServer!
+    /// Peer-side reads, with room for a Data-indication header in front and padding behind.
+    private let peerBatch: UDPReceiveBatch
+    /// Client → peer sends, flushed whenever the relay socket changes and after each batch.
+    private let toPeer4: UDPSendQueue
+    private let toPeer6: UDPSendQueue
+    private var toPeerFD: Int32 = -1
+    /// UDP GSO for client → peer: consecutive equal-size datagrams from one relay to one peer
+    /// (a bulk WireGuard flow) are copied into one contiguous run and sent as a single
+    /// `UDP_SEGMENT` train; the kernel splits it after routing, once instead of per datagram.
+    /// The first datagram of a run is not copied until a second joins it.
+    private let gso: Bool
+    private let arena: UnsafeMutableRawPointer
+    private let arenaCapacity: Int
+    private var arenaUsed = 0
+    private var train = Train()
+    struct Train {
+        var count = 0
+        var handle: Int32 = -1
+        var peer = SocketAddress(ip: .ipv4Any, port: 0)
+        var segment = 0
+        var first: UnsafeRawPointer?
+        var start: UnsafeMutableRawPointer?
+    }
+    /// The kernel's UDP_MAX_SEGMENTS, and a train's byte limit (an IP datagram's payload).
+    static let maxSegments = 64
+    static let maxTrainBytes = 65000
+    /// Replies to STUN requests in one batch, one 1500-byte slot each.
+    private let replies: UnsafeMutableRawPointer
+    private static let replySlot = 1500
+    private var relays = RelayTable()
+    private let portMin: Int
+    private let portMax: Int
+    private var portCursor: Int
+    private var metrics: CounterBlock { worker.metrics }
+    private let batchSize: Int
+    private var dataIndications = DataIndicationWriter()
+
+    /// Where a Data indication's header starts before the payload (see `DataIndicationWriter`).
+    static let headroom = DataIndicationWriter.headroom
+
+    private let batchHistograms: (client: HistogramID, peer: HistogramID)
+
+    /// Relayed sockets: never SO_REUSEPORT (each port belongs to one allocation); buffers from
+    /// `turn.relay_buffer_bytes` (one per allocation, so smaller than the listeners').
+    private let relayOptions: Sockets.UDPOptions
+
+    init(worker: Worker, maxDatagram: Int, portRange: ClosedRange<Int>,
+         batchHistograms: (client: HistogramID, peer: HistogramID), gso: Bool, relayBuffer: Int) {
+        self.worker = worker
+        loop = worker.loop
+        batchSize = worker.batchSize
+        relayOptions = Sockets.UDPOptions(reusePort: false, receiveBuffer: relayBuffer, sendBuffer: relayBuffer)
+        self.gso = gso
+        arenaCapacity = batchSize * maxDatagram
+        arena = .allocate(byteCount: arenaCapacity, alignment: 64)
+        self.batchHistograms = batchHistograms
+        peerBatch = UDPReceiveBatch(capacity: batchSize, slotSize: TURNService.headroom + maxDatagram + 4,
+                                    headroom: TURNService.headroom, tailroom: 4)
+        toPeer4 = UDPSendQueue(capacity: batchSize, ipv6Socket: false)
+        toPeer6 = UDPSendQueue(capacity: batchSize, ipv6Socket: true)
+        replies = .allocate(byteCount: batchSize * TURNService.replySlot, alignment: 8)
+        portMin = portRange.lowerBound
+        portMax = portRange.upperBound
+        portCursor = Int.random(in: portRange)
+        worker.onStop { [unowned self] in self.server?.closeAll() }
+    }
+
+    deinit {
+        replies.deallocate()
+        arena.deallocate()
+        relays.release()
+    }
+
+    func attach(_ server: TURNServer) { self.server = server }
+
+    /// The first bytes TURN claims on a UDP socket (RFC 7983); it is also the socket's fallback,
+    /// so anything else that arrives is counted as a malformed TURN message.
+    static let datagramRanges = [DatagramDemux.Range.stun, DatagramDemux.Range.channelData]
+
+    // MARK: Client side
+
+    func receive(_ batch: UDPReceiveBatch, count n: Int, routes: UnsafePointer<DatagramDemux.Route>,
+                 route: DatagramDemux.Route, socket: DatagramSocket, now: UInt64) {
+        let index = socket.index
+        let toClient = socket.toClient
+        var wallNow: UInt64 = 0
+        batchHistograms.client.observe(UInt64(n), in: metrics)
+        var relayedPackets: UInt64 = 0
+        var relayedBytes: UInt64 = 0
+        for i in 0..<n where routes[i] == route {
+            let data = batch.data(i)
+            let length = batch.length(i)
+            guard length >= 4, let source = batch.source(i) else {
+                server.countDrop(.malformed)
+                continue
+            }
+            let first = data.load(as: UInt8.self)
+            if ChannelData.isChannelData(firstByte: first) {
+                // RFC 8656 §12.4: over UDP the length may be followed by padding; anything
+                // shorter than it says is malformed.
+                let bytes = UnsafeRawBufferPointer(start: data, count: length)
+                guard let (channel, payload) = ChannelData.parse(bytes) else {
+                    server.countDrop(.malformed)
+                    continue
+                }
+                guard let target = server.channelTarget(client: ClientKey(address: source, transport: .udp(listener: index)),
+                                                        channel: channel, length: payload, now: now) else { continue }
+                queueToPeer(target.relay, peer: target.peer, data + 4, payload)
+                relayedPackets += 1
+                relayedBytes += UInt64(payload)
+                continue
+            }
+            // Otherwise it must be STUN (RFC 7983 demultiplexing); anything else is dropped.
+            let bytes = UnsafeRawBufferPointer(start: data, count: length)
+            guard case .success(let msg) = STUNMessage.parse(bytes) else {
+                server.countDrop(.malformed)
+                continue
+            }
+            if wallNow == 0 { wallNow = wallClockSeconds() }
+            let out = UnsafeMutableRawBufferPointer(start: replies + i * TURNService.replySlot, count: TURNService.replySlot)
+            switch server.handle(msg, from: ClientKey(address: source, transport: .udp(listener: index)),
+                                 now: now, wallNow: wallNow, out: out) {
+            case .none:
+                break
+            case .reply(let len):
+                if toClient.isFull { flushClient(socket) }
+                toClient.append(out.baseAddress!, len, to: source)
+            case .relay(let relay, let peer, let payload):
+                queueToPeer(relay, peer: peer, payload.baseAddress!, payload.count)
+            }
+        }
+        flushPeer()
+        flushClient(socket)
+        if relayedPackets > 0 { server.countRelayed(toPeer: true, packets: relayedPackets, bytes: relayedBytes) }
+    }
+
+    /// Queues one datagram for a relayed socket, extending the current GSO train when it can.
+    /// `bytes` must stay valid until the flush at the end of the batch: it points into this
+    /// worker's receive batches (client side) or a stream connection's read buffer, flushed
+    /// before that buffer is reused.
+    @inline(__always)
+    private func queueToPeer(_ relay: RelayID, peer: SocketAddress, _ bytes: UnsafeRawPointer, _ length: Int) {
+        let handle = relays.fd(relay)
+        guard handle >= 0 else {
+            server.countDrop(.noAllocation)
+            return
+        }
+        if gso && train.count > 0 && handle == train.handle && length == train.segment && peer == train.peer
+            && train.count < TURNService.maxSegments && (train.count + 1) * length <= TURNService.maxTrainBytes {
+            if train.start == nil {
+                // The second datagram: move the first into the arena too.
+                guard arenaUsed + TURNService.maxTrainBytes <= arenaCapacity else {
+                    closeTrain()
+                    startTrain(handle, peer, bytes, length)
+                    return
+                }
+                let start = arena + arenaUsed
+                start.copyMemory(from: train.first!, byteCount: length)
+                train.start = start
+            }
+            (train.start! + train.count * length).copyMemory(from: bytes, byteCount: length)
+            train.count += 1
+            return
+        }
+        closeTrain()
+        startTrain(handle, peer, bytes, length)
+    }
+
+    @inline(__always)
+    private func startTrain(_ handle: Int32, _ peer: SocketAddress, _ bytes: UnsafeRawPointer, _ length: Int) {
+        train = Train(count: 1, handle: handle, peer: peer, segment: length, first: bytes, start: nil)
+    }
+
+    /// Hands the current train to the send queue: one datagram, or one GSO send. sendmmsg takes
+    /// one socket, so a change of relay flushes what is queued; one client's packets share one.
+    private func closeTrain() {
+        guard train.count > 0 else { return }
+        let handle = train.handle
+        if handle != toPeerFD || toPeer4.isFull || toPeer6.isFull {
+            flushQueued()
+            toPeerFD = handle
+        }
+        let q = train.peer.ip.isIPv4 ? toPeer4 : toPeer6
+        if let start = train.start {
+            q.append(start, train.count * train.segment, to: train.peer, segment: UInt16(train.segment))
+            arenaUsed += train.count * train.segment
+        } else {
+            q.append(train.first!, train.segment, to: train.peer)
+        }
+        train.count = 0
+    }
+
+    private func flushPeer() {
+        closeTrain()
+        flushQueued()
+        arenaUsed = 0
+    }
+
+    private func flushQueued() {
+        guard toPeerFD >= 0 else { return }
+        for q in [toPeer4, toPeer6] where q.count > 0 {
+            account(q.flush(toPeerFD))
+        }
+        toPeerFD = -1
+    }
+
+    /// Sends what is queued for clients on `socket`; counted on the listener and, for drops, on
+    /// the relay.
+    private func flushClient(_ socket: DatagramSocket) {
+        if let r = socket.flush(metrics: metrics) { account(r) }
+    }
+
+    private func account(_ r: UDPSendQueue.FlushResult) {
+        if r.bufferFull > 0 { server.countDrop(.bufferFull, UInt64(r.bufferFull)) }
+        if r.failed > 0 { server.countDrop(.sendError, UInt64(r.failed)) }
+    }
+
+    // MARK: Peer side
+
+    fileprivate func relayReadable(_ relay: RelaySocket) {
+        let fd = relay.fd.raw
+        let sockets = worker.datagramSockets
+        let now = loop.now
+        // A read error here is an ICMP error (ECONNREFUSED) for an earlier send: counted, no data.
+        let last = BatchReader.drain(peerBatch, fd: fd, onError: { server.countDrop(.sendError) }) { n in
+            batchHistograms.peer.observe(UInt64(n), in: metrics)
+            var packets: UInt64 = 0
+            var bytes: UInt64 = 0
+            var touched: UInt64 = 0
+            for i in 0..<n {
+                let data = peerBatch.data(i)
+                let length = peerBatch.length(i)
+                // A Data indication adds up to 48 bytes and padding; its length field is 16 bits.
+                guard !peerBatch.truncated(i), length <= 65535 - TURNService.headroom - 4, let peer = peerBatch.source(i) else {
+                    server.countDrop(.malformed)
+                    continue
+                }
+                switch server.peerRoute(slot: relay.slot, generation: relay.generation, peer: peer, length: length, now: now) {
+                case .drop:
+                    continue
+                case .channel(let number, _, .stream(let id)):
+                    // Over a stream, ChannelData is padded to 4 bytes (RFC 8656 §12.5).
+                    let start = data - ChannelData.headerLength
+                    ChannelData.writeHeader(channel: number, length: length, at: start)
+                    let padded = (length + 3) & ~3
+                    for i in length..<padded { (data + i).storeBytes(of: UInt8(0), as: UInt8.self) }
+                    guard toStream(id, UnsafeRawBufferPointer(start: start, count: ChannelData.headerLength + padded)) else { continue }
+                case .indication(_, .stream(let id)):
+                    let start = dataIndications.write(before: data, length: length, peer: peer)
+                    let total = start.distance(to: data) + (length + 3) & ~3
+                    guard toStream(id, UnsafeRawBufferPointer(start: start, count: total)) else { continue }
+                case .channel(let number, let client, .udp(let listener)):
+                    let start = data - ChannelData.headerLength
+                    ChannelData.writeHeader(channel: number, length: length, at: start)
+                    let socket = sockets[Int(listener)]
+                    if socket.toClient.isFull { flushClient(socket) }
+                    socket.toClient.append(start, length + ChannelData.headerLength, to: client)
+                    touched |= 1 << UInt64(listener & 63)
+                case .indication(let client, .udp(let listener)):
+                    let start = dataIndications.write(before: data, length: length, peer: peer)
+                    let total = start.distance(to: data) + (length + 3) & ~3
+                    let socket = sockets[Int(listener)]
+                    if socket.toClient.isFull { flushClient(socket) }
+                    socket.toClient.append(UnsafeRawPointer(start), total, to: client)
+                    touched |= 1 << UInt64(listener & 63)
+                }
+                packets += 1
+                bytes += UInt64(length)
+            }
+            var li = 0
+            while touched != 0 {
+                if touched & 1 != 0 { flushClient(sockets[li]) }
+                touched >>= 1
+                li += 1
+            }
+            if packets > 0 { server.countRelayed(toPeer: false, packets: packets, bytes: bytes) }
+        }
+        if let last { relay.hot.settle(received: last, capacity: batchSize, fd: fd, registration: relay.registration, loop: loop) }
+    }
+
+    /// Queues a relayed message for a stream client; false (and counted) when its queue is full.
+    private func toStream(_ id: ConnectionID, _ bytes: UnsafeRawBufferPointer) -> Bool {
+        guard let conn = worker.connection(id) else {
+            server.countDrop(.noAllocation)
+            return false
+        }
+        guard conn.enqueue(bytes, droppable: true) else {
+            server.countDrop(.bufferFull)
+            return false
+        }
+        return true
+    }
+
+    // MARK: TURN over TCP and TLS
+
+    /// Frames TURN messages (RFC 8656 §10.1, §12.5: STUN, and ChannelData padded to 4) at the
+    /// front of a connection's input and handles them; relayed payloads are sent before this
+    /// returns, while `input` is still theirs.
+    func consume(_ input: UnsafeRawBufferPointer, from conn: StreamConnection) -> Int? {
+        var consumed = 0
+        defer { flushPeer() }
+        while consumed < input.count && !conn.closed {
+            let rest = UnsafeRawBufferPointer(rebasing: input[consumed...])
+            switch StreamFraming.next(rest, maxFrame: StreamConnection.maxFrame) {
+            case .incomplete:
+                return consumed
+            case .invalid:
+                server.countDrop(.malformed)
+                return nil
+            case .stun(let length):
+                handleStreamSTUN(UnsafeRawBufferPointer(rebasing: rest[0..<length]), from: conn)
+                consumed += length
+            case .channelData(let channel, let payload, let frame):
+                handleStreamChannelData(channel: channel, payload: rest.baseAddress! + 4, length: payload, from: conn)
+                consumed += frame
+            }
+        }
+        return consumed
+    }
+
+    func connectionClosed(_ conn: StreamConnection) {
+        server.clientGone(ClientKey(address: conn.peer, transport: .stream(conn.id)))
+    }
+
+    private func handleStreamSTUN(_ bytes: UnsafeRawBufferPointer, from conn: StreamConnection) {
+        guard case .success(let msg) = STUNMessage.parse(bytes) else {
+            server.countDrop(.malformed)
+            return
+        }
+        let out = UnsafeMutableRawBufferPointer(start: replies, count: TURNService.replySlot)
+        switch server.handle(msg, from: ClientKey(address: conn.peer, transport: .stream(conn.id)),
+                             now: loop.now, wallNow: wallClockSeconds(), out: out) {
+        case .none:
+            break
+        case .reply(let len):
+            conn.enqueue(UnsafeRawBufferPointer(start: out.baseAddress, count: len), droppable: false)
+        case .relay(let relay, let peer, let payload):
+            queueToPeer(relay, peer: peer, payload.baseAddress!, payload.count)
+        }
+    }
+
+    private func handleStreamChannelData(channel: UInt16, payload: UnsafeRawPointer, length: Int, from conn: StreamConnection) {
+        guard let target = server.channelTarget(client: ClientKey(address: conn.peer, transport: .stream(conn.id)),
+                                                channel: channel, length: length, now: loop.now) else { return }
+        queueToPeer(target.relay, peer: target.peer, payload, length)
+        server.countRelayed(toPeer: true, packets: 1, bytes: UInt64(length))
+    }
+
+    // MARK: RelayProvider
+
+    /// Relayed ports come from this worker's block of `turn.port_min…port_max` (the range is cut
+    /// into one contiguous block per worker), so workers never race for a port; the kernel's
+    /// bind is the final word (a port some other process holds is skipped).
+    func openRelay(ip: IPAddress, evenPort: Bool, slot: Int32, generation: UInt32) -> (relay: RelayID, port: UInt16)? {
+        let span = portMax - portMin + 1
+        for _ in 0..<min(span, 256) {
+            portCursor = portCursor >= portMax ? portMin : portCursor + 1
+            if evenPort && portCursor % 2 == 1 { continue }
+            let address = SocketAddress(ip: ip, port: UInt16(portCursor))
+            guard let fd = try? Sockets.udp(bind: address, options: relayOptions) else { continue }
+            guard let relay = register(fd, slot: slot, generation: generation) else { return nil }
+            return (relay, UInt16(portCursor))
+        }
+        return nil
+    }
+
+    private func register(_ fd: FileDescriptor, slot: Int32, generation: UInt32) -> RelayID? {
+        let socket = RelaySocket(fd: fd, slot: slot, generation: generation, worker: self)
+        guard let registration = try? loop.register(fd: fd.raw, events: Epoll.input, handler: socket) else {
+            fd.close()
+            return nil
+        }
+        socket.registration = registration
+        return relays.insert(socket)
+    }
+
+    func openReserved(ip: IPAddress, port: UInt16) -> ReservedRelay? {
+        guard let fd = try? Sockets.udp(bind: SocketAddress(ip: ip, port: port), options: relayOptions) else { return nil }
+        // Held as a token until some worker adopts it or the reservation expires (TURNShared):
+        // it crosses threads, so no worker's table owns it meanwhile.
+        return ReservedRelay(token: fd.release())
+    }
+
+    func adopt(_ reserved: ReservedRelay, slot: Int32, generation: UInt32) -> RelayID? {
+        register(FileDescriptor(reserved.token), slot: slot, generation: generation)
+    }
+
+    func closeReserved(_ reserved: ReservedRelay) {
+        FileDescriptor(reserved.token).close()
+    }
+
+    func closeRelay(_ relay: RelayID) {
+        let handle = relays.fd(relay)
+        guard handle >= 0 else { return }
+        // Datagrams queued for this socket earlier in the batch leave first: after close the
+        // number could be reused by the next relayed socket.
+        if handle == toPeerFD || (train.count > 0 && train.handle == handle) { flushPeer() }
+        guard let socket = relays.remove(relay) else { return }
+        if let r = socket.registration { loop.deregister(fd: handle, r) }
+        socket.fd.close()
+    }
+
+    func setDontFragment(_ relay: RelayID) {
+        let handle = relays.fd(relay)
+        guard handle >= 0, let local = try? Sockets.localAddress(handle) else { return }
+        if local.ip.isIPv4 {
+            _ = try? Sockets.setOption(handle, Int32(IPPROTO_IP), ferry_ip_mtu_discover, ferry_ip_pmtudisc_do, "setsockopt(IP_MTU_DISCOVER)")
+        } else {
+            _ = try? Sockets.setOption(handle, Int32(IPPROTO_IPV6), ferry_ipv6_mtu_discover, ferry_ip_pmtudisc_do, "setsockopt(IPV6_MTU_DISCOVER)")
+        }
+    }
+
+    var relayCount: Int { relays.count }
+}
+
+/// One relayed socket: which allocation slot (and generation) it serves.
+final class RelaySocket: EventHandler {
+    let fd: FileDescriptor
+    let slot: Int32
+    let generation: UInt32
+    var registration: Registration?
+    var hot = HotSocket()
+    private unowned let worker: TURNService
+
+    init(fd: FileDescriptor, slot: Int32, generation: UInt32, worker: TURNService) {
+        self.fd = fd
+        self.slot = slot
+        self.generation = generation
+        self.worker = worker
+    }
+
+    func handleEvent(_ events: UInt32, loop: EventLoop) { worker.relayReadable(self) }
+}
