@@ -30,6 +30,15 @@ void ferry_cmsg_set_segment(struct msghdr *hdr, uint16_t segment) {
     memcpy(CMSG_DATA(cm), &segment, sizeof(segment));
 }
 
+uint16_t ferry_cmsg_get_segment(const struct msghdr *hdr) {
+    if (hdr->msg_controllen == 0) return 0;
+    struct cmsghdr *cm = CMSG_FIRSTHDR((struct msghdr *)hdr);
+    if (cm == NULL || cm->cmsg_level != SOL_UDP || cm->cmsg_type != UDP_SEGMENT) return 0;
+    uint16_t segment;
+    memcpy(&segment, CMSG_DATA(cm), sizeof(segment));
+    return segment;
+}
+
 int ferry_cmsg_gro_size(const struct msghdr *hdr) {
     if (hdr->msg_controllen == 0) return 0;
     for (struct cmsghdr *cm = CMSG_FIRSTHDR((struct msghdr *)hdr); cm != NULL;

@@ -91,7 +91,7 @@ enum SignalSessionTarget {
             case 4: token = String(decoding: r.blob(), as: UTF8.self)
             default: token = FuzzKeys.signedToken(claims: r.blob())
             }
-            var text = #"{"v":1,"type":"auth","peer_key":"\#(who.key)","proof":"\#(B64.std(proof))","token":"\#(token)""#
+            var text = #"{"v":1,"type":"auth","peer_key":"\#(who.key)","proof":"\#(Base64.std(proof))","token":"\#(token)""#
             if r.byte() % 4 == 0 { text += #","id":\#(r.byte())"# }
             deliver(slot, Array((text + "}").utf8))
         }

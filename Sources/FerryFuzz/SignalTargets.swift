@@ -11,24 +11,24 @@ enum FuzzKeys {
     /// Three peers with real X25519 key pairs, so authentication can succeed.
     static let peers: [(privateKey: [UInt8], key: String)] = (1...3).map { i in
         let priv = [UInt8](repeating: UInt8(0x10 * i), count: 32)
-        return (priv, B64.std(X25519.publicKey(privateKey: priv)!))
+        return (priv, Base64.std(X25519.publicKey(privateKey: priv)!))
     }
     static let issuer = "https://issuer.fuzz"
     static let audience = "ferry"
     static let jwtSigner = Ed25519Signer(privateKey: [UInt8](repeating: 0x5A, count: 32))
-    static let jwt = try! JWTVerifier(jwks: Data(#"{"keys":[{"kty":"OKP","crv":"Ed25519","kid":"k1","x":"\#(B64.url(jwtSigner.publicKey))"}]}"#.utf8),
+    static let jwt = try! JWTVerifier(jwks: Array(#"{"keys":[{"kty":"OKP","crv":"Ed25519","kid":"k1","x":"\#(Base64.url(jwtSigner.publicKey))"}]}"#.utf8),
                                       issuer: issuer, audience: audience, networkClaim: "net", peerClaim: "peer")
 
     /// A JWT over `header` and `claims` (JSON texts), validly signed.
     static func signedJWT(header: [UInt8], claims: [UInt8]) -> String {
-        let signingInput = "\(B64.url(header)).\(B64.url(claims))"
-        return "\(signingInput).\(B64.url(jwtSigner.sign(Array(signingInput.utf8))))"
+        let signingInput = "\(Base64.url(header)).\(Base64.url(claims))"
+        return "\(signingInput).\(Base64.url(jwtSigner.sign(Array(signingInput.utf8))))"
     }
 
     /// A ferry1 token over `claims` (a JSON text), validly MACed.
     static func signedToken(claims: [UInt8]) -> String {
-        let payload = B64.url(claims)
-        return "ferry1.\(payload).\(B64.url(Crypto.hmacSHA256(key: Array(tokenSecret.utf8), data: Array("ferry1.\(payload)".utf8))))"
+        let payload = Base64.url(claims)
+        return "ferry1.\(payload).\(Base64.url(Crypto.hmacSHA256(key: Array(tokenSecret.utf8), data: Array("ferry1.\(payload)".utf8))))"
     }
 }
 
@@ -101,7 +101,7 @@ enum SignalTargets {
 
     /// JWKS documents as fetched from an issuer: a verifier or a clear error.
     static func jwks(_ b: UnsafeRawBufferPointer) {
-        guard let v = try? JWTVerifier(jwks: Data(b), issuer: FuzzKeys.issuer, audience: FuzzKeys.audience,
+        guard let v = try? JWTVerifier(jwks: Array(b), issuer: FuzzKeys.issuer, audience: FuzzKeys.audience,
                                        networkClaim: "net", peerClaim: nil) else { return }
         require(v.keyCount > 0, "a verifier has a key")
         _ = v.verify(FuzzKeys.signedJWT(header: Array(#"{"alg":"EdDSA"}"#.utf8), claims: Array(#"{"net":"n","exp":1}"#.utf8)),

@@ -10,10 +10,28 @@ import Logging
 /// on the control thread's loop, apart from the workers, so a scrape never delays a packet and
 /// a flood of relayed traffic never hides the server's health.
 final class AdminServer {
+    /// The admin endpoint's series (docs/metrics.md), registered here.
     struct Counters {
-        let requests: (Int) -> CounterID
+        private let byStatus: [Int: CounterID]
+        private let otherStatus: CounterID
         let rejected: CounterID
         let refusedConnections: CounterID
+
+        static let statuses = [200, 400, 404, 405, 408, 431, 503, 505]
+
+        init(registering registry: some CounterRegistry) {
+            let family = "ferry_admin_requests_total", help = "Admin HTTP requests answered, by status code."
+            var byStatus: [Int: CounterID] = [:]
+            for code in Counters.statuses { byStatus[code] = registry.counter(family, help, labels: [("code", "\(code)")]) }
+            self.byStatus = byStatus
+            otherStatus = registry.counter(family, help, labels: [("code", "other")])
+            rejected = registry.counter("ferry_admin_malformed_requests_total",
+                                        "Admin requests rejected as malformed or oversized (answered 400/408/431/505 and closed).")
+            refusedConnections = registry.counter("ferry_admin_refused_connections_total",
+                                                  "Admin connections closed at once because admin.max_connections were open.")
+        }
+
+        func requests(_ status: Int) -> CounterID { byStatus[status] ?? otherStatus }
     }
 
     private let loop: EventLoop

@@ -106,7 +106,7 @@ final class HTTPConnection: EventHandler {
         if closeAfterWrite {
             guard !lingering, let registration else { return }
             lingering = true
-            _ = shutdown(fd.raw, Int32(SHUT_WR))
+            Sockets.shutdownWrite(fd.raw)
             try? loop.modify(fd: fd.raw, registration, events: Epoll.input | Epoll.readHangup)
             if let timer { loop.cancel(timer) }
             timer = loop.schedule(after: 2_000_000_000) { [weak self] in self?.close() }

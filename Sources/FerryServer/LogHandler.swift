@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Logging
+import FerrySystem
 import Synchronization
 
 /// The process-wide log level, changed by reload. Read by every `FerryLogHandler`.
@@ -54,8 +55,7 @@ public struct FerryLogHandler: LogHandler {
             for (k, v) in all.sorted(by: { $0.key < $1.key }) { fields += ",\(FerryLogHandler.quote(k)):\(FerryLogHandler.quote("\(v)"))" }
             line = "{\(fields)}\n"
         }
-        var bytes = Array(line.utf8)
-        bytes.withUnsafeMutableBytes { _ = Glibc.write(2, $0.baseAddress, $0.count) }
+        Array(line.utf8).withUnsafeBytes { _ = writeAll(2, $0) }
     }
 
     static func quote(_ s: String) -> String {

@@ -153,3 +153,9 @@ public final class MetricsRegistry: @unchecked Sendable {
 
     private func join(_ a: String, _ b: String) -> String { a.isEmpty ? b : "\(a),\(b)" }
 }
+
+extension MetricsRegistry: CounterRegistry {
+    public func counter(_ name: String, _ help: String, labels: [(String, String)], gauge: Bool) -> CounterID {
+        counter(name, help, labels: labels, kind: gauge ? .gauge : .counter)
+    }
+}

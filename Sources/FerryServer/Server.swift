@@ -148,7 +148,7 @@ public final class Server: @unchecked Sendable {
             if let first = sockets.first { boundAddresses[listener.name] = try Sockets.localAddress(first.fd.raw) }
             for (worker, fd) in sockets {
                 // Each service registers for the first bytes it reads (DatagramDemux).
-                let counters = udpCounters(listener.name)
+                let counters = UDPListenerCounters(registering: metrics, listener: listener.name)
                 switch listener.service {
                 case .forward:
                     let local = try Sockets.localAddress(fd.raw)
@@ -166,16 +166,7 @@ public final class Server: @unchecked Sendable {
         }
         if let fd = try registry.adminSocket(config.admin.address) {
             let block = metrics.block(engine.loops.count)
-            let requestFamily = "ferry_admin_requests_total"
-            var byStatus: [Int: CounterID] = [:]
-            for code in [200, 400, 404, 405, 408, 431, 503, 505] {
-                byStatus[code] = metrics.counter(requestFamily, "Admin HTTP requests answered, by status code.", labels: [("code", "\(code)")])
-            }
-            let other = metrics.counter(requestFamily, "Admin HTTP requests answered, by status code.", labels: [("code", "other")])
-            let counters = AdminServer.Counters(
-                requests: { byStatus[$0] ?? other },
-                rejected: metrics.counter("ferry_admin_malformed_requests_total", "Admin requests rejected as malformed or oversized (answered 400/408/431/505 and closed)."),
-                refusedConnections: metrics.counter("ferry_admin_refused_connections_total", "Admin connections closed at once because admin.max_connections were open."))
+            let counters = AdminServer.Counters(registering: metrics)
             admin = try AdminServer(fd: fd, loop: control, logger: logger, maxConnections: config.admin.maxConnections,
                                     timeoutSeconds: config.admin.requestTimeoutSeconds, metrics: block, counters: counters,
                                     route: { [unowned self] head in self.route(head) })
@@ -214,7 +205,7 @@ public final class Server: @unchecked Sendable {
 
     private func setUpTURN() throws {
         let t = config.turn
-        let counters = registerTURNMetrics()
+        let counters = TURNCounters(registering: metrics)
         turnCounters = counters
         let workers = engine.loops.count
         var settings = TURNSettings()
@@ -242,10 +233,7 @@ public final class Server: @unchecked Sendable {
         // Each worker relays from its own contiguous block of the port range.
         let span = t.portMax - t.portMin + 1
         let block = max(1, span / workers)
-        let histograms = (client: metrics.histogram("ferry_turn_batch_size", "Datagrams per recvmmsg on TURN sockets, by side.",
-                                                     bounds: [1, 2, 4, 8, 16, 32, 64, 128, 256], labels: [("side", "client")]),
-                          peer: metrics.histogram("ferry_turn_batch_size", "Datagrams per recvmmsg on TURN sockets, by side.",
-                                                  bounds: [1, 2, 4, 8, 16, 32, 64, 128, 256], labels: [("side", "peer")]))
+        let histograms = TURNService.batchHistograms(registering: metrics)
         for loop in engine.loops {
             let lo = t.portMin + loop.index * block
             let hi = loop.index == workers - 1 ? t.portMax : lo + block - 1
@@ -270,14 +258,16 @@ public final class Server: @unchecked Sendable {
     /// on TURN: a connection reaches it through the worker, whatever else the worker serves.
     private func setUpStreams() throws {
         let workers = engine.loops.count
-        let streamCounters = registerStreamMetrics()
+        let streamCounters = StreamCounters(registering: metrics)
+        registerCertificateMetrics()
         // A plain TCP listener works without certificates (TLS sniffed there is then refused).
         if config.listeners.contains(where: { $0.transport != .udp }) && (!config.tls.certificates.isEmpty || config.tls.selfSigned) {
             tlsContexts = try loadTLS(initial: true)
         }
         let state = self.state
         let httpsRoute: HTTPSession.Route = { head in Server.healthRoute(head, state: state) }
-        let hub: any SignalDirectory = SignalHub()
+        // One instance id per process: the entries this ferryd registers carry it (docs/signaling.md).
+        let hub: any SignalDirectory = SignalHub(instance: Crypto.hex(Crypto.randomBytes(8)))
         var signalPolicy: SignalPolicy?
         var signalCounters: SignalCounters?
         if config.signal.enabled {
@@ -315,55 +305,7 @@ public final class Server: @unchecked Sendable {
         }
     }
 
-    private func registerTURNMetrics() -> TURNCounters {
-        let requests = TURNCounters.methods.map { m in
-            TURNCounters.results.map { r in
-                metrics.counter("ferry_stun_requests_total", "STUN/TURN requests answered, by method and result (ok or the error code).",
-                                labels: [("method", STUN.Method.name(m)), ("result", r == 0 ? "ok" : "\(r)")])
-            }
-        }
-        var auth: [TURNCounters.AuthFailure: CounterID] = [:]
-        for a in TURNCounters.AuthFailure.allCases {
-            auth[a] = metrics.counter("ferry_turn_auth_failures_total", "Requests that failed authentication, by reason.", labels: [("reason", a.rawValue)])
-        }
-        var drops: [TURNCounters.Drop: CounterID] = [:]
-        for d in TURNCounters.Drop.allCases {
-            drops[d] = metrics.counter("ferry_turn_drops_total", "Datagrams and messages dropped by the TURN relay, by reason.", labels: [("reason", d.rawValue)])
-        }
-        func c(_ name: String, _ help: String, _ labels: [(String, String)] = []) -> CounterID {
-            metrics.counter(name, help, labels: labels)
-        }
-        return TURNCounters(
-            requests: requests, authFailures: auth, drops: drops,
-            allocationsCreated: c("ferry_turn_allocations_created_total", "Allocations created."),
-            allocationsExpired: c("ferry_turn_allocations_expired_total", "Allocations removed because their lifetime ran out."),
-            allocationsDeleted: c("ferry_turn_allocations_deleted_total", "Allocations deleted by a Refresh with lifetime 0."),
-            allocationsActive: metrics.counter("ferry_turn_allocations_active", "Allocations alive now.", kind: .gauge),
-            permissionsCreated: c("ferry_turn_permissions_created_total", "Permissions installed (refreshes not counted)."),
-            channelsBound: c("ferry_turn_channels_bound_total", "Channel bindings made (refreshes not counted)."),
-            relayedPackets: (c("ferry_turn_relayed_packets_total", "Datagrams relayed, by direction.", [("direction", "to_peer")]),
-                             c("ferry_turn_relayed_packets_total", "Datagrams relayed, by direction.", [("direction", "to_client")])),
-            relayedBytes: (c("ferry_turn_relayed_bytes_total", "Payload bytes relayed, by direction.", [("direction", "to_peer")]),
-                           c("ferry_turn_relayed_bytes_total", "Payload bytes relayed, by direction.", [("direction", "to_client")])))
-    }
-
     // MARK: Metrics
-
-    private func udpCounters(_ listener: String) -> UDPListenerCounters {
-        let l = ("listener", listener)
-        func drop(_ reason: String) -> CounterID {
-            metrics.counter("ferry_udp_drops_total", "Datagrams dropped by the engine, by listener and reason.", labels: [l, ("reason", reason)])
-        }
-        return UDPListenerCounters(
-            received: metrics.counter("ferry_udp_datagrams_received_total", "Datagrams (or GRO trains) read from a listener socket.", labels: [l]),
-            sent: metrics.counter("ferry_udp_datagrams_sent_total", "Datagrams (or GSO trains) written to a listener socket.", labels: [l]),
-            bytes: metrics.counter("ferry_udp_bytes_received_total", "Bytes read from a listener socket.", labels: [l]),
-            truncated: drop("truncated"),
-            unclaimed: drop("unclaimed"),
-            bufferFull: drop("buffer_full"),
-            sendError: drop("send_error"),
-            batches: metrics.histogram("ferry_udp_batch_size", "Datagrams returned per recvmmsg call.", bounds: [1, 2, 4, 8, 16, 32, 64, 128, 256], labels: [l]))
-    }
 
     private func registerGlobalMetrics() {
         let state = self.state
@@ -437,7 +379,7 @@ public final class Server: @unchecked Sendable {
             if let fetched = self.jwks, fetched.url == s.jwksURL { jwks = fetched.data } else { jwks = jwksInUse }
         }
         if let data = jwks {
-            jwt = try JWTVerifier(jwks: Data(data), issuer: s.jwtIssuer, audience: s.jwtAudience, networkClaim: s.networkClaim,
+            jwt = try JWTVerifier(jwks: data, issuer: s.jwtIssuer, audience: s.jwtAudience, networkClaim: s.networkClaim,
                                   peerClaim: s.peerClaim.isEmpty ? nil : s.peerClaim)
         }
         jwksInUse = jwks
@@ -449,7 +391,7 @@ public final class Server: @unchecked Sendable {
             relays.append(RelayHandout(region: "self", urls: s.selfRelayURLs, secret: secret))
         }
         relays += s.relays.map { RelayHandout(region: $0.region, urls: $0.urls, secret: $0.secret) }
-        logger.info("signaling", metadata: ["server_key": "\(B64.std(signalKey?.publicKey ?? []))", "token_secrets": "\(s.tokenSecrets.count)",
+        logger.info("signaling", metadata: ["server_key": "\(Base64.std(signalKey?.publicKey ?? []))", "token_secrets": "\(s.tokenSecrets.count)",
                                             "jwks_keys": "\(jwt?.keyCount ?? 0)", "relays": "\(relays.map(\.region))"])
         return SignalPolicy(serverKey: signalKey!, tokenSecrets: s.tokenSecrets, jwt: jwt, maxPayload: s.maxPayload,
                             messagesPerSecond: Double(s.messagesPerSecond), messageBurst: Double(s.messageBurst),
@@ -495,7 +437,7 @@ public final class Server: @unchecked Sendable {
         case .success(let bytes):
             let s = config.signal
             do {
-                let check = try JWTVerifier(jwks: Data(bytes), issuer: s.jwtIssuer, audience: s.jwtAudience,
+                let check = try JWTVerifier(jwks: bytes, issuer: s.jwtIssuer, audience: s.jwtAudience,
                                             networkClaim: s.networkClaim, peerClaim: nil)
                 jwks = (url, bytes)
                 jwksFetchedAt.value.store(Int64(wallClockSeconds()), ordering: .relaxed)
@@ -536,27 +478,10 @@ public final class Server: @unchecked Sendable {
             let v = fetchedAt.value.load(ordering: .relaxed)
             return v > 0 ? [(labels: "", value: Double(v))] : []
         }
-        var auth: [SignalErrorCode: CounterID] = [:]
-        for c in [SignalErrorCode.authFailed, .badProof, .tokenExpired, .wrongNetwork, .notAuthenticated] {
-            auth[c] = metrics.counter("ferry_signal_auth_failures_total", "Signaling connections refused at authentication, by reason.", labels: [("reason", c.rawValue)])
-        }
-        var dropped: [SignalErrorCode: CounterID] = [:]
-        for c in [SignalErrorCode.badJSON, .badMessage, .unsupportedVersion, .unknownType, .payloadTooLarge, .notAuthenticated, .peerOffline, .rateLimited] {
-            dropped[c] = metrics.counter("ferry_signal_messages_dropped_total", "Signaling messages not delivered, by reason.", labels: [("reason", c.rawValue)])
-        }
         metrics.computedGauge("ferry_signal_peers_registered", "Peers authenticated on signaling now (all workers).") {
             [(labels: "", value: Double(hub.count))]
         }
-        return SignalCounters(
-            registrations: metrics.counter("ferry_signal_registrations_total", "Successful signaling authentications."),
-            connected: metrics.counter("ferry_signal_peers_connected", "Authenticated signaling connections, summed over workers.", kind: .gauge),
-            authFailures: auth,
-            routed: metrics.counter("ferry_signal_messages_routed_total", "Signaling messages routed to a connected peer."),
-            dropped: dropped,
-            queueDropped: metrics.counter("ferry_signal_queue_dropped_total", "Messages dropped (oldest first) from a peer's full outbound queue."),
-            latency: metrics.histogram("ferry_signal_routing_latency_microseconds", "From a message's arrival to its queueing for the recipient.",
-                                       bounds: [50, 100, 250, 500, 1000, 2000, 3000, 4000, 5000, 7500, 10000, 50000, 250_000, 1_000_000]),
-            queued: metrics.counter("ferry_signal_queued_messages", "Messages waiting in peers' outbound queues.", kind: .gauge))
+        return SignalCounters(registering: metrics)
     }
 
     // MARK: TLS
@@ -597,22 +522,8 @@ public final class Server: @unchecked Sendable {
         }
     }
 
-    private func registerStreamMetrics() -> StreamCounters {
-        var accepted: [StreamListener.Kind: CounterID] = [:]
-        var active: [StreamListener.Kind: CounterID] = [:]
-        for k in StreamListener.Kind.allCases {
-            accepted[k] = metrics.counter("ferry_connections_accepted_total", "Stream connections accepted, by listener transport.", labels: [("transport", k.rawValue)])
-            active[k] = metrics.counter("ferry_connections_active", "Stream connections open now, by listener transport.", labels: [("transport", k.rawValue)], kind: .gauge)
-        }
-        var closed: [StreamCounters.Close: CounterID] = [:]
-        for c in StreamCounters.Close.allCases {
-            closed[c] = metrics.counter("ferry_connections_closed_total", "Stream connections closed (or refused), by reason.", labels: [("reason", c.rawValue)])
-        }
-        var protocols: [String: CounterID] = [:]
-        for p in ["turn", "turns", "http", "https"] {
-            protocols[p] = metrics.counter("ferry_connections_protocol_total", "Stream connections by what they carried: turn (TCP), turns (TLS), http, https.", labels: [("protocol", p)])
-        }
-        let hs = "TLS handshakes, by result and version."
+    /// The TLS series that belong to the server rather than a connection: reloads and expiry.
+    private func registerCertificateMetrics() {
         certificateReloads = (metrics.counter("ferry_tls_certificate_reloads_total", "Certificate reloads on SIGHUP, by result.", labels: [("result", "ok")]),
                               metrics.counter("ferry_tls_certificate_reloads_total", "Certificate reloads on SIGHUP, by result.", labels: [("result", "failed")]))
         let expiry = self.certificateExpiry
@@ -620,17 +531,6 @@ public final class Server: @unchecked Sendable {
             let v = expiry.value.load(ordering: .relaxed)
             return v > 0 ? [(labels: "", value: Double(v))] : []
         }
-        return StreamCounters(
-            accepted: accepted, active: active, closed: closed,
-            handshakesOK: (metrics.counter("ferry_tls_handshakes_total", hs, labels: [("result", "ok"), ("version", "TLSv1.2")]),
-                           metrics.counter("ferry_tls_handshakes_total", hs, labels: [("result", "ok"), ("version", "TLSv1.3")])),
-            handshakesFailed: metrics.counter("ferry_tls_handshakes_total", hs, labels: [("result", "failed"), ("version", "none")]),
-            protocols: protocols,
-            httpRequests: metrics.counter("ferry_https_requests_total", "HTTP requests served on stream listeners (health; signaling next)."),
-            httpMalformed: metrics.counter("ferry_https_malformed_requests_total",
-                                           "HTTP requests on stream listeners refused as malformed (answered 400/408/431/505 and closed)."),
-            websockets: metrics.counter("ferry_websocket_upgrades_total", "WebSocket connections opened on /v1/signal."),
-            websocketErrors: metrics.counter("ferry_websocket_errors_total", "WebSocket connections closed for a protocol error, an oversized message (1009) or binary data."))
     }
 
     // MARK: Signals: reload and drain

@@ -5,69 +5,46 @@ import FerrySystem
 import FerryWire
 import FerrySignal
 
-/// Where every authenticated peer is, and who watches whom: what the workers share. The seam for
-/// signaling across several ferryd: a Redis-backed directory implements the same calls (with
-/// entries that name another instance), and the router above it does not change.
-protocol SignalDirectory: Sendable {
-    /// Registers `peer`; returns the entry it replaced, if any.
-    func register(_ peer: String, _ e: SignalHub.Entry) -> SignalHub.Entry?
-    /// Removes `peer` if it is still this connection's; true when it was.
-    func unregister(_ peer: String, _ e: SignalHub.Entry) -> Bool
-    func lookup(_ peer: String) -> SignalHub.Entry?
-    var count: Int { get }
-    /// Subscribes and returns which of `peers` are online in `network` now.
-    func subscribe(_ w: SignalHub.Watcher, network: String, to peers: [String]) -> [String]
-    func unsubscribe(_ w: SignalHub.Watcher, from peers: [String])
-    func watchers(of peer: String, network: String) -> [SignalHub.Watcher]
-}
-
-/// The in-process directory: a lock, touched on registration, on lookup of a message's
-/// recipient and on presence changes; never on the packet path.
+/// The in-process `SignalDirectory`: a lock, touched on registration, on lookup of a message's
+/// recipient and on presence changes; never on the packet path. Replies are immediate: the
+/// caller is a worker on its own thread, which is where a reply must run.
 final class SignalHub: SignalDirectory {
-    struct Entry: Sendable, Equatable {
-        let worker: Int
-        let conn: ConnectionID
-        let network: String
-    }
-
-    struct Watcher: Hashable, Sendable {
-        let worker: Int
-        let conn: ConnectionID
-    }
+    let instance: String
 
     private struct State {
-        var peers: [String: Entry] = [:]
+        var peers: [String: SignalEntry] = [:]
         /// Watched key → who watches it (with the watcher's network).
-        var watchers: [String: [Watcher: String]] = [:]
+        var watchers: [String: [SignalLocation: String]] = [:]
     }
 
     private let state = Mutex(State())
 
-    /// Registers `peer`; returns the entry it replaced, if any.
-    func register(_ peer: String, _ e: Entry) -> Entry? {
-        state.withLock { s in
+    init(instance: String) { self.instance = instance }
+
+    func register(_ peer: String, _ e: SignalEntry, reply: @Sendable (SignalEntry?) -> Void) {
+        let old = state.withLock { s in
             let old = s.peers[peer]
             s.peers[peer] = e
             return old
         }
+        reply(old)
     }
 
-    /// Removes `peer` if it is still this connection's.
-    func unregister(_ peer: String, _ e: Entry) -> Bool {
-        state.withLock { s in
+    func unregister(_ peer: String, _ e: SignalEntry, reply: @Sendable (Bool) -> Void) {
+        let removed = state.withLock { s in
             guard s.peers[peer] == e else { return false }
             s.peers[peer] = nil
             return true
         }
+        reply(removed)
     }
 
-    func lookup(_ peer: String) -> Entry? { state.withLock { $0.peers[peer] } }
+    func lookup(_ peer: String, reply: @Sendable (SignalEntry?) -> Void) { reply(state.withLock { $0.peers[peer] }) }
 
     var count: Int { state.withLock { $0.peers.count } }
 
-    /// Subscribes and returns which of `peers` are online in `network` now.
-    func subscribe(_ w: Watcher, network: String, to peers: [String]) -> [String] {
-        state.withLock { s in
+    func subscribe(_ w: SignalLocation, network: String, to peers: [String], reply: @Sendable ([String]) -> Void) {
+        let online = state.withLock { s in
             var online: [String] = []
             for p in peers {
                 s.watchers[p, default: [:]][w] = network
@@ -75,9 +52,10 @@ final class SignalHub: SignalDirectory {
             }
             return online
         }
+        reply(online)
     }
 
-    func unsubscribe(_ w: Watcher, from peers: [String]) {
+    func unsubscribe(_ w: SignalLocation, from peers: [String]) {
         state.withLock { s in
             for p in peers {
                 s.watchers[p]?[w] = nil
@@ -86,9 +64,8 @@ final class SignalHub: SignalDirectory {
         }
     }
 
-    /// Who in `network` watches `peer`.
-    func watchers(of peer: String, network: String) -> [Watcher] {
-        state.withLock { s in (s.watchers[peer] ?? [:]).filter { $0.value == network }.map(\.key) }
+    func watchers(of peer: String, network: String, reply: @Sendable ([SignalLocation]) -> Void) {
+        reply(state.withLock { s in (s.watchers[peer] ?? [:]).filter { $0.value == network }.map(\.key) })
     }
 }
 
@@ -103,6 +80,8 @@ struct SignalDelivery: Sendable {
 }
 
 /// Counters of signaling (docs/metrics.md).
+/// Signaling's counters, registered here with their names (docs/metrics.md). Reasons are the
+/// protocol's own error codes (docs/signaling.md), so a refused peer and the metric agree.
 struct SignalCounters {
     let registrations: CounterID
     let connected: CounterID
@@ -112,6 +91,33 @@ struct SignalCounters {
     let queueDropped: CounterID
     let latency: HistogramID
     let queued: CounterID
+
+    static let authFailureCodes: [SignalErrorCode] = [.authFailed, .badProof, .tokenExpired, .wrongNetwork, .notAuthenticated]
+    static let dropCodes: [SignalErrorCode] = [.badJSON, .badMessage, .unsupportedVersion, .unknownType, .payloadTooLarge,
+                                               .notAuthenticated, .peerOffline, .rateLimited]
+
+    init(registering registry: some CounterRegistry) {
+        var auth: [SignalErrorCode: CounterID] = [:]
+        for c in SignalCounters.authFailureCodes {
+            auth[c] = registry.counter("ferry_signal_auth_failures_total", "Signaling connections refused at authentication, by reason.",
+                                       labels: [("reason", c.rawValue)])
+        }
+        var dropped: [SignalErrorCode: CounterID] = [:]
+        for c in SignalCounters.dropCodes {
+            dropped[c] = registry.counter("ferry_signal_messages_dropped_total", "Signaling messages not delivered, by reason.",
+                                          labels: [("reason", c.rawValue)])
+        }
+        authFailures = auth
+        self.dropped = dropped
+        registrations = registry.counter("ferry_signal_registrations_total", "Successful signaling authentications.")
+        connected = registry.gauge("ferry_signal_peers_connected", "Authenticated signaling connections, summed over workers.")
+        routed = registry.counter("ferry_signal_messages_routed_total", "Signaling messages routed to a connected peer.")
+        queueDropped = registry.counter("ferry_signal_queue_dropped_total", "Messages dropped (oldest first) from a peer's full outbound queue.")
+        latency = registry.histogram("ferry_signal_routing_latency_microseconds", "From a message's arrival to its queueing for the recipient.",
+                                     bounds: [50, 100, 250, 500, 1000, 2000, 3000, 4000, 5000, 7500, 10000, 50000, 250_000, 1_000_000],
+                                     labels: [])
+        queued = registry.gauge("ferry_signal_queued_messages", "Messages waiting in peers' outbound queues.")
+    }
 }
 
 /// Every worker's `SignalWorker`, indexed by worker. Filled before the workers start, then only
@@ -201,11 +207,13 @@ final class SignalWorker {
                 route(from: p, to: to, message: message, offline: offline, received: received)
             case .subscribe(let keys):
                 guard let network = p.session.network else { continue }
-                let online = hub.subscribe(.init(worker: index, conn: conn.id), network: network, to: keys)
                 p.watching += keys.filter { !p.watching.contains($0) }
-                for k in online { push(WebSocket.encode(.text, SignalSession.presence(k, online: true)), to: p) }
+                let (registry, index, id) = (self.registry, self.index, conn.id)
+                hub.subscribe(here(conn.id), network: network, to: keys) { online in
+                    registry.all[index].subscribed(id, online: online)
+                }
             case .unsubscribe(let keys):
-                hub.unsubscribe(.init(worker: index, conn: conn.id), from: keys)
+                hub.unsubscribe(here(conn.id), from: keys)
                 p.watching.removeAll { keys.contains($0) }
             case .dropped(let code):
                 if [.authFailed, .badProof, .tokenExpired, .wrongNetwork].contains(code), p.session.peer == nil {
@@ -220,43 +228,83 @@ final class SignalWorker {
         }
     }
 
+    /// A connection of this worker, as the directory names it.
+    private func here(_ conn: ConnectionID) -> SignalLocation {
+        SignalLocation(instance: hub.instance, worker: index, connection: conn)
+    }
+
+    // Directory requests reply on this worker's thread (see `SignalDirectory`): each reply finds
+    // its session again by connection id, since the connection may have closed meanwhile.
+
     private func register(_ p: Peer, peer: String, network: String, welcome: [UInt8]) {
-        let entry = SignalHub.Entry(worker: index, conn: p.conn.id, network: network)
-        if let old = hub.register(peer, entry), old != entry {
+        let entry = SignalEntry(location: here(p.conn.id), network: network)
+        let (registry, index) = (self.registry, self.index)
+        hub.register(peer, entry) { old in
+            registry.all[index].registered(peer, entry: entry, replaced: old, welcome: welcome)
+        }
+    }
+
+    private func registered(_ peer: String, entry: SignalEntry, replaced old: SignalEntry?, welcome: [UInt8]) {
+        if let old, old != entry {
             // A second connection with the same key replaces the first, which is told why.
             let frame = WebSocket.encode(.text, SignalSession.error(.replaced, "a newer connection authenticated with this key"))
                 + WebSocket.close(.replaced, reason: "replaced")
-            deliver(SignalDelivery(conn: old.conn, frame: frame, received: 0, closeAfter: true), toWorker: old.worker)
+            deliver(SignalDelivery(conn: old.location.connection, frame: frame, received: 0, closeAfter: true), to: old.location)
+        }
+        guard let p = sessions[entry.location.connection] else {
+            // Closed before the directory answered: take the registration back.
+            hub.unregister(peer, entry) { _ in }
+            return
         }
         metrics.add(counters.registrations)
-        p.registered = (peer, network)
+        p.registered = (peer, entry.network)
         authenticated += 1
         metrics.set(counters.connected, UInt64(authenticated))
         push(WebSocket.encode(.text, welcome), to: p)
-        announce(peer, network: network, online: true)
+        announce(peer, network: entry.network, online: true)
+    }
+
+    private func subscribed(_ conn: ConnectionID, online: [String]) {
+        guard let p = sessions[conn] else { return }
+        for k in online { push(WebSocket.encode(.text, SignalSession.presence(k, online: true)), to: p) }
     }
 
     private func announce(_ peer: String, network: String, online: Bool) {
         let frame = WebSocket.encode(.text, SignalSession.presence(peer, online: online))
-        for w in hub.watchers(of: peer, network: network) {
-            deliver(SignalDelivery(conn: w.conn, frame: frame, received: 0, closeAfter: false), toWorker: w.worker)
+        let (registry, index) = (self.registry, self.index)
+        hub.watchers(of: peer, network: network) { watchers in
+            let me = registry.all[index]
+            for w in watchers {
+                me.deliver(SignalDelivery(conn: w.connection, frame: frame, received: 0, closeAfter: false), to: w)
+            }
         }
     }
 
     private func route(from p: Peer, to: String, message: [UInt8], offline: [UInt8], received: UInt64) {
+        let (registry, index, conn, network) = (self.registry, self.index, p.conn.id, p.session.network)
+        hub.lookup(to) { target in
+            registry.all[index].routeFound(target, from: conn, network: network, message: message, offline: offline, received: received)
+        }
+    }
+
+    private func routeFound(_ target: SignalEntry?, from conn: ConnectionID, network: String?, message: [UInt8], offline: [UInt8],
+                            received: UInt64) {
         // A peer signals only peers of its own network.
-        guard let target = hub.lookup(to), target.network == p.session.network else {
+        guard let target, target.network == network, target.location.instance == hub.instance else {
             if let c = counters.dropped[.peerOffline] { metrics.add(c) }
-            push(WebSocket.encode(.text, offline), to: p)
+            if let p = sessions[conn] { push(WebSocket.encode(.text, offline), to: p) }
             return
         }
         metrics.add(counters.routed)
-        deliver(SignalDelivery(conn: target.conn, frame: WebSocket.encode(.text, message), received: received, closeAfter: false),
-                toWorker: target.worker)
+        deliver(SignalDelivery(conn: target.location.connection, frame: WebSocket.encode(.text, message), received: received,
+                               closeAfter: false), to: target.location)
     }
 
-    private func deliver(_ d: SignalDelivery, toWorker w: Int) {
-        if w == index { receive([d]) } else { outbox[w, default: []].append(d) }
+    /// To a connection on this instance: this worker's directly, another's in its next batch.
+    /// Connections of other instances are theirs to reach (not yet: one instance per directory).
+    private func deliver(_ d: SignalDelivery, to location: SignalLocation) {
+        guard location.instance == hub.instance else { return }
+        if location.worker == index { receive([d]) } else { outbox[location.worker, default: []].append(d) }
     }
 
     /// Deliveries from any worker (this one, or a batch from another's mailbox).
@@ -337,9 +385,12 @@ final class SignalWorker {
             metrics.set(counters.queued, UInt64(queued))
         }
         if p.registered != nil { authenticated -= 1 }
-        if !p.watching.isEmpty { hub.unsubscribe(.init(worker: index, conn: conn.id), from: p.watching) }
-        if let (peer, network) = p.registered, hub.unregister(peer, .init(worker: index, conn: conn.id, network: network)) {
-            announce(peer, network: network, online: false)
+        if !p.watching.isEmpty { hub.unsubscribe(here(conn.id), from: p.watching) }
+        if let (peer, network) = p.registered {
+            let (registry, index) = (self.registry, self.index)
+            hub.unregister(peer, SignalEntry(location: here(conn.id), network: network)) { removed in
+                if removed { registry.all[index].announce(peer, network: network, online: false) }
+            }
         }
         p.session.closed()
         metrics.set(counters.connected, UInt64(max(0, authenticated)))

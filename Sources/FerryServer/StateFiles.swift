@@ -19,12 +19,7 @@ enum StateFiles {
             throw SystemError(call: "read \(path): not a hex secret", errno: EINVAL)
         }
         let key = Crypto.randomBytes(bytes)
-        let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
-        if fd < 0 { throw SystemError(call: "create \(path)", errno: errno) }
-        defer { _ = Glibc.close(fd) }
-        let text = Array((Crypto.hex(key) + "\n").utf8)
-        let written = text.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
-        if written != text.count { throw SystemError(call: "write \(path)", errno: errno) }
+        try Files.createExclusive(path, mode: 0o600, contents: Array((Crypto.hex(key) + "\n").utf8))
         return key
     }
 }

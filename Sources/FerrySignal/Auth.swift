@@ -1,22 +1,5 @@
-import Foundation
 import FerryWire
 import FerryTLS
-
-/// Base64 helpers for keys (WireGuard writes keys in standard base64) and tokens (base64url).
-public enum B64 {
-    public static func decode(_ s: String) -> [UInt8]? {
-        var t = s.replacingOccurrences(of: "-", with: "+").replacingOccurrences(of: "_", with: "/")
-        while t.count % 4 != 0 { t += "=" }
-        return Data(base64Encoded: t).map { [UInt8]($0) }
-    }
-
-    public static func url(_ bytes: [UInt8]) -> String {
-        Data(bytes).base64EncodedString().replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_")
-            .replacingOccurrences(of: "=", with: "")
-    }
-
-    public static func std(_ bytes: [UInt8]) -> String { Data(bytes).base64EncodedString() }
-}
 
 /// Who a connection is once authenticated.
 public struct SignalIdentity: Equatable, Sendable {
@@ -55,9 +38,8 @@ public enum SignalErrorCode: String, Error, Sendable, CaseIterable {
 enum UnixSeconds {
     static let max: UInt64 = 253_402_300_799  // 9999-12-31T23:59:59Z
 
-    static func claim(_ value: Any?) -> UInt64? {
-        guard let n = value as? NSNumber else { return nil }
-        let d = n.doubleValue
+    static func claim(_ value: JSONValue?) -> UInt64? {
+        guard let d = value?.number else { return nil }
         guard d.isFinite, d >= 0, d <= Double(max) else { return nil }
         return UInt64(d.rounded(.down))
     }
@@ -68,29 +50,29 @@ enum UnixSeconds {
 /// `peer`, when present, binds the token to one WireGuard public key. `ferry token` mints them.
 public enum SignalToken {
     public static func mint(secret: String, network: String, peer: String?, expiry: UInt64) -> String {
-        var claims: [String: Any] = ["net": network, "exp": expiry]
-        if let peer { claims["peer"] = peer }
-        let json = (try? JSONSerialization.data(withJSONObject: claims, options: [.sortedKeys])) ?? Data()
-        let payload = B64.url([UInt8](json))
+        // Keys in sorted order, as every ferry1 token has been minted.
+        var claims: [(String, JSONValue)] = [("exp", .number(Double(expiry))), ("net", .string(network))]
+        if let peer { claims.append(("peer", .string(peer))) }
+        let payload = Base64.url(JSONValue.object(claims).encoded())
         let mac = Crypto.hmacSHA256(key: Array(secret.utf8), data: Array("ferry1.\(payload)".utf8))
-        return "ferry1.\(payload).\(B64.url(mac))"
+        return "ferry1.\(payload).\(Base64.url(mac))"
     }
 
     public static func verify(_ token: String, secrets: [String], peer: String, now: UInt64) -> Result<SignalIdentity, SignalErrorCode> {
         let parts = token.split(separator: ".", omittingEmptySubsequences: false)
-        guard parts.count == 3, parts[0] == "ferry1", let mac = B64.decode(String(parts[2])) else { return .failure(.authFailed) }
+        guard parts.count == 3, parts[0] == "ferry1", let mac = Base64.decode(String(parts[2])) else { return .failure(.authFailed) }
         let signed = Array("ferry1.\(parts[1])".utf8)
         guard secrets.contains(where: { Crypto.constantTimeEqual(Crypto.hmacSHA256(key: Array($0.utf8), data: signed), mac) }) else {
             return .failure(.authFailed)
         }
-        guard let payload = B64.decode(String(parts[1])),
-              let claims = (try? JSONSerialization.jsonObject(with: Data(payload))) as? [String: Any],
-              let net = claims["net"] as? String, let exp = UnixSeconds.claim(claims["exp"]) else {
+        guard let payload = Base64.decode(String(parts[1])),
+              let claims = JSONValue.parse(payload), claims.isObject,
+              let net = claims["net"]?.string, let exp = UnixSeconds.claim(claims["exp"]) else {
             return .failure(.authFailed)
         }
         // A network names who may reach whom: an empty one would be a shared default.
         guard !net.isEmpty else { return .failure(.wrongNetwork) }
-        if let bound = claims["peer"] as? String, bound != peer { return .failure(.authFailed) }
+        if let bound = claims["peer"], bound.string != peer { return .failure(.authFailed) }
         guard exp > now else { return .failure(.tokenExpired) }
         return .success(SignalIdentity(network: net, expiry: exp))
     }
@@ -109,21 +91,21 @@ public final class JWTVerifier: @unchecked Sendable {
 
     public struct Failure: Error, CustomStringConvertible { public let description: String }
 
-    public init(jwks: Data, issuer: String, audience: String, networkClaim: String, peerClaim: String?) throws {
-        guard let doc = try JSONSerialization.jsonObject(with: jwks) as? [String: Any], let list = doc["keys"] as? [[String: Any]] else {
+    public init(jwks: [UInt8], issuer: String, audience: String, networkClaim: String, peerClaim: String?) throws {
+        guard let doc = JSONValue.parse(jwks), let list = doc["keys"]?.array else {
             throw Failure(description: "JWKS must be an object with a \"keys\" array")
         }
         var keys: [(String?, JWSKey)] = []
-        for k in list {
-            let kid = k["kid"] as? String
-            func b(_ name: String) -> [UInt8]? { (k[name] as? String).flatMap(B64.decode) }
-            switch k["kty"] as? String {
+        for k in list where k.isObject {
+            let kid = k["kid"]?.string
+            func b(_ name: String) -> [UInt8]? { k[name]?.string.flatMap(Base64.decode) }
+            switch k["kty"]?.string {
             case "RSA":
                 if let n = b("n"), let e = b("e"), let key = JWSKey.rsa(n: n, e: e) { keys.append((kid, key)) }
             case "EC":
-                if (k["crv"] as? String) == "P-256", let x = b("x"), let y = b("y"), let key = JWSKey.p256(x: x, y: y) { keys.append((kid, key)) }
+                if k["crv"]?.string == "P-256", let x = b("x"), let y = b("y"), let key = JWSKey.p256(x: x, y: y) { keys.append((kid, key)) }
             case "OKP":
-                if (k["crv"] as? String) == "Ed25519", let x = b("x"), let key = JWSKey.ed25519(x: x) { keys.append((kid, key)) }
+                if k["crv"]?.string == "Ed25519", let x = b("x"), let key = JWSKey.ed25519(x: x) { keys.append((kid, key)) }
             default:
                 continue
             }
@@ -140,11 +122,11 @@ public final class JWTVerifier: @unchecked Sendable {
 
     public func verify(_ jwt: String, peer: String, now: UInt64) -> Result<SignalIdentity, SignalErrorCode> {
         let parts = jwt.split(separator: ".", omittingEmptySubsequences: false)
-        guard parts.count == 3, let headerBytes = B64.decode(String(parts[0])), let payloadBytes = B64.decode(String(parts[1])),
-              let signature = B64.decode(String(parts[2])),
-              let header = (try? JSONSerialization.jsonObject(with: Data(headerBytes))) as? [String: Any],
-              let claims = (try? JSONSerialization.jsonObject(with: Data(payloadBytes))) as? [String: Any],
-              let alg = header["alg"] as? String else { return .failure(.authFailed) }
+        guard parts.count == 3, let headerBytes = Base64.decode(String(parts[0])), let payloadBytes = Base64.decode(String(parts[1])),
+              let signature = Base64.decode(String(parts[2])),
+              let header = JSONValue.parse(headerBytes), header.isObject,
+              let claims = JSONValue.parse(payloadBytes), claims.isObject,
+              let alg = header["alg"]?.string else { return .failure(.authFailed) }
         let algorithm: JWSKey.Algorithm
         switch alg {
         case "RS256": algorithm = .rs256
@@ -152,12 +134,13 @@ public final class JWTVerifier: @unchecked Sendable {
         case "EdDSA": algorithm = .edDSA
         default: return .failure(.authFailed)  // never "none", never HMAC with a public key
         }
-        let kid = header["kid"] as? String
+        let kid = header["kid"]?.string
         let signed = Array("\(parts[0]).\(parts[1])".utf8)
         let candidates = keys.filter { $0.key.algorithm == algorithm && (kid == nil || $0.kid == nil || $0.kid == kid) }
         guard candidates.contains(where: { $0.key.verify(signed, signature: signature) }) else { return .failure(.authFailed) }
-        guard (claims["iss"] as? String) == issuer else { return .failure(.authFailed) }
-        let audiences: [String] = (claims["aud"] as? [String]) ?? ((claims["aud"] as? String).map { [$0] } ?? [])
+        guard claims["iss"]?.string == issuer else { return .failure(.authFailed) }
+        // RFC 7519 §4.1.3: one string, or an array of strings.
+        let audiences: [String] = claims["aud"]?.array?.compactMap(\.string) ?? (claims["aud"]?.string).map { [$0] } ?? []
         guard audiences.contains(audience) else { return .failure(.authFailed) }
         guard let exp = UnixSeconds.claim(claims["exp"]) else { return .failure(.authFailed) }
         // Leeway absorbs clock skew between the issuer and this server: a token is good until
@@ -166,8 +149,8 @@ public final class JWTVerifier: @unchecked Sendable {
         if let nbfClaim = claims["nbf"] {
             guard let nbf = UnixSeconds.claim(nbfClaim), nbf <= now + leewaySeconds else { return .failure(.authFailed) }
         }
-        guard let network = claims[networkClaim] as? String, !network.isEmpty else { return .failure(.wrongNetwork) }
-        if let peerClaim, let bound = claims[peerClaim] as? String, bound != peer { return .failure(.authFailed) }
+        guard let network = claims[networkClaim]?.string, !network.isEmpty else { return .failure(.wrongNetwork) }
+        if let peerClaim, let bound = claims[peerClaim], bound.string != peer { return .failure(.authFailed) }
         return .success(SignalIdentity(network: network, expiry: exp + leewaySeconds))
     }
 }

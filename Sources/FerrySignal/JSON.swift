@@ -1,3 +1,5 @@
+import FerryWire
+
 /// A small strict JSON reader and writer for signaling messages (RFC 8259). Hand-written
 /// because Foundation's JSONSerialization, measured here, cost ~100 µs of CPU per routed message
 /// (bridging to NSDictionary and ICU collation), ten times everything else on the path. Routing
@@ -30,6 +32,7 @@ public indirect enum JSONValue: Equatable, Sendable {
     public var string: String? { if case .string(let s) = self { return s } else { return nil } }
     public var number: Double? { if case .number(let n) = self { return n } else { return nil } }
     public var array: [JSONValue]? { if case .array(let a) = self { return a } else { return nil } }
+    public var isObject: Bool { if case .object = self { return true } else { return false } }
 
     /// Parses one JSON value that must make up the whole text; nil when the text is not JSON
     /// or nests deeper than `maxDepth`.
@@ -258,11 +261,11 @@ struct JSONParser {
     }
 }
 
-/// Base64 of 32-byte keys, checked without allocating Foundation objects.
+/// Standard base64 of 32-byte keys (WireGuard's form), checked without decoding.
 public enum KeyText {
     static let table: [UInt8] = {
         var t = [UInt8](repeating: 0xFF, count: 256)
-        for (i, c) in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".utf8.enumerated() { t[Int(c)] = UInt8(i) }
+        for (i, c) in Base64.standard.enumerated() { t[Int(c)] = UInt8(i) }
         return t
     }()
 

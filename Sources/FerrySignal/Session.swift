@@ -106,8 +106,8 @@ public final class SignalSession {
 
     /// The first message, sent on connect.
     public func hello() -> [UInt8] {
-        JSONValue.object([("v", .number(1)), ("type", .string("hello")), ("server_key", .string(B64.std(policy.serverKey.publicKey))),
-                          ("challenge", .string(B64.std(challenge))), ("ping_interval", .number(Double(policy.pingInterval)))]).encoded()
+        JSONValue.object([("v", .number(1)), ("type", .string("hello")), ("server_key", .string(Base64.std(policy.serverKey.publicKey))),
+                          ("challenge", .string(Base64.std(challenge))), ("ping_interval", .number(Double(policy.pingInterval)))]).encoded()
     }
 
     public static func error(_ code: SignalErrorCode, _ message: String, ref: JSONValue? = nil) -> [UInt8] {
@@ -172,10 +172,10 @@ public final class SignalSession {
             state = .closed
             return [.reply(SignalSession.error(code, why)), .dropped(code), .close(.unauthorized, why)]
         }
-        guard let peer = o["peer_key"]?.string, KeyText.isKey(peer), let peerKey = B64.decode(peer), peerKey.count == 32 else {
+        guard let peer = o["peer_key"]?.string, KeyText.isKey(peer), let peerKey = Base64.decode(peer), peerKey.count == 32 else {
             return fail(.badMessage, "peer_key must be a base64 X25519 public key")
         }
-        guard let proofText = o["proof"]?.string, let proof = B64.decode(proofText),
+        guard let proofText = o["proof"]?.string, let proof = Base64.decode(proofText),
               policy.serverKey.verify(proof: proof, peerPublicKey: peerKey, challenge: challenge) else {
             return fail(.badProof, "the proof does not match the key")
         }

@@ -70,8 +70,11 @@ public final class EventLoop: @unchecked Sendable {
         nextSweep = now + sweepInterval
         timers = TimerWheel(now: now)
         var ev = epoll_event(events: Epoll.input, data: epoll_data_t(u64: EventLoop.wakeToken))
-        try syscallValue("epoll_ctl(ADD eventfd)") { epoll_ctl(epfd.raw, EPOLL_CTL_ADD, tasks.wakeFD.raw, &ev) }
+        try syscallValue("epoll_ctl(ADD eventfd)") { sysEpollCtl(epfd.raw, EPOLL_CTL_ADD, tasks.wakeFD.raw, &ev) }
     }
+
+    /// The loop owns its epoll descriptor (registered sockets belong to their handlers).
+    deinit { epfd.close() }
 
     // MARK: Registration (loop thread only)
 
@@ -89,7 +92,7 @@ public final class EventLoop: @unchecked Sendable {
         let token = Registration(slot: slot, generation: generations[Int(slot)])
         var ev = epoll_event(events: events, data: epoll_data_t(u64: token.packed))
         do {
-            try syscallValue("epoll_ctl(ADD)") { epoll_ctl(epfd.raw, EPOLL_CTL_ADD, fd, &ev) }
+            try syscallValue("epoll_ctl(ADD)") { sysEpollCtl(epfd.raw, EPOLL_CTL_ADD, fd, &ev) }
         } catch {
             release(slot)
             throw error
@@ -99,7 +102,7 @@ public final class EventLoop: @unchecked Sendable {
 
     public func modify(fd: Int32, _ token: Registration, events: UInt32) throws(SystemError) {
         var ev = epoll_event(events: events, data: epoll_data_t(u64: token.packed))
-        try syscallValue("epoll_ctl(MOD)") { epoll_ctl(epfd.raw, EPOLL_CTL_MOD, fd, &ev) }
+        try syscallValue("epoll_ctl(MOD)") { sysEpollCtl(epfd.raw, EPOLL_CTL_MOD, fd, &ev) }
     }
 
     /// Removes the fd from epoll and forgets the handler. Call before closing the fd.
@@ -107,7 +110,7 @@ public final class EventLoop: @unchecked Sendable {
         guard Int(token.slot) < handlers.count, generations[Int(token.slot)] == token.generation else { return }
         hot.removeAll { $0.token == token }
         var ev = epoll_event()
-        _ = epoll_ctl(epfd.raw, EPOLL_CTL_DEL, fd, &ev)
+        _ = sysEpollCtl(epfd.raw, EPOLL_CTL_DEL, fd, &ev)
         release(token.slot)
     }
 
@@ -128,7 +131,7 @@ public final class EventLoop: @unchecked Sendable {
         guard Int(token.slot) < handlers.count, generations[Int(token.slot)] == token.generation,
               let handler = handlers[Int(token.slot)], !hot.contains(where: { $0.token == token }) else { return }
         var ev = epoll_event()
-        guard epoll_ctl(epfd.raw, EPOLL_CTL_DEL, fd, &ev) == 0 else { return }
+        guard sysEpollCtl(epfd.raw, EPOLL_CTL_DEL, fd, &ev) == 0 else { return }
         hot.append((fd, token, events, handler))
     }
 
@@ -138,7 +141,7 @@ public final class EventLoop: @unchecked Sendable {
         guard let i = hot.firstIndex(where: { $0.token == token }) else { return }
         let entry = hot.remove(at: i)
         var ev = epoll_event(events: entry.events, data: epoll_data_t(u64: token.packed))
-        if epoll_ctl(epfd.raw, EPOLL_CTL_ADD, fd, &ev) != 0 {
+        if sysEpollCtl(epfd.raw, EPOLL_CTL_ADD, fd, &ev) != 0 {
             preconditionFailure("epoll_ctl(ADD) on resume: errno \(errno)")
         }
     }
@@ -178,7 +181,7 @@ public final class EventLoop: @unchecked Sendable {
         while running {
             let timeout = pollTimeoutMillis()
             let n = events.withUnsafeMutableBufferPointer { buf in
-                epoll_wait(epfd.raw, buf.baseAddress, maxEvents, timeout)
+                sysEpollWait(epfd.raw, buf.baseAddress, maxEvents, timeout)
             }
             now = monotonicNanos()
             if n < 0 {

@@ -23,7 +23,7 @@ public final class FileDescriptor: @unchecked Sendable {
     public func close() -> SystemError? {
         guard open else { return nil }
         open = false
-        if Glibc.close(raw) != 0 && errno != EINTR {
+        if sysClose(raw) != 0 && errno != EINTR {
             return SystemError(call: "close", errno: errno)
         }
         return nil
@@ -35,7 +35,11 @@ public final class FileDescriptor: @unchecked Sendable {
         return raw
     }
 
+    /// An owner must close (or release) what it owns: dropping an open descriptor is a leak
+    /// caught here in debug builds and the tests (swift-nio's `BaseSocket` does the same). A
+    /// release build still closes it, so a missed path cannot exhaust the process's descriptors.
     deinit {
-        if open { _ = Glibc.close(raw) }
+        assert(!open, "FileDescriptor \(raw) dropped while open: close() or release() it")
+        if open { _ = sysClose(raw) }
     }
 }

@@ -17,4 +17,15 @@ public enum Files {
         }
         return ferror(f) == 0 ? out : nil
     }
+
+    /// Creates `path` (which must not exist) with `mode` and writes `contents` (secrets in the
+    /// state directory: O_EXCL, so two processes never both create one).
+    public static func createExclusive(_ path: String, mode: mode_t, contents: [UInt8]) throws(SystemError) {
+        let raw = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode)
+        if raw < 0 { throw SystemError(call: "create \(path)", errno: errno) }
+        let fd = FileDescriptor(raw)
+        defer { fd.close() }
+        let ok = contents.withUnsafeBytes { writeAll(raw, $0) }
+        if !ok { throw SystemError(call: "write \(path)", errno: errno) }
+    }
 }

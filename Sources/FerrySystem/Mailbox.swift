@@ -16,6 +16,9 @@ public final class Mailbox<Message: Sendable>: Sendable {
         wakeFD = FileDescriptor(try syscallValue("eventfd") { eventfd(0, Int32(EFD_NONBLOCK | EFD_CLOEXEC)) })
     }
 
+    /// The mailbox owns its eventfd: the last reference closes it.
+    deinit { wakeFD.close() }
+
     public func post(_ message: Message) {
         let wasEmpty = queue.withLock { q in
             q.append(message)
@@ -37,7 +40,7 @@ public final class Mailbox<Message: Sendable>: Sendable {
     /// Takes everything posted so far. Called on the receiving loop.
     public func drain() -> [Message] {
         var one: UInt64 = 0
-        _ = Glibc.read(wakeFD.raw, &one, 8)
+        _ = sysRead(wakeFD.raw, &one, 8)
         return queue.withLock { q in
             let taken = q
             q.removeAll(keepingCapacity: true)
@@ -47,6 +50,6 @@ public final class Mailbox<Message: Sendable>: Sendable {
 
     private func wake() {
         var one: UInt64 = 1
-        _ = Glibc.write(wakeFD.raw, &one, 8)
+        _ = sysWrite(wakeFD.raw, &one, 8)
     }
 }

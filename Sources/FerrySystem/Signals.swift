@@ -25,7 +25,7 @@ public final class SignalSource: EventHandler {
 
     public func handleEvent(_ events: UInt32, loop: EventLoop) {
         var info = signalfd_siginfo()
-        while Glibc.read(fd.raw, &info, MemoryLayout<signalfd_siginfo>.size) == MemoryLayout<signalfd_siginfo>.size {
+        while sysRead(fd.raw, &info, MemoryLayout<signalfd_siginfo>.size) == MemoryLayout<signalfd_siginfo>.size {
             onSignal(Int32(info.ssi_signo))
         }
     }

@@ -124,13 +124,13 @@ public enum Sockets {
     /// Reads into `buffer`; `.done(0)` is end of stream.
     @inlinable
     public static func read(_ fd: Int32, into buffer: UnsafeMutableRawBufferPointer) throws(SystemError) -> IOResult<Int> {
-        try syscall("read") { Glibc.read(fd, buffer.baseAddress, buffer.count) }
+        try syscall("read") { sysRead(fd, buffer.baseAddress, buffer.count) }
     }
 
     /// Writes from `buffer` without SIGPIPE.
     @inlinable
     public static func write(_ fd: Int32, from buffer: UnsafeRawBufferPointer) throws(SystemError) -> IOResult<Int> {
-        try syscall("send") { Glibc.send(fd, buffer.baseAddress, buffer.count, Int32(MSG_NOSIGNAL)) }
+        try syscall("send") { sysSend(fd, buffer.baseAddress, buffer.count, Int32(MSG_NOSIGNAL)) }
     }
 }
 
@@ -150,5 +150,11 @@ extension Sockets {
     /// TCP_NODELAY: small TURN messages go out at once.
     public static func setNoDelay(_ fd: Int32) {
         _ = try? setOption(fd, Int32(IPPROTO_TCP), TCP_NODELAY, 1, "setsockopt(TCP_NODELAY)")
+    }
+
+    /// Half-closes: our FIN goes out after what is queued, and the peer's bytes are still read
+    /// (a lingering close that lets a last answer arrive before the reset).
+    public static func shutdownWrite(_ fd: Int32) {
+        _ = sysShutdown(fd, Int32(SHUT_WR))
     }
 }

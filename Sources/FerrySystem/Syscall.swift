@@ -3,6 +3,7 @@ import Glibc
 #elseif canImport(Musl)
 import Musl
 #endif
+import CFerryLinux
 
 /// A failed system call: which call, and the errno it returned.
 public struct SystemError: Error, Equatable, CustomStringConvertible, Sendable {
@@ -17,6 +18,36 @@ public struct SystemError: Error, Equatable, CustomStringConvertible, Sendable {
     public var description: String {
         "\(call): \(String(cString: strerror(errno))) (errno \(errno))"
     }
+}
+
+// The libc calls that take a descriptor, bound once to names of their own (as swift-nio's
+// System.swift does). Code outside this module goes through the wrappers here, in `Sockets`,
+// `Files` and `EventLoop`; Tests/integration/test_source_rules.py refuses a direct call anywhere
+// but this file.
+@usableFromInline func sysClose(_ fd: Int32) -> Int32 { Glibc.close(fd) }
+@usableFromInline func sysRead(_ fd: Int32, _ buf: UnsafeMutableRawPointer?, _ n: Int) -> Int { Glibc.read(fd, buf, n) }
+@usableFromInline func sysWrite(_ fd: Int32, _ buf: UnsafeRawPointer?, _ n: Int) -> Int { Glibc.write(fd, buf, n) }
+@usableFromInline func sysSend(_ fd: Int32, _ buf: UnsafeRawPointer?, _ n: Int, _ flags: Int32) -> Int { Glibc.send(fd, buf, n, flags) }
+@usableFromInline func sysShutdown(_ fd: Int32, _ how: Int32) -> Int32 { Glibc.shutdown(fd, how) }
+@usableFromInline func sysEpollCtl(_ epfd: Int32, _ op: Int32, _ fd: Int32, _ ev: UnsafeMutablePointer<epoll_event>?) -> Int32 {
+    epoll_ctl(epfd, op, fd, ev)
+}
+@usableFromInline func sysEpollWait(_ epfd: Int32, _ events: UnsafeMutablePointer<epoll_event>?, _ max: Int32, _ timeout: Int32) -> Int32 {
+    epoll_wait(epfd, events, max, timeout)
+}
+
+/// Writes all of `bytes` to a blocking descriptor (stderr for the log), retrying short writes
+/// and EINTR; false when the descriptor refuses. Not for sockets on the loop.
+@discardableResult
+public func writeAll(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) -> Bool {
+    var done = 0
+    while done < bytes.count {
+        let n = sysWrite(fd, bytes.baseAddress! + done, bytes.count - done)
+        if n < 0 && errno == EINTR { continue }
+        if n <= 0 { return false }
+        done += n
+    }
+    return true
 }
 
 /// The outcome of a non-blocking call: done with a value, or the kernel would have blocked.

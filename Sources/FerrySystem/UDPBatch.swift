@@ -80,6 +80,18 @@ public final class UDPReceiveBatch {
     @inlinable public func truncated(_ i: Int) -> Bool {
         headers[i].msg_hdr.msg_flags & Int32(MSG_TRUNC) != 0
     }
+
+    /// Fills slot `i` as `recvmmsg` would have (the fake datagram I/O of tests and fuzzing):
+    /// the bytes, cut to the slot with the truncation flag set, and their source.
+    public func store(_ i: Int, _ bytes: [UInt8], from source: SocketAddress) {
+        let room = iovecs[i].iov_len
+        let n = min(bytes.count, room)
+        bytes.withUnsafeBytes { data(i).copyMemory(from: $0.baseAddress!, byteCount: n) }
+        headers[i].msg_len = UInt32(n)
+        headers[i].msg_hdr.msg_flags = bytes.count > room ? Int32(MSG_TRUNC) : 0
+        headers[i].msg_hdr.msg_namelen = source.write(to: UnsafeMutableRawPointer(names + i))
+        headers[i].msg_hdr.msg_controllen = 0
+    }
 }
 
 /// Preallocated send side: a queue of up to `capacity` datagrams for one socket, flushed with
@@ -168,6 +180,12 @@ public final class UDPSendQueue {
         public var bufferFull = 0
         public var failed = 0
         public var lastError: SystemError?
+
+        public init(sent: Int = 0, bufferFull: Int = 0, failed: Int = 0) {
+            self.sent = sent
+            self.bufferFull = bufferFull
+            self.failed = failed
+        }
     }
 
     /// Sends everything queued, retrying partial sends; what cannot be sent is dropped and
@@ -203,4 +221,26 @@ public final class UDPSendQueue {
 
     /// Forgets queued entries without sending.
     public func reset() { queued.pointee = 0 }
+
+    /// A queued datagram, copied out: bytes, destination and GSO segment size (0: none).
+    public struct Entry: Equatable, Sendable {
+        public let bytes: [UInt8]
+        public let destination: SocketAddress?
+        public let segment: Int
+
+        public init(bytes: [UInt8], destination: SocketAddress?, segment: Int) {
+            self.bytes = bytes
+            self.destination = destination
+            self.segment = segment
+        }
+    }
+
+    /// What is queued, copied out (the fake datagram I/O of tests: what a flush would send).
+    public var entries: [Entry] {
+        (0..<queued.pointee).map { i in
+            let bytes = Array(UnsafeRawBufferPointer(start: iovecs[i].iov_base, count: iovecs[i].iov_len))
+            let segment = headers[i].msg_hdr.msg_controllen == 0 ? 0 : Int(ferry_cmsg_get_segment(&headers[i].msg_hdr))
+            return Entry(bytes: bytes, destination: SocketAddress(storage: UnsafeRawPointer(names + i)), segment: segment)
+        }
+    }
 }

@@ -51,7 +51,7 @@ public struct CredentialStore: Sendable {
         guard !stamp.isEmpty, stamp.utf8.allSatisfy({ $0 >= 48 && $0 <= 57 }), let expiry = UInt64(stamp) else { return .unknown }
         guard expiry > now else { return .expired }
         return .keys(secrets.map { secret in
-            let password = Crypto.base64(Crypto.hmacSHA1(key: secret, data: Array(username.utf8)))
+            let password = Base64.std(Crypto.hmacSHA1(key: secret, data: Array(username.utf8)))
             return CredentialStore.longTermKey(username: username, realm: realm, password: password)
         })
     }

@@ -1,12 +1,12 @@
 import FerryCore
 import FerryWire
 
-/// The counters the TURN logic bumps; the server registers them (docs/metrics.md).
+/// The counters the TURN logic bumps, registered here with their names (docs/metrics.md).
 public struct TURNCounters: Sendable {
     /// `requests[methodIndex][resultIndex]`; see `TURNCounters.methods` and `.results`.
     public let requests: [[CounterID]]
-    public let authFailures: [AuthFailure: CounterID]
-    public let drops: [Drop: CounterID]
+    public let authFailures: ReasonCounters<AuthFailure>
+    public let drops: ReasonCounters<Drop>
     public let allocationsCreated: CounterID
     public let allocationsExpired: CounterID
     public let allocationsDeleted: CounterID
@@ -20,58 +20,68 @@ public struct TURNCounters: Sendable {
                                            STUNMethods.createPermission, STUNMethods.channelBind]
     public static let results: [Int] = [0, 400, 401, 403, 420, 437, 438, 440, 441, 442, 443, 486, 508]
 
-    public enum AuthFailure: String, CaseIterable, Sendable {
-        case missingIntegrity = "missing_integrity"
-        case badRequest = "bad_request"
-        case staleNonce = "stale_nonce"
-        case wrongRealm = "wrong_realm"
-        case unknownUser = "unknown_user"
-        case expired
-        case badIntegrity = "bad_integrity"
-        case wrongCredentials = "wrong_credentials"
+    public enum AuthFailure: Int, CounterReason {
+        case missingIntegrity, badRequest, staleNonce, wrongRealm, unknownUser, expired, badIntegrity, wrongCredentials
+
+        public var label: String {
+            switch self {
+            case .missingIntegrity: "missing_integrity"
+            case .badRequest: "bad_request"
+            case .staleNonce: "stale_nonce"
+            case .wrongRealm: "wrong_realm"
+            case .unknownUser: "unknown_user"
+            case .expired: "expired"
+            case .badIntegrity: "bad_integrity"
+            case .wrongCredentials: "wrong_credentials"
+            }
+        }
     }
 
-    public enum Drop: String, CaseIterable, Sendable {
-        case noAllocation = "no_allocation"
-        case noPermission = "no_permission"
-        case noChannel = "no_channel"
-        case deniedPeer = "denied_peer"
-        case quota
-        case rateLimited = "rate_limited"
-        case malformed
-        case sendError = "send_error"
-        case bufferFull = "buffer_full"
+    public enum Drop: Int, CounterReason {
+        case noAllocation, noPermission, noChannel, deniedPeer, quota, rateLimited, malformed, sendError, bufferFull
+
+        public var label: String {
+            switch self {
+            case .noAllocation: "no_allocation"
+            case .noPermission: "no_permission"
+            case .noChannel: "no_channel"
+            case .deniedPeer: "denied_peer"
+            case .quota: "quota"
+            case .rateLimited: "rate_limited"
+            case .malformed: "malformed"
+            case .sendError: "send_error"
+            case .bufferFull: "buffer_full"
+            }
+        }
     }
 
-    public init(requests: [[CounterID]], authFailures: [AuthFailure: CounterID], drops: [Drop: CounterID],
-                allocationsCreated: CounterID, allocationsExpired: CounterID, allocationsDeleted: CounterID,
-                allocationsActive: CounterID, permissionsCreated: CounterID, channelsBound: CounterID,
-                relayedPackets: (CounterID, CounterID), relayedBytes: (CounterID, CounterID)) {
-        self.requests = requests
-        self.authFailures = authFailures
-        self.drops = drops
-        self.allocationsCreated = allocationsCreated
-        self.allocationsExpired = allocationsExpired
-        self.allocationsDeleted = allocationsDeleted
-        self.allocationsActive = allocationsActive
-        self.permissionsCreated = permissionsCreated
-        self.channelsBound = channelsBound
-        self.relayedPackets = relayedPackets
-        self.relayedBytes = relayedBytes
+    /// Registers every TURN series in `registry` (the server's at start; `SequentialCounters` in tests).
+    public init(registering registry: some CounterRegistry) {
+        requests = TURNCounters.methods.map { m in
+            TURNCounters.results.map { r in
+                registry.counter("ferry_stun_requests_total", "STUN/TURN requests answered, by method and result (ok or the error code).",
+                                 labels: [("method", STUN.Method.name(m)), ("result", r == 0 ? "ok" : "\(r)")])
+            }
+        }
+        authFailures = ReasonCounters { _, label in
+            registry.counter("ferry_turn_auth_failures_total", "Requests that failed authentication, by reason.", labels: [("reason", label)])
+        }
+        drops = ReasonCounters { _, label in
+            registry.counter("ferry_turn_drops_total", "Datagrams and messages dropped by the TURN relay, by reason.", labels: [("reason", label)])
+        }
+        allocationsCreated = registry.counter("ferry_turn_allocations_created_total", "Allocations created.")
+        allocationsExpired = registry.counter("ferry_turn_allocations_expired_total", "Allocations removed because their lifetime ran out.")
+        allocationsDeleted = registry.counter("ferry_turn_allocations_deleted_total", "Allocations deleted by a Refresh with lifetime 0.")
+        allocationsActive = registry.gauge("ferry_turn_allocations_active", "Allocations alive now.")
+        permissionsCreated = registry.counter("ferry_turn_permissions_created_total", "Permissions installed (refreshes not counted).")
+        channelsBound = registry.counter("ferry_turn_channels_bound_total", "Channel bindings made (refreshes not counted).")
+        let packets = "Datagrams relayed, by direction.", bytes = "Payload bytes relayed, by direction."
+        relayedPackets = (registry.counter("ferry_turn_relayed_packets_total", packets, labels: [("direction", "to_peer")]),
+                          registry.counter("ferry_turn_relayed_packets_total", packets, labels: [("direction", "to_client")]))
+        relayedBytes = (registry.counter("ferry_turn_relayed_bytes_total", bytes, labels: [("direction", "to_peer")]),
+                        registry.counter("ferry_turn_relayed_bytes_total", bytes, labels: [("direction", "to_client")]))
     }
 
     /// Slots numbered 0… in a standalone block (tests).
-    public static func sequential() -> TURNCounters {
-        var next = 0
-        func id() -> CounterID { defer { next += 1 }; return CounterID(index: next) }
-        let requests = methods.map { _ in results.map { _ in id() } }
-        var auth: [AuthFailure: CounterID] = [:]
-        for a in AuthFailure.allCases { auth[a] = id() }
-        var drops: [Drop: CounterID] = [:]
-        for d in Drop.allCases { drops[d] = id() }
-        return TURNCounters(requests: requests, authFailures: auth, drops: drops, allocationsCreated: id(),
-                            allocationsExpired: id(), allocationsDeleted: id(), allocationsActive: id(),
-                            permissionsCreated: id(), channelsBound: id(), relayedPackets: (id(), id()),
-                            relayedBytes: (id(), id()))
-    }
+    public static func sequential() -> TURNCounters { TURNCounters(registering: SequentialCounters()) }
 }

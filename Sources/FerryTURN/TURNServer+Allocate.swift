@@ -58,12 +58,12 @@ extension TURNServer {
         guard bindIP(primary) != nil || tokenAttr != nil else { return error(ctx, 440) }
         // Quotas: per user (486) and this worker's capacity (508).
         guard shared.reserveUserSlot(ctx.username, limit: settings.maxAllocationsPerUser) else {
-            metrics.add(counters.drops[.quota]!)
+            metrics.add(counters.drops[.quota])
             return error(ctx, 486)
         }
         guard let slot = table.pointee.take(key) else {
             shared.releaseUserSlot(ctx.username)
-            metrics.add(counters.drops[.quota]!)
+            metrics.add(counters.drops[.quota])
             return error(ctx, 508)
         }
         let generation = table.pointee.allocations[Int(slot)].generation
@@ -201,7 +201,7 @@ extension TURNServer {
         // RFC 8656 §5: "the request MUST be authenticated with the same username and password
         // as the Allocate" — else 441 (Wrong Credentials).
         if table.pointee.allocations[Int(slot)].username != ctx.username {
-            metrics.add(counters.authFailures[.wrongCredentials]!)
+            metrics.add(counters.authFailures[.wrongCredentials])
             return .answered(error(ctx, 441))
         }
         return .slot(slot)

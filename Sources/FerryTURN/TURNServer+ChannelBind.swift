@@ -21,13 +21,13 @@ extension TURNServer {
         let highest = settings.strictChannelNumbers ? ChannelData.maxChannel : ChannelData.maxLegacyChannel
         guard number >= ChannelData.minChannel && number <= highest else { return error(ctx, 400, reason: "Channel number out of range") }
         guard let peer = ctx.msg.xorAddress(STUN.Attribute.xorPeerAddress) else {
-            metrics.add(counters.drops[.malformed]!)
+            metrics.add(counters.drops[.malformed])
             return error(ctx, 400, reason: "Missing or malformed XOR-PEER-ADDRESS")
         }
         let a = table.pointee.allocations[Int(slot)]
         if a.relay(for: IPFamily(peer.ip)).isNone { return error(ctx, 443) }
         if !policy.permits(peer.ip) {
-            metrics.add(counters.drops[.deniedPeer]!)
+            metrics.add(counters.drops[.deniedPeer])
             return error(ctx, 403)
         }
         let base = table.pointee.channelBase(slot)
@@ -57,13 +57,13 @@ extension TURNServer {
                 existing = count
                 count += 1
             } else {
-                metrics.add(counters.drops[.quota]!)
+                metrics.add(counters.drops[.quota])
                 return error(ctx, 508)
             }
         }
         // "In addition, the server MUST install or refresh a permission for the IP address."
         guard installPermissions(slot, [peer.ip], expiry: now + TURNSettings.permissionLifetime * 1_000_000_000, now: now) else {
-            metrics.add(counters.drops[.quota]!)
+            metrics.add(counters.drops[.quota])
             return error(ctx, 508)
         }
         base[existing!] = ChannelBinding(number: number, peer: peer, expiry: expiry, reservedUntil: reserved)

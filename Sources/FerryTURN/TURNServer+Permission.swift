@@ -14,7 +14,7 @@ extension TURNServer {
         // plus the specific rules mentioned here. The message is checked for validity. The
         // CreatePermission request MUST contain at least one XOR-PEER-ADDRESS attribute..."
         guard let peers = ctx.msg.allXORAddresses(STUN.Attribute.xorPeerAddress), !peers.isEmpty else {
-            metrics.add(counters.drops[.malformed]!)
+            metrics.add(counters.drops[.malformed])
             return error(ctx, 400, reason: "Missing or malformed XOR-PEER-ADDRESS")
         }
         let a = table.pointee.allocations[Int(slot)]
@@ -25,7 +25,7 @@ extension TURNServer {
             if a.relay(for: IPFamily(peer.ip)).isNone { return error(ctx, 443) }
             // "If the server is ... configured to forbid ... the address, 403 (Forbidden)."
             if !policy.permits(peer.ip) {
-                metrics.add(counters.drops[.deniedPeer]!)
+                metrics.add(counters.drops[.deniedPeer])
                 return error(ctx, 403)
             }
         }
@@ -33,7 +33,7 @@ extension TURNServer {
         // server cannot install the permissions, 508 (Insufficient Capacity)." All or nothing.
         let expiry = ctx.now + TURNSettings.permissionLifetime * 1_000_000_000
         guard installPermissions(slot, peers.map(\.ip), expiry: expiry, now: ctx.now) else {
-            metrics.add(counters.drops[.quota]!)
+            metrics.add(counters.drops[.quota])
             return error(ctx, 508)
         }
         return success(ctx) { _ in }

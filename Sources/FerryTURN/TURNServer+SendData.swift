@@ -6,30 +6,30 @@ extension TURNServer {
 
     func sendIndication(_ msg: STUNMessage, client: ClientKey, now: UInt64) -> Action {
         guard let slot = table.pointee.byClient[client] else {
-            metrics.add(counters.drops[.noAllocation]!)
+            metrics.add(counters.drops[.noAllocation])
             return .none
         }
         // "The message is first checked for validity. The Send indication MUST contain both an
         // XOR-PEER-ADDRESS attribute and a DATA attribute. If one of these attributes is missing
         // or invalid, then the message is discarded."
         guard let peer = msg.xorAddress(STUN.Attribute.xorPeerAddress), let data = msg.attribute(STUN.Attribute.data) else {
-            metrics.add(counters.drops[.malformed]!)
+            metrics.add(counters.drops[.malformed])
             return .none
         }
         let relay = table.pointee.allocations[Int(slot)].relay(for: IPFamily(peer.ip))
         guard !relay.isNone else {
-            metrics.add(counters.drops[.malformed]!)
+            metrics.add(counters.drops[.malformed])
             return .none
         }
         // "...the server MUST check that there is a permission installed for the IP address
         // contained in the XOR-PEER-ADDRESS attribute. If no such permission exists, the message
         // is discarded."
         guard table.pointee.hasPermission(slot, peer.ip, now: now) else {
-            metrics.add(counters.drops[.noPermission]!)
+            metrics.add(counters.drops[.noPermission])
             return .none
         }
         guard consumeBandwidth(slot, bytes: data.count, now: now) else {
-            metrics.add(counters.drops[.quota]!)
+            metrics.add(counters.drops[.quota])
             return .none
         }
         metrics.add(counters.relayedPackets.toPeer)
@@ -98,10 +98,10 @@ extension TURNServer {
     }
 
     @usableFromInline
-    func drop(_ reason: TURNCounters.Drop) { metrics.add(counters.drops[reason]!) }
+    func drop(_ reason: TURNCounters.Drop) { metrics.add(counters.drops[reason]) }
 
     /// Counts a drop found by the caller (send errors, full buffers, malformed ChannelData).
-    public func countDrop(_ reason: TURNCounters.Drop, _ n: UInt64 = 1) { metrics.add(counters.drops[reason]!, n) }
+    public func countDrop(_ reason: TURNCounters.Drop, _ n: UInt64 = 1) { metrics.add(counters.drops[reason], n) }
 
     /// Counts relayed traffic, once per batch.
     public func countRelayed(toPeer: Bool, packets: UInt64, bytes: UInt64) {

@@ -132,7 +132,7 @@ public final class TURNServer {
         // REALM, or NONCE, the server MUST generate an error response with an error code of 400."
         guard let username = msg.string(STUN.Attribute.username), let realm = msg.string(STUN.Attribute.realm),
               let nonce = msg.string(STUN.Attribute.nonce) else {
-            metrics.add(counters.authFailures[.badRequest]!)
+            metrics.add(counters.authFailures[.badRequest])
             return error(ctx, 400, reason: "Missing USERNAME, REALM or NONCE", signed: false)
         }
         // "If the NONCE is no longer valid, the server MUST generate an error response with an
@@ -166,7 +166,7 @@ public final class TURNServer {
     /// A 401/438 with REALM and a fresh NONCE, unsigned. Rate-limited per source IP so the
     /// server cannot be used to reflect traffic at a spoofed address: over the limit, dropped.
     func challenge(_ ctx: Context, _ code: Int, _ why: TURNCounters.AuthFailure, _ ip: [UInt8]) -> Action {
-        metrics.add(counters.authFailures[why]!)
+        metrics.add(counters.authFailures[why])
         guard allowUnauthenticatedAnswer(ctx) else { return .none }
         let nonce = nonces.make(for: ip, now: ctx.wallNow)
         let realm = credentials.realm
@@ -220,7 +220,7 @@ public final class TURNServer {
     /// the limit a spoofed source could use the server to reflect traffic. Over it: dropped.
     func allowUnauthenticatedAnswer(_ ctx: Context) -> Bool {
         guard unauthorized.allow(ctx.client.ip, now: ctx.now) else {
-            metrics.add(counters.drops[.rateLimited]!)
+            metrics.add(counters.drops[.rateLimited])
             return false
         }
         return true

@@ -1,6 +1,7 @@
 import ArgumentParser
 import FerryConfig
 import FerrySignal
+import FerryWire
 import FerrySystem
 
 /// ferry: the command-line tool for peers and operators.
@@ -25,7 +26,7 @@ struct Ferry: ParsableCommand {
                 printError("--network must not be empty")
                 throw ExitCode(2)
             }
-            if let peer, B64.decode(peer)?.count != 32 {
+            if let peer, Base64.decode(peer)?.count != 32 {
                 printError("--peer must be a base64 WireGuard public key (32 bytes)")
                 throw ExitCode(2)
             }

@@ -7,7 +7,7 @@ import FerryTLS
 import FerryWire
 
 @Suite struct SignalTokens {
-    let peer = B64.std([UInt8](repeating: 7, count: 32))
+    let peer = Base64.std([UInt8](repeating: 7, count: 32))
 
     @Test func mintAndVerify() throws {
         let t = SignalToken.mint(secret: "0123456789abcdef", network: "net-a", peer: peer, expiry: 2000)
@@ -20,7 +20,7 @@ import FerryWire
         let t = SignalToken.mint(secret: "0123456789abcdef", network: "net-a", peer: peer, expiry: 2000)
         #expect(SignalToken.verify(t, secrets: ["0123456789abcdef"], peer: peer, now: 2000) == .failure(.tokenExpired))
         #expect(SignalToken.verify(t, secrets: ["wrong-secret-0000"], peer: peer, now: 1000) == .failure(.authFailed))
-        let other = B64.std([UInt8](repeating: 8, count: 32))
+        let other = Base64.std([UInt8](repeating: 8, count: 32))
         #expect(SignalToken.verify(t, secrets: ["0123456789abcdef"], peer: other, now: 1000) == .failure(.authFailed), "bound to one key")
         var forged = Array(t)
         forged[10] = forged[10] == "A" ? "B" : "A"
@@ -63,9 +63,9 @@ import FerryWire
         let s = SignalSession(policy: p, now: 0)
         let peer = X25519.keyPair()
         let proof = SignalServerKey.proof(peerPrivateKey: peer.privateKey, serverPublicKey: server.publicKey, challenge: s.challenge)!
-        let key = B64.std(peer.publicKey)
+        let key = Base64.std(peer.publicKey)
         let token = SignalToken.mint(secret: "0123456789abcdef", network: "n", peer: key, expiry: 5000)
-        let msg = SignalSession.json(["v": 1, "type": "auth", "peer_key": key, "proof": B64.std(proof), "token": token])
+        let msg = SignalSession.json(["v": 1, "type": "auth", "peer_key": key, "proof": Base64.std(proof), "token": token])
         let actions = s.receive(msg, now: 0, wallNow: 1000)
         guard case .register(let registered, let network, let welcome)? = actions.first else {
             Issue.record("not registered: \(actions)")
@@ -82,17 +82,17 @@ import FerryWire
     @Test func helloCarriesServerKeyAndChallenge() {
         let s = SignalSession(policy: policy(), now: 0)
         let h = object(s.hello())
-        #expect(h["server_key"] as? String == B64.std(server.publicKey))
-        #expect(B64.decode(h["challenge"] as? String ?? "") == s.challenge)
+        #expect(h["server_key"] as? String == Base64.std(server.publicKey))
+        #expect(Base64.decode(h["challenge"] as? String ?? "") == s.challenge)
     }
 
     @Test func mustAuthenticateFirstAndBadProofCloses() {
         let s = SignalSession(policy: policy(), now: 0)
-        let offer = SignalSession.json(["v": 1, "type": "offer", "to": B64.std([UInt8](repeating: 1, count: 32))])
+        let offer = SignalSession.json(["v": 1, "type": "offer", "to": Base64.std([UInt8](repeating: 1, count: 32))])
         guard case .reply(let r)? = s.receive(offer, now: 0, wallNow: 0).first else { Issue.record("no reply"); return }
         #expect(object(r)["code"] as? String == "not_authenticated")
-        let bad = SignalSession.json(["v": 1, "type": "auth", "peer_key": B64.std([UInt8](repeating: 9, count: 32)),
-                                      "proof": B64.std([UInt8](repeating: 0, count: 32)), "token": "x"])
+        let bad = SignalSession.json(["v": 1, "type": "auth", "peer_key": Base64.std([UInt8](repeating: 9, count: 32)),
+                                      "proof": Base64.std([UInt8](repeating: 0, count: 32)), "token": "x"])
         let actions = s.receive(bad, now: 0, wallNow: 0)
         #expect(actions.contains { if case .close = $0 { return true } else { return false } })
         #expect(s.state == .closed)
@@ -100,7 +100,7 @@ import FerryWire
 
     @Test func routingStampsTheSender() {
         let (s, key) = authed(policy())
-        let to = B64.std([UInt8](repeating: 3, count: 32))
+        let to = Base64.std([UInt8](repeating: 3, count: 32))
         let msg = SignalSession.json(["v": 1, "type": "candidate", "to": to, "payload": "c1", "id": 5])
         guard case .route(let dest, let message, _)? = s.receive(msg, now: 1, wallNow: 1001).first else { Issue.record("not routed"); return }
         #expect(dest == to)
@@ -114,7 +114,7 @@ import FerryWire
             for a in s.receive(bytes, now: 1, wallNow: 1001) { if case .reply(let r) = a { return object(r)["code"] as? String } }
             return nil
         }
-        let to = B64.std([UInt8](repeating: 3, count: 32))
+        let to = Base64.std([UInt8](repeating: 3, count: 32))
         #expect(code(Array("{not json".utf8)) == "bad_json")
         #expect(code(SignalSession.json(["v": 2, "type": "offer"])) == "unsupported_version")
         #expect(code(SignalSession.json(["v": 1, "type": "dance"])) == "unknown_type")
@@ -126,7 +126,7 @@ import FerryWire
 
     @Test func rateLimitBites() {
         let (s, _) = authed(policy(burst: 5))
-        let to = B64.std([UInt8](repeating: 3, count: 32))
+        let to = Base64.std([UInt8](repeating: 3, count: 32))
         let msg = SignalSession.json(["v": 1, "type": "offer", "to": to])
         var routed = 0, limited = 0
         for _ in 0..<20 {
@@ -194,7 +194,7 @@ import FerryWire
     }
 
     @Test func keyText() {
-        let key = B64.std([UInt8](repeating: 0xAB, count: 32))
+        let key = Base64.std([UInt8](repeating: 0xAB, count: 32))
         #expect(KeyText.isKey(key))
         #expect(!KeyText.isKey(String(key.dropLast())))
         #expect(!KeyText.isKey("!" + key.dropFirst()))
@@ -207,7 +207,7 @@ import FerryWire
         let policy = SignalPolicy(serverKey: server, tokenSecrets: ["0123456789abcdef"], jwt: nil, maxPayload: 100,
                                   messagesPerSecond: 1e9, messageBurst: 1e9, bytesPerSecond: 1e12, relays: [], relayTTL: 600,
                                   pingInterval: 20)
-        let to = B64.std([UInt8](repeating: 3, count: 32))
+        let to = Base64.std([UInt8](repeating: 3, count: 32))
         let seeds = [
             Array(#"{"v":1,"type":"offer","to":"\#(to)","payload":"x\u00e9\"","id":[1,{"a":null}]}"#.utf8),
             Array(#"{"v":1,"type":"subscribe","peers":["\#(to)"]}"#.utf8),

@@ -41,6 +41,10 @@ final class Counter: Sendable {
     @Test func udpBatchRoundTrip() throws {
         let a = try Sockets.udp(bind: SocketAddress("127.0.0.1:0")!)
         let b = try Sockets.udp(bind: SocketAddress("127.0.0.1:0")!)
+        defer {
+            a.close()
+            b.close()
+        }
         let bAddr = try Sockets.localAddress(b.raw)
         let aAddr = try Sockets.localAddress(a.raw)
         let q = UDPSendQueue(capacity: 8)

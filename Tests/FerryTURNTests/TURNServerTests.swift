@@ -123,7 +123,7 @@ final class Harness {
     }
 
     func count(_ id: CounterID) -> UInt64 { metrics.load(id) }
-    func drops(_ d: TURNCounters.Drop) -> UInt64 { count(counters.drops[d]!) }
+    func drops(_ d: TURNCounters.Drop) -> UInt64 { count(counters.drops[d]) }
     func advance(seconds: UInt64) {
         now += seconds * 1_000_000_000
         wallNow += seconds
@@ -176,15 +176,15 @@ final class Harness {
         #expect(r.code == 401)
         #expect(h.relays.open.isEmpty)
         #expect(h.server.activeAllocations == 0)
-        #expect(h.count(h.counters.authFailures[.badIntegrity]!) == 1)
+        #expect(h.count(h.counters.authFailures[.badIntegrity]) == 1)
     }
 
     @Test func unknownUserAndWrongRealm() {
         let h = Harness()
         #expect(h.allocate(user: "mallory", password: "x")?.code == 401)
         #expect(h.request(STUN.Method.allocate, realm: "other.realm")?.code == 401)
-        #expect(h.count(h.counters.authFailures[.unknownUser]!) == 1)
-        #expect(h.count(h.counters.authFailures[.wrongRealm]!) == 1)
+        #expect(h.count(h.counters.authFailures[.unknownUser]) == 1)
+        #expect(h.count(h.counters.authFailures[.wrongRealm]) == 1)
     }
 
     @Test func integrityWithoutUsernameIs400() {
@@ -251,7 +251,7 @@ final class Harness {
         let user = "\(h.wallNow - 1):peer1"
         let r = h.allocate(user: user, password: Crypto.restPassword(secret: "s3cret", username: user))!
         #expect(r.code == 401)
-        #expect(h.count(h.counters.authFailures[.expired]!) == 1)
+        #expect(h.count(h.counters.authFailures[.expired]) == 1)
         #expect(h.server.activeAllocations == 0)
     }
 
@@ -601,5 +601,17 @@ final class Harness {
         if case .indication = h.server.peerRoute(slot: 0, generation: gen, peer: peer, length: 400, now: h.now) {} else {
             Issue.record("the bucket refills")
         }
+    }
+}
+
+/// The drop and auth-failure counters are arrays indexed by their reason enums: every reason has
+/// its own slot and label, and the labels are the ones docs/metrics.md lists.
+@Suite struct TURNReasonCounters {
+    @Test func everyReasonHasItsOwnSlotAndLabel() {
+        let c = TURNCounters.sequential()
+        #expect(Set(TURNCounters.Drop.allCases.map { c.drops[$0] }).count == TURNCounters.Drop.allCases.count)
+        #expect(Set(TURNCounters.AuthFailure.allCases.map { c.authFailures[$0] }).count == TURNCounters.AuthFailure.allCases.count)
+        #expect(TURNCounters.Drop.allCases.map(\.label) == ["no_allocation", "no_permission", "no_channel", "denied_peer", "quota",
+                                                             "rate_limited", "malformed", "send_error", "buffer_full"])
     }
 }

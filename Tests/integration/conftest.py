@@ -29,6 +29,56 @@ def binary(name):
 _handed_out = set()
 
 
+def wait_until(condition, timeout=5, interval=0.05, ignore=(), what=None):
+    """Polls `condition()` until it returns something true and returns that; fails after `timeout`
+    seconds, saying `what()` (or the last value). Exceptions in `ignore` count as not yet. The one
+    polling loop of the tests: each waits for a state the server reaches, never for a fixed time."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while True:
+        try:
+            last = condition()
+            if last:
+                return last
+        except ignore as e:
+            last = e
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"not reached in {timeout}s: {what() if what else last!r}")
+        time.sleep(interval)
+
+
+async def wait_until_async(condition, timeout=5, interval=0.05, what=None):
+    """`wait_until` for a test running an asyncio loop: sleeps with `asyncio.sleep`, so the loop's
+    sessions stay served while it waits."""
+    import asyncio
+    deadline = time.monotonic() + timeout
+    while True:
+        last = condition()
+        if last:
+            return last
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"not reached in {timeout}s: {what() if what else last!r}")
+        await asyncio.sleep(interval)
+
+
+def listener(name, port, transport="udp", service=None, forward_to=None, host="127.0.0.1"):
+    """One `[[listener]]` table of a test config (docs/configuration.md)."""
+    lines = ["[[listener]]", f'name = "{name}"', f'address = "{host}:{port}"']
+    if transport != "udp":
+        lines.append(f'transport = "{transport}"')
+    if service:
+        lines.append(f'service = "{service}"')
+    if forward_to:
+        lines.append(f'forward_to = "{host}:{forward_to}"')
+    return "\n".join(lines) + "\n"
+
+
+def turn_listeners(udp=None, tcp=None, tls=None):
+    """The usual TURN listeners of a test config, named turn-udp, turn-tcp and turn-tls; a port
+    left out leaves its listener out."""
+    return "".join(listener(f"turn-{t}", port, t) for t, port in (("udp", udp), ("tcp", tcp), ("tls", tls)) if port)
+
+
 def free_port(kind=socket.SOCK_STREAM):
     """A port that is free for both TCP and UDP at the moment of asking, and never one handed out
     before in this run: the kernel may offer a port again as soon as the probe socket closes, so
@@ -141,17 +191,11 @@ class Ferryd:
             self.wait_ready()
 
     def wait_ready(self, timeout=15):
-        deadline = time.time() + timeout
-        while time.time() < deadline:
+        def ready():
             if self.proc.poll() is not None:
                 raise AssertionError(f"ferryd exited with {self.proc.returncode}:\n{self.output()}")
-            try:
-                if http_get(self.admin_port, "/readyz", timeout=1)[0] == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.05)
-        raise AssertionError(f"ferryd not ready after {timeout}s:\n{self.output()}")
+            return http_get(self.admin_port, "/readyz", timeout=1)[0] == 200
+        wait_until(ready, timeout=timeout, ignore=(OSError,), what=lambda: f"ferryd not ready:\n{self.output()}")
 
     def output(self):
         self.log.flush()

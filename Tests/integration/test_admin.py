@@ -2,9 +2,8 @@
 the malformed ones."""
 import socket
 import subprocess
-import time
 
-from conftest import free_port, http_get
+from conftest import free_port, http_get, wait_until
 
 
 def curl(*args):
@@ -105,11 +104,4 @@ def test_connection_limit_is_enforced_and_counted(ferryd_factory):
         for s in held:
             s.close()
     # Once the held connections are gone, the admin endpoint serves again.
-    deadline = time.time() + 5
-    while True:
-        try:
-            assert f.metric("ferry_admin_refused_connections_total") >= 1
-            break
-        except ConnectionResetError:
-            assert time.time() < deadline
-            time.sleep(0.1)
+    wait_until(lambda: f.metric("ferry_admin_refused_connections_total") >= 1, ignore=(ConnectionResetError,))

@@ -7,17 +7,11 @@ import socket
 import subprocess
 import time
 
-from conftest import Ferryd, NotifySocket, binary, free_port, http_get
+from conftest import Ferryd, NotifySocket, binary, free_port, http_get, listener, turn_listeners, wait_until
 
 
 def forward_config(name, port, sink_port):
-    return f"""
-[[listener]]
-name = "{name}"
-address = "127.0.0.1:{port}"
-service = "forward"
-forward_to = "127.0.0.1:{sink_port}"
-"""
+    return listener(name, port, service="forward", forward_to=sink_port)
 
 
 def test_ready_then_sigterm_exits_zero_with_stopping(tmpdir_path):
@@ -58,14 +52,10 @@ def test_socket_activation_uses_passed_udp_and_tcp_sockets(tmpdir_path):
               "--fdname=admin:bench:bench", "-E", "NOTIFY_SOCKET", "--"]
     f = Ferryd(config, tmpdir_path, prefix=prefix, env={"NOTIFY_SOCKET": notify.path}, admin_port=act_admin, wait=False)
     # systemd-socket-activate execs the service on the first connection / datagram.
-    deadline = time.time() + 10
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", act_admin), timeout=1).close()
-            break
-        except OSError:
-            assert time.time() < deadline
-            time.sleep(0.05)
+    def connected():
+        socket.create_connection(("127.0.0.1", act_admin), timeout=1).close()
+        return True
+    wait_until(connected, timeout=10, ignore=(OSError,))
     # The pending connection also starts the inner systemd-socket-activate, and so ferryd.
     assert notify.wait_for("READY=1"), f.output()
     f.wait_ready()
@@ -94,11 +84,12 @@ def test_unclaimed_activated_socket_is_reported(tmpdir_path):
     f = Ferryd(f'[admin]\naddress = "127.0.0.1:{admin}"\n', tmpdir_path, prefix=prefix, admin_port=admin, wait=False)
     # systemd-socket-activate starts ferryd on the first datagram; keep knocking until it listens.
     knock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    deadline = time.time() + 10
-    while "ferryd ready" not in f.output():
-        assert time.time() < deadline, f.output()
+    def started():
+        if "ferryd ready" in f.output():
+            return True
         knock.sendto(b"x", ("127.0.0.1", port))
-        time.sleep(0.1)
+        return False
+    wait_until(started, timeout=10, interval=0.1, what=f.output)
     f.wait_ready()
     assert "no listener uses" in f.output() and "mystery" in f.output()
     assert f.stop() == 0
@@ -146,17 +137,12 @@ def test_sighup_reloads_and_keeps_old_config_when_new_is_bad(tmpdir_path):
     with open(f.config_path, "w") as fh:
         fh.write(text.replace('level = "info"', 'level = "debug"'))
     f.signal(signal.SIGHUP)
-    deadline = time.time() + 5
-    while f.metric("ferry_reloads_total", {"result": "ok"}) != 1:
-        assert time.time() < deadline
-        time.sleep(0.05)
+    wait_metric(f, "ferry_reloads_total", {"result": "ok"}, 1)
     assert notify.wait_for("RELOADING=1")
     with open(f.config_path, "w") as fh:
         fh.write(text + "\nnonsense = 1\n")
     f.signal(signal.SIGHUP)
-    while f.metric("ferry_reloads_total", {"result": "failed"}) != 1:
-        assert time.time() < deadline
-        time.sleep(0.05)
+    wait_metric(f, "ferry_reloads_total", {"result": "failed"}, 1)
     assert "reload failed; keeping the running configuration" in f.output()
     assert re.search(r"config problem key=\S*nonsense problem=unknown key", f.output()), f.output()
     assert http_get(f.admin_port, "/readyz")[0] == 200
@@ -165,10 +151,7 @@ def test_sighup_reloads_and_keeps_old_config_when_new_is_bad(tmpdir_path):
 
 
 def wait_metric(f, name, labels, value, timeout=5):
-    deadline = time.time() + timeout
-    while f.metric(name, labels) != value:
-        assert time.time() < deadline, (name, labels, f.metric(name, labels))
-        time.sleep(0.05)
+    wait_until(lambda: f.metric(name, labels) == value, timeout=timeout, what=lambda: (name, labels, f.metric(name, labels)))
 
 
 def test_reload_applies_or_names_every_changed_key(tmpdir_path):
@@ -187,11 +170,7 @@ relay_ipv4 = "127.0.0.1"
 default_lifetime = 600
 [stream]
 idle_timeout_seconds = 600
-[[listener]]
-name = "turn-tcp"
-transport = "tcp"
-address = "127.0.0.1:{port}"
-"""
+{turn_listeners(tcp=port)}"""
     f = Ferryd(base, tmpdir_path)
     running = os.path.join(tmpdir_path, "running.toml")
     with open(running, "w") as fh:

@@ -5,7 +5,7 @@ import os
 import re
 import socket
 
-from conftest import ROOT, free_port, http_get
+from conftest import ROOT, free_port, http_get, listener, turn_listeners
 from test_stream import make_cert
 
 DOC = os.path.join(ROOT, "docs", "metrics.md")
@@ -45,23 +45,8 @@ key = "{key}"
 [signal]
 enabled = true
 token_secrets = ["signal-secret-0123456789"]
-[[listener]]
-name = "turn-udp"
-address = "127.0.0.1:{udp}"
-[[listener]]
-name = "fwd-udp"
-service = "forward"
-address = "127.0.0.1:{fwd}"
-forward_to = "127.0.0.1:{sink}"
-[[listener]]
-name = "turn-tcp"
-transport = "tcp"
-address = "127.0.0.1:{tcp}"
-[[listener]]
-name = "turn-tls"
-transport = "tls"
-address = "127.0.0.1:{tls}"
-""")
+{turn_listeners(udp=udp, tcp=tcp, tls=tls)}
+{listener("fwd-udp", fwd, service="forward", forward_to=sink)}""")
     # Something on each UDP listener, and one datagram over engine.max_datagram on the TURN one.
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.sendto(b"\x00\x01\x00\x00\x21\x12\xa4\x42" + os.urandom(12), ("127.0.0.1", udp))
@@ -74,8 +59,8 @@ address = "127.0.0.1:{tls}"
     assert sorted(set(ours) - set(docs)) == [], "exported but not documented in docs/metrics.md"
     assert {n: k for n, k in ours.items() if docs[n] != k} == {}, "types differ from the docs"
     for family in [n for n in docs if n.startswith("ferry_udp_")]:
-        for listener in ("turn-udp", "fwd-udp"):
-            assert re.search(rf'^{family}(_bucket|_count|_sum)?{{[^}}]*listener="{listener}"', body, re.M), (family, listener)
+        for name in ("turn-udp", "fwd-udp"):
+            assert re.search(rf'^{family}(_bucket|_count|_sum)?{{[^}}]*listener="{name}"', body, re.M), (family, name)
     truncated = f.metric("ferry_udp_drops_total", {"listener": "turn-udp", "reason": "truncated"})
     assert truncated == 1, "a datagram over engine.max_datagram counts as truncated on its listener"
     assert f.metric("ferry_turn_drops_total", {"reason": "malformed"}) == 0

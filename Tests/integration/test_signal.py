@@ -17,7 +17,7 @@ import websockets
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
-from conftest import binary, free_port, http_get
+from conftest import binary, free_port, http_get, turn_listeners, wait_until
 from turnclient import insecure_client_context as client_ssl
 
 SECRET = "signal-secret-0123456789"
@@ -85,18 +85,7 @@ self_relay_urls = ["turn:127.0.0.1:{tcp_port}?transport=udp", "turns:127.0.0.1:{
 region = "us-east"
 urls = ["turn:relay-us.example.org:3478"]
 secret = "other-region-secret-0123"
-[[listener]]
-name = "turn-udp"
-address = "127.0.0.1:{tcp_port}"
-[[listener]]
-name = "turn-tcp"
-transport = "tcp"
-address = "127.0.0.1:{tcp_port}"
-[[listener]]
-name = "turn-tls"
-transport = "tls"
-address = "127.0.0.1:{tls_port}"
-"""
+{turn_listeners(udp=tcp_port, tcp=tcp_port, tls=tls_port)}"""
 
 
 @pytest.fixture
@@ -411,10 +400,7 @@ def test_jwks_fetched_from_the_issuer_at_start_and_on_reload(ferryd_factory, tmp
         # The issuer rotates its keys; a reload fetches them again.
         rotated = Issuer(served)
         f.signal(sig.SIGHUP)
-        deadline = time.time() + 5
-        while f.metric("ferry_signal_jwks_fetches_total", {"result": "ok"}) != 2:
-            assert time.time() < deadline
-            time.sleep(0.05)
+        wait_until(lambda: f.metric("ferry_signal_jwks_fetches_total", {"result": "ok"}) == 2)
         assert f.metric("ferry_reloads_total", {"result": "ok"}) == 1
         assert run(go(rotated.token(alg="EdDSA"))) == ("welcome", None)
         assert run(go(issuer.token(alg="ES256")))[1] == "auth_failed", "the old key is gone"

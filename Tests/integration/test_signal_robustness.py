@@ -13,7 +13,7 @@ import time
 import pytest
 import websockets
 
-from conftest import UNDER_ASAN, http_get
+from conftest import UNDER_ASAN, http_get, wait_until
 from test_signal import connect, run, signal_server  # noqa: F401  (the fixture)
 
 OPEN = "allow_plaintext = true\nmessages_per_second = 100000\nmessage_burst = 100000\nbytes_per_second = 1000000000\n"
@@ -155,14 +155,10 @@ def test_random_churn_of_peers_leaves_the_server_consistent(signal_server):
         print(f"failed with seed {seed}")
         raise
     alive(f)
-    deadline = time.time() + 5
-    gauges = {}
-    while time.time() < deadline:
-        gauges = {name: f.metric(name) for name in ("ferry_signal_peers_connected", "ferry_signal_peers_registered",
-                                                    "ferry_signal_queued_messages")}
-        gauges["tls"] = f.metric("ferry_connections_active", {"transport": "tls"})
-        gauges["tcp"] = f.metric("ferry_connections_active", {"transport": "tcp"})
-        if all(v == 0 for v in gauges.values()):
-            break
-        time.sleep(0.1)
-    assert all(v == 0 for v in gauges.values()), (seed, gauges)
+    def gauges():
+        g = {name: f.metric(name) for name in ("ferry_signal_peers_connected", "ferry_signal_peers_registered",
+                                               "ferry_signal_queued_messages")}
+        g["tls"] = f.metric("ferry_connections_active", {"transport": "tls"})
+        g["tcp"] = f.metric("ferry_connections_active", {"transport": "tcp"})
+        return g
+    wait_until(lambda: all(v == 0 for v in gauges().values()), interval=0.1, what=lambda: (seed, gauges()))

@@ -14,7 +14,7 @@ import time
 import pytest
 
 import turnclient as tc
-from conftest import UNDER_ASAN, free_port, http_get
+from conftest import UNDER_ASAN, free_port, http_get, turn_listeners, wait_until, wait_until_async
 from test_turn import run_uclient, peer  # noqa: F401  (the peer fixture)
 
 
@@ -45,18 +45,7 @@ allow = ["127.0.0.0/8"]
 {cert_tables}
 [stream]
 {extra_stream}
-[[listener]]
-name = "turn-udp"
-address = "127.0.0.1:{tcp_port}"
-[[listener]]
-name = "turn-tcp"
-transport = "tcp"
-address = "127.0.0.1:{tcp_port}"
-[[listener]]
-name = "turn-tls"
-transport = "tls"
-address = "127.0.0.1:{tls_port}"
-"""
+{turn_listeners(udp=tcp_port, tcp=tcp_port, tls=tls_port)}"""
 
 
 @pytest.fixture
@@ -136,10 +125,8 @@ def aioice_over_tls(port, payloads=(b"hello",), hold=None):
 def test_aioice_over_tls_relays(stream_server):
     f = stream_server()
     assert aioice_over_tls(f.tls_port, [b"one", b"two"]) == [b"echo:one", b"echo:two"]
-    deadline = time.time() + 5
-    while f.metric("ferry_turn_allocations_active") != 0:
-        assert time.time() < deadline, "the allocation goes when its connection closes"
-        time.sleep(0.1)
+    wait_until(lambda: f.metric("ferry_turn_allocations_active") == 0,
+               what=lambda: "the allocation goes when its connection closes")
 
 
 def test_alpn_certificate_sni_and_old_versions(stream_server):
@@ -197,11 +184,8 @@ def test_garbage_and_truncated_tls_records_close_and_are_counted(stream_server):
     errors = f.metric("ferry_connections_closed_total", {"reason": "tls_error"})
     timeouts = f.metric("ferry_connections_closed_total", {"reason": "handshake_timeout"})
     assert timeouts >= 1 and errors >= 15
-    deadline = time.time() + 5
-    while f.metric("ferry_connections_closed_total", {"reason": "tls_error"}) + \
-            f.metric("ferry_connections_closed_total", {"reason": "handshake_timeout"}) < 31:
-        assert time.time() < deadline
-        time.sleep(0.2)
+    wait_until(lambda: f.metric("ferry_connections_closed_total", {"reason": "tls_error"})
+               + f.metric("ferry_connections_closed_total", {"reason": "handshake_timeout"}) >= 31, interval=0.2)
     assert http_get(f.admin_port, "/healthz") == (200, "ok\n")
     assert f.proc.poll() is None
 
@@ -236,20 +220,14 @@ def test_certificate_reload_keeps_established_sessions(stream_server, tmpdir_pat
             os.replace(new_cert, f.certs[0][0])
             os.replace(new_key, f.certs[0][1])
             f.signal(signal.SIGHUP)
-            deadline = time.time() + 5
-            while f.metric("ferry_tls_certificate_reloads_total", {"result": "ok"}) != 1:
-                assert time.time() < deadline
-                await asyncio.sleep(0.1)
+            await wait_until_async(lambda: f.metric("ferry_tls_certificate_reloads_total", {"result": "ok"}) == 1)
             rc, out = s_client(f.tls_port)
             assert "CN = c.test" in out, "new connections see the new certificate"
             # A bad certificate: refused, the old one stays.
             with open(f.certs[0][0], "w") as fh:
                 fh.write("not a certificate\n")
             f.signal(signal.SIGHUP)
-            deadline = time.time() + 5
-            while f.metric("ferry_tls_certificate_reloads_total", {"result": "failed"}) != 1:
-                assert time.time() < deadline
-                await asyncio.sleep(0.1)
+            await wait_until_async(lambda: f.metric("ferry_tls_certificate_reloads_total", {"result": "failed"}) == 1)
             rc, out = s_client(f.tls_port)
             assert "CN = c.test" in out
         return do()
@@ -345,10 +323,7 @@ def test_client_that_never_reads_its_answers_is_closed(stream_server):
             s.sendall(binding * 10)
     except (BrokenPipeError, ConnectionResetError, socket.timeout):
         pass
-    deadline = time.time() + 5
-    while f.metric("ferry_connections_closed_total", {"reason": "slow_reader"}) != 1:
-        assert time.time() < deadline
-        time.sleep(0.1)
+    wait_until(lambda: f.metric("ferry_connections_closed_total", {"reason": "slow_reader"}) == 1)
     s.close()
 
 
@@ -357,11 +332,7 @@ def test_plain_tcp_listener_needs_no_certificate(ferryd_factory):
     f = ferryd_factory(f"""
 [turn]
 relay_ipv4 = "127.0.0.1"
-[[listener]]
-name = "turn-tcp"
-transport = "tcp"
-address = "127.0.0.1:{port}"
-""")
+{turn_listeners(tcp=port)}""")
     with socket.create_connection(("127.0.0.1", port)) as s:
         data, tid = tc.encode(tc.BINDING, 0, [])
         s.sendall(data)
@@ -441,8 +412,6 @@ def test_answer_to_a_request_sent_with_the_clients_fin_is_delivered(stream_serve
             pytest.fail(f"no answer before the close: {e}")
         assert len(answer) >= 20 and tc.Response(answer).tid == tid
         sock.close()
-    deadline = time.time() + 5
-    while f.metric("ferry_connections_closed_total", {"reason": "client"}) < rounds:
-        assert time.time() < deadline, f.metric("ferry_connections_closed_total", {"reason": "client"})
-        time.sleep(0.05)
+    wait_until(lambda: f.metric("ferry_connections_closed_total", {"reason": "client"}) >= rounds,
+               what=lambda: f.metric("ferry_connections_closed_total", {"reason": "client"}))
     assert f.metric("ferry_connections_closed_total", {"reason": "tls_error"}) == 0

@@ -52,6 +52,8 @@ size_t ferry_cmsg_space_gro(void);
 // Writes one UDP_SEGMENT control message into hdr's control buffer (which must have
 // ferry_cmsg_space_segment() bytes) and sets msg_controllen. Clears it when segment == 0.
 void ferry_cmsg_set_segment(struct msghdr *hdr, uint16_t segment);
+// The UDP_SEGMENT size set on a message to send, or 0 (for inspecting a send queue in tests).
+uint16_t ferry_cmsg_get_segment(const struct msghdr *hdr);
 // The GRO segment size the kernel reported for a received message, or 0 when none.
 int ferry_cmsg_gro_size(const struct msghdr *hdr);
 

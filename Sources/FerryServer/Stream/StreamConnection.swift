@@ -474,7 +474,7 @@ final class StreamConnection: EventHandler {
         if reason != .client && reason != .tlsError { tls?.shutdown() }
         // Best effort, one non-blocking write: a TLS alert or close_notify, or a last answer.
         if output.count > 0 { _ = try? Sockets.write(fd.raw, from: output.pending) }
-        worker.metrics.add(settings.counters.closed[reason]!)
+        worker.metrics.add(settings.counters.closed[reason])
         worker.streamClosed(self)
         switch carried {
         case .turn?: settings.turn?.connectionClosed(self)

@@ -45,17 +45,32 @@ final class StreamSettings {
     }
 }
 
-/// Counters of the stream transports (docs/metrics.md).
+/// Counters of the stream transports, registered here with their names (docs/metrics.md).
 struct StreamCounters {
-    enum Close: String, CaseIterable {
-        case client, idleTimeout = "idle_timeout", handshakeTimeout = "handshake_timeout",
-             protocolError = "protocol_error", tlsError = "tls_error", limit, sourceLimit = "source_limit",
-             rateLimited = "rate_limited", shutdown, slowReader = "slow_reader", requestTimeout = "request_timeout"
+    enum Close: Int, CounterReason {
+        case client, idleTimeout, handshakeTimeout, protocolError, tlsError, limit, sourceLimit, rateLimited, shutdown,
+             slowReader, requestTimeout
+
+        var label: String {
+            switch self {
+            case .client: "client"
+            case .idleTimeout: "idle_timeout"
+            case .handshakeTimeout: "handshake_timeout"
+            case .protocolError: "protocol_error"
+            case .tlsError: "tls_error"
+            case .limit: "limit"
+            case .sourceLimit: "source_limit"
+            case .rateLimited: "rate_limited"
+            case .shutdown: "shutdown"
+            case .slowReader: "slow_reader"
+            case .requestTimeout: "request_timeout"
+            }
+        }
     }
 
     let accepted: [StreamListener.Kind: CounterID]
     let active: [StreamListener.Kind: CounterID]
-    let closed: [Close: CounterID]
+    let closed: ReasonCounters<Close>
     let handshakesOK: (tls12: CounterID, tls13: CounterID)
     let handshakesFailed: CounterID
     let protocols: [String: CounterID]
@@ -63,6 +78,38 @@ struct StreamCounters {
     let httpMalformed: CounterID
     let websockets: CounterID
     let websocketErrors: CounterID
+
+    init(registering registry: some CounterRegistry) {
+        var accepted: [StreamListener.Kind: CounterID] = [:]
+        var active: [StreamListener.Kind: CounterID] = [:]
+        for k in StreamListener.Kind.allCases {
+            accepted[k] = registry.counter("ferry_connections_accepted_total", "Stream connections accepted, by listener transport.",
+                                           labels: [("transport", k.rawValue)])
+            active[k] = registry.gauge("ferry_connections_active", "Stream connections open now, by listener transport.",
+                                       labels: [("transport", k.rawValue)])
+        }
+        self.accepted = accepted
+        self.active = active
+        closed = ReasonCounters { _, label in
+            registry.counter("ferry_connections_closed_total", "Stream connections closed (or refused), by reason.", labels: [("reason", label)])
+        }
+        var protocols: [String: CounterID] = [:]
+        for p in ["turn", "turns", "http", "https"] {
+            protocols[p] = registry.counter("ferry_connections_protocol_total",
+                                            "Stream connections by what they carried: turn (TCP), turns (TLS), http, https.", labels: [("protocol", p)])
+        }
+        self.protocols = protocols
+        let hs = "TLS handshakes, by result and version."
+        handshakesOK = (registry.counter("ferry_tls_handshakes_total", hs, labels: [("result", "ok"), ("version", "TLSv1.2")]),
+                        registry.counter("ferry_tls_handshakes_total", hs, labels: [("result", "ok"), ("version", "TLSv1.3")]))
+        handshakesFailed = registry.counter("ferry_tls_handshakes_total", hs, labels: [("result", "failed"), ("version", "none")])
+        httpRequests = registry.counter("ferry_https_requests_total", "HTTP requests served on stream listeners (health; signaling next).")
+        httpMalformed = registry.counter("ferry_https_malformed_requests_total",
+                                         "HTTP requests on stream listeners refused as malformed (answered 400/408/431/505 and closed).")
+        websockets = registry.counter("ferry_websocket_upgrades_total", "WebSocket connections opened on /v1/signal.")
+        websocketErrors = registry.counter("ferry_websocket_errors_total",
+                                           "WebSocket connections closed for a protocol error, an oversized message (1009) or binary data.")
+    }
 }
 
 /// A protocol framed on stream connections once sniffed (TURN over TCP and TLS): the connection

@@ -67,6 +67,15 @@ final class TURNService: RelayProvider, DatagramService, StreamFrameHandler {
 
     private let batchHistograms: (client: HistogramID, peer: HistogramID)
 
+    /// `ferry_turn_batch_size`: datagrams per `recvmmsg`, client and peer side (registered once,
+    /// shared by every worker's service).
+    static func batchHistograms(registering registry: some CounterRegistry) -> (client: HistogramID, peer: HistogramID) {
+        let help = "Datagrams per recvmmsg on TURN sockets, by side."
+        let bounds: [UInt64] = [1, 2, 4, 8, 16, 32, 64, 128, 256]
+        return (registry.histogram("ferry_turn_batch_size", help, bounds: bounds, labels: [("side", "client")]),
+                registry.histogram("ferry_turn_batch_size", help, bounds: bounds, labels: [("side", "peer")]))
+    }
+
     /// Relayed sockets: never SO_REUSEPORT (each port belongs to one allocation); buffers from
     /// `turn.relay_buffer_bytes` (one per allocation, so smaller than the listeners').
     private let relayOptions: Sockets.UDPOptions

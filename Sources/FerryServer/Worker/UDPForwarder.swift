@@ -4,19 +4,6 @@ import Glibc
 import FerryCore
 import FerrySystem
 
-/// The `ferry_udp_*` series of one UDP listener (docs/metrics.md), whatever service it runs.
-struct UDPListenerCounters {
-    let received: CounterID
-    let sent: CounterID
-    let bytes: CounterID
-    let truncated: CounterID
-    /// Datagrams whose first byte no service on the socket claims (or empty ones).
-    let unclaimed: CounterID
-    let bufferFull: CounterID
-    let sendError: CounterID
-    let batches: HistogramID
-}
-
 /// The engine's plain UDP forwarding mode (`service = "forward"`): every datagram received on
 /// the listener is sent on to one fixed address, from the same socket. It is the engine with no
 /// protocol at all (a datagram service claiming every first byte), which is what the engine

@@ -61,6 +61,18 @@ final class Worker {
     func addDatagramSocket(fd: FileDescriptor, counters: UDPListenerCounters,
                            services: [(service: DatagramService, ranges: [ClosedRange<UInt8>])],
                            fallback: DatagramService? = nil, gro: Bool = false) throws -> Int32 {
+        let ipv6 = !(try Sockets.localAddress(fd.raw)).ip.isIPv4
+        let socket = try attachDatagramSocket(fd: fd, ipv6: ipv6, counters: counters, services: services, fallback: fallback, gro: gro)
+        socket.registration = try loop.register(fd: fd.raw, events: Epoll.input, handler: socket)
+        return socket.index
+    }
+
+    /// The socket without its epoll registration: what `addDatagramSocket` registers, and what a
+    /// test drives through `dispatch` with a fake sink.
+    func attachDatagramSocket(fd: FileDescriptor, ipv6: Bool, counters: UDPListenerCounters,
+                              services: [(service: DatagramService, ranges: [ClosedRange<UInt8>])],
+                              fallback: DatagramService? = nil, gro: Bool = false,
+                              sink: DatagramSink = KernelDatagramSink.shared) throws -> DatagramSocket {
         var demux = DatagramDemux()
         for (i, s) in services.enumerated() {
             for r in s.ranges { try demux.claim(r, route: DatagramDemux.Route(i + 1)) }
@@ -75,12 +87,10 @@ final class Worker {
         } else {
             readBatch = batch
         }
-        let ipv6 = !(try Sockets.localAddress(fd.raw)).ip.isIPv4
         let socket = DatagramSocket(index: Int32(datagramSockets.count), fd: fd, ipv6: ipv6, counters: counters, demux: demux,
-                                    services: services.map(\.service), batch: readBatch, worker: self)
-        socket.registration = try loop.register(fd: fd.raw, events: Epoll.input, handler: socket)
+                                    services: services.map(\.service), batch: readBatch, sink: sink, worker: self)
         datagramSockets.append(socket)
-        return socket.index
+        return socket
     }
 
     /// Reads `socket` in batches; per datagram: counts it, drops it if truncated or unclaimed,
@@ -88,13 +98,25 @@ final class Worker {
     func datagramsReadable(_ socket: DatagramSocket) {
         let fd = socket.fd.raw
         let batch = socket.batch
+        let metrics = self.metrics
+        let counters = socket.counters
+        let now = loop.now
+        let last = BatchReader.drain(batch, fd: fd, onError: { metrics.add(counters.sendError) }) { n in
+            dispatch(socket, count: n, now: now)
+        }
+        if let last { socket.hot.settle(received: last, capacity: batch.capacity, fd: fd, registration: socket.registration, loop: loop) }
+    }
+
+    /// One batch of `socket`, read into its batch: counted, demultiplexed, handed to services.
+    @inline(__always)
+    func dispatch(_ socket: DatagramSocket, count n: Int, now: UInt64) {
+        let batch = socket.batch
         let counters = socket.counters
         let demux = socket.demux
         let services = socket.services
         let routes = self.routes
         let metrics = self.metrics
-        let now = loop.now
-        let last = BatchReader.drain(batch, fd: fd, onError: { metrics.add(counters.sendError) }) { n in
+        do {
             counters.batches.observe(UInt64(n), in: metrics)
             var bytes: UInt64 = 0
             var truncated: UInt64 = 0
@@ -128,7 +150,6 @@ final class Worker {
                 r += 1
             }
         }
-        if let last { socket.hot.settle(received: last, capacity: batch.capacity, fd: fd, registration: socket.registration, loop: loop) }
     }
 
     // MARK: Streams
@@ -149,13 +170,13 @@ final class Worker {
             return
         }
         guard streams.count < settings.maxConnections else {
-            metrics.add(settings.counters.closed[.limit]!)
+            metrics.add(settings.counters.closed[.limit])
             fd.close()
             return
         }
         // One address cannot hold the whole connection limit.
         guard bySource[peer.ip, default: 0] < settings.maxPerSource else {
-            metrics.add(settings.counters.closed[.sourceLimit]!)
+            metrics.add(settings.counters.closed[.sourceLimit])
             fd.close()
             return
         }

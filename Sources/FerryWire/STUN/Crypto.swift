@@ -51,7 +51,7 @@ public enum Crypto {
     /// The coturn "TURN REST" password a shared secret gives a username:
     /// base64(HMAC-SHA1(secret, username)), what `ferry token`, NetBird, Synapse and Nextcloud compute.
     public static func restPassword(secret: String, username: String) -> String {
-        base64(hmacSHA1(key: Array(secret.utf8), data: Array(username.utf8)))
+        Base64.std(hmacSHA1(key: Array(secret.utf8), data: Array(username.utf8)))
     }
 
     public static func constantTimeEqual(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer) -> Bool {
@@ -68,24 +68,6 @@ public enum Crypto {
         let ok = out.withUnsafeMutableBufferPointer { RAND_bytes($0.baseAddress, Int32(n)) }
         precondition(ok == 1, "RAND_bytes failed")
         return out
-    }
-
-    /// Standard base64 with padding.
-    public static func base64(_ bytes: [UInt8]) -> String {
-        let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".utf8)
-        var out: [UInt8] = []
-        out.reserveCapacity((bytes.count + 2) / 3 * 4)
-        var i = 0
-        while i < bytes.count {
-            let b0 = UInt32(bytes[i]), b1 = i + 1 < bytes.count ? UInt32(bytes[i + 1]) : 0, b2 = i + 2 < bytes.count ? UInt32(bytes[i + 2]) : 0
-            let v = b0 << 16 | b1 << 8 | b2
-            out.append(alphabet[Int(v >> 18 & 63)])
-            out.append(alphabet[Int(v >> 12 & 63)])
-            out.append(i + 1 < bytes.count ? alphabet[Int(v >> 6 & 63)] : UInt8(ascii: "="))
-            out.append(i + 2 < bytes.count ? alphabet[Int(v & 63)] : UInt8(ascii: "="))
-            i += 3
-        }
-        return String(decoding: out, as: UTF8.self)
     }
 
     /// Lower-case hex.

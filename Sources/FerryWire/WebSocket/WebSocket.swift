@@ -36,7 +36,7 @@ public enum WebSocket {
         }
         let digest = Array((key + guid).utf8).withUnsafeBytes { Crypto.digest(EVP_sha1(), $0, size: 20) }
         let response = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            + "Sec-WebSocket-Accept: \(Crypto.base64(digest))\r\n\r\n"
+            + "Sec-WebSocket-Accept: \(Base64.std(digest))\r\n\r\n"
         return .success(Array(response.utf8))
     }
 

@@ -1,0 +1,54 @@
+import FerryCore
+
+/// Where a signaling connection lives: which ferryd instance, which worker there, which
+/// connection on that worker. An entry from another instance is reached through that instance
+/// (signaling across several ferryd); this process only delivers to its own.
+public struct SignalLocation: Hashable, Sendable {
+    /// The ferryd instance holding the connection (`SignalDirectory.instance` of its directory).
+    public let instance: String
+    public let worker: Int
+    public let connection: ConnectionID
+
+    public init(instance: String, worker: Int, connection: ConnectionID) {
+        self.instance = instance
+        self.worker = worker
+        self.connection = connection
+    }
+}
+
+/// A registered peer: where it is connected and in which network.
+public struct SignalEntry: Equatable, Sendable {
+    public let location: SignalLocation
+    public let network: String
+
+    public init(location: SignalLocation, network: String) {
+        self.location = location
+        self.network = network
+    }
+}
+
+/// The directory of signaling peers: who is connected where, and who watches whom. The workers
+/// share it; it is the seam for signaling across several ferryd (a Redis-backed directory
+/// implements the same calls with entries naming other instances).
+///
+/// Every answer comes back through `reply`, which the directory must call on the thread of the
+/// worker that asked: an in-process directory calls it at once (the caller is on that thread),
+/// a remote one posts it through the worker's mailbox when the answer arrives. So no worker ever
+/// waits on the directory, and a worker handles a reply like any other event.
+public protocol SignalDirectory: AnyObject, Sendable {
+    /// This ferryd's instance id: the `instance` of the locations it registers.
+    var instance: String { get }
+    /// Registers `peer` at `entry`; replies with the entry it replaced, if any (that connection
+    /// is told it was replaced).
+    func register(_ peer: String, _ entry: SignalEntry, reply: @escaping @Sendable (SignalEntry?) -> Void)
+    /// Removes `peer` if it is still `entry`'s; replies true when it was (the peer went offline).
+    func unregister(_ peer: String, _ entry: SignalEntry, reply: @escaping @Sendable (Bool) -> Void)
+    func lookup(_ peer: String, reply: @escaping @Sendable (SignalEntry?) -> Void)
+    /// Subscribes `watcher` to `peers`' presence; replies with those online in `network` now.
+    func subscribe(_ watcher: SignalLocation, network: String, to peers: [String], reply: @escaping @Sendable ([String]) -> Void)
+    func unsubscribe(_ watcher: SignalLocation, from peers: [String])
+    /// Who in `network` watches `peer`.
+    func watchers(of peer: String, network: String, reply: @escaping @Sendable ([SignalLocation]) -> Void)
+    /// Registered peers (all instances, as far as this directory knows): a gauge, read at scrape time.
+    var count: Int { get }
+}
