@@ -71,6 +71,7 @@ final class AdminServer {
             let c = try HTTPConnection(fd: fd, loop: loop, timeoutNanos: timeoutNanos, server: self)
             connections[ObjectIdentifier(c)] = c
         } catch {
+            fd.close()
             logger.warning("admin connection setup failed", metadata: ["error": "\(error)"])
         }
     }

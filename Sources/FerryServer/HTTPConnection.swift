@@ -123,6 +123,6 @@ final class HTTPConnection: EventHandler {
         if let timer { loop.cancel(timer) }
         timer = nil
         server.closed(self)
-        // The descriptor closes when the last reference (this object) goes away.
+        fd.close()
     }
 }
