@@ -61,6 +61,24 @@ async def wait_until_async(condition, timeout=5, interval=0.05, what=None):
         await asyncio.sleep(interval)
 
 
+def turn_base(workers=2, drain=1):
+    """The head of a TURN test config: workers, a short drain, realm ferry.test relaying from
+    127.0.0.1, the static user test/pass, and loopback peers allowed (denied by default)."""
+    return f"""
+[server]
+workers = {workers}
+drain_seconds = {drain}
+[turn]
+realm = "ferry.test"
+relay_ipv4 = "127.0.0.1"
+[[turn.user]]
+name = "test"
+password = "pass"
+[policy]
+allow = ["127.0.0.0/8"]
+"""
+
+
 def listener(name, port, transport="udp", service=None, forward_to=None, host="127.0.0.1"):
     """One `[[listener]]` table of a test config (docs/configuration.md)."""
     lines = ["[[listener]]", f'name = "{name}"', f'address = "{host}:{port}"']

@@ -13,7 +13,7 @@ import time
 import pytest
 
 import turnclient as tc
-from conftest import ROOT, UNDER_ASAN, free_port, listener, wait_until
+from conftest import ROOT, UNDER_ASAN, free_port, listener, turn_base, wait_until
 
 PACKETS = 20000
 
@@ -35,19 +35,7 @@ def read_count(path):
 def test_relaying_allocates_nothing_per_packet(ferryd_factory, tmpdir_path, counting_preload):
     port = free_port(socket.SOCK_DGRAM)
     counter = os.path.join(tmpdir_path, "allocations")
-    f = ferryd_factory(f"""
-[server]
-workers = 1
-drain_seconds = 1
-[turn]
-realm = "ferry.test"
-relay_ipv4 = "127.0.0.1"
-[[turn.user]]
-name = "test"
-password = "pass"
-[policy]
-allow = ["127.0.0.0/8"]
-{listener("turn-udp", port)}""", env={"LD_PRELOAD": counting_preload, "FERRY_ALLOC_COUNTER": counter})
+    f = ferryd_factory(turn_base(workers=1) + listener("turn-udp", port), env={"LD_PRELOAD": counting_preload, "FERRY_ALLOC_COUNTER": counter})
     assert read_count(counter) > 0, "the preload counts (ferryd allocated at start)"
 
     peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

@@ -14,7 +14,7 @@ import time
 import pytest
 
 import turnclient as tc
-from conftest import UNDER_ASAN, free_port, http_get, turn_listeners, wait_until, wait_until_async
+from conftest import UNDER_ASAN, free_port, http_get, turn_base, turn_listeners, wait_until, wait_until_async
 from test_turn import run_uclient, peer  # noqa: F401  (the peer fixture)
 
 
@@ -28,18 +28,7 @@ def make_cert(directory, name):
 
 def stream_config(tcp_port, tls_port, certs, extra_stream="", extra_tls=""):
     cert_tables = "".join(f'[[tls.certificate]]\ncertificate = "{c}"\nkey = "{k}"\n' for c, k in certs)
-    return f"""
-[server]
-workers = 2
-drain_seconds = 1
-[turn]
-realm = "ferry.test"
-relay_ipv4 = "127.0.0.1"
-[[turn.user]]
-name = "test"
-password = "pass"
-[policy]
-allow = ["127.0.0.0/8"]
+    return turn_base() + f"""
 [tls]
 {extra_tls}
 {cert_tables}

@@ -58,7 +58,7 @@ final class TURNService: RelayProvider, DatagramService, StreamFrameHandler {
     private let portMin: Int
     private let portMax: Int
     private var portCursor: Int
-    private var metrics: CounterBlock { worker.metrics }
+    private let metrics: CounterBlock
     private let batchSize: Int
     private var dataIndications = DataIndicationWriter()
 
@@ -84,6 +84,7 @@ final class TURNService: RelayProvider, DatagramService, StreamFrameHandler {
          batchHistograms: (client: HistogramID, peer: HistogramID), gso: Bool, relayBuffer: Int) {
         self.worker = worker
         loop = worker.loop
+        metrics = worker.metrics
         batchSize = worker.batchSize
         relayOptions = Sockets.UDPOptions(reusePort: false, receiveBuffer: relayBuffer, sendBuffer: relayBuffer)
         self.gso = gso
