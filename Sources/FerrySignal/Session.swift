@@ -1,5 +1,6 @@
 import Foundation
 import FerryWire
+import FerryCore
 
 /// A relay a peer may use, with short-lived TURN REST credentials made from its shared secret.
 public struct RelayHandout: Sendable {
@@ -79,9 +80,8 @@ public final class SignalSession {
     public private(set) var state: State = .awaitingAuth
     public let challenge: [UInt8]
     private let policy: SignalPolicy
-    private var messageTokens: Double
-    private var byteTokens: Double
-    private var tokensAt: UInt64
+    private var messages: TokenBucket
+    private var bytes: TokenBucket
     private var expiry: UInt64 = 0
     /// Relayed message kinds, forwarded opaque to the recipient.
     public static let routed: Set<String> = ["offer", "answer", "candidate", "end_of_candidates", "bye"]
@@ -89,9 +89,8 @@ public final class SignalSession {
     public init(policy: SignalPolicy, now: UInt64) {
         self.policy = policy
         challenge = Crypto.randomBytes(32)
-        messageTokens = policy.messageBurst
-        byteTokens = policy.bytesPerSecond * 2
-        tokensAt = now
+        messages = TokenBucket(capacity: policy.messageBurst, now: now)
+        bytes = TokenBucket(capacity: policy.bytesPerSecond * 2, now: now)
     }
 
     public var peer: String? {
@@ -233,15 +232,13 @@ public final class SignalSession {
         }
     }
 
-    /// Per-peer message and byte rate limits (token buckets).
-    private func admit(bytes: Int, now: UInt64) -> Bool {
-        let elapsed = Double(now &- tokensAt) / 1e9
-        tokensAt = now
-        messageTokens = min(policy.messageBurst, messageTokens + elapsed * policy.messagesPerSecond)
-        byteTokens = min(policy.bytesPerSecond * 2, byteTokens + elapsed * policy.bytesPerSecond)
-        guard messageTokens >= 1, byteTokens >= Double(bytes) else { return false }
-        messageTokens -= 1
-        byteTokens -= Double(bytes)
+    /// Per-peer message and byte rate limits: a message passes only if both buckets hold it.
+    private func admit(bytes size: Int, now: UInt64) -> Bool {
+        messages.refill(rate: policy.messagesPerSecond, capacity: policy.messageBurst, now: now)
+        bytes.refill(rate: policy.bytesPerSecond, capacity: policy.bytesPerSecond * 2, now: now)
+        guard messages.has(1), bytes.has(Double(size)) else { return false }
+        messages.spend(1)
+        bytes.spend(Double(size))
         return true
     }
 

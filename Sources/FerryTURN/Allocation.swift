@@ -24,9 +24,8 @@ public struct Allocation {
     public var allocateTransaction = TransactionID(high: 0, low: 0)
     public var permissionCount: Int32 = 0
     public var channelCount: Int32 = 0
-    /// Bandwidth token bucket (bytes), both directions together.
-    public var tokens: Double = 0
-    public var tokensAt: UInt64 = 0
+    /// Bandwidth (bytes), both directions together.
+    public var bandwidth = TokenBucket(capacity: 0, now: 0)
 
     public func relay(for family: IPFamily) -> RelayID { family == .ipv4 ? relay4 : relay6 }
     public var clientKey: ClientKey { ClientKey(address: client, transport: transport) }

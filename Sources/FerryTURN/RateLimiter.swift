@@ -1,15 +1,12 @@
+import FerryCore
+
 /// Token buckets keyed by source, bounded in size: the per-source limit on 401 answers, so the
 /// server cannot be made to reflect traffic at a spoofed address. Owned by one worker.
 public struct RateLimiter<Key: Hashable> {
-    private struct Bucket {
-        var tokens: Double
-        var last: UInt64
-    }
-
     public let ratePerSecond: Double
     public let burst: Double
     public let maxKeys: Int
-    private var buckets: [Key: Bucket] = [:]
+    private var buckets: [Key: TokenBucket] = [:]
 
     public init(ratePerSecond: Double, burst: Double, maxKeys: Int = 65536) {
         self.ratePerSecond = ratePerSecond
@@ -22,19 +19,14 @@ public struct RateLimiter<Key: Hashable> {
     public mutating func allow(_ key: Key, now: UInt64) -> Bool {
         if ratePerSecond <= 0 { return true }
         if var b = buckets[key] {
-            let elapsed = Double(now &- b.last) / 1e9
-            b.tokens = min(burst, b.tokens + elapsed * ratePerSecond)
-            b.last = now
-            guard b.tokens >= 1 else {
-                buckets[key] = b
-                return false
-            }
-            b.tokens -= 1
+            let allowed = b.take(1, rate: ratePerSecond, capacity: burst, now: now)
             buckets[key] = b
-            return true
+            return allowed
         }
         guard buckets.count < maxKeys else { return false }
-        buckets[key] = Bucket(tokens: burst - 1, last: now)
+        var b = TokenBucket(capacity: burst, now: now)
+        b.spend(1)
+        buckets[key] = b
         return true
     }
 

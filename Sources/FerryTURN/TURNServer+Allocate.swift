@@ -119,8 +119,7 @@ extension TURNServer {
         table.pointee.allocations[Int(slot)].username = ctx.username
         table.pointee.allocations[Int(slot)].key = ctx.key
         table.pointee.allocations[Int(slot)].allocateTransaction = msg.transactionID
-        table.pointee.allocations[Int(slot)].tokens = Double(burstBytes)
-        table.pointee.allocations[Int(slot)].tokensAt = ctx.now
+        table.pointee.allocations[Int(slot)].bandwidth = TokenBucket(capacity: Double(burstBytes), now: ctx.now)
         metrics.add(counters.allocationsCreated)
         metrics.set(counters.allocationsActive, UInt64(table.pointee.activeCount))
         return allocateSuccess(ctx, slot: slot, reservation: reservationToken, familyError: familyError)

@@ -115,11 +115,6 @@ extension TURNServer {
         let rate = settings.bandwidthPerAllocation
         if rate == 0 { return true }
         let a = table.pointee.allocations + Int(slot)
-        let elapsed = Double(now &- a.pointee.tokensAt) / 1e9
-        a.pointee.tokens = min(Double(burstBytes), a.pointee.tokens + elapsed * Double(rate))
-        a.pointee.tokensAt = now
-        guard a.pointee.tokens >= Double(bytes) else { return false }
-        a.pointee.tokens -= Double(bytes)
-        return true
+        return a.pointee.bandwidth.take(Double(bytes), rate: Double(rate), capacity: Double(burstBytes), now: now)
     }
 }
