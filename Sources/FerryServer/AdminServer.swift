@@ -1,21 +1,18 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import FerryCore
 import FerrySystem
 import FerryWire
-import Logging
 
 /// The admin endpoint: `/metrics`, `/healthz`, `/readyz` over HTTP/1.1 with keep-alive. It runs
 /// on the control thread's loop, apart from the workers, so a scrape never delays a packet and
-/// a flood of relayed traffic never hides the server's health.
+/// a flood of relayed traffic never hides the server's health. Its connections are the same
+/// `StreamConnection`s as every stream listener's (an HTTP-only listener on a `Worker` of the
+/// control loop), counted in series of their own.
 final class AdminServer {
     /// The admin endpoint's series (docs/metrics.md), registered here.
     struct Counters {
-        private let byStatus: [Int: CounterID]
-        private let otherStatus: CounterID
-        let rejected: CounterID
+        let requests: HTTPCounters
         let refusedConnections: CounterID
+        let connections: StreamCounters
 
         static let statuses = [200, 400, 404, 405, 408, 431, 503, 505]
 
@@ -23,73 +20,35 @@ final class AdminServer {
             let family = "ferry_admin_requests_total", help = "Admin HTTP requests answered, by status code."
             var byStatus: [Int: CounterID] = [:]
             for code in Counters.statuses { byStatus[code] = registry.counter(family, help, labels: [("code", "\(code)")]) }
-            self.byStatus = byStatus
-            otherStatus = registry.counter(family, help, labels: [("code", "other")])
-            rejected = registry.counter("ferry_admin_malformed_requests_total",
-                                        "Admin requests rejected as malformed or oversized (answered 400/408/431/505 and closed).")
+            requests = HTTPCounters(byStatus: byStatus, other: registry.counter(family, help, labels: [("code", "other")]),
+                                    malformed: registry.counter("ferry_admin_malformed_requests_total",
+                                                                "Admin requests rejected as malformed or oversized (answered 400/408/431/505 and closed)."))
             refusedConnections = registry.counter("ferry_admin_refused_connections_total",
                                                   "Admin connections closed at once because admin.max_connections were open.")
-        }
-
-        func requests(_ status: Int) -> CounterID { byStatus[status] ?? otherStatus }
-    }
-
-    private let loop: EventLoop
-    private let logger: Logger
-    private let route: (HTTPRequestHead) -> HTTPAnswer
-    private let maxConnections: Int
-    private let timeoutNanos: UInt64
-    private let metrics: CounterBlock
-    private let counters: Counters
-    private var acceptor: TCPAcceptor?
-    /// Live connections, owned by `loop`.
-    private var connections: [ObjectIdentifier: HTTPConnection] = [:]
-
-    init(fd: FileDescriptor, loop: EventLoop, logger: Logger, maxConnections: Int, timeoutSeconds: Int,
-         metrics: CounterBlock, counters: Counters, route: @escaping (HTTPRequestHead) -> HTTPAnswer) throws(SystemError) {
-        self.loop = loop
-        self.logger = logger
-        self.route = route
-        self.maxConnections = maxConnections
-        self.timeoutNanos = UInt64(timeoutSeconds) * 1_000_000_000
-        self.metrics = metrics
-        self.counters = counters
-        acceptor = try TCPAcceptor(fd: fd, loop: loop, onAccept: { [unowned self] fd, peer in self.accepted(fd, peer) },
-                                   onError: { [logger] error in logger.warning("admin accept failed", metadata: ["error": "\(error)"]) })
-    }
-
-    var address: SocketAddress? { acceptor?.address }
-
-    private func accepted(_ raw: Int32, _ peer: SocketAddress?) {
-        let fd = FileDescriptor(raw)
-        guard connections.count < maxConnections else {
-            metrics.add(counters.refusedConnections)
-            fd.close()
-            return
-        }
-        do {
-            let c = try HTTPConnection(fd: fd, loop: loop, timeoutNanos: timeoutNanos, server: self)
-            connections[ObjectIdentifier(c)] = c
-        } catch {
-            fd.close()
-            logger.warning("admin connection setup failed", metadata: ["error": "\(error)"])
+            connections = StreamCounters(registeringAdmin: registry, http: requests, refused: refusedConnections)
         }
     }
 
-    /// Counts what a session answered.
-    func count(_ outcome: HTTPSession.Outcome) {
-        for s in outcome.statuses { metrics.add(counters.requests(s)) }
-        if outcome.malformed > 0 { metrics.add(counters.rejected, UInt64(outcome.malformed)) }
+    /// An answer to /metrics can be large; it is a protocol answer, so it may queue up to four
+    /// times this before a client that never reads is closed.
+    static let writeLimit = 1 << 20
+
+    /// Owned by the control loop.
+    private let worker: Worker
+    let address: SocketAddress?
+
+    init(fd: FileDescriptor, loop: EventLoop, metrics: CounterBlock, maxConnections: Int, timeoutSeconds: Int,
+         counters: Counters, route: @escaping HTTPSession.Route) throws(SystemError) {
+        address = try? Sockets.localAddress(fd.raw)
+        worker = Worker(loop: loop, metrics: metrics, batchSize: 1, maxDatagram: 64)
+        // One timeout for everything: a request head must be complete, and an idle keep-alive
+        // connection closes, after admin.request_timeout_seconds.
+        worker.configureStreams(StreamSettings(
+            contexts: nil, idleTimeoutSeconds: timeoutSeconds, handshakeTimeoutSeconds: timeoutSeconds,
+            requestTimeoutSeconds: timeoutSeconds, writeLimit: AdminServer.writeLimit, maxConnections: maxConnections,
+            maxPerSource: maxConnections, handshakesPerSecond: 0, handshakeBurst: 0, route: route, counters: counters.connections))
+        try worker.addStreamListener(fd: fd, kind: .http, shared: false)
     }
 
-    var routeFunction: HTTPSession.Route { route }
-
-    func closed(_ c: HTTPConnection) { connections[ObjectIdentifier(c)] = nil }
-
-    func close() {
-        acceptor?.close(loop: loop)
-        acceptor = nil
-        for c in connections.values { c.close() }
-        connections.removeAll()
-    }
+    func close() { worker.close() }
 }

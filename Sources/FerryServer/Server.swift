@@ -167,8 +167,8 @@ public final class Server: @unchecked Sendable {
         if let fd = try registry.adminSocket(config.admin.address) {
             let block = metrics.block(engine.loops.count)
             let counters = AdminServer.Counters(registering: metrics)
-            admin = try AdminServer(fd: fd, loop: control, logger: logger, maxConnections: config.admin.maxConnections,
-                                    timeoutSeconds: config.admin.requestTimeoutSeconds, metrics: block, counters: counters,
+            admin = try AdminServer(fd: fd, loop: control, metrics: block, maxConnections: config.admin.maxConnections,
+                                    timeoutSeconds: config.admin.requestTimeoutSeconds, counters: counters,
                                     route: { [unowned self] head in self.route(head) })
             if let a = admin?.address {
                 boundAddresses["admin"] = a

@@ -8,7 +8,7 @@ import Testing
     static let timeouts = SM.Timeouts(idle: 300 * second, handshake: 10 * second, request: 15 * second)
     let t0: UInt64 = 1_000 * second
 
-    func plain() -> SM { SM(tlsFirst: false, now: t0, timeouts: Self.timeouts) }
+    func plain() -> SM { SM(start: .sniff, now: t0, timeouts: Self.timeouts) }
 
     @Test func plainConnectionSniffsThenServesWhatItSees() {
         var sm = plain()
@@ -41,33 +41,33 @@ import Testing
         #expect(sm.handshake(.done(alpn: "stun.turn")) == .established(serve: .turn, name: "turns"))
         #expect(sm.phase == .serving(.turn))
 
-        var web = SM(tlsFirst: true, now: t0, timeouts: Self.timeouts)
+        var web = SM(start: .tls, now: t0, timeouts: Self.timeouts)
         #expect(web.readable() == .handshake)
         #expect(web.handshake(.done(alpn: "http/1.1")) == .established(serve: .http, name: "https"))
     }
 
     @Test func tlsWithoutALPNWaitsForTheFirstDecryptedBytes() {
-        var sm = SM(tlsFirst: true, now: t0, timeouts: Self.timeouts)
+        var sm = SM(start: .tls, now: t0, timeouts: Self.timeouts)
         #expect(sm.handshake(.done(alpn: nil)) == .established(serve: nil, name: nil))
         #expect(sm.phase == .awaitingProtocol)
         #expect(sm.inHandshake, "the handshake timeout still applies until the protocol is known")
         #expect(sm.sniffed(nil, decrypted: true) == .wait)
         #expect(sm.sniffed(.http, decrypted: true) == .serve(.http, name: "https"))
-        var tunnel = SM(tlsFirst: true, now: t0, timeouts: Self.timeouts)
+        var tunnel = SM(start: .tls, now: t0, timeouts: Self.timeouts)
         _ = tunnel.handshake(.done(alpn: nil))
         #expect(tunnel.sniffed(.tls, decrypted: true) == .close(.protocolError), "TLS inside TLS is not served")
     }
 
     @Test func handshakeFailuresCloseWithTheirReason() {
-        var failed = SM(tlsFirst: true, now: t0, timeouts: Self.timeouts)
+        var failed = SM(start: .tls, now: t0, timeouts: Self.timeouts)
         #expect(failed.handshake(.failed) == .failed(.tlsError))
         #expect(failed.isClosed)
-        var gone = SM(tlsFirst: true, now: t0, timeouts: Self.timeouts)
+        var gone = SM(start: .tls, now: t0, timeouts: Self.timeouts)
         #expect(gone.handshake(.peerClosed) == .failed(.client))
     }
 
     @Test func handshakeTimeoutCountsFromAcceptEvenWithActivity() {
-        var sm = SM(tlsFirst: true, now: t0, timeouts: Self.timeouts)
+        var sm = SM(start: .tls, now: t0, timeouts: Self.timeouts)
         sm.received(now: t0 + 9 * Self.second)
         #expect(sm.tick(now: t0 + 10 * Self.second) == .none)
         #expect(sm.tick(now: t0 + 11 * Self.second) == .close(.handshakeTimeout))
@@ -91,7 +91,8 @@ import Testing
         #expect(sm.phase == .closing(.requestTimeout, carrying: .http))
         #expect(!sm.wantsRead)
         #expect(sm.tick(now: t0 + 17 * Self.second) == .none, "408 is answered once")
-        #expect(sm.flushed(blocked: false) == .close(.requestTimeout))
+        #expect(sm.flushed(blocked: false, now: t0 + 17 * Self.second) == .linger)
+        #expect(sm.tick(now: t0 + 19 * Self.second) == .close(.requestTimeout))
     }
 
     @Test func aCompletedHeadStopsTheRequestClock() {
@@ -100,6 +101,27 @@ import Testing
         sm.requestHead(partial: true, now: t0)
         sm.requestHead(partial: false, now: t0 + Self.second)
         #expect(sm.tick(now: t0 + 60 * Self.second) == .none)
+    }
+
+    @Test func anHTTPOnlyListenerServesHTTPFromTheStart() {
+        var sm = SM(start: .http, now: t0, timeouts: Self.timeouts)
+        #expect(sm.phase == .serving(.http) && sm.readable() == .read && !sm.inHandshake)
+        #expect(sm.tick(now: t0 + 11 * Self.second) == .none, "no handshake to time out")
+    }
+
+    @Test func httpLingersAfterItsLastAnswerUntilTheClientCloses() {
+        var sm = plain()
+        _ = sm.sniffed(.http)
+        sm.closeAfterFlush()
+        #expect(sm.flushed(blocked: false, now: t0) == .linger, "our FIN, then unread bytes are discarded, not reset")
+        #expect(sm.wantsRead && sm.readable() == .discard)
+        #expect(sm.tick(now: t0 + Self.second) == .none)
+        #expect(sm.endOfInput() == .close(.client))
+        var slow = plain()
+        _ = slow.sniffed(.http)
+        slow.closeAfterFlush(.protocolError)
+        _ = slow.flushed(blocked: false, now: t0)
+        #expect(slow.tick(now: t0 + 2 * Self.second) == .close(.protocolError), "the linger ends after two seconds")
     }
 
     @Test func endOfInputAnswersWhatWasAskedThenCloses() {

@@ -53,7 +53,12 @@ final class StreamConnection: EventHandler {
         self.worker = worker
         self.loop = loop
         self.settings = settings
-        state = StreamConnectionStateMachine(tlsFirst: kind == .tls, now: loop.now, timeouts: settings.timeouts)
+        let start: StreamConnectionStateMachine.Start = switch kind {
+        case .tcp: .sniff
+        case .tls: .tls
+        case .http: .http
+        }
+        state = StreamConnectionStateMachine(start: start, now: loop.now, timeouts: settings.timeouts)
         registration = try loop.register(fd: fd.raw, events: Epoll.input | Epoll.readHangup, handler: self)
         if kind == .tls { startTLS() }
     }
@@ -70,6 +75,7 @@ final class StreamConnection: EventHandler {
         case .sniff: sniff()
         case .handshake: handshake()
         case .read: readAvailable()
+        case .discard: discardInput()
         case .ignore: break
         }
     }
@@ -83,7 +89,7 @@ final class StreamConnection: EventHandler {
             // 408, then close: a head sent a byte at a time would otherwise hold the connection
             // past every timeout.
             let outcome = http.timedOut()
-            worker.metrics.add(settings.counters.httpMalformed)
+            settings.counters.http.count(outcome, in: worker.metrics)
             outcome.output.withUnsafeBytes { _ = enqueue($0, droppable: false) }
             updateInterest()
             markDirty()
@@ -278,7 +284,7 @@ final class StreamConnection: EventHandler {
                     case .failure(let f):
                         answer = HTTPResponse.encode(status: f.status, body: Array((f.reason + "\n").utf8), close: true,
                                                      extraHeaders: f.headers.sorted { $0.key < $1.key })
-                        if f.status == 400 { worker.metrics.add(settings.counters.httpMalformed) }
+                        if f.status == 400 { worker.metrics.add(settings.counters.http.malformed) }
                     }
                 }
                 answer.withUnsafeBytes { _ = enqueue($0, droppable: false) }
@@ -293,8 +299,7 @@ final class StreamConnection: EventHandler {
         let bytes = input.unread
         input.removeAll()
         let outcome = http.receive(bytes, route: settings.route)
-        if !outcome.statuses.isEmpty { worker.metrics.add(settings.counters.httpRequests, UInt64(outcome.statuses.count)) }
-        if outcome.malformed > 0 { worker.metrics.add(settings.counters.httpMalformed, UInt64(outcome.malformed)) }
+        settings.counters.http.count(outcome, in: worker.metrics)
         state.requestHead(partial: http.hasPartialRequest, now: loop.now)
         if !outcome.output.isEmpty {
             outcome.output.withUnsafeBytes { _ = enqueue($0, droppable: false) }
@@ -375,12 +380,28 @@ final class StreamConnection: EventHandler {
         markDirty()
     }
 
+    /// After HTTP's last answer: what the client still sends is read and thrown away until it
+    /// closes (or the linger time passes, at the sweep).
+    private func discardInput() {
+        let chunk = worker.streamReadBuffer
+        while !state.isClosed {
+            switch Result(catching: { () throws(SystemError) in try Sockets.read(fd.raw, into: chunk) }) {
+            case .success(.wouldBlock): return
+            case .success(.done(let n)) where n > 0: continue
+            case .success(.done): endOfInput()
+            case .failure: close(.client)
+            }
+        }
+    }
+
     /// The client finished sending (FIN, or TLS close_notify or EOF): what it asked for before is
     /// already answered in `output`; write that (and our close_notify), then close.
     private func endOfInput() {
         switch state.endOfInput() {
         case .ignore:
             return
+        case .close(let reason):
+            close(reason)
         case .shutdownAndFlush:
             tls?.shutdown()
             updateInterest()
@@ -439,11 +460,21 @@ final class StreamConnection: EventHandler {
             }
             guard !state.isWindingDown, state.carried == .websocket, let signal = settings.signal, signal.refill(self) else { break }
         }
-        let action = state.flushed(blocked: blocked)
-        updateInterest()
+        let action = state.flushed(blocked: blocked, now: loop.now)
         switch action {
-        case .waitWritable, .idle: break
-        case .close(let reason): close(reason)
+        case .waitWritable, .idle:
+            updateInterest()
+        case .close(let reason):
+            close(reason)
+        case .linger:
+            // Plain HTTP only: over TLS the session's close_notify is the end (closed as before).
+            if tls != nil {
+                close(state.pendingCloseReason ?? .client)
+                return
+            }
+            Sockets.shutdownWrite(fd.raw)
+            updateInterest()
+            discardInput()
         }
     }
 

@@ -5,7 +5,9 @@
 ///     sniffing ──tls──▶ handshaking ──ALPN──▶ serving(turn | http)
 ///        │                   └──no ALPN──▶ awaitingProtocol ──first bytes──▶ serving(turn | http)
 ///        └──stun / http──▶ serving(turn | http) ──/v1/signal upgrade──▶ serving(websocket)
+///     (an HTTP-only listener, the admin endpoint, starts in serving(http))
 ///     any ──end of input / close after flush──▶ closing(reason) ──written──▶ closed
+///     HTTP with input still open: closing ──written──▶ lingering ──EOF / 2 s──▶ closed
 ///     any ──error, timeout──▶ closed
 struct StreamConnectionStateMachine {
     enum Carried: Equatable {
@@ -22,8 +24,18 @@ struct StreamConnectionStateMachine {
         /// What is queued is written, then the connection closes for `reason`. Input is no longer
         /// read (level-triggered epoll would report the same EOF or unread bytes forever).
         case closing(StreamCounters.Close, carrying: Carried?)
+        /// HTTP's last answer is written and our side shut (FIN); what the client still sends is
+        /// read and discarded until it closes or `lingerTime` passes, so the kernel does not
+        /// reset the connection (destroying the answer) over unread bytes.
+        case lingering(StreamCounters.Close, since: UInt64)
         case closed
     }
+
+    /// How a connection begins: sniffing (a plain TCP listener), TLS (a TLS listener), or HTTP
+    /// (an HTTP-only listener such as the admin endpoint).
+    enum Start: Equatable { case sniff, tls, http }
+
+    static let lingerTime: UInt64 = 2_000_000_000
 
     /// What the first bytes look like (`ProtocolSniffer`'s verdict).
     enum Sniffed: Equatable { case tls, stun, http, unknown }
@@ -47,19 +59,30 @@ struct StreamConnectionStateMachine {
     /// Writes wait for the socket (EPOLLOUT wanted).
     private(set) var writeBlocked = false
 
-    init(tlsFirst: Bool, now: UInt64, timeouts: Timeouts) {
-        phase = tlsFirst ? .handshaking : .sniffing
+    init(start: Start, now: UInt64, timeouts: Timeouts) {
+        switch start {
+        case .sniff: phase = .sniffing
+        case .tls: phase = .handshaking
+        case .http: phase = .serving(.http)
+        }
         self.timeouts = timeouts
         started = now
         lastActivity = now
     }
 
     var isClosed: Bool { phase == .closed }
-    /// Closing or closed: nothing more is read or processed.
+    /// Closing, lingering or closed: nothing more is read for processing.
     var isWindingDown: Bool {
         switch phase {
-        case .closing, .closed: return true
+        case .closing, .lingering, .closed: return true
         default: return false
+        }
+    }
+    /// Why a pending close will close (closing or lingering).
+    var pendingCloseReason: StreamCounters.Close? {
+        switch phase {
+        case .closing(let r, _), .lingering(let r, _): return r
+        default: return nil
         }
     }
     var inHandshake: Bool { phase == .sniffing || phase == .handshaking || phase == .awaitingProtocol }
@@ -67,13 +90,17 @@ struct StreamConnectionStateMachine {
         switch phase {
         case .serving(let c): return c
         case .closing(_, let c): return c
+        case .lingering: return .http
         default: return nil
         }
     }
 
     /// The epoll interest the shell should have: reads while input may still come and no close
     /// is pending; writes while bytes wait for the socket.
-    var wantsRead: Bool { !inputDone && !isWindingDown }
+    var wantsRead: Bool {
+        if case .lingering = phase { return !inputDone }
+        return !inputDone && !isWindingDown
+    }
     var wantsWrite: Bool { writeBlocked && !isClosed }
 
     // MARK: Events
@@ -85,6 +112,8 @@ struct StreamConnectionStateMachine {
         case handshake
         /// Read application bytes (decrypted over TLS).
         case read
+        /// Read and throw away (lingering).
+        case discard
         case ignore
     }
 
@@ -94,6 +123,7 @@ struct StreamConnectionStateMachine {
         case .sniffing: return .sniff
         case .handshaking: return .handshake
         case .awaitingProtocol, .serving: return .read
+        case .lingering: return .discard
         case .closing, .closed: return .ignore
         }
     }
@@ -191,6 +221,8 @@ struct StreamConnectionStateMachine {
     enum EndOfInputAction: Equatable {
         /// Send TLS close_notify (if any) and write what is queued; close after that.
         case shutdownAndFlush
+        /// A lingering connection's client closed: close now.
+        case close(StreamCounters.Close)
         case ignore
     }
 
@@ -198,6 +230,7 @@ struct StreamConnectionStateMachine {
     mutating func endOfInput() -> EndOfInputAction {
         guard !isClosed else { return .ignore }
         inputDone = true
+        if case .lingering(let reason, _) = phase { return .close(reason) }
         if case .closing = phase { return .shutdownAndFlush }
         phase = .closing(.client, carrying: carried)
         return .shutdownAndFlush
@@ -206,7 +239,7 @@ struct StreamConnectionStateMachine {
     /// Close once everything queued is written (an error answered, a close frame sent).
     mutating func closeAfterFlush(_ reason: StreamCounters.Close = .client) {
         switch phase {
-        case .closing, .closed: return
+        case .closing, .lingering, .closed: return
         default: phase = .closing(reason, carrying: carried)
         }
     }
@@ -218,13 +251,22 @@ struct StreamConnectionStateMachine {
         case idle
         /// Everything is written and a close was pending: close (the `close` event) now.
         case close(StreamCounters.Close)
+        /// HTTP's last answer is written while the client may still send: shut our side (FIN),
+        /// keep reading to discard.
+        case linger
     }
 
-    /// A write pass ended: with bytes still queued (`blocked`) or all written.
-    mutating func flushed(blocked: Bool) -> FlushAction {
+    /// A write pass ended at `now`: with bytes still queued (`blocked`) or all written.
+    mutating func flushed(blocked: Bool, now: UInt64 = 0) -> FlushAction {
         writeBlocked = blocked
         if blocked { return .waitWritable }
-        if case .closing(let reason, _) = phase { return .close(reason) }
+        if case .closing(let reason, let carrying) = phase {
+            if carrying == .http && !inputDone {
+                phase = .lingering(reason, since: now)
+                return .linger
+            }
+            return .close(reason)
+        }
         return .idle
     }
 
@@ -238,6 +280,9 @@ struct StreamConnectionStateMachine {
     /// The once-a-second sweep: which deadline, if any, has passed.
     mutating func tick(now: UInt64) -> TimeoutAction {
         if isClosed { return .none }
+        if case .lingering(let reason, let since) = phase {
+            return now &- since >= StreamConnectionStateMachine.lingerTime ? .close(reason) : .none
+        }
         if inHandshake && now &- started > timeouts.handshake { return .close(.handshakeTimeout) }
         if case .closing = phase {
             // A pending close still owes bytes: the idle timeout bounds a reader that never reads.

@@ -9,6 +9,8 @@ final class StreamListener: EventHandler {
         case tcp
         /// TLS first.
         case tls
+        /// HTTP only, plain: the admin endpoint.
+        case http
     }
 
     private let fd: FileDescriptor

@@ -74,41 +74,88 @@ struct StreamCounters {
     let handshakesOK: (tls12: CounterID, tls13: CounterID)
     let handshakesFailed: CounterID
     let protocols: [String: CounterID]
-    let httpRequests: CounterID
-    let httpMalformed: CounterID
+    let http: HTTPCounters
     let websockets: CounterID
     let websocketErrors: CounterID
+    /// Connections turned away at `maxConnections` (the admin endpoint's own series), besides
+    /// `closed[.limit]`.
+    let refused: CounterID?
 
+    /// The counters of the stream listeners (TURN over TCP/TLS, HTTPS, signaling).
     init(registering registry: some CounterRegistry) {
+        self.init(registry, family: "ferry_connections", what: "Stream connections", kinds: [.tcp, .tls],
+                  protocols: ["turn", "turns", "http", "https"],
+                  http: HTTPCounters(requests: registry.counter("ferry_https_requests_total",
+                                                                "HTTP requests served on stream listeners (health; signaling next)."),
+                                     malformed: registry.counter("ferry_https_malformed_requests_total",
+                                                                 "HTTP requests on stream listeners refused as malformed (answered 400/408/431/505 and closed).")),
+                  refused: nil)
+    }
+
+    /// The admin endpoint's connections: the same life, their own series, so scrapes never mix
+    /// into the relay's connection counts.
+    init(registeringAdmin registry: some CounterRegistry, http: HTTPCounters, refused: CounterID) {
+        self.init(registry, family: "ferry_admin_connections", what: "Admin connections", kinds: [.http], protocols: [],
+                  http: http, refused: refused)
+    }
+
+    private init(_ registry: some CounterRegistry, family: String, what: String, kinds: [StreamListener.Kind], protocols names: [String],
+                 http: HTTPCounters, refused: CounterID?) {
         var accepted: [StreamListener.Kind: CounterID] = [:]
         var active: [StreamListener.Kind: CounterID] = [:]
-        for k in StreamListener.Kind.allCases {
-            accepted[k] = registry.counter("ferry_connections_accepted_total", "Stream connections accepted, by listener transport.",
+        for k in kinds {
+            accepted[k] = registry.counter("\(family)_accepted_total", "\(what) accepted, by listener transport.",
                                            labels: [("transport", k.rawValue)])
-            active[k] = registry.gauge("ferry_connections_active", "Stream connections open now, by listener transport.",
+            active[k] = registry.gauge("\(family)_active", "\(what) open now, by listener transport.",
                                        labels: [("transport", k.rawValue)])
         }
         self.accepted = accepted
         self.active = active
         closed = ReasonCounters { _, label in
-            registry.counter("ferry_connections_closed_total", "Stream connections closed (or refused), by reason.", labels: [("reason", label)])
+            registry.counter("\(family)_closed_total", "\(what) closed (or refused), by reason.", labels: [("reason", label)])
         }
         var protocols: [String: CounterID] = [:]
-        for p in ["turn", "turns", "http", "https"] {
-            protocols[p] = registry.counter("ferry_connections_protocol_total",
-                                            "Stream connections by what they carried: turn (TCP), turns (TLS), http, https.", labels: [("protocol", p)])
+        for p in names {
+            protocols[p] = registry.counter("\(family)_protocol_total",
+                                            "\(what) by what they carried: turn (TCP), turns (TLS), http, https.", labels: [("protocol", p)])
         }
         self.protocols = protocols
+        self.http = http
+        self.refused = refused
         let hs = "TLS handshakes, by result and version."
         handshakesOK = (registry.counter("ferry_tls_handshakes_total", hs, labels: [("result", "ok"), ("version", "TLSv1.2")]),
                         registry.counter("ferry_tls_handshakes_total", hs, labels: [("result", "ok"), ("version", "TLSv1.3")]))
         handshakesFailed = registry.counter("ferry_tls_handshakes_total", hs, labels: [("result", "failed"), ("version", "none")])
-        httpRequests = registry.counter("ferry_https_requests_total", "HTTP requests served on stream listeners (health; signaling next).")
-        httpMalformed = registry.counter("ferry_https_malformed_requests_total",
-                                         "HTTP requests on stream listeners refused as malformed (answered 400/408/431/505 and closed).")
         websockets = registry.counter("ferry_websocket_upgrades_total", "WebSocket connections opened on /v1/signal.")
         websocketErrors = registry.counter("ferry_websocket_errors_total",
                                            "WebSocket connections closed for a protocol error, an oversized message (1009) or binary data.")
+    }
+}
+
+/// Where a connection's HTTP requests are counted: one series for all answers (HTTPS on stream
+/// listeners) or one per status code (the admin endpoint), and the malformed ones.
+struct HTTPCounters {
+    private let byStatus: [Int: CounterID]
+    private let other: CounterID
+    let malformed: CounterID
+
+    init(requests: CounterID, malformed: CounterID) {
+        byStatus = [:]
+        other = requests
+        self.malformed = malformed
+    }
+
+    init(byStatus: [Int: CounterID], other: CounterID, malformed: CounterID) {
+        self.byStatus = byStatus
+        self.other = other
+        self.malformed = malformed
+    }
+
+    func requests(_ status: Int) -> CounterID { byStatus[status] ?? other }
+
+    func count(_ outcome: HTTPSession.Outcome, in metrics: CounterBlock) {
+        for s in outcome.statuses { metrics.add(requests(s)) }
+        if outcome.malformed > 0 { metrics.add(malformed, UInt64(outcome.malformed)) }
     }
 }
 

@@ -171,6 +171,7 @@ final class Worker {
         }
         guard streams.count < settings.maxConnections else {
             metrics.add(settings.counters.closed[.limit])
+            if let refused = settings.counters.refused { metrics.add(refused) }
             fd.close()
             return
         }
