@@ -39,6 +39,10 @@ final class TURNService: RelayProvider, DatagramService, StreamFrameHandler {
     private let arena: UnsafeMutableRawPointer
     private let arenaCapacity: Int
     private var arenaUsed = 0
+    /// Where stream-carried payloads are copied before they are queued (`queueStaged`); the
+    /// same size as the arena, emptied by the same flush. GSO trains still form from it.
+    private let staging: UnsafeMutableRawPointer
+    private var stagedUsed = 0
     private var train = Train()
     struct Train {
         var count = 0
@@ -90,6 +94,7 @@ final class TURNService: RelayProvider, DatagramService, StreamFrameHandler {
         self.gso = gso
         arenaCapacity = batchSize * maxDatagram
         arena = .allocate(byteCount: arenaCapacity, alignment: 64)
+        staging = .allocate(byteCount: arenaCapacity, alignment: 64)
         self.batchHistograms = batchHistograms
         peerBatch = UDPReceiveBatch(capacity: batchSize, slotSize: TURNService.headroom + maxDatagram + 4,
                                     headroom: TURNService.headroom, tailroom: 4)
@@ -105,6 +110,7 @@ final class TURNService: RelayProvider, DatagramService, StreamFrameHandler {
     deinit {
         replies.deallocate()
         arena.deallocate()
+        staging.deallocate()
         relays.release()
     }
 
@@ -172,9 +178,9 @@ final class TURNService: RelayProvider, DatagramService, StreamFrameHandler {
     }
 
     /// Queues one datagram for a relayed socket, extending the current GSO train when it can.
-    /// `bytes` must stay valid until the flush at the end of the batch: it points into this
-    /// worker's receive batches (client side) or a stream connection's read buffer, flushed
-    /// before that buffer is reused.
+    /// `bytes` must stay valid until the flush at the end of the batch: it points into the
+    /// worker's receive batch (the UDP paths, flushed before `receive` returns) or this service's
+    /// arena (`queueStaged`); nothing else is queued.
     @inline(__always)
     private func queueToPeer(_ relay: RelayID, peer: SocketAddress, _ bytes: UnsafeRawPointer, _ length: Int) {
         let handle = relays.fd(relay)
@@ -231,6 +237,7 @@ final class TURNService: RelayProvider, DatagramService, StreamFrameHandler {
         closeTrain()
         flushQueued()
         arenaUsed = 0
+        stagedUsed = 0
     }
 
     private func flushQueued() {
@@ -373,15 +380,34 @@ final class TURNService: RelayProvider, DatagramService, StreamFrameHandler {
         case .reply(let len):
             conn.enqueue(UnsafeRawBufferPointer(start: out.baseAddress, count: len), droppable: false)
         case .relay(let relay, let peer, let payload):
-            queueToPeer(relay, peer: peer, payload.baseAddress!, payload.count)
+            queueStaged(relay, peer: peer, payload.baseAddress!, payload.count)
         }
     }
 
     private func handleStreamChannelData(channel: UInt16, payload: UnsafeRawPointer, length: Int, from conn: StreamConnection) {
         guard let target = server.channelTarget(client: ClientKey(address: conn.peer, transport: .stream(conn.id)),
                                                 channel: channel, length: length, now: loop.now) else { return }
-        queueToPeer(target.relay, peer: target.peer, payload, length)
+        queueStaged(target.relay, peer: target.peer, payload, length)
         server.countRelayed(toPeer: true, packets: 1, bytes: UInt64(length))
+    }
+
+    /// Queues bytes that belong to someone else (a stream connection's input buffer) by copying
+    /// them into this service's arena first, so the send queue only ever points at memory the
+    /// service or the worker's receive batch owns until the flush: nothing a caller frees or
+    /// compacts can be sent afterwards. One copy per stream-carried packet; the UDP paths queue
+    /// from the batch without copying.
+    private func queueStaged(_ relay: RelayID, peer: SocketAddress, _ bytes: UnsafeRawPointer, _ length: Int) {
+        if stagedUsed + length > arenaCapacity { flushPeer() }
+        guard length <= arenaCapacity else {
+            // Larger than the whole staging area (a 64 KiB stream frame): sent before this returns.
+            queueToPeer(relay, peer: peer, bytes, length)
+            flushPeer()
+            return
+        }
+        let staged = staging + stagedUsed
+        staged.copyMemory(from: bytes, byteCount: length)
+        stagedUsed += length
+        queueToPeer(relay, peer: peer, staged, length)
     }
 
     // MARK: RelayProvider
