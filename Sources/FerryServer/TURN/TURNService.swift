@@ -397,6 +397,12 @@ final class TURNService: RelayProvider, DatagramService, StreamFrameHandler {
     /// compacts can be sent afterwards. One copy per stream-carried packet; the UDP paths queue
     /// from the batch without copying.
     private func queueStaged(_ relay: RelayID, peer: SocketAddress, _ bytes: UnsafeRawPointer, _ length: Int) {
+        // Joining a GSO train already copied into the arena copies it there now: no staging.
+        if train.start != nil && length == train.segment && peer == train.peer && relays.fd(relay) == train.handle
+            && train.count < TURNService.maxSegments && (train.count + 1) * length <= TURNService.maxTrainBytes {
+            queueToPeer(relay, peer: peer, bytes, length)
+            return
+        }
         if stagedUsed + length > arenaCapacity { flushPeer() }
         guard length <= arenaCapacity else {
             // Larger than the whole staging area (a 64 KiB stream frame): sent before this returns.
