@@ -133,8 +133,8 @@ final class SignalWorkers: @unchecked Sendable {
 /// A peer is reached only through `sessions`, keyed by connection id, and leaves it when its
 /// connection closes (`closed`): deliveries, presence and the connection's refills look the id
 /// up, so a message for a peer that just went finds nothing (and is counted), never a dangling
-/// object. Connection ids are not reused while the worker lives (they count up from 2^20 to
-/// 2^31 before wrapping, skipping live ones).
+/// object. Connection ids count up per worker (32 bits, skipping live ones): an id comes back
+/// only after four billion connections on one worker.
 final class SignalWorker {
     final class Peer {
         let session: SignalSession
