@@ -87,13 +87,7 @@ import FerryTURN
         let rig = try Rig()
         defer { rig.fd.close() }
         let sink = FakeSink()
-        let turn = TURNService(worker: rig.worker, maxDatagram: 200, portRange: 50000...50010,
-                               batchHistograms: TURNService.batchHistograms(registering: rig.registry), gso: false, relayBuffer: 65536)
-        let counters = TURNCounters(registering: rig.registry)
-        let server = TURNServer(settings: TURNSettings(), credentials: CredentialStore(realm: "t", users: [:], secrets: []),
-                                nonces: NonceCodec(secret: [1], lifetimeSeconds: 60), policy: PeerPolicy(), relays: turn,
-                                shared: TURNShared(), counters: counters, metrics: rig.registry.block(0))
-        turn.attach(server)
+        let (turn, counters) = makeTURN(on: rig.worker, registry: rig.registry)
         let socket = try rig.worker.attachDatagramSocket(fd: rig.fd, ipv6: false, counters: rig.counters,
                                                          services: [(turn, TURNService.datagramRanges)], fallback: turn, sink: sink)
         let tid = TransactionID.random()

@@ -31,11 +31,7 @@ import FerryTURN
                                           writeLimit: 65536, maxConnections: 8, maxPerSource: 8, handshakesPerSecond: 0,
                                           handshakeBurst: 0, route: { _ in HTTPAnswer(status: 200, body: "ok\n") }, counters: counters)
             if withTURN {
-                let t = TURNService(worker: worker, maxDatagram: 1500, portRange: 50000...50010,
-                                    batchHistograms: TURNService.batchHistograms(registering: registry), gso: false, relayBuffer: 65536)
-                t.attach(TURNServer(settings: TURNSettings(), credentials: CredentialStore(realm: "t", users: [:], secrets: []),
-                                    nonces: NonceCodec(secret: [1], lifetimeSeconds: 60), policy: PeerPolicy(), relays: t,
-                                    shared: TURNShared(), counters: TURNCounters(registering: registry), metrics: registry.block(0)))
+                let t = makeTURN(on: worker, registry: registry).service
                 settings.turn = t
                 turn = t
             }

@@ -21,7 +21,7 @@ PACKETS = 20000
 @pytest.fixture
 def counting_preload(tmpdir_path):
     lib = os.path.join(tmpdir_path, "libcount.so")
-    subprocess.run(["cc", "-shared", "-fPIC", "-O2", "-o", lib, os.path.join(ROOT, "Benchmarks", "allocations", "count.c")],
+    subprocess.run(["gcc", "-shared", "-fPIC", "-O2", "-o", lib, os.path.join(ROOT, "Benchmarks", "allocations", "count.c")],
                    check=True)
     return lib
 

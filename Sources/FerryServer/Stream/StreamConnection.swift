@@ -110,36 +110,28 @@ final class StreamConnection: EventHandler {
         case .success(.done(0)): close(.client); return
         case .success(.done(let got)): n = got
         }
-        let seen = withUnsafeBytes(of: &peekBuffer) { StreamConnection.sniffed(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
-        apply(state.sniffed(seen))
-    }
-
-    private static func sniffed(_ bytes: UnsafeRawBufferPointer) -> StreamConnectionStateMachine.Sniffed? {
-        switch ProtocolSniffer.sniff(bytes) {
-        case nil: return nil
-        case .tls?: return .tls
-        case .stun?: return .stun
-        case .http?: return .http
-        case .unknown?: return .unknown
-        }
-    }
-
-    private func apply(_ action: StreamConnectionStateMachine.SniffAction) {
-        switch action {
+        let seen = withUnsafeBytes(of: &peekBuffer) { ProtocolSniffer.sniff(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
+        switch state.sniffed(seen) {
         case .wait:
             break
         case .startTLS:
             startTLS()
         case .serve(let carried, let name):
-            count(protocol: name)
-            if carried == .turn && settings.turn == nil {
-                close(.protocolError)  // no TURN listener behind this port
-                return
-            }
-            readAvailable()
+            if serve(carried, name: name) { readAvailable() }
         case .close(let reason):
             close(reason)
         }
+    }
+
+    /// Counts what the connection turned out to carry; false (and closed) when nothing here
+    /// serves it (TURN on a port of a server without a TURN listener).
+    private func serve(_ carried: StreamConnectionStateMachine.Carried?, name: String?) -> Bool {
+        if let name { count(protocol: name) }
+        guard carried != .turn || settings.turn != nil else {
+            close(.protocolError)
+            return false
+        }
+        return true
     }
 
     private func startTLS() {
@@ -171,12 +163,7 @@ final class StreamConnection: EventHandler {
             break
         case .established(let serve, let name):
             worker.metrics.add(tls.version == "TLSv1.3" ? settings.counters.handshakesOK.tls13 : settings.counters.handshakesOK.tls12)
-            if let name { count(protocol: name) }
-            if serve == .turn && settings.turn == nil {
-                close(.protocolError)
-                return
-            }
-            guard !state.isClosed else { return }
+            guard self.serve(serve, name: name), !state.isClosed else { return }
             readAvailable()
         case .failed(let reason):
             worker.metrics.add(settings.counters.handshakesFailed)
@@ -227,16 +214,12 @@ final class StreamConnection: EventHandler {
     private func process() {
         if state.phase == .awaitingProtocol {
             // TLS without ALPN: the first decrypted bytes tell HTTP from TURN.
-            let seen = input.withUnreadBytes { StreamConnection.sniffed($0) }
+            let seen = input.withUnreadBytes { ProtocolSniffer.sniff($0) }
             switch state.sniffed(seen, decrypted: true) {
             case .wait:
                 return
             case .serve(let carried, let name):
-                count(protocol: name)
-                if carried == .turn && settings.turn == nil {
-                    close(.protocolError)
-                    return
-                }
+                guard serve(carried, name: name) else { return }
             case .startTLS, .close:
                 close(.protocolError)
                 return

@@ -1,3 +1,5 @@
+import FerryWire
+
 /// The life of one stream connection as a pure state machine, in the shape of hummingbird's
 /// `HTTPConnectionStateHandler`: each event returns its own action enum and the I/O shell
 /// (`StreamConnection`) only switches on it. No syscalls, no clock: times are handed in.
@@ -36,9 +38,6 @@ struct StreamConnectionStateMachine {
     enum Start: Equatable { case sniff, tls, http }
 
     static let lingerTime: UInt64 = 2_000_000_000
-
-    /// What the first bytes look like (`ProtocolSniffer`'s verdict).
-    enum Sniffed: Equatable { case tls, stun, http, unknown }
 
     struct Timeouts: Equatable {
         /// Nanoseconds: `stream.idle_timeout_seconds`, `tls.handshake_timeout_seconds`,
@@ -139,7 +138,7 @@ struct StreamConnectionStateMachine {
     }
 
     /// The first bytes of a plain connection (or, with `decrypted`, of a TLS one without ALPN).
-    mutating func sniffed(_ kind: Sniffed?, decrypted: Bool = false) -> SniffAction {
+    mutating func sniffed(_ kind: ProtocolSniffer.Kind?, decrypted: Bool = false) -> SniffAction {
         guard phase == (decrypted ? .awaitingProtocol : .sniffing) else { return .wait }
         switch kind {
         case nil:

@@ -188,8 +188,7 @@ final class TURNService: RelayProvider, DatagramService, StreamFrameHandler {
             server.countDrop(.noAllocation)
             return
         }
-        if gso && train.count > 0 && handle == train.handle && length == train.segment && peer == train.peer
-            && train.count < TURNService.maxSegments && (train.count + 1) * length <= TURNService.maxTrainBytes {
+        if gso && train.count > 0 && joinsTrain(handle, peer, length) {
             if train.start == nil {
                 // The second datagram: move the first into the arena too.
                 guard arenaUsed + TURNService.maxTrainBytes <= arenaCapacity else {
@@ -207,6 +206,13 @@ final class TURNService: RelayProvider, DatagramService, StreamFrameHandler {
         }
         closeTrain()
         startTrain(handle, peer, bytes, length)
+    }
+
+    /// Whether a datagram for `handle` and `peer` of `length` bytes extends the open train.
+    @inline(__always)
+    private func joinsTrain(_ handle: Int32, _ peer: SocketAddress, _ length: Int) -> Bool {
+        handle == train.handle && length == train.segment && peer == train.peer
+            && train.count < TURNService.maxSegments && (train.count + 1) * length <= TURNService.maxTrainBytes
     }
 
     @inline(__always)
@@ -398,8 +404,7 @@ final class TURNService: RelayProvider, DatagramService, StreamFrameHandler {
     /// from the batch without copying.
     private func queueStaged(_ relay: RelayID, peer: SocketAddress, _ bytes: UnsafeRawPointer, _ length: Int) {
         // Joining a GSO train already copied into the arena copies it there now: no staging.
-        if train.start != nil && length == train.segment && peer == train.peer && relays.fd(relay) == train.handle
-            && train.count < TURNService.maxSegments && (train.count + 1) * length <= TURNService.maxTrainBytes {
+        if train.start != nil && joinsTrain(relays.fd(relay), peer, length) {
             queueToPeer(relay, peer: peer, bytes, length)
             return
         }

@@ -116,39 +116,37 @@ final class Worker {
         let services = socket.services
         let routes = self.routes
         let metrics = self.metrics
-        do {
-            counters.batches.observe(UInt64(n), in: metrics)
-            var bytes: UInt64 = 0
-            var truncated: UInt64 = 0
-            var unclaimed: UInt64 = 0
-            var present: UInt64 = 0  // bit r: route r occurs in this batch
-            for i in 0..<n {
-                let length = batch.length(i)
-                bytes += UInt64(length)
-                // Longer than engine.max_datagram: the engine's drop, not a protocol error.
-                if batch.truncated(i) || length == 0 {
-                    if length > 0 { truncated += 1 } else { unclaimed += 1 }
-                    routes[i] = DatagramDemux.unclaimed
-                    continue
-                }
-                let r = demux.route(batch.data(i).load(as: UInt8.self))
-                routes[i] = r
-                if r == DatagramDemux.unclaimed { unclaimed += 1 }
-                present |= 1 << UInt64(r & 63)
+        counters.batches.observe(UInt64(n), in: metrics)
+        var bytes: UInt64 = 0
+        var truncated: UInt64 = 0
+        var unclaimed: UInt64 = 0
+        var present: UInt64 = 0  // bit r: route r occurs in this batch
+        for i in 0..<n {
+            let length = batch.length(i)
+            bytes += UInt64(length)
+            // Longer than engine.max_datagram: the engine's drop, not a protocol error.
+            if batch.truncated(i) || length == 0 {
+                if length > 0 { truncated += 1 } else { unclaimed += 1 }
+                routes[i] = DatagramDemux.unclaimed
+                continue
             }
-            metrics.add(counters.received, UInt64(n))
-            metrics.add(counters.bytes, bytes)
-            if truncated > 0 { metrics.add(counters.truncated, truncated) }
-            if unclaimed > 0 { metrics.add(counters.unclaimed, unclaimed) }
-            var r = 1
+            let r = demux.route(batch.data(i).load(as: UInt8.self))
+            routes[i] = r
+            if r == DatagramDemux.unclaimed { unclaimed += 1 }
+            present |= 1 << UInt64(r & 63)
+        }
+        metrics.add(counters.received, UInt64(n))
+        metrics.add(counters.bytes, bytes)
+        if truncated > 0 { metrics.add(counters.truncated, truncated) }
+        if unclaimed > 0 { metrics.add(counters.unclaimed, unclaimed) }
+        var r = 1
+        present >>= 1
+        while present != 0 {
+            if present & 1 != 0 {
+                services[r - 1].receive(batch, count: n, routes: routes, route: DatagramDemux.Route(r), socket: socket, now: now)
+            }
             present >>= 1
-            while present != 0 {
-                if present & 1 != 0 {
-                    services[r - 1].receive(batch, count: n, routes: routes, route: DatagramDemux.Route(r), socket: socket, now: now)
-                }
-                present >>= 1
-                r += 1
-            }
+            r += 1
         }
     }
 
