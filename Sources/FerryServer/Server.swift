@@ -189,8 +189,12 @@ public final class Server: @unchecked Sendable {
         return CredentialStore(realm: realm, users: users, secrets: t.staticAuthSecrets)
     }
 
-    static func policy(_ p: FerryConfig.Policy) -> PeerPolicy {
-        PeerPolicy(allow: p.allow.compactMap { CIDR($0) }, deny: p.deny.compactMap { CIDR($0) })
+    /// The peer policy, with the relay's own relayed addresses and port range (PeerPolicy).
+    static func policy(_ config: FerryConfig) -> PeerPolicy {
+        let p = config.policy, t = config.turn
+        return PeerPolicy(allow: p.allow.compactMap { CIDR($0) }, deny: p.deny.compactMap { CIDR($0) },
+                          ownRelayAddresses: [t.relayIPv4, t.relayIPv6, t.externalIPv4, t.externalIPv6].compactMap { $0 },
+                          ownRelayPorts: UInt16(t.portMin)...UInt16(max(t.portMin, t.portMax)))
     }
 
     /// The nonce key: configured, else kept in the state directory, else random per process.
@@ -227,7 +231,7 @@ public final class Server: @unchecked Sendable {
         settings.unauthorizedBurst = Double(t.unauthorizedBurst)
         settings.strictChannelNumbers = t.strictChannelNumbers
         let credentials = Server.credentials(t, realm: t.realm)
-        let policy = Server.policy(config.policy)
+        let policy = Server.policy(config)
         let nonces = NonceCodec(secret: try nonceSecret(), lifetimeSeconds: UInt64(t.nonceLifetime))
         let shared = TURNShared()
         // Each worker relays from its own contiguous block of the port range.
@@ -559,7 +563,7 @@ public final class Server: @unchecked Sendable {
             if !turnServices.isEmpty {
                 // Users, shared secrets and the peer policy apply to the next request.
                 let credentials = Server.credentials(next.turn, realm: next.turn.realm)
-                let policy = Server.policy(next.policy)
+                let policy = Server.policy(next)
                 for loop in engine.loops {
                     loop.execute { [self] l in self.turnServices[l.index].server.update(credentials: credentials, policy: policy) }
                 }

@@ -51,9 +51,20 @@ public struct CIDR: Hashable, Sendable, CustomStringConvertible {
 ///
 /// Order: an explicit `deny` match on any form denies; else an `allow` match on any form allows
 /// (allow overrides the defaults); else a default-denied block on any form denies; else allowed.
+///
+/// One exception to the default blocks: the relay's own relayed transport addresses. Two peers
+/// that both fall back to this relay send to each other's relayed addresses, which on a VPC or
+/// CGNAT deployment sit in a default-denied block. Those addresses (exactly, not their block and
+/// not their embedded forms) are permitted as peers, but only on the relay port range, so the
+/// exception never opens the TURN listener, the admin port or anything else on that host. An
+/// explicit `deny` still wins.
 public struct PeerPolicy: Sendable {
     public let allow: [CIDR]
     public let deny: [CIDR]
+    /// The addresses relayed sockets bind to or advertise (`turn.relay_ipv4/6`,
+    /// `turn.external_ipv4/6`), and the relay port range.
+    public let ownRelayAddresses: [IPAddress]
+    public let ownRelayPorts: ClosedRange<UInt16>
 
     /// Denied unless allowed: addresses that are never a peer on the Internet, and where a
     /// relay would reach into the operator's own network or cloud metadata services.
@@ -78,9 +89,11 @@ public struct PeerPolicy: Sendable {
         "64:ff9b:1::/48",     // local-use NAT64 (RFC 8215): translated to private networks
     ].map { CIDR($0)! }
 
-    public init(allow: [CIDR] = [], deny: [CIDR] = []) {
+    public init(allow: [CIDR] = [], deny: [CIDR] = [], ownRelayAddresses: [IPAddress] = [], ownRelayPorts: ClosedRange<UInt16> = 0...0) {
         self.allow = allow
         self.deny = deny
+        self.ownRelayAddresses = ownRelayAddresses.filter { $0 != .ipv4Any && $0 != .ipv6Any }
+        self.ownRelayPorts = ownRelayPorts
     }
 
     /// The address and the IPv4 addresses it embeds.
@@ -123,5 +136,36 @@ public struct PeerPolicy: Sendable {
         return .allowed
     }
 
+    /// Whether any port of `ip` may be a peer (the policy alone, without the own-relay exception).
     public func permits(_ ip: IPAddress) -> Bool { check(ip).isAllowed }
+
+    /// Whether `ip` is exactly one of the relay's own relayed addresses.
+    @inlinable public func isOwnRelay(_ ip: IPAddress) -> Bool { ownRelayAddresses.contains(ip) }
+
+    /// CreatePermission (an address without a port): the policy, or one of the relay's own
+    /// addresses unless explicitly denied (sends to it are then limited by `permits(peer:)`).
+    public func permitsPermission(_ ip: IPAddress) -> Bool {
+        switch check(ip) {
+        case .allowed: return true
+        case .deniedByDefault: return isOwnRelay(ip)
+        case .deniedExplicitly: return false
+        }
+    }
+
+    /// ChannelBind and Send (an address and port): the policy, or a relay port of one of the
+    /// relay's own addresses.
+    public func permits(peer: SocketAddress) -> Bool {
+        switch check(peer.ip) {
+        case .allowed: return true
+        case .deniedByDefault: return isOwnRelay(peer.ip) && ownRelayPorts.contains(peer.port)
+        case .deniedExplicitly: return false
+        }
+    }
+
+    /// The per-packet check for Send indications, whose address was already admitted by a
+    /// permission: only a permission that exists because of the own-relay exception limits the
+    /// port. Costs a comparison with the relay's one or two addresses.
+    @inlinable public func refusesSend(to peer: SocketAddress) -> Bool {
+        isOwnRelay(peer.ip) && !ownRelayPorts.contains(peer.port) && !permits(peer.ip)
+    }
 }

@@ -26,7 +26,7 @@ extension TURNServer {
         }
         let a = table.pointee.allocations[Int(slot)]
         if a.relay(for: IPFamily(peer.ip)).isNone { return error(ctx, 443) }
-        if !policy.permits(peer.ip) {
+        if !policy.permits(peer: peer) {
             metrics.add(counters.drops[.deniedPeer])
             return error(ctx, 403)
         }

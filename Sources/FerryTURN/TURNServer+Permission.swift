@@ -24,7 +24,8 @@ extension TURNServer {
             // MUST generate an error response with the 443 (Peer Address Family Mismatch)."
             if a.relay(for: IPFamily(peer.ip)).isNone { return error(ctx, 443) }
             // "If the server is ... configured to forbid ... the address, 403 (Forbidden)."
-            if !policy.permits(peer.ip) {
+            // The relay's own addresses pass here; their ports are checked on ChannelBind and Send.
+            if !policy.permitsPermission(peer.ip) {
                 metrics.add(counters.drops[.deniedPeer])
                 return error(ctx, 403)
             }

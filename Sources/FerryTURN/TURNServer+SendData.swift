@@ -28,6 +28,11 @@ extension TURNServer {
             metrics.add(counters.drops[.noPermission])
             return .none
         }
+        // A permission for one of the relay's own addresses admits its relay ports only.
+        if policy.refusesSend(to: peer) {
+            metrics.add(counters.drops[.deniedPeer])
+            return .none
+        }
         guard consumeBandwidth(slot, bytes: data.count, now: now) else {
             metrics.add(counters.drops[.quota])
             return .none

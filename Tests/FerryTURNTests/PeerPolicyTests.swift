@@ -40,6 +40,31 @@ import FerryTURN
         #expect(vpc.check(IPAddress("8.8.8.8")!) == .deniedExplicitly(CIDR("8.8.8.8/32")!))
     }
 
+    @Test func ownRelayAddressesArePeersOnTheRelayPortsOnly() {
+        let relay = IPAddress("10.20.0.5")!
+        let p = PeerPolicy(ownRelayAddresses: [relay, .ipv4Any], ownRelayPorts: 50000...50100)
+        #expect(p.ownRelayAddresses == [relay], "an unspecified address is never 'own'")
+        #expect(!p.permits(relay), "the policy alone still denies the block")
+        #expect(p.permitsPermission(relay))
+        #expect(p.permits(peer: SocketAddress(ip: relay, port: 50000)))
+        #expect(p.permits(peer: SocketAddress(ip: relay, port: 50100)))
+        #expect(!p.permits(peer: SocketAddress(ip: relay, port: 3478)), "not the TURN listener")
+        #expect(!p.permits(peer: SocketAddress(ip: relay, port: 9100)), "not the admin port")
+        #expect(p.refusesSend(to: SocketAddress(ip: relay, port: 3478)))
+        #expect(!p.refusesSend(to: SocketAddress(ip: relay, port: 50001)))
+        // Nothing else on that network, nor the address in another encoding.
+        #expect(!p.permitsPermission(IPAddress("10.20.0.6")!))
+        #expect(!p.permitsPermission(IPAddress("::ffff:10.20.0.5")!))
+        #expect(!p.permits(peer: SocketAddress(ip: IPAddress("10.20.0.6")!, port: 50000)))
+        // An explicit deny still wins; an allow lifts the port limit as before.
+        let denied = PeerPolicy(deny: [CIDR("10.20.0.0/16")!], ownRelayAddresses: [relay], ownRelayPorts: 50000...50100)
+        #expect(!denied.permitsPermission(relay))
+        #expect(!denied.permits(peer: SocketAddress(ip: relay, port: 50000)))
+        let allowed = PeerPolicy(allow: [CIDR("10.20.0.0/16")!], ownRelayAddresses: [relay], ownRelayPorts: 50000...50100)
+        #expect(allowed.permits(peer: SocketAddress(ip: relay, port: 3478)))
+        #expect(!allowed.refusesSend(to: SocketAddress(ip: relay, port: 3478)))
+    }
+
     @Test func cidrParsing() {
         #expect(CIDR("10.1.2.3/8")?.description == "10.0.0.0/8")
         #expect(CIDR("2001:db8::1/32")?.description == "2001:db8::/32")

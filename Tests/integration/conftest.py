@@ -118,18 +118,18 @@ def free_port(kind=socket.SOCK_STREAM):
             continue
 
 
-def http_get(port, path, timeout=3):
-    """(status, body) of GET http://127.0.0.1:port/path with urllib; errors give their status."""
+def http_get(port, path, timeout=3, host="127.0.0.1"):
+    """(status, body) of GET http://host:port/path with urllib; errors give their status."""
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as r:
+        with urllib.request.urlopen(f"http://{host}:{port}{path}", timeout=timeout) as r:
             return r.status, r.read().decode()
     except urllib.error.HTTPError as e:
         return e.code, e.read().decode()
 
 
-def metric(port, name, labels=None):
+def metric(port, name, labels=None, host="127.0.0.1"):
     """The value of one series in /metrics, or None."""
-    _, body = http_get(port, "/metrics")
+    _, body = http_get(port, "/metrics", host=host)
     want = name if not labels else name + "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}"
     for line in body.splitlines():
         if line.startswith("#"):
@@ -185,12 +185,14 @@ def _reap_ferryd():
 class Ferryd:
     """A running ferryd with its own config file, admin port and captured log."""
 
-    def __init__(self, config_text, tmpdir, extra_args=(), env=None, prefix=(), admin_port=None, wait=True):
+    def __init__(self, config_text, tmpdir, extra_args=(), env=None, prefix=(), admin_port=None, wait=True,
+                 admin_host="127.0.0.1"):
         self.tmpdir = tmpdir
         self.admin_port = admin_port or free_port()
+        self.admin_host = admin_host
         self.config_path = os.path.join(tmpdir, "ferry.toml")
         if config_text is not None and "[admin]" not in config_text:
-            config_text = f'[admin]\naddress = "127.0.0.1:{self.admin_port}"\n' + config_text
+            config_text = f'[admin]\naddress = "{admin_host}:{self.admin_port}"\n' + config_text
         if config_text is not None:
             with open(self.config_path, "w") as f:
                 f.write(config_text)
@@ -212,7 +214,7 @@ class Ferryd:
         def ready():
             if self.proc.poll() is not None:
                 raise AssertionError(f"ferryd exited with {self.proc.returncode}:\n{self.output()}")
-            return http_get(self.admin_port, "/readyz", timeout=1)[0] == 200
+            return http_get(self.admin_port, "/readyz", timeout=1, host=self.admin_host)[0] == 200
         wait_until(ready, timeout=timeout, ignore=(OSError,), what=lambda: f"ferryd not ready:\n{self.output()}")
 
     def output(self):
@@ -221,7 +223,7 @@ class Ferryd:
             return f.read()
 
     def metric(self, name, labels=None):
-        return metric(self.admin_port, name, labels)
+        return metric(self.admin_port, name, labels, host=self.admin_host)
 
     def signal(self, sig):
         self.proc.send_signal(sig)

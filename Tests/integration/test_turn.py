@@ -166,10 +166,11 @@ def test_every_denied_peer_encoding_gets_403(turn_server):
     extra = [(tc.ADDITIONAL_ADDRESS_FAMILY, struct.pack("!I", 2 << 24))] if dual else []
     r = c.allocate(extra)
     assert r.ok, r.code
-    denied = ["127.0.0.1", "127.8.9.10", "0.0.0.0", "10.1.2.3", "172.16.0.1", "192.168.0.1", "100.64.0.1",
+    # 127.0.0.1 and ::1 are this relay's own addresses (turn_config): see test_own_relay.py.
+    denied = ["127.8.9.10", "0.0.0.0", "10.1.2.3", "172.16.0.1", "192.168.0.1", "100.64.0.1",
               "100.100.100.200", "169.254.169.254", "224.0.0.251", "239.255.255.250", "255.255.255.255"]
     if dual:
-        denied += ["::1", "::", "::ffff:127.0.0.1", "::ffff:169.254.169.254", "::ffff:10.0.0.1", "::127.0.0.1",
+        denied += ["::", "::ffff:127.0.0.1", "::ffff:169.254.169.254", "::ffff:10.0.0.1", "::127.0.0.1",
                    "64:ff9b::7f00:1", "64:ff9b::a9fe:a9fe", "64:ff9b::6464:64c8", "2002:7f00:1::1", "2002:a9fe:a9fe::1",
                    "2001:0:4136:e378:8000:63bf:80ff:fffe", "fe80::1", "fec0::1", "fc00::1", "fd00:ec2::254", "ff02::1"]
     for ip in denied:
@@ -181,6 +182,9 @@ def test_every_denied_peer_encoding_gets_403(turn_server):
     # A public address is fine (a permission is only state; nothing is sent).
     assert c.create_permission("8.8.8.8").ok
     assert f.metric("ferry_stun_requests_total", {"method": "create_permission", "result": "403"}) == len(denied)
+    # The relay's own address is a peer on the relay port range only: port 5000 is not in it.
+    assert c.create_permission("127.0.0.1").ok
+    assert c.channel_bind(0x4001, "127.0.0.1", 5000).code == 403
     c.close()
 
 

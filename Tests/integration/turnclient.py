@@ -95,10 +95,10 @@ def insecure_client_context():
 class TurnClient:
     """One client five-tuple: a UDP socket talking to the server, with long-term credentials."""
 
-    def __init__(self, server, username=None, password=None, family=socket.AF_INET, timeout=2):
+    def __init__(self, server, username=None, password=None, family=socket.AF_INET, timeout=2, bind=None):
         self.server = server
         self.sock = socket.socket(family, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1" if family == socket.AF_INET else "::1", 0))
+        self.sock.bind((bind or ("127.0.0.1" if family == socket.AF_INET else "::1"), 0))
         self.sock.settimeout(timeout)
         self.username, self.password = username, password
         self.realm = self.nonce = None
