@@ -9,8 +9,11 @@
 //   → FerryTURN     TURN state machines: allocations, auth, nonces, peer policy, quotas (pure)
 //   → FerrySignal   signaling sessions: identity proofs, tokens, JWT, messages, rate limits (pure;
 //                   no FerrySystem, no FerryTURN)
+//   → FerryClient   the peer side as pure state machines: TURN and STUN clients, the signaling
+//                   client, sealed payloads, ICE (no FerrySystem)
 //   → FerryConfig   the config file model, parser and validation (pure)
 //   → FerryServer   listeners, data plane, admin HTTP, metrics, composition
+//   → FerryPeer     the peer side's I/O shell: client connections, ferry probe, ferry tunnel
 //   → ferryd, ferry thin executables
 //   FerryFuzz, ferry-fuzz: fuzz targets over the pure modules (tests only)
 import PackageDescription
@@ -47,6 +50,7 @@ let package = Package(
         .target(name: "FerryTLS", dependencies: ["COpenSSL", "CFerryTLS", "FerrySystem"], swiftSettings: strict),
         .target(name: "FerryTURN", dependencies: ["FerryCore", "FerryWire"], swiftSettings: strict),
         .target(name: "FerrySignal", dependencies: ["FerryCore", "FerryWire", "FerryTLS"], swiftSettings: strict),
+        .target(name: "FerryClient", dependencies: ["FerryCore", "FerryWire", "FerryTLS", "FerrySignal"], swiftSettings: strict),
         .target(name: "FerryConfig",
                 dependencies: ["FerryCore", "FerrySystem", .product(name: "TOMLKit", package: "TOMLKit")],
                 swiftSettings: strict),
@@ -55,26 +59,31 @@ let package = Package(
                                .product(name: "Logging", package: "swift-log"),
                                .product(name: "DequeModule", package: "swift-collections")],
                 swiftSettings: strict),
+        .target(name: "FerryPeer",
+                dependencies: ["FerryCore", "FerrySystem", "FerryWire", "FerryTLS", "FerrySignal", "FerryClient"],
+                swiftSettings: strict),
         .executableTarget(name: "ferryd",
                           dependencies: ["FerryServer", "FerryConfig", "FerryWire",
                                          .product(name: "ArgumentParser", package: "swift-argument-parser"),
                                          .product(name: "Logging", package: "swift-log")],
                           swiftSettings: strict),
         .executableTarget(name: "ferry",
-                          dependencies: ["FerryCore", "FerryConfig", "FerryWire", "FerrySystem", "FerrySignal",
+                          dependencies: ["FerryCore", "FerryConfig", "FerryWire", "FerrySystem", "FerrySignal", "FerryTLS",
+                                         "FerryClient", "FerryPeer",
                                          .product(name: "ArgumentParser", package: "swift-argument-parser")],
                           swiftSettings: strict),
         // Fuzz targets (docs/testing.md): a library the unit tests replay corpora through, and the
         // executable scripts/fuzz.sh builds with libFuzzer (a plain build replays files).
         .target(name: "FerryFuzz",
-                dependencies: ["FerryCore", "FerrySystem", "FerryWire", "FerryTLS", "FerryTURN", "FerrySignal", "FerryConfig", "COpenSSL"],
+                dependencies: ["FerryCore", "FerrySystem", "FerryWire", "FerryTLS", "FerryTURN", "FerrySignal", "FerryConfig", "FerryClient", "COpenSSL"],
                 swiftSettings: strict),
         .executableTarget(name: "ferry-fuzz", dependencies: ["FerryFuzz"], swiftSettings: strict),
         .testTarget(name: "FerrySystemTests", dependencies: ["FerrySystem", "FerryCore", "CFerryLinux"], swiftSettings: strict),
         .testTarget(name: "FerryWireTests", dependencies: ["FerryWire", "FerryCore", "FerrySystem"], exclude: ["Vectors"], swiftSettings: strict),
         .testTarget(name: "FerryTLSTests", dependencies: ["FerryTLS", "COpenSSL", "CFerryTLS"], swiftSettings: strict),
         .testTarget(name: "FerrySignalTests", dependencies: ["FerrySignal", "FerrySystem", "FerryCore"], swiftSettings: strict),
-        .testTarget(name: "FerryTURNTests", dependencies: ["FerryTURN", "FerryCore"], swiftSettings: strict),
+        .testTarget(name: "FerryTURNTests", dependencies: ["FerryTURN", "FerryCore", "FerryClient"], swiftSettings: strict),
+        .testTarget(name: "FerryClientTests", dependencies: ["FerryClient", "FerryCore", "FerryWire", "FerryTLS", "FerrySignal"], swiftSettings: strict),
         .testTarget(name: "FerryConfigTests", dependencies: ["FerryConfig", "FerryCore", "FerrySystem"], swiftSettings: strict),
         .testTarget(name: "FerryServerTests", dependencies: ["FerryServer", "FerryCore"], swiftSettings: strict),
         .testTarget(name: "FerryFuzzTests", dependencies: ["FerryFuzz"], exclude: ["Corpus", "Crashes"], swiftSettings: strict),

@@ -148,6 +148,41 @@ def main():
         write("signal-session", f"script-{i}", bytes(rnd.randrange(256) for _ in range(64 + 64 * i)))
     # Signaling: open slot 0, authenticate, route; open slot 1 the same; then a ping.
     write("signal-session", "open-auth-route", bytes([0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1, 1, 0, 1, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 2, 1, 5, 3, 0, 0, 9, 7]))
+
+    # The peer side. Signaling client: a chunk size, then what a server sends (unmasked frames).
+    def server_frame(op, payload, fin=True):
+        n = len(payload)
+        head = bytes([(0x80 if fin else 0) | op]) + (bytes([n]) if n < 126 else bytes([126]) + struct.pack("!H", n))
+        return head + payload
+    key = base64.b64encode(bytes(32)).decode()
+    hello = json.dumps({"v": 1, "type": "hello", "server_key": key, "challenge": key, "ping_interval": 20}).encode()
+    welcome = json.dumps({"v": 1, "type": "welcome", "peer_key": key, "network": "n", "expires": 1,
+                          "relays": [{"region": "r", "urls": ["turn:h:3478"], "username": "1:k", "credential": "c", "expires": 1}]}).encode()
+    offer = json.dumps({"v": 1, "type": "offer", "to": key, "payload": "x", "from": key}).encode()
+    replaced = json.dumps({"v": 1, "type": "error", "code": "replaced", "message": "m"}).encode()
+    write("signal-client", "session", b"\x3f" + server_frame(1, hello) + server_frame(1, welcome) + server_frame(1, offer))
+    write("signal-client", "fragments", b"\x05" + server_frame(1, hello[:9], fin=False) + server_frame(0, hello[9:]))
+    write("signal-client", "ping-close", b"\x10" + server_frame(9, b"abc") + server_frame(1, replaced) + server_frame(8, b"\x0f\xa0"))
+    write("signal-client", "presence", b"\x3f" + server_frame(1, json.dumps({"v": 1, "type": "peer_online", "peer": key}).encode()))
+    write("signal-client", "bad-frame", b"\x01" + b"\x81\xfe\x00")
+    # TURN client: op 3/4 delivers an answer (a length byte, then the message; the fuzz target
+    # gives it the id of a pending request).
+    def answer(m):
+        return bytes([4, len(m)]) + m
+    challenge = stun(0x003, 0x11, attr(0x0009, b"\0\0\x04\x01Unauthorized") + attr(0x0014, b"ferry") + attr(0x0015, b"nonce-1"))
+    allocated = stun(0x003, 0x10, attr(0x0016, xor_addr(0xC6336401, 50000)) + attr(0x0020, xor_addr(0xCB007105, 40000)) + attr(0x000D, struct.pack("!I", 600)))
+    stale = stun(0x008, 0x11, attr(0x0009, b"\0\0\x04\x26Stale Nonce") + attr(0x0015, b"nonce-2"))
+    write("turn-client", "challenge-allocate", b"\0" + answer(challenge) + answer(allocated))
+    write("turn-client", "permit-stale", b"\0" + answer(challenge) + answer(allocated) + bytes([0, 1, 2, 3, 4]) + answer(stale))
+    write("turn-client", "bind-tick", b"\1" + bytes([1, 192, 0, 2, 1, 0x1b, 0x58, 2, 0xff, 0xff, 2, 0xff, 0xff]))
+    write("turn-client", "timeouts", b"\0" + bytes([2, 0xff, 0xff]) * 8)
+    write("turn-client", "error", b"\0" + answer(stun(0x003, 0x11, attr(0x0009, b"\0\0\x04\x56Quota"))))
+    # Sealed envelopes: text that is almost an envelope.
+    write("sealed", "empty", b"")
+    write("sealed", "base64", base64.b64encode(b"\x01" + bytes(8) + bytes(12) + bytes(32)))
+    write("sealed", "version-2", base64.b64encode(b"\x02" + bytes(60)))
+    write("sealed", "short", base64.b64encode(b"\x01" + bytes(20)))
+    write("sealed", "junk", "not base64 at all \u00e9")
     return 0
 
 

@@ -183,9 +183,7 @@ static X509 *read_cert(const char *pem, size_t len) {
     return x;
 }
 
-int ferry_tls_cert_names(const char *cert_pem, size_t cert_len, char *out, size_t outlen) {
-    X509 *x = read_cert(cert_pem, cert_len);
-    if (!x) return 0;
+static int x509_names(X509 *x, char *out, size_t outlen) {
     int n = 0;
     size_t used = 0;
     GENERAL_NAMES *sans = X509_get_ext_d2i(x, NID_subject_alt_name, NULL, NULL);
@@ -207,16 +205,26 @@ int ferry_tls_cert_names(const char *cert_pem, size_t cert_len, char *out, size_
         int l = X509_NAME_get_text_by_NID(X509_get_subject_name(x), NID_commonName, out, (int)outlen);
         if (l > 0) n = 1;
     }
+    return n;
+}
+
+int ferry_tls_cert_names(const char *cert_pem, size_t cert_len, char *out, size_t outlen) {
+    X509 *x = read_cert(cert_pem, cert_len);
+    if (!x) return 0;
+    int n = x509_names(x, out, outlen);
     X509_free(x);
     return n;
+}
+
+static int64_t x509_not_after(X509 *x) {
+    struct tm tm;
+    return ASN1_TIME_to_tm(X509_get0_notAfter(x), &tm) == 1 ? (int64_t)timegm(&tm) : -1;
 }
 
 int64_t ferry_tls_cert_not_after(const char *cert_pem, size_t cert_len) {
     X509 *x = read_cert(cert_pem, cert_len);
     if (!x) return -1;
-    struct tm tm;
-    int64_t t = -1;
-    if (ASN1_TIME_to_tm(X509_get0_notAfter(x), &tm) == 1) t = (int64_t)timegm(&tm);
+    int64_t t = x509_not_after(x);
     X509_free(x);
     return t;
 }
@@ -478,6 +486,7 @@ int ferry_jws_verify(EVP_PKEY *key, int alg, const unsigned char *data, size_t l
 
 #include <sys/socket.h>
 #include <sys/time.h>
+#include <arpa/inet.h>
 #include <netdb.h>
 #include <poll.h>
 #include <errno.h>
@@ -607,4 +616,135 @@ done:
     if (fd >= 0) close(fd);
     SSL_CTX_free(ctx);
     return status;
+}
+
+// ---- TLS client ----
+struct ferry_tls_client {
+    SSL_CTX *ctx;
+    SSL *ssl;
+    int fd;
+};
+
+void ferry_tls_client_free(ferry_tls_client *c) {
+    if (!c) return;
+    SSL_free(c->ssl);
+    SSL_CTX_free(c->ctx);
+    free(c);
+}
+
+ferry_tls_client *ferry_tls_client_connect(int fd, const char *host, const char *ca_file, const unsigned char *alpn,
+                                           unsigned int alpn_len, int timeout_ms, char *err, size_t errlen) {
+    int64_t deadline = monotonic_ms() + timeout_ms;
+    err[0] = 0;
+    ferry_tls_client *c = calloc(1, sizeof *c);
+    if (!c) { snprintf(err, errlen, "out of memory"); return NULL; }
+    c->fd = fd;
+    c->ctx = SSL_CTX_new(TLS_client_method());
+    if (!c->ctx) { snprintf(err, errlen, "SSL_CTX_new failed"); goto fail; }
+    SSL_CTX_set_min_proto_version(c->ctx, TLS1_2_VERSION);
+    // Verification is recorded, not enforced here: see the header.
+    SSL_CTX_set_verify(c->ctx, SSL_VERIFY_NONE, NULL);
+    if ((ca_file && ca_file[0] ? SSL_CTX_load_verify_locations(c->ctx, ca_file, NULL) : SSL_CTX_set_default_verify_paths(c->ctx)) != 1) {
+        snprintf(err, errlen, "cannot load CA certificates%s%s", ca_file && ca_file[0] ? " from " : "", ca_file ? ca_file : "");
+        goto fail;
+    }
+    SSL_CTX_set_mode(c->ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    c->ssl = SSL_new(c->ctx);
+    if (!c->ssl) { snprintf(err, errlen, "SSL_new failed"); goto fail; }
+    SSL_set_fd(c->ssl, fd);
+    if (host && host[0]) {
+        // SNI only for names (RFC 6066 §3: not for literal addresses); the host check for both.
+        struct in6_addr a6; struct in_addr a4;
+        int literal = inet_pton(AF_INET, host, &a4) == 1 || inet_pton(AF_INET6, host, &a6) == 1;
+        if (!literal) SSL_set_tlsext_host_name(c->ssl, host);
+        if (literal) X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(c->ssl), host);
+        else SSL_set1_host(c->ssl, host);
+    }
+    if (alpn && alpn_len) SSL_set_alpn_protos(c->ssl, alpn, alpn_len);
+    SSL *ssl = c->ssl;
+    SSL_WITH_DEADLINE(SSL_connect(ssl), "TLS handshake");
+    return c;
+done:
+fail:
+    ferry_tls_client_free(c);
+    return NULL;
+}
+
+long ferry_tls_client_verify(ferry_tls_client *c, char *out, size_t outlen) {
+    long r = SSL_get_verify_result(c->ssl);
+    X509 *peer = SSL_get1_peer_certificate(c->ssl);
+    if (!peer) { snprintf(out, outlen, "the server sent no certificate"); return X509_V_ERR_UNSPECIFIED; }
+    X509_free(peer);
+    snprintf(out, outlen, "%s", X509_verify_cert_error_string(r));
+    return r;
+}
+
+int ferry_tls_client_names(ferry_tls_client *c, char *out, size_t outlen) {
+    X509 *peer = SSL_get1_peer_certificate(c->ssl);
+    if (!peer) return 0;
+    int n = x509_names(peer, out, outlen);
+    X509_free(peer);
+    return n;
+}
+
+int64_t ferry_tls_client_not_after(ferry_tls_client *c) {
+    X509 *peer = SSL_get1_peer_certificate(c->ssl);
+    if (!peer) return -1;
+    int64_t t = x509_not_after(peer);
+    X509_free(peer);
+    return t;
+}
+
+int ferry_tls_client_chain(ferry_tls_client *c, char *out, size_t outlen) {
+    STACK_OF(X509) *chain = SSL_get_peer_cert_chain(c->ssl);
+    int n = 0;
+    size_t used = 0;
+    for (int i = 0; chain && i < sk_X509_num(chain); i++) {
+        X509 *x = sk_X509_value(chain, i);
+        char subject[256] = "?", issuer[256] = "?";
+        X509_NAME_get_text_by_NID(X509_get_subject_name(x), NID_commonName, subject, sizeof subject);
+        X509_NAME_get_text_by_NID(X509_get_issuer_name(x), NID_commonName, issuer, sizeof issuer);
+        int l = snprintf(out + used, outlen - used, "%s <- %s", subject, issuer);
+        if (l < 0 || used + (size_t)l + 1 > outlen) break;
+        used += (size_t)l + 1;
+        n++;
+    }
+    return n;
+}
+
+const char *ferry_tls_client_version(ferry_tls_client *c) { return SSL_get_version(c->ssl); }
+
+int ferry_tls_client_write(ferry_tls_client *c, const void *buf, size_t len, int timeout_ms, char *err, size_t errlen) {
+    int64_t deadline = monotonic_ms() + timeout_ms;
+    SSL *ssl = c->ssl;
+    int fd = c->fd;
+    size_t done_bytes = 0;
+    err[0] = 0;
+    while (done_bytes < len) {
+        size_t wrote = 0;
+        SSL_WITH_DEADLINE(SSL_write_ex(ssl, (const char *)buf + done_bytes, len - done_bytes, &wrote), "TLS write");
+        done_bytes += wrote;
+    }
+    return 1;
+done:
+    return 0;
+}
+
+long ferry_tls_client_read(ferry_tls_client *c, void *buf, size_t len, int timeout_ms, char *err, size_t errlen) {
+    int64_t deadline = monotonic_ms() + timeout_ms;
+    err[0] = 0;
+    for (;;) {
+        ERR_clear_error();
+        size_t got = 0;
+        if (SSL_read_ex(c->ssl, buf, len, &got) == 1) return (long)got;
+        int e = SSL_get_error(c->ssl, 0);
+        if (e == SSL_ERROR_ZERO_RETURN) return 0;
+        if (e == SSL_ERROR_SYSCALL && ERR_peek_error() == 0) return 0;
+        if (ERR_GET_REASON(ERR_peek_error()) == SSL_R_UNEXPECTED_EOF_WHILE_READING) return 0;
+        short ev = e == SSL_ERROR_WANT_READ ? POLLIN : e == SSL_ERROR_WANT_WRITE ? POLLOUT : 0;
+        if (!ev) { ferry_tls_last_error(err, errlen); return -1; }
+        int w = wait_fd(c->fd, ev, deadline);
+        if (w == 0) return -2;
+        if (w < 0) { snprintf(err, errlen, "poll: %s", strerror(errno)); return -1; }
+    }
 }

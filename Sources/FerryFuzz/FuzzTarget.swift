@@ -37,6 +37,12 @@ public enum FuzzTargets {
                    run: TURNServerTarget.run),
         FuzzTarget(name: "signal-session", summary: "signaling sessions driven by a script of messages, time steps and closes",
                    run: SignalSessionTarget.run),
+        FuzzTarget(name: "signal-client", summary: "the signaling client fed a server's bytes after the upgrade, in chunks",
+                   run: ClientTargets.signal),
+        FuzzTarget(name: "turn-client", summary: "the TURN client driven by requests, time steps and answers to its transactions",
+                   run: ClientTargets.turn),
+        FuzzTarget(name: "sealed", summary: "sealed signaling payloads: forged envelopes never open, sealed ones open once",
+                   run: ClientTargets.sealed),
     ]
 
     public static func named(_ name: String) -> FuzzTarget? { all.first { $0.name == name } }

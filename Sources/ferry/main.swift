@@ -1,8 +1,14 @@
 import ArgumentParser
+import FerryClient
 import FerryConfig
+import FerryPeer
 import FerrySignal
-import FerryWire
 import FerrySystem
+import FerryTLS
+import FerryWire
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// ferry: the command-line tool for peers and operators.
 struct Ferry: ParsableCommand {
@@ -10,7 +16,102 @@ struct Ferry: ParsableCommand {
         commandName: "ferry",
         abstract: "Ferry's command-line tool.",
         version: FerryVersion.string,
-        subcommands: [Version.self, Config.self, Token.self])
+        subcommands: [Probe.self, Keygen.self, Pubkey.self, Token.self, Config.self, Version.self])
+
+    struct Keygen: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Make an X25519 key pair in WireGuard's base64 form (a WireGuard key pair is one).",
+            discussion: "With --out, the private key goes to a new file of mode 0600 and the public key to standard output; without it, both are printed (private first).")
+
+        @Option(help: "Write the private key to this new file (mode 0600; an existing file is never overwritten).") var out: String?
+
+        func run() throws {
+            let (priv, pub) = X25519.keyPair()
+            guard let out else {
+                print(Base64.std(priv))
+                print(Base64.std(pub))
+                return
+            }
+            do {
+                try Files.createExclusive(out, mode: 0o600, contents: Array((Base64.std(priv) + "\n").utf8))
+            } catch {
+                printError("\(out): \(error)")
+                throw ExitCode(1)
+            }
+            print(Base64.std(pub))
+        }
+    }
+
+    struct Pubkey: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Print the public key of a private key (a file, or standard input with -), like wg pubkey.")
+
+        @Argument(help: "The private key file, or - for standard input.") var file: String = "-"
+
+        func run() throws {
+            guard let priv = readPrivateKey(file) else { throw ExitCode(1) }
+            print(Base64.std(X25519.publicKey(privateKey: priv)!))
+        }
+    }
+
+    struct Probe: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Check a deployment from outside: STUN, TURN allocate and echo, TLS certificates, signaling; ranks relays by round trip.",
+            discussion: """
+            URLs: stun:HOST[:PORT], turn:HOST[:PORT][?transport=udp|tcp], turns:HOST[:PORT][?transport=tcp], \
+            ws://HOST[:PORT]/v1/signal, wss://HOST[:PORT]/v1/signal. TURN URLs use --user/--password, or --secret \
+            (TURN REST), or the credentials a signaling URL's welcome hands out for that host. Exits 1 if any check fails.
+            """)
+
+        @Argument(help: "What to probe (see above).") var urls: [String]
+        @Option(help: "TURN long-term user.") var user: String?
+        @Option(help: "TURN long-term password.") var password: String?
+        @Option(help: "TURN REST shared secret (coturn's static-auth-secret): credentials are derived from it.") var secret: String?
+        @Option(help: "Signaling token (ferry1.… or a JWT).") var token: String?
+        @Option(name: .customLong("token-secret"), help: "Mint a signaling token from this secret (signal.token_secrets).") var tokenSecret: String?
+        @Option(help: "The network for a minted token.") var network: String = "probe"
+        @Option(help: "Private key file for signaling (default: a new key per run).") var key: String?
+        @Option(help: "CA certificates (PEM) to verify TLS servers with (default: the system's).") var ca: String?
+        @Flag(help: "Report but do not fail on an unverified TLS certificate (an expired one still fails).") var insecure = false
+        @Flag(help: "Print JSON instead of text.") var json = false
+        @Option(help: "Seconds each check may take.") var timeout: Double = 3
+        @Option(help: "Probe again every this many seconds (until interrupted); the exit status is the last round's.") var interval: Double?
+
+        func run() throws {
+            var parsed: [ServerURL] = []
+            for u in urls {
+                guard let s = ServerURL(u) else {
+                    printError("\(u): not a stun:, turn:, turns:, ws:// or wss:// URL")
+                    throw ExitCode(2)
+                }
+                parsed.append(s)
+            }
+            if (user == nil) != (password == nil) {
+                printError("--user and --password go together")
+                throw ExitCode(2)
+            }
+            var options = ProbeOptions()
+            if let user, let password { options.credentials = .init(username: user, password: password) }
+            options.restSecret = secret
+            options.token = token
+            options.tokenSecret = tokenSecret
+            options.network = network
+            options.caFile = ca
+            options.insecure = insecure
+            options.timeoutMilliseconds = Int32(max(0.1, timeout) * 1000)
+            if let key {
+                guard let priv = readPrivateKey(key) else { throw ExitCode(2) }
+                options.privateKey = priv
+            }
+            while true {
+                var prober = Prober(options: options)
+                let report = prober.run(parsed)
+                if json { print(String(decoding: report.json.encoded(), as: UTF8.self)) } else { print(report.human, terminator: "") }
+                fflush(nil)
+                guard let interval else { if !report.ok { throw ExitCode(1) }; return }
+                usleep(UInt32(max(0.1, interval) * 1_000_000))
+            }
+        }
+    }
 
     struct Token: ParsableCommand {
         static let configuration = CommandConfiguration(
@@ -84,6 +185,26 @@ struct Ferry: ParsableCommand {
             }
         }
     }
+}
+
+/// A WireGuard private key (base64, one line) from a file or standard input ("-").
+func readPrivateKey(_ path: String) -> [UInt8]? {
+    let text: String?
+    if path == "-" {
+        text = readLine(strippingNewline: true)
+    } else {
+        text = Files.read(path).map { String(decoding: $0, as: UTF8.self) }
+    }
+    guard let text else {
+        printError("\(path): cannot read the key")
+        return nil
+    }
+    let trimmed = text.split(whereSeparator: { $0 == "\n" || $0 == "\r" || $0 == " " }).first.map(String.init) ?? ""
+    guard let key = Base64.decode(trimmed), key.count == 32 else {
+        printError("\(path): not a WireGuard key (32 bytes in base64)")
+        return nil
+    }
+    return key
 }
 
 Ferry.main()

@@ -79,6 +79,7 @@ struct Ferryd: ParsableCommand {
               admin      http://\(cfg.admin.address.map { "\($0)" } ?? "disabled")/metrics
               signaling  ws://127.0.0.1:3478/v1/signal, wss://127.0.0.1:5349/v1/signal
               token secret  \(signalSecret)   (ferry token --secret \(signalSecret) --network dev --peer KEY)
+              check it   ferry probe --insecure --token-secret \(signalSecret) --network dev ws://127.0.0.1:3478/v1/signal turn:127.0.0.1:3478 'turn:127.0.0.1:3478?transport=tcp' 'turns:127.0.0.1:5349?transport=tcp'
             """)
         fflush(nil)
     }

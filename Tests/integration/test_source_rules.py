@@ -11,12 +11,16 @@ SOURCES = os.path.join(ROOT, "Sources")
 
 # Module -> modules of this package it must not import (lower layers never import higher ones).
 FORBIDDEN = {
-    "FerryCore": {"FerrySystem", "FerryWire", "FerryTLS", "FerryTURN", "FerrySignal", "FerryConfig", "FerryServer"},
-    "FerrySystem": {"FerryWire", "FerryTLS", "FerryTURN", "FerrySignal", "FerryConfig", "FerryServer"},
-    "FerryWire": {"FerrySystem", "FerryTLS", "FerryTURN", "FerrySignal", "FerryConfig", "FerryServer"},
-    "FerryTURN": {"FerrySystem", "FerryTLS", "FerrySignal", "FerryConfig", "FerryServer"},
-    "FerrySignal": {"FerrySystem", "FerryTURN", "FerryConfig", "FerryServer"},
-    "FerryConfig": {"FerryServer"},
+    "FerryCore": {"FerrySystem", "FerryWire", "FerryTLS", "FerryTURN", "FerrySignal", "FerryConfig", "FerryServer", "FerryClient", "FerryPeer"},
+    "FerrySystem": {"FerryWire", "FerryTLS", "FerryTURN", "FerrySignal", "FerryConfig", "FerryServer", "FerryClient", "FerryPeer"},
+    "FerryWire": {"FerrySystem", "FerryTLS", "FerryTURN", "FerrySignal", "FerryConfig", "FerryServer", "FerryClient", "FerryPeer"},
+    "FerryTURN": {"FerrySystem", "FerryTLS", "FerrySignal", "FerryConfig", "FerryServer", "FerryClient", "FerryPeer"},
+    "FerrySignal": {"FerrySystem", "FerryTURN", "FerryConfig", "FerryServer", "FerryClient", "FerryPeer"},
+    # The peer side: pure state machines, then their I/O shell; neither reaches into the server.
+    "FerryClient": {"FerrySystem", "FerryTURN", "FerryConfig", "FerryServer", "FerryPeer"},
+    "FerryPeer": {"FerryTURN", "FerryConfig", "FerryServer"},
+    "FerryConfig": {"FerryServer", "FerryClient", "FerryPeer"},
+    "FerryServer": {"FerryClient", "FerryPeer"},
 }
 
 

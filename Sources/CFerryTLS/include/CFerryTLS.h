@@ -98,3 +98,27 @@ int ferry_jws_verify(EVP_PKEY *key, int alg, const unsigned char *data, size_t l
 // expected) with a malloc'd body, or -1 with err set.
 int ferry_https_get(const char *host, const char *port, const char *path, const char *ca_file, int timeout_seconds,
                     size_t max_body, char **body, size_t *body_len, char *err, size_t errlen);
+
+// ---- A TLS client over a connected non-blocking socket (ferry probe, the tunnel's TLS relay) ----
+// The handshake always completes when the server's TLS does; whether the chain and the host name
+// verified is read afterwards (ferry_tls_client_verify), so the caller can both refuse an
+// unverified server and still say what its certificate was. SNI is `host`; ALPN as wire format.
+typedef struct ferry_tls_client ferry_tls_client;
+ferry_tls_client *ferry_tls_client_connect(int fd, const char *host, const char *ca_file, const unsigned char *alpn,
+                                           unsigned int alpn_len, int timeout_ms, char *err, size_t errlen);
+// X509_V_OK (0) when the chain verified against the CAs and matched the host; else the X509
+// error code with its text in `out`.
+long ferry_tls_client_verify(ferry_tls_client *c, char *out, size_t outlen);
+// The leaf's DNS names (NUL-separated, as ferry_tls_cert_names), notAfter (Unix seconds), and
+// the chain the server sent as "subject CN <- issuer CN" lines (NUL-separated). Counts / -1.
+int ferry_tls_client_names(ferry_tls_client *c, char *out, size_t outlen);
+int64_t ferry_tls_client_not_after(ferry_tls_client *c);
+int ferry_tls_client_chain(ferry_tls_client *c, char *out, size_t outlen);
+const char *ferry_tls_client_version(ferry_tls_client *c);
+// Writes all of buf before the timeout: 1, or 0 with err set.
+int ferry_tls_client_write(ferry_tls_client *c, const void *buf, size_t len, int timeout_ms, char *err, size_t errlen);
+// Reads what is there (waiting up to timeout_ms for something): >0 bytes, 0 closed, -1 error
+// (err set), -2 timed out.
+long ferry_tls_client_read(ferry_tls_client *c, void *buf, size_t len, int timeout_ms, char *err, size_t errlen);
+// Frees the connection (not the socket, which the caller closes).
+void ferry_tls_client_free(ferry_tls_client *c);

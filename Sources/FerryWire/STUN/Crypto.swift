@@ -70,6 +70,51 @@ public enum Crypto {
         return out
     }
 
+    // MARK: AEAD (sealed signaling payloads, docs/signaling.md)
+
+    public static let aeadKeyLength = 32, aeadNonceLength = 12, aeadTagLength = 16
+
+    /// ChaCha20-Poly1305 (RFC 8439): ciphertext ‖ 16-byte tag.
+    public static func seal(key: [UInt8], nonce: [UInt8], plaintext: [UInt8], associatedData: [UInt8]) -> [UInt8] {
+        precondition(key.count == aeadKeyLength && nonce.count == aeadNonceLength)
+        let ctx = EVP_CIPHER_CTX_new()
+        defer { EVP_CIPHER_CTX_free(ctx) }
+        var out = [UInt8](repeating: 0, count: plaintext.count + aeadTagLength)
+        var len: Int32 = 0
+        var ok = EVP_EncryptInit_ex(ctx, EVP_chacha20_poly1305(), nil, key, nonce) == 1
+        if !associatedData.isEmpty { ok = ok && EVP_EncryptUpdate(ctx, nil, &len, associatedData, Int32(associatedData.count)) == 1 }
+        ok = ok && out.withUnsafeMutableBufferPointer { o in
+            (plaintext.isEmpty || EVP_EncryptUpdate(ctx, o.baseAddress, &len, plaintext, Int32(plaintext.count)) == 1)
+                && EVP_EncryptFinal_ex(ctx, o.baseAddress! + plaintext.count, &len) == 1
+                && EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_GET_TAG, Int32(aeadTagLength), o.baseAddress! + plaintext.count) == 1
+        }
+        precondition(ok, "ChaCha20-Poly1305 encryption failed")
+        return out
+    }
+
+    /// The plaintext, or nil when the tag does not verify (wrong key, nonce, data or tampering).
+    public static func open(key: [UInt8], nonce: [UInt8], sealed: [UInt8], associatedData: [UInt8]) -> [UInt8]? {
+        guard key.count == aeadKeyLength, nonce.count == aeadNonceLength, sealed.count >= aeadTagLength else { return nil }
+        let ctx = EVP_CIPHER_CTX_new()
+        defer { EVP_CIPHER_CTX_free(ctx) }
+        let n = sealed.count - aeadTagLength
+        var tag = Array(sealed[n...])
+        var out = [UInt8](repeating: 0, count: n + 1)
+        var len: Int32 = 0
+        guard EVP_DecryptInit_ex(ctx, EVP_chacha20_poly1305(), nil, key, nonce) == 1 else { return nil }
+        if !associatedData.isEmpty {
+            guard EVP_DecryptUpdate(ctx, nil, &len, associatedData, Int32(associatedData.count)) == 1 else { return nil }
+        }
+        let ok = out.withUnsafeMutableBufferPointer { o in
+            sealed.withUnsafeBufferPointer { s in
+                (n == 0 || EVP_DecryptUpdate(ctx, o.baseAddress, &len, s.baseAddress, Int32(n)) == 1)
+                    && EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_SET_TAG, Int32(aeadTagLength), &tag) == 1
+                    && EVP_DecryptFinal_ex(ctx, o.baseAddress! + n, &len) == 1
+            }
+        }
+        return ok ? Array(out[0..<n]) : nil
+    }
+
     /// Lower-case hex.
     public static func hex(_ bytes: [UInt8]) -> String {
         let digits = Array("0123456789abcdef".utf8)

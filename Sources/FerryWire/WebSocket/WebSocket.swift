@@ -1,6 +1,6 @@
 import COpenSSL
 
-/// WebSocket (RFC 6455), server side: the opening handshake and the frame codec. Pure; the
+/// WebSocket (RFC 6455): the server's and the client's opening handshakes and the frame codec. Pure; the
 /// connection buffers bytes and writes what this returns. Hand-written because it is small and
 /// sits on the signaling connection's read path, where it must never trap on hostile input.
 public enum WebSocket {
@@ -80,14 +80,15 @@ public enum WebSocket {
         case failure(CloseCode)
     }
 
-    /// Parses the next frame header from a client (frames must be masked, RFC 6455 §5.1).
-    public static func parse(_ b: UnsafeRawBufferPointer, maxPayload: Int) -> ParseResult {
+    /// Parses the next frame header: from a client (frames must be masked, RFC 6455 §5.1), or
+    /// with `fromServer` from a server (frames must not be).
+    public static func parse(_ b: UnsafeRawBufferPointer, maxPayload: Int, fromServer: Bool = false) -> ParseResult {
         guard b.count >= 2 else { return .incomplete }
         let b0 = b[0], b1 = b[1]
         if b0 & 0x70 != 0 { return .failure(.protocolError) }  // RSV bits without an extension
         guard let opcode = Opcode(rawValue: b0 & 0x0F) else { return .failure(.protocolError) }
         let fin = b0 & 0x80 != 0
-        guard b1 & 0x80 != 0 else { return .failure(.protocolError) }  // unmasked client frame
+        guard (b1 & 0x80 != 0) != fromServer else { return .failure(.protocolError) }  // masking by direction
         var length = Int(b1 & 0x7F)
         var offset = 2
         if length == 126 {
@@ -103,9 +104,12 @@ public enum WebSocket {
         }
         if opcode.rawValue >= 0x8 && (length > 125 || !fin) { return .failure(.protocolError) }
         if length > maxPayload { return .failure(.tooBig) }
-        guard b.count >= offset + 4 else { return .incomplete }
-        let mask = b.u32(offset)
-        offset += 4
+        var mask: UInt32?
+        if !fromServer {
+            guard b.count >= offset + 4 else { return .incomplete }
+            mask = b.u32(offset)
+            offset += 4
+        }
         guard b.count >= offset + length else { return .incomplete }
         return .frame(Frame(fin: fin, opcode: opcode, payloadStart: offset, payloadLength: length, maskKey: mask))
     }
@@ -116,24 +120,71 @@ public enum WebSocket {
         for i in 0..<p.count { p[i] ^= k[i & 3] }
     }
 
-    /// A server frame (unmasked) with `payload`.
-    public static func encode(_ opcode: Opcode, _ payload: some Collection<UInt8>) -> [UInt8] {
+    /// A server frame (unmasked) with `payload`; with `mask`, a client frame (RFC 6455 §5.3:
+    /// every frame a client sends is masked, with a fresh unpredictable key per frame).
+    public static func encode(_ opcode: Opcode, _ payload: some Collection<UInt8>, mask: UInt32? = nil) -> [UInt8] {
         var out: [UInt8] = [0x80 | opcode.rawValue]
         let n = payload.count
+        let maskBit: UInt8 = mask == nil ? 0 : 0x80
         if n < 126 {
-            out.append(UInt8(n))
+            out.append(UInt8(n) | maskBit)
         } else if n <= 0xFFFF {
-            out += [126, UInt8(n >> 8), UInt8(n & 0xFF)]
+            out += [126 | maskBit, UInt8(n >> 8), UInt8(n & 0xFF)]
         } else {
-            out.append(127)
+            out.append(127 | maskBit)
             for shift in stride(from: 56, through: 0, by: -8) { out.append(UInt8(truncatingIfNeeded: n >> shift)) }
         }
+        guard let mask else {
+            out += payload
+            return out
+        }
+        out += [UInt8(mask >> 24), UInt8(mask >> 16 & 0xFF), UInt8(mask >> 8 & 0xFF), UInt8(mask & 0xFF)]
+        let start = out.count
         out += payload
+        out.withUnsafeMutableBytes { unmask(UnsafeMutableRawBufferPointer(rebasing: $0[start...]), key: mask) }
         return out
     }
 
-    public static func close(_ code: CloseCode, reason: String = "") -> [UInt8] {
-        encode(.close, [UInt8(code.rawValue >> 8), UInt8(code.rawValue & 0xFF)] + Array(reason.utf8.prefix(120)))
+    public static func close(_ code: CloseCode, reason: String = "", mask: UInt32? = nil) -> [UInt8] {
+        encode(.close, [UInt8(code.rawValue >> 8), UInt8(code.rawValue & 0xFF)] + Array(reason.utf8.prefix(120)), mask: mask)
+    }
+
+    // MARK: The client's handshake (RFC 6455 §4.1)
+
+    /// The upgrade request for `path` on `host` with a 16-byte `key` (random per connection).
+    public static func clientRequest(host: String, path: String, key: [UInt8]) -> [UInt8] {
+        Array(("GET \(path) HTTP/1.1\r\nHost: \(host)\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               + "Sec-WebSocket-Key: \(Base64.std(key))\r\nSec-WebSocket-Version: 13\r\n\r\n").utf8)
+    }
+
+    public enum ClientHandshake: Equatable, Sendable {
+        /// Not a whole response head yet.
+        case incomplete
+        /// Upgraded; the frames start at `consumed`.
+        case upgraded(consumed: Int)
+        /// Refused: the status (0 when the head is not HTTP) and why.
+        case refused(status: Int, reason: String)
+    }
+
+    /// Checks the server's answer: `101`, `Upgrade: websocket`, and the `Sec-WebSocket-Accept`
+    /// that proves it read our key.
+    public static func checkResponse(_ b: UnsafeRawBufferPointer, key: [UInt8]) -> ClientHandshake {
+        guard let end = b.indices.dropLast(3).first(where: { b[$0] == 13 && b[$0 + 1] == 10 && b[$0 + 2] == 13 && b[$0 + 3] == 10 }) else {
+            return b.count > 16384 ? .refused(status: 0, reason: "response head too long") : .incomplete
+        }
+        let lines = String(decoding: b[0..<end], as: UTF8.self).split(separator: "\r\n", omittingEmptySubsequences: false)
+        let status = lines.first?.split(separator: " ").dropFirst().first.flatMap { Int($0) } ?? 0
+        guard status == 101 else { return .refused(status: status, reason: String(lines.first ?? "")) }
+        var headers: [String: String] = [:]
+        for line in lines.dropFirst() {
+            guard let colon = line.firstIndex(of: ":") else { continue }
+            headers[line[..<colon].lowercased()] = line[line.index(after: colon)...].trimmingCharacters()
+        }
+        let expected = Base64.std(Array((Base64.std(key) + guid).utf8).withUnsafeBytes { Crypto.digest(EVP_sha1(), $0, size: 20) })
+        guard headers["upgrade"]?.lowercased() == "websocket", headers["sec-websocket-accept"] == expected else {
+            return .refused(status: 101, reason: "bad Upgrade or Sec-WebSocket-Accept")
+        }
+        return .upgraded(consumed: end + 4)
     }
 }
 

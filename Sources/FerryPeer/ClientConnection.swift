@@ -1,0 +1,139 @@
+import FerryClient
+import FerryCore
+import FerrySystem
+import FerryTLS
+import FerryWire
+
+/// One client connection to a server over UDP, TCP or TLS, with deadlines: the I/O shell under
+/// FerryClient's state machines for `ferry probe` (blocking with timeouts; the tunnel's data
+/// plane runs on the event loop instead). Frames STUN and ChannelData on streams.
+public final class ClientConnection {
+    public let server: SocketAddress
+    public let transport: ServerURL.Transport
+    let fd: FileDescriptor
+    public let tls: TLSClient?
+    private var input: [UInt8] = []
+    private var buffer = [UInt8](repeating: 0, count: 65536)
+
+    public struct Failure: Error, CustomStringConvertible {
+        public let description: String
+        init(_ d: String) { description = d }
+    }
+
+    /// Connects (TCP and TLS: handshake included) to `server`; `host` is the name for SNI and
+    /// certificate checks.
+    public init(to server: SocketAddress, transport: ServerURL.Transport, host: String, caFile: String?, alpn: [String] = [],
+                timeoutMilliseconds: Int32) throws(Failure) {
+        self.server = server
+        self.transport = transport
+        do {
+            switch transport {
+            case .udp:
+                fd = try Sockets.udpClient(local: SocketAddress(ip: server.ip.isIPv4 ? .ipv4Any : .ipv6Any, port: 0))
+                tls = nil
+            case .tcp:
+                fd = try Sockets.connectTCP(server, timeoutMilliseconds: timeoutMilliseconds)
+                tls = nil
+            case .tls:
+                fd = try Sockets.connectTCP(server, timeoutMilliseconds: timeoutMilliseconds)
+                do {
+                    tls = try TLSClient(fd: fd.raw, host: host, caFile: caFile, alpn: alpn, timeoutMilliseconds: timeoutMilliseconds)
+                } catch {
+                    _ = fd.close()
+                    throw Failure("TLS handshake with \(server): \(error)")
+                }
+            }
+        } catch let e as SystemError {
+            throw Failure("\(e)")
+        } catch let e as Failure {
+            throw e
+        } catch {
+            throw Failure("\(error)")
+        }
+    }
+
+    deinit { _ = fd.close() }
+
+    public var localAddress: SocketAddress? { try? Sockets.localAddress(fd.raw) }
+
+    public func send(_ bytes: [UInt8], timeoutMilliseconds: Int32 = 3000) throws(Failure) {
+        do {
+            switch transport {
+            case .udp:
+                _ = try bytes.withUnsafeBytes { b throws(SystemError) in try Sockets.sendDatagram(fd.raw, b, to: server) }
+            case .tcp:
+                var done = 0
+                while done < bytes.count {
+                    let r = try bytes.withUnsafeBytes { b throws(SystemError) in
+                        try Sockets.write(fd.raw, from: UnsafeRawBufferPointer(rebasing: b[done...]))
+                    }
+                    if let n = r.value { done += n } else if !Sockets.wait(fd.raw, forWriting: true, timeoutMilliseconds: timeoutMilliseconds) {
+                        throw Failure("send to \(server): timed out")
+                    }
+                }
+            case .tls:
+                try tls!.write(bytes, timeoutMilliseconds: timeoutMilliseconds)
+            }
+        } catch let e as SystemError {
+            throw Failure("send to \(server): \(e)")
+        } catch let e as TLSError {
+            throw Failure("send to \(server): \(e)")
+        } catch let e as Failure {
+            throw e
+        } catch {
+            throw Failure("\(error)")
+        }
+    }
+
+    /// Raw bytes as they come (the signaling WebSocket); empty when the server closed; nil on
+    /// timeout.
+    public func receiveBytes(timeoutMilliseconds: Int32) throws(Failure) -> [UInt8]? {
+        do {
+            if let tls { return try tls.read(timeoutMilliseconds: timeoutMilliseconds) }
+            guard Sockets.wait(fd.raw, timeoutMilliseconds: timeoutMilliseconds) else { return nil }
+            let r = try buffer.withUnsafeMutableBytes { b throws(SystemError) in try Sockets.read(fd.raw, into: b) }
+            guard let n = r.value else { return nil }
+            return Array(buffer[0..<n])
+        } catch {
+            throw Failure("receive from \(server): \(error)")
+        }
+    }
+
+    /// The next STUN message or ChannelData frame (datagram, or framed on a stream), from the
+    /// server only; nil when the deadline (monotonic ns) passes.
+    public func receiveMessage(until deadline: UInt64) throws(Failure) -> [UInt8]? {
+        while true {
+            if transport != .udp, let frame = nextFrame() { return frame }
+            let now = monotonicNanos()
+            guard now < deadline else { return nil }
+            let wait = Int32(min(60_000, max(1, (deadline - now) / 1_000_000)))
+            if transport == .udp {
+                guard Sockets.wait(fd.raw, timeoutMilliseconds: wait) else { continue }
+                let r: IOResult<(Int, SocketAddress?)>
+                do {
+                    r = try buffer.withUnsafeMutableBytes { b throws(SystemError) in try Sockets.receiveDatagram(fd.raw, into: b) }
+                } catch {
+                    throw Failure("receive from \(server): \(error)")
+                }
+                guard let (n, from) = r.value, from == server else { continue }
+                return Array(buffer[0..<n])
+            }
+            guard let bytes = try receiveBytes(timeoutMilliseconds: wait) else { continue }
+            if bytes.isEmpty { throw Failure("\(server) closed the connection") }
+            input += bytes
+        }
+    }
+
+    private func nextFrame() -> [UInt8]? {
+        switch input.withUnsafeBytes({ StreamFraming.next($0) }) {
+        case .stun(let length):
+            defer { input.removeFirst(length) }
+            return Array(input[0..<length])
+        case .channelData(_, let payload, let frameLength):
+            defer { input.removeFirst(frameLength) }
+            return Array(input[0..<(4 + payload)])
+        case .incomplete, .invalid:
+            return nil
+        }
+    }
+}

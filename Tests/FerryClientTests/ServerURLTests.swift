@@ -1,0 +1,24 @@
+import Testing
+import FerryClient
+
+@Suite struct ServerURLParsing {
+    @Test(arguments: [
+        ("stun:relay.example.org", ServerURL.Kind.stun, ServerURL.Transport.udp, "relay.example.org", UInt16(3478), ""),
+        ("turn:10.0.0.1:3479?transport=tcp", .turn, .tcp, "10.0.0.1", 3479, ""),
+        ("turn:[2001:db8::1]?transport=udp", .turn, .udp, "2001:db8::1", 3478, ""),
+        ("turns:relay.example.org:443?transport=tcp", .turn, .tls, "relay.example.org", 443, ""),
+        ("turns:relay.example.org", .turn, .tls, "relay.example.org", 5349, ""),
+        ("wss://relay.example.org/v1/signal", .signal, .tls, "relay.example.org", 443, "/v1/signal"),
+        ("ws://127.0.0.1:3478/v1/signal", .signal, .tcp, "127.0.0.1", 3478, "/v1/signal"),
+        ("wss://[::1]:5349", .signal, .tls, "::1", 5349, "/v1/signal"),
+    ])
+    func parses(_ text: String, _ kind: ServerURL.Kind, _ transport: ServerURL.Transport, _ host: String, _ port: UInt16, _ path: String) {
+        let u = ServerURL(text)
+        #expect(u?.kind == kind && u?.transport == transport && u?.host == host && u?.port == port && u?.path == path, "\(text)")
+    }
+
+    @Test(arguments: ["http://x", "turn:", "turn:host:0", "turn:host:99999", "turns:host?transport=udp", "turn:host?transport=sctp", "turn:[::1"])
+    func refuses(_ text: String) {
+        #expect(ServerURL(text) == nil, "\(text)")
+    }
+}
