@@ -9,7 +9,8 @@ mode=${1:-test}
 apt_pkgs=(pkg-config libssl-dev libsystemd-dev)
 pip_pkgs=()
 if [ "$mode" = test ]; then
-  apt_pkgs+=(curl systemd coturn gcc openssl iproute2)
+  # wireguard-go, wireguard-tools, nftables, ping and iperf3: the tunnel tests in network namespaces.
+  apt_pkgs+=(curl systemd coturn gcc openssl iproute2 wireguard-go wireguard-tools nftables iputils-ping iperf3)
   pip_pkgs+=(pytest aioice websockets pyjwt cryptography)
 fi
 sudo=""

@@ -56,6 +56,43 @@ public final class ClientConnection {
 
     public var localAddress: SocketAddress? { try? Sockets.localAddress(fd.raw) }
 
+    /// The socket, for registering a stream connection on an event loop.
+    public var fdRaw: Int32 { fd.raw }
+
+    /// A non-blocking read of a stream into `buffer` (the tunnel's relay path, without
+    /// allocating): bytes read, 0 when the server closed, nil when nothing is there.
+    public func read(into buffer: UnsafeMutableRawBufferPointer) -> Int? {
+        guard buffer.count > 0 else { return nil }
+        if let tls {
+            do {
+                return try tls.read(into: buffer, timeoutMilliseconds: 0)  // nil: nothing yet
+            } catch {
+                return 0  // a TLS error ends the stream like a close
+            }
+        }
+        switch try? Sockets.read(fd.raw, into: buffer) {
+        case .done(let n)?: return n
+        case .wouldBlock?: return nil
+        case nil: return 0
+        }
+    }
+
+    /// Writes a whole frame to the stream, waiting briefly for room (a stream is the fallback
+    /// path; a full socket buffer for a second means the path is gone, and the frame is dropped).
+    @discardableResult
+    public func write(_ bytes: UnsafeRawBufferPointer) -> Bool {
+        if let tls { return (try? tls.write(bytes, timeoutMilliseconds: 1000)) != nil }
+        var done = 0
+        while done < bytes.count {
+            switch try? Sockets.write(fd.raw, from: UnsafeRawBufferPointer(rebasing: bytes[done...])) {
+            case .done(let n)?: done += n
+            case .wouldBlock?: if !Sockets.wait(fd.raw, forWriting: true, timeoutMilliseconds: 1000) { return false }
+            case nil: return false
+            }
+        }
+        return true
+    }
+
     public func send(_ bytes: [UInt8], timeoutMilliseconds: Int32 = 3000) throws(Failure) {
         do {
             switch transport {

@@ -61,3 +61,31 @@ private func ferryWorkerMain(_ arg: UnsafeMutableRawPointer?) -> UnsafeMutableRa
     context.loop.run()
     return nil
 }
+
+/// A detached helper thread for blocking control work beside the loops (the tunnel's signaling
+/// connection, TURN over TCP/TLS connecting): never for packets.
+public enum Threads {
+    public static func detach(name: String, _ body: @escaping @Sendable () -> Void) throws(SystemError) {
+        let context = ThreadContext(name: name, body: body)
+        var tid = pthread_t()
+        let rc = pthread_create(&tid, nil, ferryHelperMain, Unmanaged.passRetained(context).toOpaque())
+        if rc != 0 { throw SystemError(call: "pthread_create", errno: rc) }
+        pthread_detach(tid)
+    }
+}
+
+final class ThreadContext {
+    let name: String
+    let body: @Sendable () -> Void
+    init(name: String, body: @escaping @Sendable () -> Void) {
+        self.name = name
+        self.body = body
+    }
+}
+
+private func ferryHelperMain(_ arg: UnsafeMutableRawPointer?) -> UnsafeMutableRawPointer? {
+    let context = Unmanaged<ThreadContext>.fromOpaque(arg!).takeRetainedValue()
+    _ = ferry_set_thread_name(context.name)
+    context.body()
+    return nil
+}

@@ -28,4 +28,20 @@ public enum Files {
         let ok = contents.withUnsafeBytes { writeAll(raw, $0) }
         if !ok { throw SystemError(call: "write \(path)", errno: errno) }
     }
+
+    /// Replaces `path` atomically (a temporary file renamed over it), creating the parent
+    /// directory if needed: status files other processes read whole. False on failure.
+    @discardableResult
+    public static func replace(_ path: String, contents: [UInt8], mode: mode_t = 0o644) -> Bool {
+        if let slash = path.lastIndex(of: "/"), slash != path.startIndex {
+            _ = mkdir(String(path[..<slash]), 0o755)
+        }
+        let temporary = path + ".tmp"
+        let raw = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode)
+        guard raw >= 0 else { return false }
+        let fd = FileDescriptor(raw)
+        let ok = contents.withUnsafeBytes { writeAll(raw, $0) }
+        _ = fd.close()
+        return ok && rename(temporary, path) == 0
+    }
 }

@@ -58,9 +58,24 @@ public final class TLSClient {
 
     public var version: String { String(cString: ferry_tls_client_version(c)) }
 
+    public func write(_ bytes: UnsafeRawBufferPointer, timeoutMilliseconds: Int32) throws(TLSError) {
+        var err: CChar = 0
+        guard ferry_tls_client_write(c, bytes.baseAddress, bytes.count, timeoutMilliseconds, &err, 1) == 1 else { throw TLSError("TLS write failed") }
+    }
+
     public func write(_ bytes: [UInt8], timeoutMilliseconds: Int32) throws(TLSError) {
         var err = [CChar](repeating: 0, count: 256)
         guard ferry_tls_client_write(c, bytes, bytes.count, timeoutMilliseconds, &err, err.count) == 1 else { throw TLSError(Self.text(err)) }
+    }
+
+    /// Reads into `buffer` without allocating (the tunnel's relay path): bytes read, 0 when the
+    /// server closed, nil when nothing came within the timeout (0: do not wait).
+    public func read(into buffer: UnsafeMutableRawBufferPointer, timeoutMilliseconds: Int32) throws(TLSError) -> Int? {
+        var err: CChar = 0
+        let n = ferry_tls_client_read(c, buffer.baseAddress, buffer.count, timeoutMilliseconds, &err, 1)
+        if n == -2 { return nil }
+        if n < 0 { throw TLSError("TLS read failed") }
+        return n
     }
 
     /// Some bytes (waiting up to the timeout); empty when the server closed; nil on timeout.

@@ -1,5 +1,6 @@
 import ArgumentParser
 import FerryClient
+import FerryCore
 import FerryConfig
 import FerryPeer
 import FerrySignal
@@ -16,7 +17,134 @@ struct Ferry: ParsableCommand {
         commandName: "ferry",
         abstract: "Ferry's command-line tool.",
         version: FerryVersion.string,
-        subcommands: [Probe.self, Keygen.self, Pubkey.self, Token.self, Config.self, Version.self])
+        subcommands: [Tunnel.self, Probe.self, Keygen.self, Pubkey.self, Token.self, Config.self, Version.self])
+
+    struct Tunnel: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Carry a WireGuard interface's peers over Ferry: direct when hole punching works, relayed when it does not.",
+            subcommands: [Run.self, Status.self])
+
+        struct Run: ParsableCommand {
+            static let configuration = CommandConfiguration(
+                abstract: "Run the agent: signaling, candidates, ICE, and a local endpoint per peer that WireGuard uses.",
+                discussion: "Give --interface (the agent reads wg show IFACE dump and sets each peer's endpoint), or --peer KEY=HOST:PORT with --key (no WireGuard: a peer's packets are delivered to HOST:PORT). Flags override --config.")
+
+            @Option(help: "A config file with the same settings (docs/cli.md).") var config: String?
+            @Option(help: "The WireGuard interface.") var interface: String?
+            @Option(help: "Signaling URL (wss://HOST/v1/signal).") var signal: String?
+            @Option(help: "Signaling token (ferry1.… or a JWT).") var token: String?
+            @Option(name: .customLong("token-file"), help: "Read the token from this file.") var tokenFile: String?
+            @Option(help: "Private key file (only with --peer; with --interface the interface's key is used).") var key: String?
+            @Option(help: "A peer without WireGuard: KEY=HOST:PORT (its packets are delivered to HOST:PORT). Repeatable.") var peer: [String] = []
+            @Option(help: "CA certificates (PEM) for the signaling and TURN servers (default: the system's).") var ca: String?
+            @Flag(help: "Accept unverified server certificates (development only).") var insecure = false
+            @Option(help: "UDP port of the agent's ICE socket (default: any).") var port: UInt16?
+            @Flag(name: .customLong("relay-only"), help: "Use relayed candidates only (never reveal host addresses).") var relayOnly = false
+            @Option(name: .customLong("status-file"), help: "Where the agent writes its status (default: /run/ferry/tunnel-IFACE.json).") var statusFile: String?
+
+            func run() throws {
+                var file = TunnelFile()
+                if let config {
+                    guard let text = readFile(config) else {
+                        printError("\(config): cannot read the file")
+                        throw ExitCode(2)
+                    }
+                    do throws(ConfigErrors) { file = try TunnelFile.parse(text) } catch {
+                        for issue in error.issues { printError("\(config): \(issue)") }
+                        throw ExitCode(2)
+                    }
+                }
+                let interface = interface ?? file.interface
+                guard let signalText = signal ?? file.signal, let url = ServerURL(signalText), url.kind == ServerURL.Kind.signal else {
+                    printError("--signal must be a ws:// or wss:// URL")
+                    throw ExitCode(2)
+                }
+                var tokenText = token ?? file.token
+                if let path = tokenFile ?? file.tokenFile {
+                    guard let t = readFile(path) else {
+                        printError("\(path): cannot read the token")
+                        throw ExitCode(2)
+                    }
+                    tokenText = t.split(whereSeparator: { $0 == "\n" || $0 == " " }).first.map(String.init)
+                }
+                guard let tokenText else {
+                    printError("a token is required (--token or --token-file)")
+                    throw ExitCode(2)
+                }
+                var cfg = TunnelConfig(signal: url, token: tokenText)
+                cfg.interface = interface
+                cfg.caFile = ca ?? file.ca
+                cfg.insecure = insecure || file.insecure
+                cfg.port = port ?? UInt16(file.port)
+                cfg.relayOnly = relayOnly || file.relayOnly
+                cfg.statusFile = statusFile ?? file.statusFile
+                var peers: [(String, String)] = file.peers.map { ($0.key, $0.deliverTo) }
+                for text in peer {
+                    // KEY=HOST:PORT; the key's base64 may itself end in "=".
+                    guard let cut = text.range(of: "=", options: .backwards) else { continue }
+                    peers.append((String(text[..<cut.lowerBound]), String(text[cut.upperBound...])))
+                }
+                if interface == nil {
+                    guard !peers.isEmpty, let keyFile = key ?? file.privateKeyFile, let priv = readPrivateKey(keyFile) else {
+                        printError("give --interface, or --peer KEY=HOST:PORT with --key FILE")
+                        throw ExitCode(2)
+                    }
+                    cfg.privateKey = priv
+                    for (k, to) in peers {
+                        guard Base64.decode(k)?.count == 32, let address = SocketAddress(to) else {
+                            printError("--peer \(k)=\(to): want a base64 WireGuard public key = HOST:PORT")
+                            throw ExitCode(2)
+                        }
+                        cfg.peers.append(.init(key: k, deliverTo: address))
+                    }
+                }
+                do {
+                    let tunnel = try FerryPeer.Tunnel(config: cfg) { line in
+                        print(line)
+                        fflush(nil)
+                    }
+                    try tunnel.run()
+                } catch {
+                    printError("ferry tunnel: \(error)")
+                    throw ExitCode(1)
+                }
+            }
+        }
+
+        struct Status: ParsableCommand {
+            static let configuration = CommandConfiguration(abstract: "Show which path each peer of a running agent uses.")
+
+            @Option(help: "The agent's interface (finds its default status file).") var interface: String?
+            @Option(name: .customLong("status-file"), help: "The agent's status file.") var statusFile: String?
+            @Flag(help: "Print the status as JSON.") var json = false
+
+            func run() throws {
+                let path = statusFile ?? FerryPeer.Tunnel.defaultStatusFile(interface: interface)
+                guard let bytes = Files.read(path), let status = JSONValue.parse(bytes) else {
+                    printError("\(path): no status (is ferry tunnel running?)")
+                    throw ExitCode(1)
+                }
+                if json {
+                    print(String(decoding: status.encoded(), as: UTF8.self))
+                    return
+                }
+                print("ferry tunnel \(status["interface"]?.string ?? "(no interface)"), key \(status["key"]?.string ?? "?")")
+                let signaling: String = status["signaling"]?.string ?? "?"
+                let relay: String = status["relay"]?.string ?? "?"
+                let relayed: String = status["relayed_address"]?.string.map { " (relayed address \($0))" } ?? ""
+                print("  signaling \(signaling), relay \(relay)\(relayed)")
+                for p in status["peers"]?.array ?? [] {
+                    let key = p["key"]?.string ?? "?"
+                    let route = p["route"]?.string.map { " \($0)" } ?? ""
+                    let rtt = p["rtt_ms"]?.number.map { ", rtt \($0) ms" } ?? ""
+                    let rx: Int = Int(p["rx_packets"]?.number ?? 0)
+                    let tx: Int = Int(p["tx_packets"]?.number ?? 0)
+                    let path: String = p["path"]?.string ?? "?"
+                    print("  \(key.prefix(8))…  \(path)\(route)\(rtt), \(tx) packets out, \(rx) in")
+                }
+            }
+        }
+    }
 
     struct Keygen: ParsableCommand {
         static let configuration = CommandConfiguration(

@@ -1,0 +1,47 @@
+import FerryCore
+import FerrySystem
+import FerryWire
+
+/// A WireGuard interface as `wg` shows and sets it (wireguard-tools; the same for the kernel
+/// module and wireguard-go, which serve the same UAPI).
+public struct WireGuardInterface: Sendable {
+    public let name: String
+    public let privateKey: [UInt8]
+    public let listenPort: UInt16
+    public let peers: [String]
+
+    /// Parses `wg show IFACE dump`: the interface line (private key, public key, listen port,
+    /// fwmark), then one line per peer (public key, preshared key, endpoint, allowed IPs, …).
+    public static func parse(dump: String, name: String) -> WireGuardInterface? {
+        let lines = dump.split(separator: "\n")
+        guard let first = lines.first else { return nil }
+        let f = first.split(separator: "\t")
+        guard f.count >= 3, let key = Base64.decode(String(f[0])), key.count == 32, let port = UInt16(f[2]) else { return nil }
+        let peers = lines.dropFirst().compactMap { line -> String? in
+            let k = line.split(separator: "\t").first.map(String.init) ?? ""
+            return Base64.decode(k)?.count == 32 ? k : nil
+        }
+        return WireGuardInterface(name: name, privateKey: key, listenPort: port, peers: peers)
+    }
+
+    public struct Failure: Error, CustomStringConvertible { public let description: String }
+
+    public static func read(_ name: String) throws(Failure) -> WireGuardInterface {
+        let r = Subprocess.run(["wg", "show", name, "dump"])
+        guard r.status == 0 else { throw Failure(description: "wg show \(name) dump: \(r.output.trimmedLines)") }
+        guard let i = parse(dump: r.output, name: name) else {
+            throw Failure(description: "wg show \(name) dump: unexpected output (is the private key set, and a listen port?)")
+        }
+        return i
+    }
+
+    /// Points WireGuard's endpoint for `peer` at `endpoint` (the agent's local socket for it).
+    public func setEndpoint(peer: String, _ endpoint: SocketAddress) throws(Failure) {
+        let r = Subprocess.run(["wg", "set", name, "peer", peer, "endpoint", "\(endpoint)"])
+        guard r.status == 0 else { throw Failure(description: "wg set \(name) peer \(peer.prefix(8))… endpoint: \(r.output.trimmedLines)") }
+    }
+}
+
+extension String {
+    var trimmedLines: String { split(separator: "\n").joined(separator: "; ") }
+}
