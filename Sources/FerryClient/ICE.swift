@@ -322,7 +322,8 @@ public struct ICEAgent {
     }
 
     private func alive(_ i: Int, now: UInt64) -> Bool {
-        pairs[i].state == .succeeded && now < max(pairs[i].lastResponse, lastSelectedAt) + Self.lostAfter
+        let usable = pairs[i].state == .succeeded || (pairs[i].nominated && pairs[i].state != .failed)
+        return usable && now < max(pairs[i].lastResponse, lastSelectedAt) + Self.lostAfter
     }
 
     private var lastSelectedAt: UInt64 = 0
@@ -392,10 +393,15 @@ public struct ICEAgent {
         if pairs[i].state == .frozen || pairs[i].state == .waiting || pairs[i].state == .failed {
             send(i, now: now, useCandidate: false, into: &out)
         }
-        // USE-CANDIDATE (§7.3.1.5): the controlled agent selects a succeeded nominated pair.
+        // USE-CANDIDATE (§7.3.1.5). The RFC has the controlled agent wait for its own check of
+        // the pair to succeed; but the controlling agent starts sending as soon as its check
+        // did, and data answered before then would be dropped for want of a path. A nominating
+        // request with valid integrity from that address proves the pair carries traffic from
+        // the peer, and our answer goes back on it: select it now; the triggered check (and
+        // consent after it) confirms it or takes it away.
         if !controlling && m.has(STUN.Attribute.useCandidate) {
             pairs[i].remoteNominated = true
-            if pairs[i].state == .succeeded, selected != i { events.append(select(i, now: now)) }
+            if selected != i { events.append(select(i, now: now)) }
         }
         return (out, events)
     }

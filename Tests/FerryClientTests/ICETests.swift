@@ -125,6 +125,31 @@ final class FakeNetwork {
         #expect(net.routesB.last?.throughRelay == true, "\(net.routesB)")
     }
 
+    /// aioice (controlling) sends data as soon as its nominating check succeeds; the controlled
+    /// agent must have a path by then, before its own check of the pair has come back.
+    @Test func theControlledAgentSelectsOnANominatingRequest() {
+        let net = FakeNetwork(direct: true)
+        var nominated: ICEAgent.Send?
+        // Let A's checks and B's answers through, but hold back everything B starts itself.
+        for _ in 0..<100 where nominated == nil {
+            net.now += 10_000_000
+            _ = net.b.tick(now: net.now)
+            for s in net.a.tick(now: net.now).sends {
+                let isNomination = s.bytes.withUnsafeBytes { try! STUNMessage.parse($0).get().has(STUN.Attribute.useCandidate) }
+                if isNomination { nominated = s; break }
+                for answer in net.deliver(s, fromA: true) {
+                    let isResponse = answer.bytes.withUnsafeBytes { try! STUNMessage.parse($0).get().messageClass != .request }
+                    if isResponse { _ = net.deliver(answer, fromA: false) }
+                }
+            }
+        }
+        let n = try! #require(nominated)
+        #expect(!net.b.pairs.contains { $0.state == .succeeded }, "B's own checks have not come back")
+        #expect(net.routesB.isEmpty)
+        _ = net.deliver(n, fromA: true)
+        #expect(net.routesB.last?.remote == net.hostA, "B has a path as soon as A nominates: \(net.routesB)")
+    }
+
     @Test func checksNeedTheRightCredentials() {
         let net = FakeNetwork(direct: true)
         // B is told a wrong password for A: A's answers fail B's integrity check, so B's own
