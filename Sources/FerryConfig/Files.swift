@@ -9,8 +9,8 @@ public func readFile(_ path: String) -> String? {
 }
 
 /// Writes a line to standard error.
-public func printError(_ text: String) {
-    let line = Array((text + "\n").utf8)
+public func printError(_ text: String, terminator: String = "\n") {
+    let line = Array((text + terminator).utf8)
     line.withUnsafeBytes { _ = write(2, $0.baseAddress, $0.count) }
 }
 

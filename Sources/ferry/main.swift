@@ -17,7 +17,59 @@ struct Ferry: ParsableCommand {
         commandName: "ferry",
         abstract: "Ferry's command-line tool.",
         version: FerryVersion.string,
-        subcommands: [Tunnel.self, Probe.self, Keygen.self, Pubkey.self, Token.self, Config.self, Version.self])
+        subcommands: [Tunnel.self, Probe.self, Bench.self, Keygen.self, Pubkey.self, Token.self, Config.self, Version.self])
+
+    struct Bench: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Load any TURN server: paired allocations send ChannelData to each other through it; relayed packets/s, loss, latency.",
+            discussion: "Works the same against ferryd and coturn (standard requests only). The peer policy must let relayed addresses reach each other (ferryd does for its own).")
+
+        @Argument(help: "The TURN server, turn:HOST[:PORT].") var url: String
+        @Option(help: "TURN long-term user.") var user: String?
+        @Option(help: "TURN long-term password.") var password: String?
+        @Option(help: "TURN REST shared secret.") var secret: String?
+        @Option(help: "Allocations (even: they are paired).") var allocations: Int = 16
+        @Option(help: "Packets per second offered, in all.") var rate: Int = 10_000
+        @Option(help: "Payload bytes per packet (16 to 1400).") var size: Int = 200
+        @Option(help: "Seconds to send.") var duration: Double = 5
+        @Flag(help: "Print the summary as JSON.") var json = false
+        @Flag(help: "No live progress line.") var quiet = false
+
+        func run() throws {
+            guard let u = ServerURL(url), u.kind == ServerURL.Kind.turn else {
+                printError("\(url): want turn:HOST[:PORT]")
+                throw ExitCode(2)
+            }
+            let creds: TURNClient.Credentials
+            if let user, let password {
+                creds = .init(username: user, password: password)
+            } else if let secret {
+                creds = .rest(secret: secret, label: "ferry-bench", expiry: wallClockSeconds() + 86400)
+            } else {
+                printError("give --user and --password, or --secret")
+                throw ExitCode(2)
+            }
+            var options = BenchOptions(server: u, credentials: creds)
+            options.allocations = allocations
+            options.rate = max(1, rate)
+            options.size = size
+            options.duration = max(0.1, duration)
+            let bench = FerryPeer.Bench(options: options)
+            do {
+                try bench.setUp()
+                let result = try bench.run { r in
+                    guard !quiet else { return }
+                    let line = "\r\(Int(r.seconds)) s: offered \(Int(r.offeredRate)) pps, relayed \(Int(r.relayedRate)) pps, p50 \(r.p50 / 1000) µs, p99 \(r.p99 / 1000) µs   "
+                    printError(line, terminator: "")
+                }
+                if !quiet { printError("") }
+                print(json ? String(decoding: result.json.encoded(), as: UTF8.self) : result.human)
+            } catch {
+                printError("ferry bench: \(error)")
+                throw ExitCode(1)
+            }
+        }
+    }
 
     struct Tunnel: ParsableCommand {
         static let configuration = CommandConfiguration(

@@ -8,7 +8,8 @@
 Each NAT masquerades its LAN with nftables: `symmetric` maps every flow to a new random port
 (`masquerade random,fully-random`: hole punching cannot work), `preserving` keeps the source
 port (endpoint-independent mapping, address- and port-dependent filtering, the usual home
-router: hole punching works). `block_udp_except_local` on a NAT drops
+router: hole punching works), `none` routes the LANs without translation (WireGuard's own
+endpoints work: the baseline the tunnel benchmark compares with). `block_b` on NAT B drops
 all UDP and all TCP but port 443 from its LAN (a network that only lets HTTPS out).
 
 Run by hand: `python3 Tests/integration/lab.py up` builds it (and prints how to enter it),
@@ -52,6 +53,10 @@ class Lab:
             nat.exec("sysctl", "-qw", "net.ipv4.ip_forward=1")
             veth(nat, f"{lan}.1/24", peer, f"{lan}.2/24")
             peer.exec("ip", "route", "add", "default", "via", f"{lan}.1")
+            if mode == "none":
+                # A plain router: the peers' LANs are routed, every address reaches every other.
+                self.inet.exec("ip", "route", "add", f"{lan}.0/24", "via", wan.split("/")[0])
+                continue
             flags = " random,fully-random" if mode == "symmetric" else ""
             rules = [
                 "add table ip lab",

@@ -1,0 +1,130 @@
+#!/usr/bin/env python3
+"""WireGuard through `ferry tunnel`, against WireGuard alone, in one run, in the namespaces of
+Tests/integration/lab.py with routed (untranslated) LANs so that WireGuard's own endpoints work:
+
+  1. plain: WireGuard with each other's address as endpoint (no agent): the baseline;
+  2. direct: the agents carry WireGuard on the direct path they find;
+  3. relayed: the agents with --relay-only, through ferryd's TURN.
+
+For each: the median and p90 round trip of `ping` across the WireGuard interfaces, and TCP
+throughput with iperf3 (A to B). Goals (docs/benchmarks.md): relayed throughput >= 0.8 x direct;
+the agent adds <= 50 us to the median round trip compared with plain WireGuard. Needs root,
+wireguard-go, wireguard-tools, iperf3 (scripts/setup.sh test). Not part of the tests."""
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "..", "Tests", "integration"))
+import conftest  # noqa: E402
+from lab import ADMIN_IP, FERRY_IP, Lab, WireGuard  # noqa: E402
+from test_tunnel_e2e import TOKEN_SECRET, ferryd_config, lab_certificate  # noqa: E402
+
+
+def ping_stats(lab, wg_b, count):
+    out = subprocess.run(["ip", "netns", "exec", lab.peer_a.name, "ping", "-n", "-c", str(count), "-i", "0.01", "-W", "1",
+                          wg_b.address], capture_output=True, text=True).stdout
+    rtts = [float(x) for x in re.findall(r"time=([\d.]+) ms", out)]
+    if not rtts:
+        return None
+    rtts.sort()
+    return {"median_us": round(statistics.median(rtts) * 1000, 1), "p90_us": round(rtts[int(len(rtts) * 0.9) - 1] * 1000, 1),
+            "received": len(rtts), "sent": count}
+
+
+def iperf(lab, wg_b, seconds):
+    server = subprocess.Popen(["ip", "netns", "exec", lab.peer_b.name, "iperf3", "-s", "-1", "-B", wg_b.address],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)
+    r = subprocess.run(["ip", "netns", "exec", lab.peer_a.name, "iperf3", "-c", wg_b.address, "-t", str(seconds), "-J"],
+                       capture_output=True, text=True)
+    server.wait(10)
+    try:
+        return round(json.loads(r.stdout)["end"]["sum_received"]["bits_per_second"] / 1e6, 1)
+    except (ValueError, KeyError):
+        return None
+
+
+def agents(lab, wg_a, wg_b, directory, cert, relay_only):
+    procs = []
+    for ns, wg, name in ((lab.peer_a, wg_a, "a"), (lab.peer_b, wg_b, "b")):
+        token = subprocess.run([conftest.binary("ferry"), "token", "--secret", TOKEN_SECRET, "--network", "lab", "--peer", wg.public],
+                               capture_output=True, text=True, check=True).stdout.strip()
+        status = os.path.join(directory, f"status-{name}.json")
+        args = ["ip", "netns", "exec", ns.name, conftest.binary("ferry"), "tunnel", "run", "--interface", wg.name,
+                "--signal", f"wss://{FERRY_IP}:443/v1/signal", "--token", token, "--ca", cert, "--status-file", status]
+        procs.append(subprocess.Popen(args + (["--relay-only"] if relay_only else []), stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL, start_new_session=True))
+    want = "relayed" if relay_only else "direct"
+
+    def path(name):
+        try:
+            return json.load(open(os.path.join(directory, f"status-{name}.json")))["peers"][0]["path"]
+        except (OSError, ValueError, IndexError, KeyError):
+            return None
+    deadline = time.time() + 40
+    while not (path("a") == want and path("b") == want):
+        if time.time() > deadline:
+            raise RuntimeError(f"agents did not reach a {want} path")
+        time.sleep(0.2)
+    return procs
+
+
+def stop(procs):
+    for p in procs:
+        os.killpg(p.pid, 15)
+        p.wait(5)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bindir", default=os.path.join(HERE, "..", "..", ".build", "release"))
+    ap.add_argument("--pings", type=int, default=500)
+    ap.add_argument("--seconds", type=int, default=5)
+    args = ap.parse_args()
+    os.environ["FERRY_BIN_DIR"] = os.path.abspath(args.bindir)
+    conftest.BIN = os.path.abspath(args.bindir)
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="ferry-tunnel-bench-") as d:
+        lab = Lab(nat_a="none", nat_b="none")
+        cert, key = lab_certificate(d)
+        ferryd = conftest.Ferryd(ferryd_config(cert, key), d, prefix=lab.ferry.prefix(), admin_host=ADMIN_IP, admin_port=9100)
+        wg_a = WireGuard(lab.peer_a, "wbencha", "10.99.0.1", d)
+        wg_b = WireGuard(lab.peer_b, "wbenchb", "10.99.0.2", d)
+        wg_a.add_peer(wg_b)
+        wg_b.add_peer(wg_a)
+        try:
+            lab.peer_a.exec("wg", "set", wg_a.name, "peer", wg_b.public, "endpoint", "10.2.0.2:51820")
+            lab.peer_b.exec("wg", "set", wg_b.name, "peer", wg_a.public, "endpoint", "10.1.0.2:51820")
+            ping_stats(lab, wg_b, 20)  # handshake
+            results["plain"] = {"ping": ping_stats(lab, wg_b, args.pings), "iperf_mbps": iperf(lab, wg_b, args.seconds)}
+            for name, relay_only in (("direct", False), ("relayed", True)):
+                procs = agents(lab, wg_a, wg_b, d, cert, relay_only)
+                try:
+                    ping_stats(lab, wg_b, 20)
+                    results[name] = {"ping": ping_stats(lab, wg_b, args.pings), "iperf_mbps": iperf(lab, wg_b, args.seconds)}
+                finally:
+                    stop(procs)
+            results["relayed_packets_at_ferryd"] = ferryd.metric("ferry_turn_relayed_packets_total", {"direction": "to_peer"})
+        finally:
+            wg_a.close()
+            wg_b.close()
+            ferryd.stop()
+            lab.close()
+    p, dr, rl = results["plain"], results["direct"], results["relayed"]
+    results["agent_added_median_rtt_us"] = round(dr["ping"]["median_us"] - p["ping"]["median_us"], 1)
+    if dr["iperf_mbps"] and rl["iperf_mbps"]:
+        results["relayed_over_direct_throughput"] = round(rl["iperf_mbps"] / dr["iperf_mbps"], 3)
+    if p["iperf_mbps"] and dr["iperf_mbps"]:
+        results["direct_over_plain_throughput"] = round(dr["iperf_mbps"] / p["iperf_mbps"], 3)
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,308 @@
+import FerryClient
+import FerryCore
+import FerrySignal
+import FerrySystem
+import FerryWire
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `ferry bench`: a TURN load generator that measures any TURN server the same way (docs/cli.md).
+/// ALLOCATIONS client sockets each allocate with the standard requests (401, then long-term or
+/// REST credentials), are paired, and bind a channel to their partner's relayed address; then
+/// every socket sends SIZE-byte ChannelData to its partner through the relay at RATE packets/s in
+/// all (sendmmsg batches, paced every millisecond), and a receiver thread takes what arrives
+/// (recvmmsg) and reads the sequence number and send time in each payload: relayed packets/s,
+/// loss, and the one-way latency through the relay (both ends are this process's clock).
+public struct BenchOptions: Sendable {
+    public var server: ServerURL
+    public var credentials: TURNClient.Credentials
+    public var allocations = 16
+    public var rate = 10_000
+    public var size = 200
+    public var duration = 5.0
+    public init(server: ServerURL, credentials: TURNClient.Credentials) {
+        self.server = server
+        self.credentials = credentials
+    }
+}
+
+/// Latency in nanoseconds into log-linear buckets (16 per power of two: within 6.25 %), so
+/// recording a packet is an index computation and an increment.
+struct LatencyHistogram {
+    var counts = [UInt64](repeating: 0, count: 64 * 16)
+    var total: UInt64 = 0
+
+    @inline(__always) static func bucket(_ v: UInt64) -> Int {
+        if v < 16 { return Int(v) }
+        let p = 63 - v.leadingZeroBitCount  // ≥ 4
+        return (p - 3) * 16 + Int((v >> UInt64(p - 4)) & 15)
+    }
+
+    static func lowerBound(_ b: Int) -> UInt64 {
+        if b < 16 { return UInt64(b) }
+        let p = b / 16 + 3, sub = UInt64(b % 16)
+        return (16 + sub) << UInt64(p - 4)
+    }
+
+    @inline(__always) mutating func record(_ v: UInt64) {
+        counts[Self.bucket(v)] &+= 1
+        total &+= 1
+    }
+
+    func percentile(_ q: Double) -> UInt64 {
+        guard total > 0 else { return 0 }
+        let want = UInt64((Double(total) * q).rounded(.up))
+        var seen: UInt64 = 0
+        for (b, c) in counts.enumerated() {
+            seen += c
+            if seen >= max(1, want) { return Self.lowerBound(b) }
+        }
+        return 0
+    }
+
+    mutating func merge(_ o: LatencyHistogram) {
+        for i in counts.indices { counts[i] += o.counts[i] }
+        total += o.total
+    }
+}
+
+public struct BenchResult: Sendable {
+    public var allocations = 0
+    public var seconds = 0.0
+    public var sent: UInt64 = 0
+    public var received: UInt64 = 0
+    public var p50: UInt64 = 0, p99: UInt64 = 0, p999: UInt64 = 0, max: UInt64 = 0
+    public var offeredRate: Double { seconds > 0 ? Double(sent) / seconds : 0 }
+    public var relayedRate: Double { seconds > 0 ? Double(received) / seconds : 0 }
+    public var loss: Double { sent > 0 ? Double(sent - min(sent, received)) / Double(sent) : 0 }
+
+    public var json: JSONValue {
+        let latency: JSONValue = .object([("p50", .number(Double(p50) / 1000)), ("p99", .number(Double(p99) / 1000)),
+                                          ("p99.9", .number(Double(p999) / 1000)), ("max", .number(Double(max) / 1000))])
+        var members: [(String, JSONValue)] = [("allocations", .number(Double(allocations))), ("seconds", .number(seconds))]
+        members.append(("sent", .number(Double(sent))))
+        members.append(("received", .number(Double(received))))
+        members.append(("offered_pps", .number(offeredRate.rounded())))
+        members.append(("relayed_pps", .number(relayedRate.rounded())))
+        members.append(("loss", .number((loss * 1e6).rounded() / 1e6)))
+        members.append(("latency_us", latency))
+        return .object(members)
+    }
+
+    public var human: String {
+        func us(_ n: UInt64) -> String { "\((Double(n) / 100).rounded() / 10) µs" }
+        return """
+            \(allocations) allocations, \(Int(seconds.rounded())) s: offered \(Int(offeredRate.rounded())) packets/s, relayed \(Int(relayedRate.rounded())) packets/s, loss \((loss * 10000).rounded() / 100) %
+            latency through the relay: p50 \(us(p50)), p99 \(us(p99)), p99.9 \(us(p999)), max \(us(max))
+            """
+    }
+}
+
+public final class Bench: @unchecked Sendable {
+    public let options: BenchOptions
+    var sockets: [FileDescriptor] = []
+    var channels: [UInt16] = []
+    var server = SocketAddress(ip: .ipv4Any, port: 0)
+    let received = Atomic<UInt64>(0)
+    let receiverDone = Atomic<Bool>(false)
+    let histogram = Mutex(LatencyHistogram())
+    let maxLatency = Atomic<UInt64>(0)
+
+    public struct Failure: Error, CustomStringConvertible { public let description: String }
+
+    public init(options: BenchOptions) { self.options = options }
+
+    deinit { for s in sockets { _ = s.close() } }
+
+    /// Allocates and pairs every socket (blocking; before the clock starts).
+    public func setUp() throws(Failure) {
+        guard options.server.transport == .udp else { throw Failure(description: "ferry bench measures TURN over UDP (turn:HOST[:PORT])") }
+        guard options.allocations >= 2, options.allocations % 2 == 0 else { throw Failure(description: "--allocations must be even and at least 2") }
+        guard options.size >= 16, options.size <= 1400 else { throw Failure(description: "--size must be 16 to 1400 bytes") }
+        do {
+            guard let v4 = try Resolver.resolve(options.server.host, port: options.server.port).first(where: { $0.ip.isIPv4 }) else {
+                throw Failure(description: "\(options.server.host): no IPv4 address")
+            }
+            server = v4
+        } catch let e as Failure {
+            throw e
+        } catch {
+            throw Failure(description: "\(error)")
+        }
+        var clients: [TURNClient] = []
+        var relayed: [SocketAddress] = []
+        for _ in 0..<options.allocations {
+            let fd: FileDescriptor
+            do {
+                fd = try Sockets.udp(bind: SocketAddress(ip: .ipv4Any, port: 0), options: .init(reusePort: false, receiveBuffer: 4 << 20, sendBuffer: 4 << 20))
+            } catch {
+                throw Failure(description: "\(error)")
+            }
+            sockets.append(fd)
+            var c = TURNClient(credentials: options.credentials, reliable: false, software: "ferry-bench")
+            guard case .allocated(let r, _, _)? = try transact(fd, &c, c.allocate(now: monotonicNanos())) else {
+                throw Failure(description: "allocation \(sockets.count) failed")
+            }
+            relayed.append(r)
+            clients.append(c)
+        }
+        for i in 0..<options.allocations {
+            let partner = relayed[i ^ 1]
+            let (number, request) = clients[i].bindChannel(to: partner, now: monotonicNanos())
+            guard case .channelBound? = try transact(sockets[i], &clients[i], request) else {
+                throw Failure(description: "channel bind \(i) to \(partner) failed (is the peer policy letting relayed addresses reach each other?)")
+            }
+            channels.append(number)
+        }
+    }
+
+    private func transact(_ fd: FileDescriptor, _ c: inout TURNClient, _ first: [UInt8]) throws(Failure) -> TURNClient.Event? {
+        let deadline = monotonicNanos() + 5_000_000_000
+        var buffer = [UInt8](repeating: 0, count: 2048)
+        _ = try? first.withUnsafeBytes { b throws(SystemError) in try Sockets.sendDatagram(fd.raw, b, to: server) }
+        while monotonicNanos() < deadline {
+            let (events, sends) = c.tick(now: monotonicNanos())
+            for s in sends { _ = try? s.withUnsafeBytes { b throws(SystemError) in try Sockets.sendDatagram(fd.raw, b, to: server) } }
+            if let e = events.first { return e }
+            guard Sockets.wait(fd.raw, timeoutMilliseconds: 50) else { continue }
+            guard case .done(let (n, from))? = try? buffer.withUnsafeMutableBytes({ b throws(SystemError) in try Sockets.receiveDatagram(fd.raw, into: b) }),
+                  from == server else { continue }
+            var result: (events: [TURNClient.Event], send: [[UInt8]]) = ([], [])
+            buffer.withUnsafeBytes { b in
+                if case .success(let m) = STUNMessage.parse(UnsafeRawBufferPointer(rebasing: b[0..<n])) { result = c.receive(m, now: monotonicNanos()) }
+            }
+            for s in result.send { _ = try? s.withUnsafeBytes { b throws(SystemError) in try Sockets.sendDatagram(fd.raw, b, to: server) } }
+            if let e = result.events.first {
+                if case .failed(_, let code, let reason) = e { throw Failure(description: "\(code) \(reason)") }
+                return e
+            }
+        }
+        return nil
+    }
+
+    /// Sends for the duration, receiving on a second thread; `progress` is called about once a
+    /// second with the result so far.
+    public func run(progress: (BenchResult) -> Void) throws(Failure) -> BenchResult {
+        let loop: EventLoop
+        do {
+            loop = try EventLoop(index: 0, name: "ferry-bench-rx")
+            let box = UncheckedBox(loop)
+            try Threads.detach(name: "ferry-bench-rx") { [self] in receive(on: box.value) }
+        } catch {
+            throw Failure(description: "\(error)")
+        }
+        let n = sockets.count, size = options.size
+        // One frame per socket, rewritten in place: header, then sequence and send time.
+        let frames = UnsafeMutableRawPointer.allocate(byteCount: n * 64 * (size + 4), alignment: 64)
+        defer { frames.deallocate() }
+        let queues = (0..<n).map { _ in UDPSendQueue(capacity: 64) }
+        let start = monotonicNanos()
+        let end = start + UInt64(options.duration * 1e9)
+        var sent: UInt64 = 0
+        var nextProgress = start + 1_000_000_000
+        var turn = 0
+        while true {
+            let now = monotonicNanos()
+            if now >= end { break }
+            let due = UInt64(Double(now - start) * Double(options.rate) / 1e9)
+            var budget = due > sent ? due - sent : 0
+            while budget > 0 {
+                // A batch per socket, round robin, at most 64 at a time.
+                let s = turn % n
+                turn += 1
+                let count = Int(min(budget, 64))
+                for k in 0..<count {
+                    let frame = frames + (s * 64 + k) * (size + 4)
+                    ChannelData.writeHeader(channel: channels[s], length: size, at: frame)
+                    (frame + 4).storeBytes(of: sent.bigEndian, toByteOffset: 0, as: UInt64.self)
+                    (frame + 4).storeBytes(of: monotonicNanos().bigEndian, toByteOffset: 8, as: UInt64.self)
+                    queues[s].append(frame, size + 4, to: server)
+                    sent += 1
+                }
+                queues[s].flush(sockets[s].raw)
+                budget -= UInt64(count)
+            }
+            if now >= nextProgress {
+                nextProgress += 1_000_000_000
+                progress(snapshot(sent: sent, seconds: Double(now - start) / 1e9))
+            }
+            usleep(500)
+        }
+        let seconds = Double(monotonicNanos() - start) / 1e9
+        // Let the last packets arrive, then stop the receiver.
+        usleep(500_000)
+        loop.stop()
+        while !receiverDone.load(ordering: .acquiring) { usleep(1000) }
+        return snapshot(sent: sent, seconds: seconds)
+    }
+
+    private func snapshot(sent: UInt64, seconds: Double) -> BenchResult {
+        var r = BenchResult()
+        r.allocations = sockets.count
+        r.seconds = seconds
+        r.sent = sent
+        r.received = received.load(ordering: .relaxed)
+        histogram.withLock { h in
+            r.p50 = h.percentile(0.5)
+            r.p99 = h.percentile(0.99)
+            r.p999 = h.percentile(0.999)
+        }
+        r.max = maxLatency.load(ordering: .relaxed)
+        return r
+    }
+
+    /// The receiver: an event loop over every socket, recvmmsg batches, one histogram kept
+    /// on the loop and published every 50 ms.
+    private func receive(on loop: EventLoop) {
+        let rx = Receiver(bench: self)
+        for s in sockets { _ = try? loop.register(fd: s.raw, events: Epoll.input, handler: rx) }
+        func publish() {
+            received.store(rx.count, ordering: .relaxed)
+            let h = rx.histogram
+            histogram.withLock { $0 = h }
+            maxLatency.store(rx.worst, ordering: .relaxed)
+        }
+        func every50ms() {
+            publish()
+            loop.schedule(after: 50_000_000) { every50ms() }
+        }
+        every50ms()
+        loop.run()
+        publish()
+        receiverDone.store(true, ordering: .releasing)
+    }
+
+    final class Receiver: EventHandler {
+        unowned let bench: Bench
+        let batch = UDPReceiveBatch(capacity: 64, slotSize: 2048)
+        var histogram = LatencyHistogram()
+        var worst: UInt64 = 0
+        var count: UInt64 = 0
+        var fds: [Int32] = []
+        init(bench: Bench) { self.bench = bench }
+
+        func handleEvent(_ events: UInt32, loop: EventLoop) {
+            // Which socket is not passed; every socket is drained (they are few).
+            for s in bench.sockets { drain(s.raw) }
+        }
+
+        func drain(_ fd: Int32) {
+            while case .done(let n)? = try? batch.receive(from: fd), n > 0 {
+                let now = monotonicNanos()
+                for j in 0..<n {
+                    let len = batch.length(j)
+                    let p = batch.data(j)
+                    guard len >= 20, p.load(as: UInt8.self) & 0xC0 == 0x40 else { continue }
+                    let sentAt = UInt64(bigEndian: (p + 12).loadUnaligned(as: UInt64.self))
+                    let latency = now > sentAt ? now - sentAt : 0
+                    histogram.record(latency)
+                    worst = max(worst, latency)
+                    count += 1
+                }
+                if n < batch.capacity { break }
+            }
+        }
+    }
+}
