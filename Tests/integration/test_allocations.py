@@ -4,6 +4,7 @@ into a shared counter; the test relays thousands of ChannelData packets each way
 allocation and compares the count before and after with the same time spent idle. Background
 work (the once-a-second sweep, timers) allocates a little whatever the traffic; per packet the
 count must be zero."""
+import json
 import os
 import socket
 import struct
@@ -13,7 +14,7 @@ import time
 import pytest
 
 import turnclient as tc
-from conftest import ROOT, UNDER_ASAN, free_port, listener, turn_base, wait_until
+from conftest import ROOT, UNDER_ASAN, binary, free_port, listener, turn_base, wait_until
 
 PACKETS = 20000
 
@@ -85,3 +86,87 @@ def test_relaying_allocates_nothing_per_packet(ferryd_factory, tmpdir_path, coun
     assert busy - idle < relayed / 100, (busy, idle)
     client.close()
     peer.close()
+
+
+@pytest.mark.skipif(UNDER_ASAN, reason="ASan must come first in the library list; it counts its own way")
+@pytest.mark.parametrize("relay_only", [False, True], ids=["direct", "relayed"])
+def test_the_tunnel_agent_allocates_nothing_per_packet(ferryd_factory, tmpdir_path, counting_preload, relay_only):
+    """`ferry tunnel` carries packets between a local endpoint and its path (direct, or ChannelData
+    through the relay written in place) without a heap allocation per packet."""
+    port = free_port()
+    secret = "alloc-token-secret-0123"
+    # The welcome hands out relay credentials signed with the first TURN REST secret.
+    base = turn_base(workers=1).replace('relay_ipv4 = "127.0.0.1"\n', 'relay_ipv4 = "127.0.0.1"\nstatic_auth_secrets = ["alloc-rest-secret-0123456789"]\n')
+    f = ferryd_factory(base + f"""
+[signal]
+enabled = true
+allow_plaintext = true
+token_secrets = ["{secret}"]
+self_relay_urls = ["turn:127.0.0.1:{port}?transport=udp"]
+""" + listener("turn-udp", port) + listener("turn-tcp", port, "tcp"))
+    ferry = binary("ferry")
+    keys, pubs = [], []
+    for name in ("a", "b"):
+        path = os.path.join(tmpdir_path, f"{name}.key")
+        pubs.append(subprocess.run([ferry, "keygen", "--out", path], capture_output=True, text=True, check=True).stdout.strip())
+        keys.append(path)
+    x, y = socket.socket(socket.AF_INET, socket.SOCK_DGRAM), socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for s in (x, y):
+        s.bind(("127.0.0.1", 0))
+        s.settimeout(2)
+    counter = os.path.join(tmpdir_path, "allocations")
+    agents = []
+    for me, other, sink, env in ((0, 1, x, {"LD_PRELOAD": counting_preload, "FERRY_ALLOC_COUNTER": counter}), (1, 0, y, {})):
+        token = subprocess.run([ferry, "token", "--secret", secret, "--network", "n", "--peer", pubs[me]],
+                               capture_output=True, text=True, check=True).stdout.strip()
+        status = os.path.join(tmpdir_path, f"status{me}.json")
+        args = [ferry, "tunnel", "run", "--key", keys[me], "--peer", f"{pubs[other]}=127.0.0.1:{sink.getsockname()[1]}",
+                "--signal", f"ws://127.0.0.1:{port}/v1/signal", "--token", token, "--status-file", status]
+        agents.append((subprocess.Popen(args + (["--relay-only"] if relay_only else []), env=dict(os.environ, **env),
+                                        stdout=open(status + ".log", "w"), stderr=subprocess.STDOUT), status))
+    try:
+        want = "relayed" if relay_only else "direct"
+
+        def endpoint(status):
+            with open(status) as fh:
+                p = json.load(fh)["peers"][0]
+            return p["path"] == want and ("127.0.0.1", int(p["local_endpoint"].split(":")[1]))
+        def logs():
+            return "".join(open(status + ".log").read() for _, status in agents)
+        a_local = wait_until(lambda: endpoint(agents[0][1]), timeout=15, ignore=(OSError, ValueError), what=logs)
+        b_local = wait_until(lambda: endpoint(agents[1][1]), timeout=15, ignore=(OSError, ValueError), what=logs)
+        payload = b"w" * 120
+
+        def both_ways(n, chunk=100):
+            for _ in range(n // chunk):
+                for _ in range(chunk):
+                    x.sendto(payload, a_local)
+                for _ in range(chunk):
+                    y.recvfrom(2048)
+                for _ in range(chunk):
+                    y.sendto(payload, b_local)
+                for _ in range(chunk):
+                    x.recvfrom(2048)
+
+        both_ways(2000)
+        # More packets than ferryd's test: the agent's periodic work (consent checks every
+        # second, the status file) is larger, and must stay small next to one per packet.
+        packets = 3 * PACKETS
+        start = read_count(counter)
+        started = time.monotonic()
+        both_ways(packets)
+        busy = read_count(counter) - start
+        took = time.monotonic() - started
+        before = read_count(counter)
+        time.sleep(took)
+        idle = read_count(counter) - before
+        print(f"\nagent allocations ({want}): {busy} carrying {2 * packets} packets in {took:.2f} s, {idle} idle for as long")
+        assert busy - idle < 2 * packets / 100, (busy, idle)
+        if relay_only:
+            assert f.metric("ferry_turn_relayed_packets_total", {"direction": "to_client"}) >= 2 * PACKETS
+    finally:
+        for p, _ in agents:
+            p.terminate()
+            p.wait(5)
+        x.close()
+        y.close()
