@@ -93,3 +93,18 @@ public enum STUNBinding {
         return m.xorAddress(STUN.Attribute.xorMappedAddress)
     }
 }
+
+/// The order a client tries relays in (`ferry tunnel`, from the relays `welcome` hands out):
+/// transports that cost least first (UDP, then TCP, then TLS, RFC 8656's fallbacks), and within
+/// a transport the relay hosts by measured round trip (a STUN binding to each; unmeasured ones
+/// after, in the order given). The same ranking `ferry probe` prints.
+public enum RelayOrder {
+    public static func order(_ urls: [ServerURL], roundTrips: [String: UInt64]) -> [ServerURL] {
+        func rank(_ t: ServerURL.Transport) -> Int { t == .udp ? 0 : t == .tcp ? 1 : 2 }
+        return urls.enumerated().sorted { a, b in
+            let ka = (rank(a.element.transport), roundTrips[a.element.host] ?? .max, a.offset)
+            let kb = (rank(b.element.transport), roundTrips[b.element.host] ?? .max, b.offset)
+            return ka < kb
+        }.map(\.element)
+    }
+}

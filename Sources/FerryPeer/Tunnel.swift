@@ -101,6 +101,9 @@ public final class Tunnel: EventHandler, @unchecked Sendable {
     var relayURLs: [ServerURL] = []
     var relayCredentials: [String: TURNClient.Credentials] = [:]
     var relayAttempt = 0
+    var relayGeneration = 0
+    var ranking: [TransactionID: (host: String, address: SocketAddress, sent: UInt64)] = [:]
+    var roundTrips: [String: UInt64] = [:]
     var relayDeadline: UInt64 = 0
     var relayTransport = "none"
     var streamRegistration: Registration?
@@ -216,9 +219,6 @@ public final class Tunnel: EventHandler, @unchecked Sendable {
                     relayCredentials[s.text] = .init(username: r.username, password: r.credential)
                 }
             }
-            // UDP first, then TCP, then TLS (RFC 8656 transports, in the order that costs least).
-            let rank: (ServerURL) -> Int = { $0.transport == .udp ? 0 : $0.transport == .tcp ? 1 : 2 }
-            relayURLs = relayURLs.enumerated().sorted { (rank($0.element), $0.offset) < (rank($1.element), $1.offset) }.map(\.element)
             for i in links.indices { links[i].online = false }
             signal.post(.subscribe(links.map(\.key)))
             // A (re)connection means the server may have restarted: gather again, restart ICE.
@@ -343,7 +343,45 @@ public final class Tunnel: EventHandler, @unchecked Sendable {
         reflexive = nil
         closeRelay()
         relayAttempt = 0
-        tryNextRelay()
+        rankRelays()
+    }
+
+    /// Measures the round trip to every relay host that speaks UDP (one STUN binding each from
+    /// the ICE socket, answers awaited 300 ms), then tries relays in `RelayOrder`.
+    private func rankRelays() {
+        ranking = [:]
+        roundTrips = [:]
+        var seen: Set<SocketAddress> = []
+        for u in relayURLs where u.transport == .udp {
+            guard let address = try? Resolver.resolve(u.host, port: u.port).first(where: { $0.ip.isIPv4 }), seen.insert(address).inserted else { continue }
+            let tid = TransactionID.random()
+            ranking[tid] = (u.host, address, loop.now)
+            _ = try? STUNBinding.request(tid).withUnsafeBytes { b throws(SystemError) in try Sockets.sendDatagram(ice.raw, b, to: address) }
+        }
+        let generation = relayGeneration &+ 1
+        relayGeneration = generation
+        guard ranking.count > 1 else {
+            relayURLs = RelayOrder.order(relayURLs, roundTrips: [:])
+            ranking = [:]
+            return tryNextRelay()
+        }
+        loop.schedule(after: 300_000_000) { [self] in
+            guard generation == relayGeneration, !ranking.isEmpty || !roundTrips.isEmpty else { return }
+            ranking = [:]
+            relayURLs = RelayOrder.order(relayURLs, roundTrips: roundTrips)
+            let measured = roundTrips.sorted { $0.value < $1.value }.map { "\($0.key) \(Double($0.value / 10_000) / 100) ms" }
+            log("relays by round trip: \(measured.isEmpty ? "none answered" : measured.joined(separator: ", "))")
+            tryNextRelay()
+        }
+    }
+
+    /// A binding answer from a relay being ranked; true when it was one.
+    private func rankingAnswer(_ p: UnsafeMutableRawBufferPointer, from: SocketAddress) -> Bool {
+        guard !ranking.isEmpty, case .success(let m) = STUNMessage.parse(UnsafeRawBufferPointer(p)),
+              let r = ranking[m.transactionID], r.address == from, STUNBinding.mappedAddress(m, tid: m.transactionID) != nil else { return false }
+        ranking[m.transactionID] = nil
+        roundTrips[r.host] = loop.now - r.sent
+        return true
     }
 
     private func closeRelay() {
@@ -571,6 +609,8 @@ public final class Tunnel: EventHandler, @unchecked Sendable {
                 let p = UnsafeMutableRawBufferPointer(start: batch.data(j), count: batch.length(j))
                 if from == relayServer {
                     fromRelayServer(p)
+                } else if !ranking.isEmpty && rankingAnswer(p, from: from) {
+                    continue
                 } else {
                     fromPeer(p, from: from, via: .direct)
                 }

@@ -22,3 +22,16 @@ import FerryClient
         #expect(ServerURL(text) == nil, "\(text)")
     }
 }
+
+@Suite struct RelayOrdering {
+    @Test func transportsFirstThenTheNearestHost() {
+        let urls = ["turns:far.example:443?transport=tcp", "turn:far.example:3478?transport=udp", "turn:near.example:3478?transport=tcp",
+                    "turn:near.example:3478?transport=udp", "turn:silent.example:3478?transport=udp"].map { ServerURL($0)! }
+        let ordered = RelayOrder.order(urls, roundTrips: ["far.example": 80_000_000, "near.example": 9_000_000])
+        #expect(ordered.map(\.text) == ["turn:near.example:3478?transport=udp", "turn:far.example:3478?transport=udp",
+                                        "turn:silent.example:3478?transport=udp", "turn:near.example:3478?transport=tcp",
+                                        "turns:far.example:443?transport=tcp"])
+        // Nothing measured: the order given, by transport.
+        #expect(RelayOrder.order(urls, roundTrips: [:]).map(\.host) == ["far.example", "near.example", "silent.example", "near.example", "far.example"])
+    }
+}
