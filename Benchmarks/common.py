@@ -1,4 +1,5 @@
-"""Helpers the benchmark drivers share: free ports and a process's CPU time and memory."""
+"""Helpers the benchmark drivers share: free ports, a process's CPU time and memory, and the head
+of a benchmark ferryd's config."""
 import os
 import re
 import socket
@@ -27,3 +28,20 @@ def cpu_seconds(pid):
 
 def rss_kib(pid):
     return int(re.search(r"VmRSS:\s+(\d+)", open(f"/proc/{pid}/status").read()).group(1))
+
+
+def write_ferryd_config(tmp, body):
+    """A benchmark ferryd's config file: one unpinned worker, no drain, warnings only, no admin
+    endpoint, then `body` (the [turn] table onwards). Returns its path."""
+    path = os.path.join(tmp, "ferry.toml")
+    with open(path, "w") as f:
+        f.write("""[server]
+workers = 1
+pin_workers = false
+drain_seconds = 0
+[log]
+level = "warning"
+[admin]
+address = ""
+""" + body)
+    return path

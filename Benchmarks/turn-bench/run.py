@@ -18,7 +18,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "..", "Tests", "integration"))
 import turnclient as tc  # noqa: E402
 sys.path.insert(0, os.path.join(HERE, ".."))
-from common import free_udp_port  # noqa: E402
+from common import free_udp_port, write_ferryd_config  # noqa: E402
 
 USER, PASSWORD, REALM = "bench", "bench-password", "ferry.bench"
 
@@ -26,17 +26,7 @@ USER, PASSWORD, REALM = "bench", "bench-password", "ferry.bench"
 def start(kind, ferryd, tmp):
     port = free_udp_port()
     if kind == "ferryd":
-        cfg = os.path.join(tmp, "ferry.toml")
-        with open(cfg, "w") as f:
-            f.write(f"""[server]
-workers = 1
-pin_workers = false
-drain_seconds = 0
-[log]
-level = "warning"
-[admin]
-address = ""
-[turn]
+        cfg = write_ferryd_config(tmp, f"""[turn]
 realm = "{REALM}"
 relay_ipv4 = "127.0.0.1"
 max_allocations_per_user = 1000

@@ -30,7 +30,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "..", "Tests", "integration"))
 import turnclient as tc  # noqa: E402
 sys.path.insert(0, os.path.join(HERE, ".."))
-from common import cpu_seconds, free_udp_port, rss_kib  # noqa: E402
+from common import cpu_seconds, free_udp_port, rss_kib, write_ferryd_config  # noqa: E402
 
 USER, PASSWORD, REALM = "bench", "bench-password", "ferry.bench"
 GEN_GSO = 16  # ChannelData messages per generator send (see tgen.c); set by --gen-gso
@@ -41,18 +41,8 @@ class Server:
         self.kind = kind
         self.port = free_udp_port()
         if kind.startswith("ferryd"):
-            cfg = os.path.join(tmp, "ferry.toml")
             gso = "false" if kind == "ferryd-nogso" else "true"
-            with open(cfg, "w") as f:
-                f.write(f"""[server]
-workers = 1
-pin_workers = false
-drain_seconds = 0
-[log]
-level = "warning"
-[admin]
-address = ""
-[engine]
+            cfg = write_ferryd_config(tmp, f"""[engine]
 gso = {gso}
 [turn]
 realm = "{REALM}"

@@ -21,23 +21,13 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "..", "Tests", "integration"))
 sys.path.insert(0, os.path.join(HERE, ".."))
 import turnclient as tc  # noqa: E402
-from common import cpu_seconds, free_tcp_port, free_udp_port, rss_kib  # noqa: E402
+from common import cpu_seconds, free_tcp_port, free_udp_port, rss_kib, write_ferryd_config  # noqa: E402
 
 USER, PASSWORD = "bench", "bench-password"
 
 
 def start_ferryd(ferryd, tmp, udp, tcp, tls):
-    cfg = os.path.join(tmp, "ferry.toml")
-    with open(cfg, "w") as f:
-        f.write(f"""[server]
-workers = 1
-pin_workers = false
-drain_seconds = 0
-[log]
-level = "warning"
-[admin]
-address = ""
-[turn]
+    cfg = write_ferryd_config(tmp, f"""[turn]
 realm = "ferry.bench"
 relay_ipv4 = "127.0.0.1"
 port_min = 20000

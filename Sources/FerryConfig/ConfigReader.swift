@@ -35,6 +35,20 @@ final class ConfigReader {
         var asked: Set<String> = []
     }
 
+    /// A TOML document's root table, or its syntax error as a keyless issue.
+    static func parseTOML(_ text: String) throws(ConfigErrors) -> TOMLTable {
+        // Two inputs abort TOMLKit's parser (toml++ asserts on them) instead of failing: found by
+        // the `config` fuzz target. They are refused here first, with where they are.
+        if let problem = TOMLPrecheck.problem(text) {
+            throw ConfigErrors(issues: [ConfigIssue(key: "", message: "TOML syntax: \(problem)")])
+        }
+        do {
+            return try TOMLTable(string: text)
+        } catch {
+            throw ConfigErrors(issues: [ConfigIssue(key: "", message: "TOML syntax: \(error)")])
+        }
+    }
+
     init(_ table: TOMLTable?, prefix: String = "", sink: IssueSink) {
         self.table = table
         self.prefix = prefix

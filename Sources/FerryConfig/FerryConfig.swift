@@ -225,18 +225,7 @@ public struct FerryConfig: Sendable, Equatable {
     }
 
     static func parse(_ text: String, sink: ConfigReader.IssueSink) throws(ConfigErrors) -> FerryConfig {
-        // Two inputs abort TOMLKit's parser (toml++ asserts on them) instead of failing: found by
-        // the `config` fuzz target. They are refused here first, with where they are.
-        if let problem = TOMLPrecheck.problem(text) {
-            throw ConfigErrors(issues: [ConfigIssue(key: "", message: "TOML syntax: \(problem)")])
-        }
-        let table: TOMLTable
-        do {
-            table = try TOMLTable(string: text)
-        } catch {
-            throw ConfigErrors(issues: [ConfigIssue(key: "", message: "TOML syntax: \(error)")])
-        }
-        let root = ConfigReader(table, sink: sink)
+        let root = ConfigReader(try ConfigReader.parseTOML(text), sink: sink)
         var c = FerryConfig()
 
         let server = root.table("server")

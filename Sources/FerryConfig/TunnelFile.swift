@@ -1,5 +1,3 @@
-import TOMLKit
-
 /// The `ferry tunnel` config file (docs/cli.md): the same settings as its flags, checked like
 /// ferryd's file (unknown keys and wrong types are errors, by key).
 ///
@@ -37,17 +35,8 @@ public struct TunnelFile: Sendable, Equatable {
     public init() {}
 
     public static func parse(_ text: String) throws(ConfigErrors) -> TunnelFile {
-        if let problem = TOMLPrecheck.problem(text) {
-            throw ConfigErrors(issues: [ConfigIssue(key: "", message: "TOML syntax: \(problem)")])
-        }
-        let table: TOMLTable
-        do {
-            table = try TOMLTable(string: text)
-        } catch {
-            throw ConfigErrors(issues: [ConfigIssue(key: "", message: "TOML syntax: \(error)")])
-        }
         let sink = ConfigReader.IssueSink()
-        let root = ConfigReader(table, sink: sink)
+        let root = ConfigReader(try ConfigReader.parseTOML(text), sink: sink)
         var f = TunnelFile()
         f.interface = root.string("interface", default: nil)
         f.signal = root.string("signal", default: nil)

@@ -27,6 +27,15 @@ def counting_preload(tmpdir_path):
     return lib
 
 
+def both_ways(n, out_a, in_b, out_b, in_a, chunk=100):
+    """n packets from A to B and n back, in chunks a receive buffer holds (loopback drops what
+    overflows one, not the process under test)."""
+    for _ in range(n // chunk):
+        for step in (out_a, in_b, out_b, in_a):
+            for _ in range(chunk):
+                step()
+
+
 def read_count(path):
     with open(path, "rb") as f:
         return struct.unpack("<Q", f.read(8))[0]
@@ -51,17 +60,9 @@ def test_relaying_allocates_nothing_per_packet(ferryd_factory, tmpdir_path, coun
     channel_data = struct.pack("!HH", 0x4000, 100) + b"x" * 100
     client.sock.settimeout(2)
 
-    def relay_both_ways(n, chunk=100):
-        # In chunks a receive buffer holds (loopback drops what overflows one, not ferryd).
-        for _ in range(n // chunk):
-            for _ in range(chunk):
-                client.send_raw(channel_data)
-            for _ in range(chunk):
-                peer.recvfrom(2048)
-            for _ in range(chunk):
-                peer.sendto(b"y" * 100, tuple(relay))
-            for _ in range(chunk):
-                client.sock.recv(2048)
+    def relay_both_ways(n):
+        both_ways(n, lambda: client.send_raw(channel_data), lambda: peer.recvfrom(2048),
+                  lambda: peer.sendto(b"y" * 100, tuple(relay)), lambda: client.sock.recv(2048))
 
     # Warm up: first-use growth (hash tables, batch histograms, socket buffers) is not per packet.
     relay_both_ways(2000)
@@ -137,24 +138,17 @@ self_relay_urls = ["turn:127.0.0.1:{port}?transport=udp"]
         b_local = wait_until(lambda: endpoint(agents[1][1]), timeout=15, ignore=(OSError, ValueError), what=logs)
         payload = b"w" * 120
 
-        def both_ways(n, chunk=100):
-            for _ in range(n // chunk):
-                for _ in range(chunk):
-                    x.sendto(payload, a_local)
-                for _ in range(chunk):
-                    y.recvfrom(2048)
-                for _ in range(chunk):
-                    y.sendto(payload, b_local)
-                for _ in range(chunk):
-                    x.recvfrom(2048)
+        def through_agents(n):
+            both_ways(n, lambda: x.sendto(payload, a_local), lambda: y.recvfrom(2048),
+                      lambda: y.sendto(payload, b_local), lambda: x.recvfrom(2048))
 
-        both_ways(2000)
+        through_agents(2000)
         # More packets than ferryd's test: the agent's periodic work (consent checks every
         # second, the status file) is larger, and must stay small next to one per packet.
         packets = 3 * PACKETS
         start = read_count(counter)
         started = time.monotonic()
-        both_ways(packets)
+        through_agents(packets)
         busy = read_count(counter) - start
         took = time.monotonic() - started
         before = read_count(counter)
