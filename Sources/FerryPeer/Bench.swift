@@ -254,23 +254,14 @@ public final class Bench: @unchecked Sendable {
     }
 
     /// The receiver: an event loop over every socket, recvmmsg batches, one histogram kept
-    /// on the loop and published every 50 ms.
+    /// on the loop and published at most every 50 ms (no timer: a timer's closure would hold
+    /// the loop, which holds the timer, and leak both).
     private func receive(on loop: EventLoop) {
         let rx = Receiver(bench: self)
-        for s in sockets { _ = try? loop.register(fd: s.raw, events: Epoll.input, handler: rx) }
-        func publish() {
-            received.store(rx.count, ordering: .relaxed)
-            let h = rx.histogram
-            histogram.withLock { $0 = h }
-            maxLatency.store(rx.worst, ordering: .relaxed)
-        }
-        func every50ms() {
-            publish()
-            loop.schedule(after: 50_000_000) { every50ms() }
-        }
-        every50ms()
+        let registrations = sockets.map { s in (s.raw, try? loop.register(fd: s.raw, events: Epoll.input, handler: rx)) }
         loop.run()
-        publish()
+        for case (let fd, let r?) in registrations { loop.deregister(fd: fd, r) }
+        rx.publish()
         receiverDone.store(true, ordering: .releasing)
     }
 
@@ -280,12 +271,23 @@ public final class Bench: @unchecked Sendable {
         var histogram = LatencyHistogram()
         var worst: UInt64 = 0
         var count: UInt64 = 0
-        var fds: [Int32] = []
+        var published: UInt64 = 0
         init(bench: Bench) { self.bench = bench }
 
         func handleEvent(_ events: UInt32, loop: EventLoop) {
             // Which socket is not passed; every socket is drained (they are few).
             for s in bench.sockets { drain(s.raw) }
+            if loop.now > published + 50_000_000 {
+                published = loop.now
+                publish()
+            }
+        }
+
+        func publish() {
+            bench.received.store(count, ordering: .relaxed)
+            let h = histogram
+            bench.histogram.withLock { $0 = h }
+            bench.maxLatency.store(worst, ordering: .relaxed)
         }
 
         func drain(_ fd: Int32) {
