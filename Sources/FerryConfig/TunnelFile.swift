@@ -18,6 +18,10 @@ public struct TunnelFile: Sendable, Equatable {
     public struct Peer: Sendable, Equatable {
         public var key: String
         public var deliverTo: String
+        public init(key: String, deliverTo: String) {
+            self.key = key
+            self.deliverTo = deliverTo
+        }
     }
 
     public var interface: String?

@@ -81,9 +81,20 @@ class Setup:
                                    capture_output=True, text=True, check=True).stdout.strip()
             status = os.path.join(directory, f"status-{name}.json")
             log = open(os.path.join(directory, f"agent-{name}.log"), "w")
-            p = subprocess.Popen(["ip", "netns", "exec", ns.name, binary("ferry"), "tunnel", "run", "--interface", wg.name,
-                                  "--signal", f"wss://{FERRY_IP}:443/v1/signal", "--token", token, "--ca", self.cert,
-                                  "--status-file", status], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            if name == "a":
+                args = ["--interface", wg.name, "--signal", f"wss://{FERRY_IP}:443/v1/signal", "--token", token,
+                        "--ca", self.cert, "--status-file", status]
+            else:
+                # Agent B reads the same settings from a config file (token in a file of its own).
+                token_file, config = os.path.join(directory, "b.token"), os.path.join(directory, "tunnel-b.toml")
+                with open(token_file, "w") as f:
+                    f.write(token + "\n")
+                with open(config, "w") as f:
+                    f.write(f'interface = "{wg.name}"\nsignal = "wss://{FERRY_IP}:443/v1/signal"\ntoken_file = "{token_file}"\n'
+                            f'ca = "{self.cert}"\nstatus_file = "{status}"\n')
+                args = ["--config", config]
+            p = subprocess.Popen(["ip", "netns", "exec", ns.name, binary("ferry"), "tunnel", "run", *args],
+                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
             self.agents.append((p, log, status, name))
 
     def start_ferryd(self):
