@@ -27,8 +27,11 @@ from lab import ADMIN_IP, FERRY_IP, Lab, WireGuard  # noqa: E402
 from test_tunnel_e2e import TOKEN_SECRET, ferryd_config, lab_certificate  # noqa: E402
 
 
+PEERS_CPU = []  # ["taskset", "-c", "0"] with --pin
+
+
 def ping_stats(lab, wg_b, count):
-    out = subprocess.run(["ip", "netns", "exec", lab.peer_a.name, "ping", "-n", "-c", str(count), "-i", "0.01", "-W", "1",
+    out = subprocess.run(["ip", "netns", "exec", lab.peer_a.name, *PEERS_CPU, "ping", "-n", "-c", str(count), "-i", "0.01", "-W", "1",
                           wg_b.address], capture_output=True, text=True).stdout
     rtts = [float(x) for x in re.findall(r"time=([\d.]+) ms", out)]
     if not rtts:
@@ -39,10 +42,10 @@ def ping_stats(lab, wg_b, count):
 
 
 def iperf(lab, wg_b, seconds):
-    server = subprocess.Popen(["ip", "netns", "exec", lab.peer_b.name, "iperf3", "-s", "-1", "-B", wg_b.address],
+    server = subprocess.Popen(["ip", "netns", "exec", lab.peer_b.name, *PEERS_CPU, "iperf3", "-s", "-1", "-B", wg_b.address],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(0.5)
-    r = subprocess.run(["ip", "netns", "exec", lab.peer_a.name, "iperf3", "-c", wg_b.address, "-t", str(seconds), "-J"],
+    r = subprocess.run(["ip", "netns", "exec", lab.peer_a.name, *PEERS_CPU, "iperf3", "-c", wg_b.address, "-t", str(seconds), "-J"],
                        capture_output=True, text=True)
     server.wait(10)
     try:
@@ -57,7 +60,7 @@ def agents(lab, wg_a, wg_b, directory, cert, relay_only):
         token = subprocess.run([conftest.binary("ferry"), "token", "--secret", TOKEN_SECRET, "--network", "lab", "--peer", wg.public],
                                capture_output=True, text=True, check=True).stdout.strip()
         status = os.path.join(directory, f"status-{name}.json")
-        args = ["ip", "netns", "exec", ns.name, conftest.binary("ferry"), "tunnel", "run", "--interface", wg.name,
+        args = ["ip", "netns", "exec", ns.name, *PEERS_CPU, conftest.binary("ferry"), "tunnel", "run", "--interface", wg.name,
                 "--signal", f"wss://{FERRY_IP}:443/v1/signal", "--token", token, "--ca", cert, "--status-file", status]
         procs.append(subprocess.Popen(args + (["--relay-only"] if relay_only else []), stdout=subprocess.DEVNULL,
                                       stderr=subprocess.DEVNULL, start_new_session=True))
@@ -87,16 +90,23 @@ def main():
     ap.add_argument("--bindir", default=os.path.join(HERE, "..", "..", ".build", "release"))
     ap.add_argument("--pings", type=int, default=500)
     ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--pin", action="store_true",
+                    help="ferryd alone on CPU 1, the peers (WireGuard, agents, ping, iperf3) on CPU 0: the relay "
+                         "as on a machine of its own, not competing with the peers for the same two cores")
     args = ap.parse_args()
+    global PEERS_CPU
+    PEERS_CPU = ["taskset", "-c", "0"] if args.pin else []
     os.environ["FERRY_BIN_DIR"] = os.path.abspath(args.bindir)
     conftest.BIN = os.path.abspath(args.bindir)
     results = {}
     with tempfile.TemporaryDirectory(prefix="ferry-tunnel-bench-") as d:
         lab = Lab(nat_a="none", nat_b="none")
         cert, key = lab_certificate(d)
-        ferryd = conftest.Ferryd(ferryd_config(cert, key), d, prefix=lab.ferry.prefix(), admin_host=ADMIN_IP, admin_port=9100)
-        wg_a = WireGuard(lab.peer_a, "wbencha", "10.99.0.1", d)
-        wg_b = WireGuard(lab.peer_b, "wbenchb", "10.99.0.2", d)
+        ferryd = conftest.Ferryd(ferryd_config(cert, key), d, prefix=lab.ferry.prefix() + (["taskset", "-c", "1"] if args.pin else []),
+                                 admin_host=ADMIN_IP, admin_port=9100)
+        cpu = 0 if args.pin else None
+        wg_a = WireGuard(lab.peer_a, "wbencha", "10.99.0.1", d, cpu=cpu)
+        wg_b = WireGuard(lab.peer_b, "wbenchb", "10.99.0.2", d, cpu=cpu)
         wg_a.add_peer(wg_b)
         wg_b.add_peer(wg_a)
         try:
@@ -123,6 +133,7 @@ def main():
         results["relayed_over_direct_throughput"] = round(rl["iperf_mbps"] / dr["iperf_mbps"], 3)
     if p["iperf_mbps"] and dr["iperf_mbps"]:
         results["direct_over_plain_throughput"] = round(dr["iperf_mbps"] / p["iperf_mbps"], 3)
+    results["pinned"] = args.pin
     print(json.dumps(results, indent=2))
 
 

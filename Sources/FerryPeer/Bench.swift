@@ -103,6 +103,7 @@ public struct BenchResult: Sendable {
 public final class Bench: @unchecked Sendable {
     public let options: BenchOptions
     var sockets: [FileDescriptor] = []
+    var clients: [TURNClient] = []
     var channels: [UInt16] = []
     var server = SocketAddress(ip: .ipv4Any, port: 0)
     let received = Atomic<UInt64>(0)
@@ -131,22 +132,30 @@ public final class Bench: @unchecked Sendable {
         } catch {
             throw Failure(description: "\(error)")
         }
-        var clients: [TURNClient] = []
         var relayed: [SocketAddress] = []
-        for _ in 0..<options.allocations {
+        var mismatches = 0
+        while sockets.count < options.allocations {
             let fd: FileDescriptor
             do {
                 fd = try Sockets.udp(bind: SocketAddress(ip: .ipv4Any, port: 0), options: .init(reusePort: false, receiveBuffer: 4 << 20, sendBuffer: 4 << 20))
             } catch {
                 throw Failure(description: "\(error)")
             }
-            sockets.append(fd)
             var c = TURNClient(credentials: options.credentials, reliable: false, software: "ferry-bench")
-            guard case .allocated(let r, _, _)? = try transact(fd, &c, c.allocate(now: monotonicNanos())) else {
-                throw Failure(description: "allocation \(sockets.count) failed")
+            do throws(Failure) {
+                guard case .allocated(let r, _, _)? = try transact(fd, &c, c.allocate(now: monotonicNanos())) else {
+                    _ = fd.close()
+                    throw Failure(description: "allocation \(sockets.count + 1) failed: no answer")
+                }
+                sockets.append(fd)
+                relayed.append(r)
+                clients.append(c)
+            } catch let e where e.description.hasPrefix("437") && mismatches < 16 {
+                // The server still holds an allocation for this 5-tuple (a port an earlier run
+                // used and the kernel handed out again): RFC 8656 §7.2, choose another port.
+                _ = fd.close()
+                mismatches += 1
             }
-            relayed.append(r)
-            clients.append(c)
         }
         for i in 0..<options.allocations {
             let partner = relayed[i ^ 1]
@@ -235,6 +244,10 @@ public final class Bench: @unchecked Sendable {
         usleep(500_000)
         loop.stop()
         while !receiverDone.load(ordering: .acquiring) { usleep(1000) }
+        // Release the allocations (Refresh with lifetime 0), so the next run starts clean.
+        for i in clients.indices {
+            if let bye = clients[i].deallocate(now: monotonicNanos()) { _ = try? transact(sockets[i], &clients[i], bye) }
+        }
         return snapshot(sent: sent, seconds: seconds)
     }
 

@@ -94,7 +94,7 @@ class Lab:
 class WireGuard:
     """A wireguard-go interface in a namespace, with an overlay address."""
 
-    def __init__(self, ns, name, address, directory):
+    def __init__(self, ns, name, address, directory, cpu=None):
         self.ns, self.name, self.address = ns, name, address
         self.key_path = os.path.join(directory, f"{name}.key")
         key = subprocess.run(["wg", "genkey"], capture_output=True, text=True, check=True).stdout.strip()
@@ -102,7 +102,8 @@ class WireGuard:
             f.write(key + "\n")
         self.public = subprocess.run(["wg", "pubkey"], input=key, capture_output=True, text=True, check=True).stdout.strip()
         # wireguard-go daemonizes: its output must not be a pipe we wait on (it would stay open).
-        subprocess.run(["ip", "netns", "exec", ns.name, "wireguard-go", name], check=True,
+        pin = ["taskset", "-c", str(cpu)] if cpu is not None else []
+        subprocess.run(["ip", "netns", "exec", ns.name, *pin, "wireguard-go", name], check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         ns.exec("wg", "set", name, "private-key", self.key_path, "listen-port", "51820")
         ns.exec("ip", "addr", "add", f"{address}/24", "dev", name)
