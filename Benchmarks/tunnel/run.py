@@ -2,9 +2,11 @@
 """WireGuard through `ferry tunnel`, against WireGuard alone, in one run, in the namespaces of
 Tests/integration/lab.py with routed (untranslated) LANs so that WireGuard's own endpoints work:
 
-  1. plain: WireGuard with each other's address as endpoint (no agent): the baseline;
-  2. direct: the agents carry WireGuard on the direct path they find;
-  3. relayed: the agents with --relay-only, through ferryd's TURN.
+  1. plain: WireGuard with each other's address as endpoint (no agent): the baseline, measured
+     before and after the agents' runs (their mean is the baseline);
+  2. direct: the agents find the direct path to each other's host address and hand it to
+     WireGuard (the agent steps off the path);
+  3. relayed: the agents with --relay-only carry WireGuard through ferryd's TURN.
 
 For each: the median and p90 round trip of `ping` across the WireGuard interfaces, and TCP
 throughput with iperf3 (A to B). Goals (docs/benchmarks.md): relayed throughput >= 0.8 x direct;
@@ -23,6 +25,8 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "..", "Tests", "integration"))
 import conftest  # noqa: E402
+sys.path.insert(0, os.path.join(HERE, ".."))
+from common import cpu_seconds  # noqa: E402
 from lab import ADMIN_IP, FERRY_IP, Lab, WireGuard  # noqa: E402
 from test_tunnel_e2e import TOKEN_SECRET, ferryd_config, lab_certificate  # noqa: E402
 
@@ -41,7 +45,23 @@ def ping_stats(lab, wg_b, count):
             "received": len(rtts), "sent": count}
 
 
-def iperf(lab, wg_b, seconds):
+def pids(pattern):
+    out = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def iperf(lab, wg_b, seconds, watch=None):
+    """Throughput in Mbit/s, and the CPU seconds per second each watched process used meanwhile."""
+    watch = watch or {}
+    before = {name: sum(cpu_seconds(p) for p in ps) for name, ps in watch.items()}
+    started = time.time()
+    mbps = iperf_run(lab, wg_b, seconds)
+    took = time.time() - started
+    cpu = {name: round((sum(cpu_seconds(p) for p in ps) - before[name]) / took, 2) for name, ps in watch.items()}
+    return mbps, cpu
+
+
+def iperf_run(lab, wg_b, seconds):
     server = subprocess.Popen(["ip", "netns", "exec", lab.peer_b.name, *PEERS_CPU, "iperf3", "-s", "-1", "-B", wg_b.address],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(0.5)
@@ -68,7 +88,9 @@ def agents(lab, wg_a, wg_b, directory, cert, relay_only):
 
     def path(name):
         try:
-            return json.load(open(os.path.join(directory, f"status-{name}.json")))["peers"][0]["path"]
+            p = json.load(open(os.path.join(directory, f"status-{name}.json")))["peers"][0]
+            # A direct path to a host address is handed to WireGuard: wait for that too.
+            return p["path"] if relay_only or p.get("wireguard_endpoint") else None
         except (OSError, ValueError, IndexError, KeyError):
             return None
     deadline = time.time() + 40
@@ -113,22 +135,32 @@ def main():
             lab.peer_a.exec("wg", "set", wg_a.name, "peer", wg_b.public, "endpoint", "10.2.0.2:51820")
             lab.peer_b.exec("wg", "set", wg_b.name, "peer", wg_a.public, "endpoint", "10.1.0.2:51820")
             ping_stats(lab, wg_b, 20)  # handshake
-            results["plain"] = {"ping": ping_stats(lab, wg_b, args.pings), "iperf_mbps": iperf(lab, wg_b, args.seconds)}
+            watch = {"wireguard-go": pids("wireguard-go wbench"), "ferryd": [ferryd.proc.pid]}
+            mbps, cpu = iperf(lab, wg_b, args.seconds, watch)
+            results["plain"] = {"ping": ping_stats(lab, wg_b, args.pings), "iperf_mbps": mbps, "cpu_per_second": cpu}
             for name, relay_only in (("direct", False), ("relayed", True)):
                 procs = agents(lab, wg_a, wg_b, d, cert, relay_only)
                 try:
                     ping_stats(lab, wg_b, 20)
-                    results[name] = {"ping": ping_stats(lab, wg_b, args.pings), "iperf_mbps": iperf(lab, wg_b, args.seconds)}
+                    mbps, cpu = iperf(lab, wg_b, args.seconds, dict(watch, agents=[p.pid for p in procs]))
+                    results[name] = {"ping": ping_stats(lab, wg_b, args.pings), "iperf_mbps": mbps, "cpu_per_second": cpu}
                 finally:
                     stop(procs)
+            # Plain WireGuard again, to bracket the agents' runs against the VM's drift.
+            lab.peer_a.exec("wg", "set", wg_a.name, "peer", wg_b.public, "endpoint", "10.2.0.2:51820")
+            lab.peer_b.exec("wg", "set", wg_b.name, "peer", wg_a.public, "endpoint", "10.1.0.2:51820")
+            ping_stats(lab, wg_b, 20)
+            mbps, cpu = iperf(lab, wg_b, args.seconds, watch)
+            results["plain_again"] = {"ping": ping_stats(lab, wg_b, args.pings), "iperf_mbps": mbps, "cpu_per_second": cpu}
             results["relayed_packets_at_ferryd"] = ferryd.metric("ferry_turn_relayed_packets_total", {"direction": "to_peer"})
         finally:
             wg_a.close()
             wg_b.close()
             ferryd.stop()
             lab.close()
-    p, dr, rl = results["plain"], results["direct"], results["relayed"]
-    results["agent_added_median_rtt_us"] = round(dr["ping"]["median_us"] - p["ping"]["median_us"], 1)
+    p, dr, rl, p2 = results["plain"], results["direct"], results["relayed"], results["plain_again"]
+    plain_rtt = (p["ping"]["median_us"] + p2["ping"]["median_us"]) / 2
+    results["agent_added_median_rtt_us"] = round(dr["ping"]["median_us"] - plain_rtt, 1)
     if dr["iperf_mbps"] and rl["iperf_mbps"]:
         results["relayed_over_direct_throughput"] = round(rl["iperf_mbps"] / dr["iperf_mbps"], 3)
     if p["iperf_mbps"] and dr["iperf_mbps"]:

@@ -69,6 +69,12 @@ public final class Tunnel: EventHandler, @unchecked Sendable {
         var rxPackets: UInt64 = 0, rxBytes: UInt64 = 0, txPackets: UInt64 = 0, txBytes: UInt64 = 0
         var dropped: UInt64 = 0
         var sentToWireGuard = false
+        /// The peer's WireGuard listen port (from its offer or answer).
+        var remoteWireGuardPort: UInt16?
+        /// WireGuard talks to the peer itself at this endpoint (see `handOff`).
+        var handedOff: SocketAddress?
+        var handoffTransfer: (rx: UInt64, tx: UInt64, at: UInt64)?
+        var handoffRefused = false
     }
 
     enum Relay { case none, udp(SocketAddress), stream(ClientConnection) }
@@ -114,6 +120,7 @@ public final class Tunnel: EventHandler, @unchecked Sendable {
     var welcomed = false
     var statusDirty = true
     var lastStatus: UInt64 = 0
+    var lastHandoffCheck: UInt64 = 0
     var started: UInt64
 
     public struct Failure: Error, CustomStringConvertible { public let description: String }
@@ -275,6 +282,7 @@ public final class Tunnel: EventHandler, @unchecked Sendable {
         var members: [(String, JSONValue)] = [("ufrag", .string(agent.localUfrag)), ("pwd", .string(agent.localPassword)),
                                              ("candidates", .array(agent.locals.map { .string($0.sdp) }))]
         if let answering { members.append(("offer", .string(answering))) }
+        if let wg = wireGuard { members.append(("wg_port", .number(Double(wg.listenPort)))) }
         return .object(members)
     }
 
@@ -306,6 +314,7 @@ public final class Tunnel: EventHandler, @unchecked Sendable {
             return
         }
         let remotes = (body["candidates"]?.array ?? []).compactMap { $0.string.flatMap(ICECandidate.init(sdp:)) }
+        if let port = body["wg_port"]?.number, port >= 1, port <= 65535 { links[i].remoteWireGuardPort = UInt16(port) }
         switch type {
         case "offer":
             guard gathered else { return }  // we answer once gathered; the offerer retries
@@ -327,6 +336,7 @@ public final class Tunnel: EventHandler, @unchecked Sendable {
         links[i].ice!.setRemoteCredentials(ufrag: ufrag, password: pwd)
         for r in remotes where r.address.ip.isIPv4 { links[i].ice!.addRemote(r) }
         // Permissions on our relay for every remote address, so relayed checks get through.
+        handOff(i)
         // One request per address: the server refuses a request whole when its policy forbids
         // one of the addresses in it (a remote's private host candidate, say).
         if var t = turn, t.phase == .allocated {
@@ -548,6 +558,10 @@ public final class Tunnel: EventHandler, @unchecked Sendable {
                 offer(i)
             }
         }
+        if now > lastHandoffCheck + 2_000_000_000 {
+            lastHandoffCheck = now
+            checkHandoffs()
+        }
         if statusDirty || now > lastStatus + 1_000_000_000 { writeStatus() }
     }
 
@@ -556,6 +570,7 @@ public final class Tunnel: EventHandler, @unchecked Sendable {
             switch e {
             case .selected(let route):
                 if let old = links[i].route { byRemote[old.remote] = nil }
+                if links[i].route != route { links[i].handoffRefused = false }
                 links[i].route = route
                 links[i].routeSince = loop.now
                 byRemote[route.remote] = i
@@ -564,7 +579,9 @@ public final class Tunnel: EventHandler, @unchecked Sendable {
                     sendTURN(t.bindChannel(to: route.remote, now: loop.now).request)
                     turn = t
                 }
+                handOff(i)
             case .failed(let reason):
+                takeBack(i, because: "ICE failed")
                 log("peer \(short(links[i].key)): ICE failed (\(reason)); restarting")
                 if let old = links[i].route { byRemote[old.remote] = nil }
                 links[i].route = nil
@@ -592,6 +609,79 @@ public final class Tunnel: EventHandler, @unchecked Sendable {
                 sendTURN(t.sendIndication(to: s.to, data: s.bytes))
             }
         }
+    }
+
+    // MARK: Handing the direct path to WireGuard
+
+    /// When ICE selects a direct pair to the peer's **host** address (no NAT between: one LAN,
+    /// one VPC, routed networks), WireGuard can reach the peer's own WireGuard port at that
+    /// address: the agent points WireGuard there and steps off the path, so a direct tunnel costs
+    /// nothing over WireGuard alone (each hop through a userspace agent costs ~45 µs on the test
+    /// VMs: docs/benchmarks.md). Behind NAT the peer's WireGuard port has no known mapping, so
+    /// the agent stays on the path. The handoff is checked: if WireGuard sends and hears nothing
+    /// back within 5 s, the agent takes the path back and does not hand it off again until the
+    /// route changes. ICE keeps checking the pair; when it is lost the agent takes the path back.
+    private func handOff(_ i: Int) {
+        guard let wg = wireGuard, let route = links[i].route else { return }
+        // The signalled kind (a pair first learned as peer-reflexive may be a host candidate).
+        let kind = links[i].ice?.remotes.first { $0.address == route.remote }?.kind ?? route.remoteKind
+        let wanted: SocketAddress? = route.via == .direct && kind == .host && !links[i].handoffRefused
+            ? links[i].remoteWireGuardPort.map { SocketAddress(ip: route.remote.ip, port: $0) } : nil
+        guard wanted != links[i].handedOff else { return }
+        guard let endpoint = wanted else { return takeBack(i, because: "the path changed") }
+        links[i].handedOff = endpoint
+        links[i].handoffTransfer = nil
+        let key = links[i].key, log = self.log
+        runInBackground { [self] in
+            do {
+                try wg.setEndpoint(peer: key, endpoint)
+                log("peer \(short(key)): path DIRECT handed to WireGuard (endpoint \(endpoint))")
+                let t = WireGuardInterface.transfer(wg.name)?[key]
+                loop.execute { [self] _ in
+                    guard let j = byKey[key], links[j].handedOff == endpoint, let t else { return }
+                    links[j].handoffTransfer = (t.rx, t.tx, loop.now)
+                }
+            } catch {
+                log("peer \(short(key)): cannot hand the path to WireGuard: \(error)")
+            }
+        }
+        statusDirty = true
+    }
+
+    /// Points WireGuard back at the agent's local endpoint for the peer.
+    private func takeBack(_ i: Int, because why: String) {
+        guard let wg = wireGuard, links[i].handedOff != nil else { return }
+        links[i].handedOff = nil
+        links[i].handoffTransfer = nil
+        let key = links[i].key, local = SocketAddress(ip: IPAddress("127.0.0.1")!, port: links[i].proxyPort), log = self.log
+        runInBackground {
+            try? wg.setEndpoint(peer: key, local)
+            log("peer \(String(key.prefix(8)))…: path taken back from WireGuard (\(why))")
+        }
+        statusDirty = true
+    }
+
+    /// Checks handed-off paths (about every 2 s, from `tick`): WireGuard sent, nothing came back.
+    private func checkHandoffs() {
+        guard let wg = wireGuard, links.contains(where: { $0.handoffTransfer != nil }) else { return }
+        runInBackground { [self] in
+            guard let now = WireGuardInterface.transfer(wg.name) else { return }
+            loop.execute { [self] _ in
+                for i in links.indices {
+                    guard let before = links[i].handoffTransfer, let t = now[links[i].key] else { continue }
+                    if t.rx > before.rx {
+                        links[i].handoffTransfer = (t.rx, t.tx, loop.now)  // works: measure from here
+                    } else if t.tx > before.tx && loop.now > before.at + 5_000_000_000 {
+                        links[i].handoffRefused = true
+                        takeBack(i, because: "WireGuard sent \(t.tx - before.tx) bytes to the peer directly and got nothing back in 5 s")
+                    }
+                }
+            }
+        }
+    }
+
+    private func runInBackground(_ body: @escaping @Sendable () -> Void) {
+        do { try Threads.detach(name: "ferry-wg", body) } catch { body() }
     }
 
     // MARK: Packets
@@ -803,8 +893,10 @@ public final class Tunnel: EventHandler, @unchecked Sendable {
             ("uptime_seconds", .number(Double((now - started) / 1_000_000_000))),
             ("peers", .array(links.map { l in
                 let path: String = l.route.map { $0.throughRelay ? "relayed" : "direct" } ?? (l.online ? "connecting" : "offline")
+                let handedOff: JSONValue = l.handedOff.map { .string("\($0)") } ?? .null
                 var m: [(String, JSONValue)] = [("key", .string(l.key)), ("path", .string(path)),
-                                                ("local_endpoint", .string("127.0.0.1:\(l.proxyPort)")), ("online", .bool(l.online))]
+                                                ("local_endpoint", .string("127.0.0.1:\(l.proxyPort)")), ("online", .bool(l.online)),
+                                                ("wireguard_endpoint", handedOff)]
                 if let r = l.route {
                     m.append(("route", .string("\(r)")))
                     m.append(("remote", .string("\(r.remote)")))

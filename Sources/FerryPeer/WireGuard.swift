@@ -35,6 +35,19 @@ public struct WireGuardInterface: Sendable {
         return i
     }
 
+    /// Bytes received and sent per peer, from `wg show IFACE dump` (nil if it cannot be read).
+    public static func transfer(_ name: String) -> [String: (rx: UInt64, tx: UInt64)]? {
+        let r = Subprocess.run(["wg", "show", name, "dump"])
+        guard r.status == 0 else { return nil }
+        var out: [String: (rx: UInt64, tx: UInt64)] = [:]
+        for line in r.output.split(separator: "\n").dropFirst() {
+            let f = line.split(separator: "\t")
+            guard f.count >= 7, let rx = UInt64(f[5]), let tx = UInt64(f[6]) else { continue }
+            out[String(f[0])] = (rx, tx)
+        }
+        return out
+    }
+
     /// Points WireGuard's endpoint for `peer` at `endpoint` (the agent's local socket for it).
     public func setEndpoint(peer: String, _ endpoint: SocketAddress) throws(Failure) {
         let r = Subprocess.run(["wg", "set", name, "peer", peer, "endpoint", "\(endpoint)"])

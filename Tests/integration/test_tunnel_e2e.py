@@ -208,3 +208,34 @@ def test_d_a_restarted_relay_carries_traffic_again_within_10s(setup):
     assert seqs and seqs[-1] >= 240, out[-2000:] + s.logs()
     gaps = [b - a for a, b in zip(seqs, seqs[1:])]
     assert max(gaps) * 0.1 <= 10, f"longest outage {max(gaps) * 0.1:.1f} s\n" + s.logs()
+
+
+def test_e_a_direct_path_to_a_host_address_is_handed_to_wireguard(setup):
+    s = setup(nat="none")
+    s.wait_for_ping()
+
+    def handed(name, want):
+        st = s.status(name)
+        return st and st["peers"] and st["peers"][0].get("wireguard_endpoint") == want
+    wait_until(lambda: handed("a", "10.2.0.2:51820") and handed("b", "10.1.0.2:51820"), timeout=15, what=s.logs)
+    endpoint = s.lab.peer_a.exec("wg", "show", s.wg_a.name, "endpoints").stdout
+    assert "10.2.0.2:51820" in endpoint, endpoint
+    before = s.status("a")["peers"][0]["tx_packets"]
+    r = s.ping(count=50, interval=0.02)
+    assert " 0% packet loss" in r.stdout, r.stdout
+    time.sleep(1.2)  # one status rewrite
+    assert s.status("a")["peers"][0]["tx_packets"] == before, "WireGuard talks to the peer itself: nothing crosses the agent"
+
+
+def test_f_a_handoff_that_gets_no_answer_is_taken_back(setup):
+    s = setup(nat="none")
+    # WireGuard's own port is unreachable between the peers (a firewall), the agents' ports are not.
+    r = subprocess.run(["ip", "netns", "exec", s.lab.nat_b.name, "nft", "-f", "-"], text=True, capture_output=True,
+                       input="add table ip lab\nadd chain ip lab forwarding { type filter hook forward priority 0; }\n"
+                             "add rule ip lab forwarding udp dport 51820 drop\nadd rule ip lab forwarding udp sport 51820 drop\n")
+    assert r.returncode == 0, r.stderr
+    s.wait_for_ping(timeout=60)
+    wait_until(lambda: "taken back" in s.logs(), timeout=20, what=s.logs)
+    r = s.ping(count=20, interval=0.05)
+    assert " 0% packet loss" in r.stdout, r.stdout + s.logs()
+    assert s.status("a")["peers"][0]["wireguard_endpoint"] is None
