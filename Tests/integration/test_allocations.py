@@ -36,6 +36,19 @@ def both_ways(n, out_a, in_b, out_b, in_a, chunk=100):
                 step()
 
 
+def busy_and_idle(counter, work):
+    """Allocations counted while `work()` runs, and while the process sits idle for as long
+    (what it allocates anyway: sweeps, timers); and how long that was."""
+    start = read_count(counter)
+    started = time.monotonic()
+    work()
+    busy = read_count(counter) - start
+    took = time.monotonic() - started
+    before = read_count(counter)
+    time.sleep(took)
+    return busy, read_count(counter) - before, took
+
+
 def read_count(path):
     with open(path, "rb") as f:
         return struct.unpack("<Q", f.read(8))[0]
@@ -68,15 +81,7 @@ def test_relaying_allocates_nothing_per_packet(ferryd_factory, tmpdir_path, coun
     relay_both_ways(2000)
     wait_until(lambda: f.metric("ferry_turn_relayed_packets_total", {"direction": "to_client"}) >= 2000)
 
-    idle_start = read_count(counter)
-    started = time.monotonic()
-    relay_both_ways(PACKETS)
-    busy = read_count(counter) - idle_start
-    took = time.monotonic() - started
-    # The same time spent idle: what the process allocates anyway (sweeps, timers).
-    before = read_count(counter)
-    time.sleep(took)
-    idle = read_count(counter) - before
+    busy, idle, took = busy_and_idle(counter, lambda: relay_both_ways(PACKETS))
 
     relayed = 2 * PACKETS
     per_packet = max(0, busy - idle) / relayed
@@ -146,14 +151,7 @@ self_relay_urls = ["turn:127.0.0.1:{port}?transport=udp"]
         # More packets than ferryd's test: the agent's periodic work (consent checks every
         # second, the status file) is larger, and must stay small next to one per packet.
         packets = 3 * PACKETS
-        start = read_count(counter)
-        started = time.monotonic()
-        through_agents(packets)
-        busy = read_count(counter) - start
-        took = time.monotonic() - started
-        before = read_count(counter)
-        time.sleep(took)
-        idle = read_count(counter) - before
+        busy, idle, took = busy_and_idle(counter, lambda: through_agents(packets))
         print(f"\nagent allocations ({want}): {busy} carrying {2 * packets} packets in {took:.2f} s, {idle} idle for as long")
         assert busy - idle < 2 * packets / 100, (busy, idle)
         if relay_only:
