@@ -102,7 +102,7 @@ public struct BenchResult: Sendable {
 
 public final class Bench: @unchecked Sendable {
     public let options: BenchOptions
-    var sockets: [FileDescriptor] = []
+    var sockets: [ClientConnection] = []
     var clients: [TURNClient] = []
     var channels: [UInt16] = []
     var server = SocketAddress(ip: .ipv4Any, port: 0)
@@ -114,8 +114,6 @@ public final class Bench: @unchecked Sendable {
     public struct Failure: Error, CustomStringConvertible { public let description: String }
 
     public init(options: BenchOptions) { self.options = options }
-
-    deinit { for s in sockets { _ = s.close() } }
 
     /// Allocates and pairs every socket (blocking; before the clock starts).
     public func setUp() throws(Failure) {
@@ -135,25 +133,24 @@ public final class Bench: @unchecked Sendable {
         var relayed: [SocketAddress] = []
         var mismatches = 0
         while sockets.count < options.allocations {
-            let fd: FileDescriptor
+            let conn: ClientConnection
             do {
-                fd = try Sockets.udp(bind: SocketAddress(ip: .ipv4Any, port: 0), options: .init(reusePort: false, receiveBuffer: 4 << 20, sendBuffer: 4 << 20))
+                conn = try ClientConnection(to: server, transport: .udp, host: options.server.host, caFile: nil,
+                                            timeoutMilliseconds: 5000, socketBuffers: 4 << 20)
             } catch {
                 throw Failure(description: "\(error)")
             }
             var c = TURNClient(credentials: options.credentials, reliable: false, software: "ferry-bench")
             do throws(Failure) {
-                guard case .allocated(let r, _, _)? = try transact(fd, &c, c.allocate(now: monotonicNanos())) else {
-                    _ = fd.close()
+                guard case .allocated(let r, _, _)? = try transact(conn, &c, c.allocate(now: monotonicNanos())) else {
                     throw Failure(description: "allocation \(sockets.count + 1) failed: no answer")
                 }
-                sockets.append(fd)
+                sockets.append(conn)
                 relayed.append(r)
                 clients.append(c)
             } catch let e where e.description.hasPrefix("437") && mismatches < 16 {
                 // The server still holds an allocation for this 5-tuple (a port an earlier run
                 // used and the kernel handed out again): RFC 8656 §7.2, choose another port.
-                _ = fd.close()
                 mismatches += 1
             }
         }
@@ -167,28 +164,16 @@ public final class Bench: @unchecked Sendable {
         }
     }
 
-    private func transact(_ fd: FileDescriptor, _ c: inout TURNClient, _ first: [UInt8]) throws(Failure) -> TURNClient.Event? {
-        let deadline = monotonicNanos() + 5_000_000_000
-        var buffer = [UInt8](repeating: 0, count: 2048)
-        _ = try? first.withUnsafeBytes { b throws(SystemError) in try Sockets.sendDatagram(fd.raw, b, to: server) }
-        while monotonicNanos() < deadline {
-            let (events, sends) = c.tick(now: monotonicNanos())
-            for s in sends { _ = try? s.withUnsafeBytes { b throws(SystemError) in try Sockets.sendDatagram(fd.raw, b, to: server) } }
-            if let e = events.first { return e }
-            guard Sockets.wait(fd.raw, timeoutMilliseconds: 50) else { continue }
-            guard case .done(let (n, from))? = try? buffer.withUnsafeMutableBytes({ b throws(SystemError) in try Sockets.receiveDatagram(fd.raw, into: b) }),
-                  from == server else { continue }
-            var result: (events: [TURNClient.Event], send: [[UInt8]]) = ([], [])
-            buffer.withUnsafeBytes { b in
-                if case .success(let m) = STUNMessage.parse(UnsafeRawBufferPointer(rebasing: b[0..<n])) { result = c.receive(m, now: monotonicNanos()) }
-            }
-            for s in result.send { _ = try? s.withUnsafeBytes { b throws(SystemError) in try Sockets.sendDatagram(fd.raw, b, to: server) } }
-            if let e = result.events.first {
-                if case .failed(_, let code, let reason) = e { throw Failure(description: "\(code) \(reason)") }
-                return e
-            }
+    /// One request to completion: the event, an error response thrown as "CODE reason".
+    private func transact(_ conn: ClientConnection, _ c: inout TURNClient, _ first: [UInt8]) throws(Failure) -> TURNClient.Event? {
+        let e: TURNClient.Event?
+        do {
+            e = try conn.exchange(&c, first, timeoutMilliseconds: 5000)
+        } catch {
+            throw Failure(description: "\(error)")
         }
-        return nil
+        if case .failed(_, let code, let reason)? = e { throw Failure(description: "\(code) \(reason)") }
+        return e
     }
 
     /// Sends for the duration, receiving on a second thread; `progress` is called about once a
@@ -230,7 +215,7 @@ public final class Bench: @unchecked Sendable {
                     queues[s].append(frame, size + 4, to: server)
                     sent += 1
                 }
-                queues[s].flush(sockets[s].raw)
+                queues[s].flush(sockets[s].fdRaw)
                 budget -= UInt64(count)
             }
             if now >= nextProgress {
@@ -271,7 +256,7 @@ public final class Bench: @unchecked Sendable {
     /// the loop, which holds the timer, and leak both).
     private func receive(on loop: EventLoop) {
         let rx = Receiver(bench: self)
-        let registrations = sockets.map { s in (s.raw, try? loop.register(fd: s.raw, events: Epoll.input, handler: rx)) }
+        let registrations = sockets.map { s in (s.fdRaw, try? loop.register(fd: s.fdRaw, events: Epoll.input, handler: rx)) }
         loop.run()
         for case (let fd, let r?) in registrations { loop.deregister(fd: fd, r) }
         rx.publish()
@@ -289,7 +274,7 @@ public final class Bench: @unchecked Sendable {
 
         func handleEvent(_ events: UInt32, loop: EventLoop) {
             // Which socket is not passed; every socket is drained (they are few).
-            for s in bench.sockets { drain(s.raw) }
+            for s in bench.sockets { drain(s.fdRaw) }
             if loop.now > published + 50_000_000 {
                 published = loop.now
                 publish()

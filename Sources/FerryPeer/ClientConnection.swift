@@ -22,14 +22,16 @@ public final class ClientConnection {
 
     /// Connects (TCP and TLS: handshake included) to `server`; `host` is the name for SNI and
     /// certificate checks.
+    /// `socketBuffers`: SO_RCVBUF and SO_SNDBUF for a UDP socket (0: the kernel's default).
     public init(to server: SocketAddress, transport: ServerURL.Transport, host: String, caFile: String?, alpn: [String] = [],
-                timeoutMilliseconds: Int32) throws(Failure) {
+                timeoutMilliseconds: Int32, socketBuffers: Int = 0) throws(Failure) {
         self.server = server
         self.transport = transport
         do {
             switch transport {
             case .udp:
-                fd = try Sockets.udpClient(local: SocketAddress(ip: server.ip.isIPv4 ? .ipv4Any : .ipv6Any, port: 0))
+                fd = try Sockets.udp(bind: SocketAddress(ip: server.ip.isIPv4 ? .ipv4Any : .ipv6Any, port: 0),
+                                     options: .init(reusePort: false, receiveBuffer: socketBuffers, sendBuffer: socketBuffers))
                 tls = nil
             case .tcp:
                 fd = try Sockets.connectTCP(server, timeoutMilliseconds: timeoutMilliseconds)
@@ -171,6 +173,30 @@ public final class ClientConnection {
             return Array(input[0..<(4 + payload)])
         case .incomplete, .invalid:
             return nil
+        }
+    }
+}
+
+extension ClientConnection {
+    /// Sends a TURN request and drives `client` until it reports an event: the 401 and 438
+    /// rounds, and retransmissions over UDP. The event (a `.failed` one included), or nil when
+    /// nothing came before the timeout. `ferry probe` and `ferry bench` share it.
+    public func exchange(_ client: inout TURNClient, _ first: [UInt8], timeoutMilliseconds: Int32) throws(Failure) -> TURNClient.Event? {
+        let deadline = monotonicNanos() + UInt64(timeoutMilliseconds) * 1_000_000
+        try send(first)
+        while true {
+            let now = monotonicNanos()
+            guard now < deadline else { return nil }
+            let (timeouts, again) = client.tick(now: now)
+            for bytes in again { try send(bytes) }
+            if let e = timeouts.first { return e }
+            guard let m = try receiveMessage(until: min(deadline, client.nextDeadline)) else { continue }
+            var result: (events: [TURNClient.Event], send: [[UInt8]]) = ([], [])
+            m.withUnsafeBytes { b in
+                if case .success(let msg) = STUNMessage.parse(b, exact: true) { result = client.receive(msg, now: monotonicNanos()) }
+            }
+            for bytes in result.send { try send(bytes) }
+            if let e = result.events.first { return e }
         }
     }
 }

@@ -248,26 +248,12 @@ public struct Prober {
         }
     }
 
-    /// Sends `first` and drives the client until it reports an event (after 401/438 rounds).
+    /// Sends `first` and drives the client until it reports an event; a failure or silence
+    /// becomes the failing step `name`.
     private func transact(_ c: ClientConnection, _ client: inout TURNClient, _ first: [UInt8], into t: inout ProbeTarget,
                           name: String) -> TURNClient.Event? {
-        let deadline = monotonicNanos() + UInt64(options.timeoutMilliseconds) * 1_000_000
         do {
-            try c.send(first)
-            while true {
-                let now = monotonicNanos()
-                guard now < deadline else { break }
-                let (timeouts, again) = client.tick(now: now)
-                for bytes in again { try c.send(bytes) }
-                if let e = timeouts.first { return failed(e, name: name, into: &t) }
-                guard let m = try c.receiveMessage(until: min(deadline, client.nextDeadline)) else { continue }
-                var result: (events: [TURNClient.Event], send: [[UInt8]]) = ([], [])
-                m.withUnsafeBytes { b in
-                    if case .success(let msg) = STUNMessage.parse(b, exact: true) { result = client.receive(msg, now: monotonicNanos()) }
-                }
-                for bytes in result.send { try c.send(bytes) }
-                if let e = result.events.first { return failed(e, name: name, into: &t) }
-            }
+            if let e = try c.exchange(&client, first, timeoutMilliseconds: options.timeoutMilliseconds) { return failed(e, name: name, into: &t) }
             t.steps.append(step(name, ok: false, "no answer within \(options.timeoutMilliseconds) ms"))
         } catch {
             t.steps.append(step(name, ok: false, "\(error)"))

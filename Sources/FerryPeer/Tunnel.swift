@@ -107,6 +107,10 @@ public final class Tunnel: EventHandler, @unchecked Sendable {
     var relayURLs: [ServerURL] = []
     var relayCredentials: [String: TURNClient.Credentials] = [:]
     var relayAttempt = 0
+    /// The relay's bound channels both ways, kept here for the packet path (a lookup in a
+    /// dictionary, instead of a copy of the whole `TURNClient` and a scan of its channels).
+    var channelPeers: [UInt16: SocketAddress] = [:]
+    var peerChannels: [SocketAddress: UInt16] = [:]
     var relayGeneration = 0
     var ranking: [TransactionID: (host: String, address: SocketAddress, sent: UInt64)] = [:]
     var roundTrips: [String: UInt64] = [:]
@@ -288,23 +292,17 @@ public final class Tunnel: EventHandler, @unchecked Sendable {
 
     private func send(_ type: String, link i: Int, body: JSONValue) {
         do {
-            let sealed = try sealer.seal(body.encoded(), type: type, to: links[i].keyBytes, nowMilliseconds: wallClockMillis())
+            let sealed = try sealer.seal(body.encoded(), type: type, to: links[i].keyBytes, nowMilliseconds: wallClockMilliseconds())
             signal.post(.route(type: type, to: links[i].key, payload: sealed))
         } catch {
             log("peer \(short(links[i].key)): cannot seal: \(error)")
         }
     }
 
-    private func wallClockMillis() -> UInt64 {
-        var ts = timespec()
-        clock_gettime(CLOCK_REALTIME, &ts)
-        return UInt64(ts.tv_sec) * 1000 + UInt64(ts.tv_nsec) / 1_000_000
-    }
-
     private func received(_ type: String, payload: String, link i: Int) {
         let plain: [UInt8]
         do {
-            plain = try sealer.open(payload, type: type, from: links[i].keyBytes, nowMilliseconds: wallClockMillis())
+            plain = try sealer.open(payload, type: type, from: links[i].keyBytes, nowMilliseconds: wallClockMilliseconds())
         } catch {
             log("peer \(short(links[i].key)): \(type) refused: \(error)")
             return
@@ -401,6 +399,8 @@ public final class Tunnel: EventHandler, @unchecked Sendable {
         }
         relay = .none
         turn = nil
+        channelPeers = [:]
+        peerChannels = [:]
         relayTransport = "none"
     }
 
@@ -519,6 +519,8 @@ public final class Tunnel: EventHandler, @unchecked Sendable {
                     startGathering()
                 }
             case .channelBound(let number, let peer):
+                channelPeers[number] = peer
+                peerChannels[peer] = number
                 log("relay: channel 0x\(String(number, radix: 16)) bound to \(peer)")
             default:
                 break
@@ -714,7 +716,7 @@ public final class Tunnel: EventHandler, @unchecked Sendable {
     func fromRelayServer(_ p: UnsafeMutableRawBufferPointer) {
         guard p.count >= 4 else { return }
         if ChannelData.isChannelData(firstByte: p[0]) {
-            guard let (channel, length) = ChannelData.parse(UnsafeRawBufferPointer(p)), let peer = turn?.peer(forChannel: channel) else { return }
+            guard let (channel, length) = ChannelData.parse(UnsafeRawBufferPointer(p)), let peer = channelPeers[channel] else { return }
             fromPeer(UnsafeMutableRawBufferPointer(rebasing: p[4..<(4 + length)]), from: peer, via: .relayed)
             return
         }
@@ -793,7 +795,7 @@ public final class Tunnel: EventHandler, @unchecked Sendable {
     }
 
     private func forwardRelayed(_ data: UnsafeMutableRawPointer, _ length: Int, to peer: SocketAddress, link i: Int) {
-        guard let t = turn, let channel = t.channel(for: peer) else {
+        guard let channel = peerChannels[peer] else {
             // Until the channel is bound: a Send indication (allocates; a few packets at most).
             if let t = turn, t.phase == .allocated { sendTURN(t.sendIndication(to: peer, data: Array(UnsafeRawBufferPointer(start: data, count: length)))) }
             return

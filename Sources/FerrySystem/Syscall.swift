@@ -116,6 +116,14 @@ public func wallClockSeconds() -> UInt64 {
     return UInt64(ts.tv_sec)
 }
 
+/// Wall-clock milliseconds since the epoch (timestamps of sealed signaling payloads).
+@inlinable
+public func wallClockMilliseconds() -> UInt64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_REALTIME, &ts)
+    return UInt64(ts.tv_sec) &* 1000 &+ UInt64(ts.tv_nsec) / 1_000_000
+}
+
 /// Raises the soft limit on open files to the hard limit (every allocation holds a relayed
 /// socket; the default soft limit of 1024 would cap a relay at a few hundred sessions).
 /// Returns the new soft limit.
