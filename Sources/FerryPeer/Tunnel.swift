@@ -129,6 +129,13 @@ public final class Tunnel: EventHandler, @unchecked Sendable {
 
     public struct Failure: Error, CustomStringConvertible { public let description: String }
 
+    /// Receive and send buffers of the ICE and proxy sockets. WireGuard writes a burst of a
+    /// TCP window at once; at Linux's default (208 KiB, ~90 full-size packets) a burst the agent
+    /// is not scheduled in time for overflows the proxy socket and TCP inside the tunnel backs
+    /// off (test_tunnel_integrity.py). wireguard-go asks for 7 MiB for the same reason; as root
+    /// the agent gets this size whatever `net.core.rmem_max` says (SO_RCVBUFFORCE).
+    static let socketBuffer = 4 << 20
+
     public init(config: TunnelConfig, log: @escaping @Sendable (String) -> Void) throws(Failure) {
         self.config = config
         self.log = log
@@ -154,9 +161,11 @@ public final class Tunnel: EventHandler, @unchecked Sendable {
             loop = engine.loops[0]
             ice = try Sockets.udpClient(local: SocketAddress(ip: .ipv4Any, port: config.port))
             icePort = try Sockets.localAddress(ice.raw).port
+            try Sockets.applyBuffers(ice.raw, receive: Tunnel.socketBuffer, send: Tunnel.socketBuffer)
             for p in cfg.peers {
                 let fd = try Sockets.udpClient(local: SocketAddress(ip: IPAddress("127.0.0.1")!, port: 0))
                 let port = try Sockets.localAddress(fd.raw).port
+                try Sockets.applyBuffers(fd.raw, receive: Tunnel.socketBuffer, send: Tunnel.socketBuffer)
                 links.append(Link(key: p.key, keyBytes: Base64.decode(p.key) ?? [], proxy: fd, proxyPort: port,
                                   deliverTo: p.deliverTo, out: UDPSendQueue(capacity: 64)))
                 byKey[p.key] = links.count - 1
@@ -822,6 +831,8 @@ public final class Tunnel: EventHandler, @unchecked Sendable {
     /// Bytes on the TURN stream (TCP or TLS): framed, then as datagrams from the server.
     func readStream() {
         guard case .stream(let c) = relay else { return }
+        // Every return sends what is queued while the bytes it points to are still in place.
+        defer { flush() }
         while true {
             let n = streamInput.withUnsafeMutableBytes { c.read(into: UnsafeMutableRawBufferPointer(rebasing: $0[streamFill...])) }
             guard let n else { break }
@@ -852,6 +863,10 @@ public final class Tunnel: EventHandler, @unchecked Sendable {
                 }
                 break
             }
+            // What was queued for WireGuard points into `streamInput`: send it before the
+            // partial frame left over is moved to the front over it (it was sent after, and
+            // packets arrived altered whenever a read ended inside a frame).
+            flush()
             if consumed > 0 {
                 streamInput.withUnsafeMutableBytes { b in
                     b.baseAddress!.copyMemory(from: b.baseAddress! + consumed, byteCount: streamFill - consumed)
@@ -864,7 +879,6 @@ public final class Tunnel: EventHandler, @unchecked Sendable {
                 return
             }
         }
-        flush()
     }
 
     private func flushLink(_ i: Int) {
