@@ -5,6 +5,7 @@
 #include <string.h>
 #include <unistd.h>
 #include <netinet/udp.h>
+#include <sys/socket.h>
 
 _Static_assert(sizeof(struct ferry_mmsghdr) == sizeof(struct mmsghdr), "mmsghdr layout");
 _Static_assert(offsetof(struct ferry_mmsghdr, msg_len) == offsetof(struct mmsghdr, msg_len), "mmsghdr layout");
@@ -109,4 +110,14 @@ int ferry_accept4(int fd, struct sockaddr_storage *addr, socklen_t *len) {
 const char *__lsan_default_suppressions(void);
 const char *__lsan_default_suppressions(void) {
     return "leak:/TOMLKit/Sources/\n";
+}
+
+int ferry_peer_credentials(int fd, int *pid, unsigned int *uid, unsigned int *gid) {
+    struct ucred cred;
+    socklen_t size = sizeof(cred);
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &size) != 0) return -1;
+    *pid = cred.pid;
+    *uid = cred.uid;
+    *gid = cred.gid;
+    return 0;
 }

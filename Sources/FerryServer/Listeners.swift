@@ -18,6 +18,8 @@ import Logging
 struct ListenerRegistry {
     private(set) var passed: [String: [Int32]] = [:]
     let logger: Logger
+    /// One `PortLock` per transport and port this ferryd listens on, held until it exits.
+    private(set) var locks: [String: FileDescriptor] = [:]
 
     init(passed sockets: [Systemd.PassedSocket], logger: Logger) {
         self.logger = logger
@@ -41,13 +43,22 @@ struct ListenerRegistry {
         passed.removeAll()
     }
 
+    /// Takes the port's lock (see `PortLock`) unless this ferryd holds it already. Port 0 (any
+    /// free port, in tests) needs none before binding: it is locked once the kernel picked it.
+    mutating func lock(_ transport: String, _ port: UInt16) throws {
+        let name = "\(transport)/\(port)"
+        guard port != 0, locks[name] == nil else { return }
+        locks[name] = try PortLock.acquire(name)
+    }
+
     /// One UDP socket per worker for a listener: passed ones, else bound here with SO_REUSEPORT.
     /// Returns (worker index, socket) pairs.
     mutating func udpSockets(_ listener: FerryConfig.Listener, workers: Int, options: Sockets.UDPOptions)
-        throws(SystemError) -> [(worker: Int, fd: FileDescriptor)] {
+        throws -> [(worker: Int, fd: FileDescriptor)] {
         var out: [(worker: Int, fd: FileDescriptor)] = []
         let passed = take(listener.name)
         if !passed.isEmpty {
+            for raw in passed { try lock("udp", (try? Sockets.localAddress(raw).port) ?? 0) }
             for (i, raw) in passed.enumerated() {
                 let fd = FileDescriptor(raw)
                 guard Sockets.type(raw) == Int32(SOCK_DGRAM.rawValue) else {
@@ -67,9 +78,13 @@ struct ListenerRegistry {
             return out
         }
         var address = listener.address
+        try lock("udp", address.port)
         for w in 0..<workers {
             let fd = try Sockets.udp(bind: address, options: options)
-            if address.port == 0 { address = try Sockets.localAddress(fd.raw) }
+            if address.port == 0 {
+                address = try Sockets.localAddress(fd.raw)
+                try lock("udp", address.port)
+            }
             out.append((w, fd))
         }
         return out
@@ -77,9 +92,10 @@ struct ListenerRegistry {
 
     /// Listening TCP sockets for a stream listener: one SO_REUSEPORT socket per worker bound here,
     /// or the passed socket shared by every worker (`shared`: registered with EPOLLEXCLUSIVE).
-    mutating func tcpSockets(_ listener: FerryConfig.Listener, workers: Int) throws(SystemError) -> (sockets: [FileDescriptor], shared: Bool) {
+    mutating func tcpSockets(_ listener: FerryConfig.Listener, workers: Int) throws -> (sockets: [FileDescriptor], shared: Bool) {
         let passed = take(listener.name)
         if let first = passed.first {
+            try lock("tcp", (try? Sockets.localAddress(first).port) ?? 0)
             for extra in passed.dropFirst() {
                 logger.warning("more than one stream socket passed for a listener; using the first",
                                metadata: ["listener": "\(listener.name)"])
@@ -93,10 +109,14 @@ struct ListenerRegistry {
             return (Array(repeating: fd, count: workers), true)
         }
         var address = listener.address
+        try lock("tcp", address.port)
         var out: [FileDescriptor] = []
         for _ in 0..<workers {
             let fd = try Sockets.tcpListener(bind: address, backlog: 4096, reusePort: true)
-            if address.port == 0 { address = try Sockets.localAddress(fd.raw) }
+            if address.port == 0 {
+                address = try Sockets.localAddress(fd.raw)
+                try lock("tcp", address.port)
+            }
             out.append(fd)
         }
         return (out, false)

@@ -32,6 +32,8 @@ public final class Server: @unchecked Sendable {
     private let engine: Engine
     private let metrics: MetricsRegistry
     private var admin: AdminServer?
+    /// The `PortLock`s of the listening ports: open until the process exits.
+    private var portLocks: [FileDescriptor] = []
     private var signals: SignalSource?
     /// One per event loop: sockets, connections and the services registered on them.
     private var workers: [Worker] = []
@@ -119,6 +121,8 @@ public final class Server: @unchecked Sendable {
 
     private func setUp() throws {
         var registry = ListenerRegistry(passed: Systemd.takeListenedSockets(), logger: logger)
+        // Kept whether set-up succeeds or not (a failed start exits with them held).
+        defer { portLocks = Array(registry.locks.values) }
         if registry.activated { logger.info("socket activation", metadata: ["names": "\(registry.passed.keys.sorted())"]) }
         registerGlobalMetrics()
         workers = engine.loops.map { loop in

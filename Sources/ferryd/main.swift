@@ -57,7 +57,13 @@ struct Ferryd: ParsableCommand {
         }
         let server = try Server(config: cfg, reload: path == nil ? nil : load, logger: logger, levelBox: levelBox)
         runningServer = server
-        let code = try server.run()
+        let code: Int32
+        do {
+            code = try server.run()
+        } catch {
+            logger.critical("cannot start", metadata: ["error": "\(error)"])
+            throw ExitCode(1)
+        }
         if code != 0 { throw ExitCode(code) }
     }
 

@@ -61,6 +61,9 @@ int ferry_cmsg_gro_size(const struct msghdr *hdr);
 int ferry_accept4(int fd, struct sockaddr_storage *addr, socklen_t *len);
 
 int ferry_pin_current_thread(int cpu);
+/// The credentials of the process at the other end of a Unix socket (SO_PEERCRED): 0, or -1
+/// with errno set.
+int ferry_peer_credentials(int fd, int *pid, unsigned int *uid, unsigned int *gid);
 int ferry_set_thread_name(const char *name);
 int ferry_block_signals(const int *signals, int count);
 int ferry_signalfd(const int *signals, int count);
