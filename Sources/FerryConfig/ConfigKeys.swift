@@ -137,6 +137,10 @@ extension FerryConfig {
                   meaning: "json: one object per line", [
             .field("log.format", \.log.format, example: [("log.format", "\"json\"")]),
         ]),
+        ConfigKey(default: "true", allowed: "bool", override: "", reload: .restart,
+                  meaning: "one `ferryd.session` line per ended allocation or signaling session (info level)", [
+            .field("log.sessions", \.log.sessions, example: [("log.sessions", "false")]),
+        ]),
         ConfigKey(default: "64", allowed: "1–1024", override: "", reload: .restart,
                   meaning: "datagrams per recvmmsg/sendmmsg", [
             .field("engine.batch_size", \.engine.batchSize, example: [("engine.batch_size", "32")]),

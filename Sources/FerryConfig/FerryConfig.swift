@@ -149,6 +149,8 @@ public struct FerryConfig: Sendable, Equatable {
     public struct Log: Sendable, Equatable {
         public var level = LogLevel.info
         public var format = LogFormat.text
+        /// One line per ended allocation or signaling session (`ferryd.session`).
+        public var sessions = true
     }
 
     public struct Engine: Sendable, Equatable {
@@ -239,6 +241,7 @@ public struct FerryConfig: Sendable, Equatable {
         let log = root.table("log")
         c.log.level = log.choice("level", default: LogLevel.info)
         c.log.format = log.choice("format", default: LogFormat.text)
+        c.log.sessions = log.bool("sessions", default: true)
         log.finish()
 
         let engine = root.table("engine")

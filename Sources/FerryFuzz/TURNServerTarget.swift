@@ -100,6 +100,13 @@ enum TURNServerTarget {
         var lastToken: [UInt8] = [0, 0, 0, 0, 0, 0, 0, 1]
         var out = [UInt8](repeating: 0, count: 1500)
         var usernames: Set<String> = ["alice", "bob"]
+        // Every allocation that ends says so once, with a record of what it was.
+        var ends = 0
+        let startWall = wall
+        server.onEnd = { record, _ in
+            require(record.created >= startWall && !record.username.isEmpty, "an ended allocation has its creation time and user")
+            ends += 1
+        }
 
         /// Hands a message to the server and checks what it does.
         func handle(_ bytes: [UInt8], client c: Int) {
@@ -242,7 +249,14 @@ enum TURNServerTarget {
                 wall += seconds
                 server.sweep(now: now)
             case 8:
-                server.clientGone(clients[c])
+                if r.byte() % 2 == 0 {
+                    server.clientGone(clients[c], now: now)
+                } else {
+                    let user = r.pick(["alice", "bob", ""])
+                    let before = server.activeAllocations
+                    let ended = server.endAllocations(now: now) { $0.user == user }
+                    require(server.activeAllocations == before - ended, "ending by user removes exactly what it counts")
+                }
             default:
                 let secrets = r.byte() % 2 == 0 ? [secret] : []
                 server.update(credentials: CredentialStore(realm: realm, users: r.byte() % 2 == 0 ? ["alice": .password("wonderland")] : [:],
@@ -252,7 +266,10 @@ enum TURNServerTarget {
             require(server.activeAllocations <= settings.maxAllocations, "allocations stay within the cap")
         }
         // Shutdown, and reservations nobody redeemed expire: nothing may be left open.
-        server.closeAll()
+        let live = server.activeAllocations
+        let endedBefore = ends
+        server.closeAll(now: now)
+        require(ends == endedBefore + live, "shutdown writes one record per live allocation")
         server.sweep(now: now + 3_600_000_000_000)
         require(server.activeAllocations == 0, "closeAll leaves no allocation")
         require(relays.open.isEmpty, "every relayed socket is closed in the end (left: \(relays.open.keys.map(\.slot).sorted()))")

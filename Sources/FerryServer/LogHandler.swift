@@ -52,10 +52,23 @@ public struct FerryLogHandler: LogHandler {
             line = "\(FerryLogHandler.timestamp()) \(event.level) \(label): \(event.message)\(meta)\n"
         case .json:
             var fields = "\"ts\":\"\(FerryLogHandler.timestamp())\",\"level\":\"\(event.level)\",\"logger\":\(FerryLogHandler.quote(label)),\"msg\":\(FerryLogHandler.quote("\(event.message)"))"
-            for (k, v) in all.sorted(by: { $0.key < $1.key }) { fields += ",\(FerryLogHandler.quote(k)):\(FerryLogHandler.quote("\(v)"))" }
+            for (k, v) in all.sorted(by: { $0.key < $1.key }) { fields += ",\(FerryLogHandler.quote(k)):\(FerryLogHandler.json(v))" }
             line = "{\(fields)}\n"
         }
         Array(line.utf8).withUnsafeBytes { _ = writeAll(2, $0) }
+    }
+
+    /// A metadata value in JSON: integers and finite numbers given as such (`.stringConvertible`)
+    /// are JSON numbers, so a log shipper sums them without parsing; everything else a string.
+    static func json(_ v: Logger.MetadataValue) -> String {
+        if case .stringConvertible(let c) = v {
+            switch c {
+            case let n as any BinaryInteger: return "\(n)"
+            case let d as Double where d.isFinite: return "\(d)"
+            default: break
+            }
+        }
+        return quote("\(v)")
     }
 
     static func quote(_ s: String) -> String {

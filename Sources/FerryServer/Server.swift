@@ -39,6 +39,7 @@ public final class Server: @unchecked Sendable {
     private var workers: [Worker] = []
     /// One per worker when any listener serves TURN.
     private var turnServices: [TURNService] = []
+    private lazy var sessionLog = SessionLog(enabled: config.log.sessions)
     private var turnCounters: TURNCounters?
     /// The TLS contexts in use (control thread); workers get their own reference on reload.
     private var tlsContexts: TLSContextSet?
@@ -250,7 +251,7 @@ public final class Server: @unchecked Sendable {
                                    batchHistograms: histograms, gso: config.engine.gso, relayBuffer: t.relayBufferBytes)
             let server = TURNServer(settings: settings, credentials: credentials, nonces: nonces, policy: policy,
                                     relays: turn, shared: shared, counters: counters, metrics: metrics.block(loop.index))
-            turn.attach(server)
+            turn.attach(server, sessionLog: sessionLog)
             turnServices.append(turn)
             loop.onSweep { now in server.sweep(now: now) }
         }
@@ -303,7 +304,8 @@ public final class Server: @unchecked Sendable {
             if let signalPolicy, let signalCounters {
                 let sw = SignalWorker(index: loop.index, loop: loop, hub: hub, policy: signalPolicy, counters: signalCounters,
                                       metrics: metrics.block(loop.index), queueLimit: config.signal.queueMessages,
-                                      authTimeoutSeconds: config.signal.authTimeoutSeconds, registry: signalWorkers, loops: engine.loops)
+                                      authTimeoutSeconds: config.signal.authTimeoutSeconds, registry: signalWorkers, loops: engine.loops,
+                                      sessionLog: sessionLog)
                 signalWorkers.all.append(sw)
                 streamSettings.signal = sw
                 streamSettings.allowPlaintextSignal = config.signal.allowPlaintext

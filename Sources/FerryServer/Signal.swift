@@ -143,6 +143,10 @@ final class SignalWorker {
         var pending = Deque<[UInt8]>()
         var watching: [String] = []
         var registered: (peer: String, network: String)?
+        /// For the session log: what came in and went out, and why the server ended it (nil:
+        /// the connection's own close reason).
+        var messagesIn: UInt64 = 0, bytesIn: UInt64 = 0, messagesOut: UInt64 = 0, bytesOut: UInt64 = 0
+        var endReason: String?
         init(session: SignalSession, conn: StreamConnection) {
             self.session = session
             self.conn = conn
@@ -159,6 +163,7 @@ final class SignalWorker {
     private let authTimeout: UInt64
     private let registry: SignalWorkers
     private let loops: [EventLoop]
+    private let sessionLog: SessionLog
     private var sessions: [ConnectionID: Peer] = [:]
     private var authenticated = 0
     private var outbox: [Int: [SignalDelivery]] = [:]
@@ -170,8 +175,9 @@ final class SignalWorker {
     static let directWriteBytes = 64 * 1024
 
     init(index: Int, loop: EventLoop, hub: any SignalDirectory, policy: SignalPolicy, counters: SignalCounters, metrics: CounterBlock,
-         queueLimit: Int, authTimeoutSeconds: Int, registry: SignalWorkers, loops: [EventLoop]) {
+         queueLimit: Int, authTimeoutSeconds: Int, registry: SignalWorkers, loops: [EventLoop], sessionLog: SessionLog) {
         self.index = index
+        self.sessionLog = sessionLog
         self.loop = loop
         self.hub = hub
         self.policy = policy
@@ -197,6 +203,8 @@ final class SignalWorker {
     func text(_ bytes: [UInt8], from conn: StreamConnection) {
         guard let p = sessions[conn.id] else { return }
         let received = loop.now
+        p.messagesIn &+= 1
+        p.bytesIn &+= UInt64(bytes.count)
         for action in p.session.receive(bytes, now: received, wallNow: wallClockSeconds()) {
             switch action {
             case .reply(let json):
@@ -222,6 +230,7 @@ final class SignalWorker {
                     metrics.add(c)
                 }
             case .close(let code, let reason):
+                p.endReason = "server_closed_\(code.rawValue)"
                 push(WebSocket.close(code, reason: reason), to: p)
                 conn.closeAfterFlush()
             }
@@ -317,6 +326,8 @@ final class SignalWorker {
             push(d.frame, to: p)
             if d.received > 0 { counters.latency.observe((loop.now &- d.received) / 1000, in: metrics) }
             if d.closeAfter {
+                // Only a replacement closes through a delivery.
+                p.endReason = "replaced"
                 p.session.closed()
                 p.conn.closeAfterFlush()
             }
@@ -330,6 +341,8 @@ final class SignalWorker {
         guard !p.conn.closed else { return }
         if p.pending.isEmpty && p.conn.queuedBytes < SignalWorker.directWriteBytes {
             frame.withUnsafeBytes { _ = p.conn.enqueue($0, droppable: false) }
+            p.messagesOut &+= 1
+            p.bytesOut &+= UInt64(frame.count)
             return
         }
         if p.pending.count >= queueLimit {
@@ -350,6 +363,8 @@ final class SignalWorker {
         while !conn.closed, conn.queuedBytes < SignalWorker.directWriteBytes, let frame = p.pending.popFirst() {
             queued -= 1
             frame.withUnsafeBytes { _ = conn.enqueue($0, droppable: false) }
+            p.messagesOut &+= 1
+            p.bytesOut &+= UInt64(frame.count)
             moved = true
         }
         // An emptied queue gives its storage back: a peer that once fell behind costs no more.
@@ -372,6 +387,7 @@ final class SignalWorker {
         let frame = WebSocket.encode(.text, SignalSession.error(.draining, "this server is shutting down; reconnect elsewhere"))
             + WebSocket.close(.goingAway, reason: "draining")
         for p in sessions.values {
+            p.endReason = "draining"
             p.session.closed()
             push(frame, to: p)
             p.conn.closeAfterFlush()
@@ -394,6 +410,14 @@ final class SignalWorker {
         }
         p.session.closed()
         metrics.set(counters.connected, UInt64(max(0, authenticated)))
+        if let (peer, network) = p.registered, sessionLog.enabled {
+            let seconds = (loop.now &- conn.started) / 1_000_000_000
+            let reason = p.endReason ?? conn.closeReason.map { $0 == .client ? "client_closed" : $0.label } ?? "closed"
+            sessionLog.signalingEnded(SessionLog.Signaling(
+                peer: peer, network: network, client: conn.peer, transport: conn.isTLS ? "wss" : "ws",
+                started: wallClockSeconds() - seconds, durationSeconds: seconds,
+                messagesIn: p.messagesIn, bytesIn: p.bytesIn, messagesOut: p.messagesOut, bytesOut: p.bytesOut, reason: reason))
+        }
     }
 
     /// Once a second: close sessions that did not authenticate in time; ping the others every

@@ -26,6 +26,15 @@ public struct Allocation {
     public var channelCount: Int32 = 0
     /// Bandwidth (bytes), both directions together.
     public var bandwidth = TokenBucket(capacity: 0, now: 0)
+    /// When it was created: monotonic nanoseconds, and Unix seconds for the session log.
+    public var created: UInt64 = 0
+    public var createdWall: UInt64 = 0
+    /// Traffic accepted for relaying, each way (plain adds on the slot the relay path already
+    /// reads; for the session log and `/v1/allocations`).
+    public var packetsToPeer: UInt64 = 0
+    public var bytesToPeer: UInt64 = 0
+    public var packetsToClient: UInt64 = 0
+    public var bytesToClient: UInt64 = 0
 
     public func relay(for family: IPFamily) -> RelayID { family == .ipv4 ? relay4 : relay6 }
     public var clientKey: ClientKey { ClientKey(address: client, transport: transport) }

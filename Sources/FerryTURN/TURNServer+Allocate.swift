@@ -117,6 +117,8 @@ extension TURNServer {
         let lifetime = grantedLifetime(msg, allowZero: false)
         table.pointee.allocations[Int(slot)].expiry = ctx.now + UInt64(lifetime) * 1_000_000_000
         table.pointee.allocations[Int(slot)].username = ctx.username
+        table.pointee.allocations[Int(slot)].created = ctx.now
+        table.pointee.allocations[Int(slot)].createdWall = ctx.wallNow
         table.pointee.allocations[Int(slot)].key = ctx.key
         table.pointee.allocations[Int(slot)].allocateTransaction = msg.transactionID
         table.pointee.allocations[Int(slot)].bandwidth = TokenBucket(capacity: Double(burstBytes), now: ctx.now)

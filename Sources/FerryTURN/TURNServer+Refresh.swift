@@ -24,7 +24,7 @@ extension TURNServer {
             }
         }
         if lifetime == 0 {
-            delete(slot)
+            delete(slot, .clientDeleted, now: ctx.now)
             metrics.add(counters.allocationsDeleted)
         } else {
             table.pointee.allocations[Int(slot)].expiry = ctx.now + UInt64(lifetime) * 1_000_000_000
@@ -32,7 +32,8 @@ extension TURNServer {
         return success(ctx) { w in w.append(STUN.Attribute.lifetime, uint32: lifetime) }
     }
 
-    func delete(_ slot: Int32) {
+    func delete(_ slot: Int32, _ reason: AllocationRecord.End, now: UInt64) {
+        if let onEnd { onEnd(AllocationRecord(table.pointee.allocations[Int(slot)], now: now), reason) }
         let user = table.pointee.allocations[Int(slot)].username
         closeRelays(slot)
         table.pointee.remove(slot)

@@ -39,6 +39,8 @@ extension TURNServer {
         }
         metrics.add(counters.relayedPackets.toPeer)
         metrics.add(counters.relayedBytes.toPeer, UInt64(data.count))
+        table.pointee.allocations[Int(slot)].packetsToPeer &+= 1
+        table.pointee.allocations[Int(slot)].bytesToPeer &+= UInt64(data.count)
         return .relay(relay, peer: peer, payload: data)
     }
 
@@ -58,7 +60,8 @@ extension TURNServer {
             drop(.noChannel)
             return nil
         }
-        let relay = t.pointee.allocations[Int(slot)].relay(for: IPFamily(peer.ip))
+        let a = t.pointee.allocations + Int(slot)
+        let relay = a.pointee.relay(for: IPFamily(peer.ip))
         guard !relay.isNone else {
             drop(.malformed)
             return nil
@@ -67,6 +70,8 @@ extension TURNServer {
             drop(.quota)
             return nil
         }
+        a.pointee.packetsToPeer &+= 1
+        a.pointee.bytesToPeer &+= UInt64(length)
         return (relay, peer)
     }
 
@@ -97,6 +102,8 @@ extension TURNServer {
             drop(.quota)
             return .drop
         }
+        a.pointee.packetsToClient &+= 1
+        a.pointee.bytesToClient &+= UInt64(length)
         let channel = t.pointee.channel(slot, peer: peer, now: now)
         if channel != 0 { return .channel(channel, client: a.pointee.client, via: a.pointee.transport) }
         return .indication(client: a.pointee.client, via: a.pointee.transport)

@@ -21,6 +21,9 @@ public final class TURNServer {
     /// The slabs, behind a pointer: the relay path reads them without exclusivity checks.
     public let table: UnsafeMutablePointer<AllocationTable>
     var unauthorized: RateLimiter<IPAddress>
+    /// Called when an allocation ends, with its last state and why (the session log). Set once
+    /// by the owner before traffic; runs on this worker's thread.
+    public var onEnd: ((AllocationRecord, AllocationRecord.End) -> Void)?
 
     public init(settings: TURNSettings, credentials: CredentialStore, nonces: NonceCodec, policy: PeerPolicy,
                 relays: RelayProvider, shared: TURNShared, counters: TURNCounters, metrics: CounterBlock) {
@@ -186,7 +189,7 @@ public final class TURNServer {
         for i in 0..<t.pointee.usedSlots {
             let a = t.pointee.allocations + i
             if a.pointee.active && a.pointee.expiry <= now {
-                delete(Int32(i))
+                delete(Int32(i), .expired, now: now)
                 metrics.add(counters.allocationsExpired)
             }
         }
@@ -196,15 +199,15 @@ public final class TURNServer {
 
     /// The client's transport connection closed (TURN over TCP/TLS): its allocation goes with it
     /// (RFC 8656 §3.1: "the allocation is deleted when the connection closes").
-    public func clientGone(_ key: ClientKey) {
+    public func clientGone(_ key: ClientKey, now: UInt64) {
         guard let slot = table.pointee.byClient[key] else { return }
-        delete(slot)
+        delete(slot, .connectionClosed, now: now)
         metrics.add(counters.allocationsDeleted)
     }
 
     /// Every allocation goes (shutdown).
-    public func closeAll() {
-        for i in 0..<table.pointee.usedSlots where table.pointee.allocations[i].active { delete(Int32(i)) }
+    public func closeAll(now: UInt64) {
+        for i in 0..<table.pointee.usedSlots where table.pointee.allocations[i].active { delete(Int32(i), .shutdown, now: now) }
     }
 
     // MARK: Answers

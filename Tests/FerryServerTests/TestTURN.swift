@@ -10,6 +10,7 @@ func makeTURN(on worker: Worker, registry: MetricsRegistry) -> (service: TURNSer
     let counters = TURNCounters(registering: registry)
     service.attach(TURNServer(settings: TURNSettings(), credentials: CredentialStore(realm: "t", users: [:], secrets: []),
                               nonces: NonceCodec(secret: [1], lifetimeSeconds: 60), policy: PeerPolicy(), relays: service,
-                              shared: TURNShared(), counters: counters, metrics: registry.block(0)))
+                              shared: TURNShared(), counters: counters, metrics: registry.block(0)),
+                   sessionLog: SessionLog(enabled: false))
     return (service, counters)
 }

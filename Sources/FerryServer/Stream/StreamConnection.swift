@@ -35,6 +35,9 @@ final class StreamConnection: EventHandler {
     private var fragmenting = false
     /// Queued for the end-of-iteration flush.
     var dirty = false
+    var isTLS: Bool { tls != nil }
+    /// Why it closed, once it has (for the session log).
+    private(set) var closeReason: StreamCounters.Close?
     /// Largest frame: a STUN message or ChannelData of 64 KiB, plus its header.
     static let maxFrame = 4 + 65536
     static let readChunk = 16384
@@ -483,6 +486,7 @@ final class StreamConnection: EventHandler {
 
     /// The I/O of a close the state machine already decided.
     private func finishClose(_ reason: StreamCounters.Close, carried: StreamConnectionStateMachine.Carried?) {
+        closeReason = reason
         if let registration { loop.deregister(fd: fd.raw, registration) }
         registration = nil
         if reason != .client && reason != .tlsError { tls?.shutdown() }

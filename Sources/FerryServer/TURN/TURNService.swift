@@ -104,7 +104,7 @@ final class TURNService: RelayProvider, DatagramService, StreamFrameHandler {
         portMin = portRange.lowerBound
         portMax = portRange.upperBound
         portCursor = Int.random(in: portRange)
-        worker.onStop { [unowned self] in self.server?.closeAll() }
+        worker.onStop { [unowned self] in self.server?.closeAll(now: self.loop.now) }
     }
 
     deinit {
@@ -114,7 +114,27 @@ final class TURNService: RelayProvider, DatagramService, StreamFrameHandler {
         relays.release()
     }
 
-    func attach(_ server: TURNServer) { self.server = server }
+    func attach(_ server: TURNServer, sessionLog: SessionLog) {
+        self.server = server
+        guard sessionLog.enabled else { return }
+        server.onEnd = { [unowned self] record, reason in
+            sessionLog.allocationEnded(record, reason, transport: transportName(record.transport))
+        }
+    }
+
+    /// udp, tcp or tls: how a client reaches its allocation.
+    private func transportName(_ t: ClientTransport) -> String {
+        switch t {
+        case .udp: return "udp"
+        case .stream(let id):
+            if let conn = worker.connection(id) { return conn.isTLS ? "tls" : "tcp" }
+            return closingKind ?? "tcp"
+        }
+    }
+
+    /// The kind of the connection whose close is ending its allocation right now (the worker
+    /// no longer finds it by id then).
+    private var closingKind: String?
 
     /// The first bytes TURN claims on a UDP socket (RFC 7983); it is also the socket's fallback,
     /// so anything else that arrives is counted as a malformed TURN message.
@@ -370,7 +390,9 @@ final class TURNService: RelayProvider, DatagramService, StreamFrameHandler {
     }
 
     func connectionClosed(_ conn: StreamConnection) {
-        server.clientGone(ClientKey(address: conn.peer, transport: .stream(conn.id)))
+        closingKind = conn.isTLS ? "tls" : "tcp"
+        server.clientGone(ClientKey(address: conn.peer, transport: .stream(conn.id)), now: loop.now)
+        closingKind = nil
     }
 
     private func handleStreamSTUN(_ bytes: UnsafeRawBufferPointer, from conn: StreamConnection) {
