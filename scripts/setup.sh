@@ -10,7 +10,8 @@ apt_pkgs=(pkg-config libssl-dev libsystemd-dev)
 pip_pkgs=()
 if [ "$mode" = test ]; then
   # wireguard-go, wireguard-tools, nftables, ping and iperf3: the tunnel tests in network namespaces.
-  apt_pkgs+=(curl systemd coturn gcc openssl iproute2 wireguard-go wireguard-tools nftables iputils-ping iperf3)
+  # chromium: the status page test (headless, over the DevTools protocol).
+  apt_pkgs+=(curl systemd coturn gcc openssl iproute2 wireguard-go wireguard-tools nftables iputils-ping iperf3 chromium)
   pip_pkgs+=(pytest aioice websockets pyjwt cryptography)
 fi
 sudo=""

@@ -177,6 +177,18 @@ extension FerryConfig {
                   meaning: "incomplete request → 408; idle keep-alive closed", [
             .field("admin.request_timeout_seconds", \.admin.requestTimeoutSeconds, example: [("admin.request_timeout_seconds", "3")]),
         ]),
+        ConfigKey(default: "\"\"", allowed: "string, ≥ 16 characters", override: "", reload: .applied,
+                  meaning: "bearer token for the admin API's control and session endpoints; \"\" refuses them (docs/admin-api.md)", [
+            .field("admin.token", \.admin.token, example: [("admin.token", "\"an-admin-token-0123456789\"")]),
+        ]),
+        ConfigKey(default: "\"\"", allowed: "path", override: "", reload: .applied,
+                  meaning: "read the token from this file (first line; wins over admin.token), e.g. a systemd credential", [
+            .field("admin.token_file", \.admin.tokenFile, example: [("admin.token_file", "\"/etc/ferry/admin.token\"")]),
+        ]),
+        ConfigKey(default: "10", allowed: "1–300 s", override: "", reload: .restart,
+                  meaning: "the status page's charts: one point per interval, 30 intervals", [
+            .field("admin.status_interval_seconds", \.admin.statusIntervalSeconds, example: [("admin.status_interval_seconds", "2")]),
+        ]),
         ConfigKey(default: "required", allowed: "letters, digits, `-_.`", override: "", reload: .restart,
                   meaning: "matches systemd `FileDescriptorName=`", [
             .field("listener[].name", \.listeners, { $0.map(\.name) }, example: [("listener[].name", "\"c\"")]),

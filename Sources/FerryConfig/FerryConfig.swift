@@ -173,6 +173,12 @@ public struct FerryConfig: Sendable, Equatable {
         public var address: SocketAddress? = SocketAddress("127.0.0.1:9090")
         public var maxConnections = 64
         public var requestTimeoutSeconds = 10
+        /// The bearer token the admin API's control and session endpoints require ("": those
+        /// endpoints refuse every caller); `tokenFile` wins when set.
+        public var token = ""
+        public var tokenFile = ""
+        /// The status page's history: one sample per this many seconds, 30 of them kept.
+        public var statusIntervalSeconds = 10
     }
 
     public struct Listener: Sendable, Equatable {
@@ -264,6 +270,12 @@ public struct FerryConfig: Sendable, Equatable {
         }
         c.admin.maxConnections = admin.int("max_connections", default: 64, range: 1...65536)
         c.admin.requestTimeoutSeconds = admin.int("request_timeout_seconds", default: 10, range: 1...3600)
+        c.admin.token = admin.string("token", default: "") ?? ""
+        if !c.admin.token.isEmpty && c.admin.token.utf8.count < 16 {
+            admin.report("token", "must be at least 16 characters (it is the only thing between a caller and ending every session)")
+        }
+        c.admin.tokenFile = admin.string("token_file", default: "") ?? ""
+        c.admin.statusIntervalSeconds = admin.int("status_interval_seconds", default: 10, range: 1...300)
         admin.finish()
 
         var names: Set<String> = []

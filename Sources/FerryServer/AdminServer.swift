@@ -14,7 +14,7 @@ final class AdminServer {
         let refusedConnections: CounterID
         let connections: StreamCounters
 
-        static let statuses = [200, 400, 404, 405, 408, 431, 503, 505]
+        static let statuses = [200, 202, 400, 401, 403, 404, 405, 408, 409, 422, 431, 503, 505]
 
         init(registering registry: some CounterRegistry) {
             let family = "ferry_admin_requests_total", help = "Admin HTTP requests answered, by status code."

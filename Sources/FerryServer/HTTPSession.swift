@@ -16,7 +16,7 @@ struct HTTPAnswer {
 }
 
 /// HTTP/1.1 request handling over any byte stream (the plain admin endpoint, HTTPS on a shared
-/// TLS port): bytes in, response bytes out, and whether to close. Requests only: GET and HEAD,
+/// TLS port): bytes in, response bytes out, and whether to close. Requests only (the route checks the method),
 /// no bodies. The transport owns timeouts and writing.
 struct HTTPSession {
     typealias Route = (HTTPRequestHead) -> HTTPAnswer
@@ -73,16 +73,23 @@ struct HTTPSession {
         out.output += HTTPResponse.encode(status: status, body: Array("\(status) \(HTTPResponse.reasonPhrase(status))\n".utf8), close: true)
     }
 
+    /// Methods are the route's to check (the admin API takes POST for its control endpoints), and
+    /// so, for other methods, is the body: a route checks the method first (405), then
+    /// `bodyRefusal` (400), then acts.
     static func answer(_ head: HTTPRequestHead, route: Route) -> HTTPAnswer {
-        if head.method != "GET" && head.method != "HEAD" {
-            return HTTPAnswer(status: 405, body: "method not allowed\n", headers: [("Allow", "GET, HEAD")])
-        }
+        if head.method != "GET" && head.method != "HEAD" { return route(head) }
+        if let refusal = bodyRefusal(head) { return refusal }
+        return route(head)
+    }
+
+    /// 400 for a request with a body (none is read).
+    static func bodyRefusal(_ head: HTTPRequestHead) -> HTTPAnswer? {
         if let cl = head.header("Content-Length"), cl != "0" {
             return HTTPAnswer(status: 400, body: "request bodies are not accepted\n")
         }
         if head.header("Transfer-Encoding") != nil {
             return HTTPAnswer(status: 400, body: "request bodies are not accepted\n")
         }
-        return route(head)
+        return nil
     }
 }

@@ -23,14 +23,14 @@ public final class Server: @unchecked Sendable {
     /// Re-reads the configuration for a reload (file, environment and flags applied).
     public typealias ConfigSource = () throws -> FerryConfig
 
-    private var config: FerryConfig
-    private let reloadSource: ConfigSource?
-    private let logger: Logger
+    var config: FerryConfig
+    let reloadSource: ConfigSource?
+    let logger: Logger
     private let levelBox: LogLevelBox
     /// Control-thread state (the main thread's loop): ready/draining, admin, timers.
-    private let control: EventLoop
-    private let engine: Engine
-    private let metrics: MetricsRegistry
+    let control: EventLoop
+    let engine: Engine
+    let metrics: MetricsRegistry
     private var admin: AdminServer?
     /// The `PortLock`s of the listening ports: open until the process exits.
     private var portLocks: [FileDescriptor] = []
@@ -38,21 +38,21 @@ public final class Server: @unchecked Sendable {
     /// One per event loop: sockets, connections and the services registered on them.
     private var workers: [Worker] = []
     /// One per worker when any listener serves TURN.
-    private var turnServices: [TURNService] = []
+    var turnServices: [TURNService] = []
     private lazy var sessionLog = SessionLog(enabled: config.log.sessions)
-    private var turnCounters: TURNCounters?
+    var turnCounters: TURNCounters?
     /// The TLS contexts in use (control thread); workers get their own reference on reload.
-    private var tlsContexts: TLSContextSet?
+    var tlsContexts: TLSContextSet?
     private let certificateExpiry = UnixSecondsBox()
     /// A Unix time written on the control thread and read by scrape-time gauges.
     final class UnixSecondsBox: Sendable {
         let value = Atomic<Int64>(0)
     }
     private var certificateReloads: (ok: CounterID, failed: CounterID)?
-    private let signalWorkers = SignalWorkers()
+    let signalWorkers = SignalWorkers()
     private var signalKey: SignalServerKey?
-    private var boundAddresses: [String: SocketAddress] = [:]
-    private let state = ServerState()
+    var boundAddresses: [String: SocketAddress] = [:]
+    let state = ServerState()
     private var drainDeadline: UInt64 = 0
     /// Per worker: the monotonic time the worker last answered a watchdog ping.
     private let heartbeats: Heartbeats
@@ -66,6 +66,12 @@ public final class Server: @unchecked Sendable {
     private var jwksRetry: TimerID?
     private var jwksCounters: (ok: CounterID, failed: CounterID)?
     private let jwksFetchedAt = UnixSecondsBox()
+    /// The admin API's (AdminAPI.swift): the bearer token, refusals counted, the last reload,
+    /// and the status page's history (control thread).
+    var adminToken: [UInt8]?
+    var adminUnauthorized: CounterID?
+    var lastReload: (at: UInt64, ok: Bool, origin: String)?
+    var history = StatusHistory()
     /// After a failed fetch, the next try.
     static let jwksRetrySeconds: UInt64 = 30
 
@@ -112,6 +118,7 @@ public final class Server: @unchecked Sendable {
         logger.info("ferryd ready", metadata: ["workers": "\(engine.loops.count)", "version": "\(FerryVersion.string)"])
         Systemd.notify("READY=1\nSTATUS=\(summary)")
         startWatchdog()
+        startStatusHistory()
         control.run()
         engine.stopAndJoin()
         for w in workers { w.close() }
@@ -169,6 +176,9 @@ public final class Server: @unchecked Sendable {
                                                 "address": "\(boundAddresses[listener.name].map { "\($0)" } ?? "-")",
                                                 "sockets": "\(sockets.count)"])
         }
+        adminToken = try Server.adminToken(config.admin)
+        adminUnauthorized = metrics.counter("ferry_admin_unauthorized_total",
+                                            "Admin API requests refused for a missing or wrong bearer token (or with no admin.token set).")
         if let fd = try registry.adminSocket(config.admin.address) {
             let block = metrics.block(engine.loops.count)
             let counters = AdminServer.Counters(registering: metrics)
@@ -338,15 +348,11 @@ public final class Server: @unchecked Sendable {
 
     // MARK: Admin routes
 
-    private func route(_ head: HTTPRequestHead) -> HTTPAnswer {
-        if head.path == "/metrics" {
-            return HTTPAnswer(status: 200, contentType: "text/plain; version=0.0.4; charset=utf-8", body: metrics.render())
-        }
-        return Server.healthRoute(head, state: state)
-    }
-
     /// `/healthz` and `/readyz`: served by the admin endpoint and by HTTPS on shared TLS ports.
     static func healthRoute(_ head: HTTPRequestHead, state: ServerState) -> HTTPAnswer {
+        if head.method != "GET" && head.method != "HEAD" {
+            return HTTPAnswer(status: 405, body: "method not allowed\n", headers: [("Allow", "GET, HEAD")])
+        }
         switch head.path {
         case "/healthz":
             return HTTPAnswer(status: 200, body: "ok\n")
@@ -547,16 +553,22 @@ public final class Server: @unchecked Sendable {
 
     private func handleSignal(_ signal: Int32) {
         switch signal {
-        case SIGHUP: reload()
+        case SIGHUP: reload(origin: "SIGHUP")
         case SIGTERM, SIGINT: beginDrain(signal == SIGTERM ? "SIGTERM" : "SIGINT")
         default: break
         }
     }
 
-    private func reload() {
+    /// Re-reads the configuration (SIGHUP, or POST /v1/reload); true when it applied.
+    @discardableResult
+    func reload(origin: String) -> Bool {
         guard let reloadSource else {
-            logger.notice("SIGHUP ignored: running on the built-in default config, there is no file to reload")
-            return
+            logger.notice("reload ignored: running on the built-in default config, there is no file to reload", metadata: ["origin": "\(origin)"])
+            return false
+        }
+        var ok = false
+        defer {
+            lastReload = (wallClockSeconds(), ok, origin)
         }
         Systemd.notify("RELOADING=1\nMONOTONIC_USEC=\(Systemd.monotonicMicros())\nSTATUS=reloading")
         let block = metrics.block(engine.loops.count)
@@ -592,6 +604,12 @@ public final class Server: @unchecked Sendable {
                 }
             }
             levelBox.level = Logger.Level(config.log.level)
+            do {
+                adminToken = try Server.adminToken(config.admin)
+            } catch {
+                logger.error("admin token reload failed; keeping the token in use", metadata: ["error": "\(error)"])
+            }
+            ok = true
             if let c = reloadCounters?.ok { block.add(c) }
             var metadata: Logger.Metadata = [:]
             if !plan.applied.isEmpty { metadata["applied"] = "\(plan.applied.joined(separator: ","))" }
@@ -609,9 +627,10 @@ public final class Server: @unchecked Sendable {
             logger.error("reload failed; keeping the running configuration", metadata: ["error": "\(error)"])
         }
         Systemd.notify("READY=1\nSTATUS=serving")
+        return ok
     }
 
-    private func beginDrain(_ why: String) {
+    func beginDrain(_ why: String) {
         if state.draining.load(ordering: .relaxed) {
             logger.notice("second stop signal: stopping now")
             control.stop()
@@ -641,7 +660,7 @@ public final class Server: @unchecked Sendable {
     }
 
     /// Sessions that a drain waits for: TURN allocations (the forwarding service keeps none).
-    private func activeSessions() -> Int {
+    func activeSessions() -> Int {
         guard let c = turnCounters else { return 0 }
         return Int(metrics.total(c.allocationsActive))
     }

@@ -440,6 +440,45 @@ final class SignalWorker {
         }
     }
 
+    // MARK: The admin API
+
+    /// One authenticated session, as `/v1/peers` lists it.
+    struct PeerRecord: Sendable {
+        var peer: String
+        var network: String
+        var client: SocketAddress
+        var transport: String
+        var ageSeconds: UInt64
+        var messagesIn: UInt64, bytesIn: UInt64, messagesOut: UInt64, bytesOut: UInt64
+        var queued: Int
+    }
+
+    func peerRecords() -> [PeerRecord] {
+        let now = loop.now
+        return sessions.values.compactMap { p in
+            guard let (peer, network) = p.registered else { return nil }
+            return PeerRecord(peer: peer, network: network, client: p.conn.peer, transport: p.conn.isTLS ? "wss" : "ws",
+                              ageSeconds: (now &- p.conn.started) / 1_000_000_000, messagesIn: p.messagesIn, bytesIn: p.bytesIn,
+                              messagesOut: p.messagesOut, bytesOut: p.bytesOut, queued: p.pending.count)
+        }
+    }
+
+    /// Ends the authenticated sessions `matching` selects: told why (1008, "ended by the
+    /// operator"), logged with `ended_by_operator`. Returns how many.
+    func endSessions(matching: (PeerRecord) -> Bool) -> Int {
+        let frame = WebSocket.close(.policyViolation, reason: "ended by the operator")
+        var ended = 0
+        for record in peerRecords() where matching(record) {
+            guard let p = sessions.values.first(where: { $0.registered?.peer == record.peer }) else { continue }
+            p.endReason = "ended_by_operator"
+            p.session.closed()
+            push(frame, to: p)
+            p.conn.closeAfterFlush()
+            ended += 1
+        }
+        return ended
+    }
+
     private func send(_ json: [UInt8], to conn: StreamConnection) {
         guard let p = sessions[conn.id] else { return }
         push(WebSocket.encode(.text, json), to: p)

@@ -17,7 +17,7 @@ struct Ferry: ParsableCommand {
         commandName: "ferry",
         abstract: "Ferry's command-line tool.",
         version: FerryVersion.string,
-        subcommands: [Tunnel.self, Probe.self, Bench.self, Keygen.self, Pubkey.self, Token.self, Config.self, Version.self])
+        subcommands: [Tunnel.self, Probe.self, Bench.self, Status.self, Keygen.self, Pubkey.self, Token.self, Config.self, Version.self])
 
     struct Bench: ParsableCommand {
         static let configuration = CommandConfiguration(
@@ -195,6 +195,35 @@ struct Ferry: ParsableCommand {
                     print("  \(key.prefix(8))…  \(path)\(route)\(rtt), \(tx) packets out, \(rx) in")
                 }
             }
+        }
+    }
+
+    struct Status: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Show a running ferryd at a glance (its admin endpoint's /v1/status).",
+            discussion: "Exit status: 0 ready, 3 not ready or draining, 1 unreachable.")
+
+        @Argument(help: "The admin endpoint (default http://127.0.0.1:9090).") var admin: String = "http://127.0.0.1:9090"
+        @Flag(help: "Print /v1/status as JSON.") var json = false
+
+        func run() throws {
+            let answer: AdminClient.Answer
+            do throws(AdminClient.Failure) {
+                answer = try AdminClient.request(base: admin, path: "/v1/status")
+            } catch {
+                printError("ferry status: \(error)")
+                throw ExitCode(1)
+            }
+            guard answer.status == 200, let s = answer.json else {
+                printError("ferry status: \(admin) answered \(answer.status)")
+                throw ExitCode(1)
+            }
+            if json {
+                print(String(decoding: s.encoded(), as: UTF8.self))
+            } else {
+                for line in StatusText.lines(s, admin: admin) { print(line) }
+            }
+            if s["ready"] != .bool(true) || s["draining"] == .bool(true) { throw ExitCode(3) }
         }
     }
 

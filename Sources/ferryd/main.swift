@@ -75,6 +75,8 @@ struct Ferryd: ParsableCommand {
         cfg.turn.staticAuthSecrets.append(secret)
         let signalSecret = Crypto.hex(Crypto.randomBytes(16))
         cfg.signal.tokenSecrets.append(signalSecret)
+        let adminToken = Crypto.hex(Crypto.randomBytes(16))
+        cfg.admin.token = adminToken
         let listener = cfg.listeners.first.map { "\($0.address)" } ?? "-"
         print("""
             ferryd development mode: loopback only. Do not use these credentials anywhere else.
@@ -82,7 +84,8 @@ struct Ferryd: ParsableCommand {
               user       ferry-dev
               password   \(password)
               shared secret (TURN REST, coturn's static-auth-secret)  \(secret)
-              admin      http://\(cfg.admin.address.map { "\($0)" } ?? "disabled")/metrics
+              admin      http://\(cfg.admin.address.map { "\($0)" } ?? "disabled")/  (status page; /metrics, /v1/status)
+              admin token  \(adminToken)   (ferry status; curl -H 'Authorization: Bearer \(adminToken)' …/v1/allocations)
               signaling  ws://127.0.0.1:3478/v1/signal, wss://127.0.0.1:5349/v1/signal
               token secret  \(signalSecret)   (ferry token --secret \(signalSecret) --network dev --peer KEY)
               check it   ferry probe --insecure --token-secret \(signalSecret) --network dev ws://127.0.0.1:3478/v1/signal turn:127.0.0.1:3478 'turn:127.0.0.1:3478?transport=tcp' 'turns:127.0.0.1:5349?transport=tcp'

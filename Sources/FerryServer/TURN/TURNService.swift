@@ -123,7 +123,7 @@ final class TURNService: RelayProvider, DatagramService, StreamFrameHandler {
     }
 
     /// udp, tcp or tls: how a client reaches its allocation.
-    private func transportName(_ t: ClientTransport) -> String {
+    func transportName(_ t: ClientTransport) -> String {
         switch t {
         case .udp: return "udp"
         case .stream(let id):
