@@ -11,7 +11,8 @@ pip_pkgs=()
 if [ "$mode" = test ]; then
   # wireguard-go, wireguard-tools, nftables, ping and iperf3: the tunnel tests in network namespaces.
   # chromium: the status page test (headless, over the DevTools protocol).
-  apt_pkgs+=(curl systemd coturn gcc openssl iproute2 wireguard-go wireguard-tools nftables iputils-ping iperf3 chromium)
+  # prometheus: promtool for the alert rules (test_monitoring.py).
+  apt_pkgs+=(curl systemd coturn gcc openssl iproute2 wireguard-go wireguard-tools nftables iputils-ping iperf3 chromium prometheus)
   pip_pkgs+=(pytest aioice websockets pyjwt cryptography)
 fi
 sudo=""
@@ -24,6 +25,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}"
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # Debian's prometheus package starts a server on :9090 where systemd runs, ferryd's admin port:
+  # only its promtool is wanted here.
+  if [[ " ${missing[*]} " == *" prometheus "* ]] && [ -d /run/systemd/system ]; then
+    $sudo systemctl disable --now prometheus prometheus-node-exporter >/dev/null 2>&1 || true
+  fi
 fi
 if [ ${#pip_pkgs[@]} -gt 0 ]; then
   python3 -m pip install -q --disable-pip-version-check "${pip_pkgs[@]}" 2>&1 | grep -v "WARNING: Running pip as the 'root' user" || true

@@ -79,6 +79,8 @@ public final class Server: @unchecked Sendable {
     final class ServerState: Sendable {
         let ready = Atomic<Bool>(false)
         let draining = Atomic<Bool>(false)
+        let lastReloadOK = Atomic<Bool>(true)
+        let configLoadedAt = Atomic<Int64>(0)
     }
 
     /// Per worker, the monotonic time it last answered a watchdog ping (written by the worker).
@@ -342,8 +344,21 @@ public final class Server: @unchecked Sendable {
         }
         metrics.computedGauge("ferry_workers", "Worker threads running event loops.") { [(labels: "", value: Double(workers))] }
         metrics.computedGauge("ferry_start_time_seconds", "Unix time the process started.") { [(labels: "", value: start)] }
-        reloadCounters = (metrics.counter("ferry_reloads_total", "Configuration reloads (SIGHUP), by result.", labels: [("result", "ok")]),
-                          metrics.counter("ferry_reloads_total", "Configuration reloads (SIGHUP), by result.", labels: [("result", "failed")]))
+        reloadCounters = (metrics.counter("ferry_reloads_total", "Configuration reloads (SIGHUP or the admin API), by result.", labels: [("result", "ok")]),
+                          metrics.counter("ferry_reloads_total", "Configuration reloads (SIGHUP or the admin API), by result.", labels: [("result", "failed")]))
+        state.configLoadedAt.store(Int64(start), ordering: .relaxed)
+        metrics.computedGauge("ferry_config_last_reload_successful", "1 unless the last reload failed (the running configuration then stays).") {
+            [(labels: "", value: state.lastReloadOK.load(ordering: .relaxed) ? 1 : 0)]
+        }
+        metrics.computedGauge("ferry_config_last_reload_success_timestamp_seconds", "Unix time the running configuration was loaded (start or reload).") {
+            [(labels: "", value: Double(state.configLoadedAt.load(ordering: .relaxed)))]
+        }
+        let cap = Double(config.turn.maxAllocations)
+        if config.listeners.contains(where: { $0.service == .turn }) {
+            metrics.computedGauge("ferry_turn_allocations_max", "turn.max_allocations: the cap ferry_turn_allocations_active is held to.") {
+                [(labels: "", value: cap)]
+            }
+        }
     }
 
     // MARK: Admin routes
@@ -568,7 +583,10 @@ public final class Server: @unchecked Sendable {
         }
         var ok = false
         defer {
-            lastReload = (wallClockSeconds(), ok, origin)
+            let now = wallClockSeconds()
+            lastReload = (now, ok, origin)
+            state.lastReloadOK.store(ok, ordering: .relaxed)
+            if ok { state.configLoadedAt.store(Int64(now), ordering: .relaxed) }
         }
         Systemd.notify("RELOADING=1\nMONOTONIC_USEC=\(Systemd.monotonicMicros())\nSTATUS=reloading")
         let block = metrics.block(engine.loops.count)
