@@ -3,7 +3,7 @@
 # the package needs nothing beyond Debian's libssl3 and libsystemd0), systemd units for a
 # `ferry` system user with the hardened sandbox of deploy/systemd, the configuration in
 # /etc/ferry (a conffile), the state directory /var/lib/ferry, man pages made from `--help`, and
-# the dashboard and alert rules of deploy/ in /usr/share/ferry. Installing does not start the
+# the dashboard, alert rules and certificate hooks of deploy/ in /usr/share/ferry. Installing does not start the
 # service: the configuration needs the relay's address, realm, secret and certificates first.
 #
 #   scripts/package-deb.sh [--out DIR] [--skip-build]
@@ -72,6 +72,8 @@ chmod 0644 "$stage/lib/systemd/system/"*
 install -m 0644 deploy/ferry.toml "$stage/etc/ferry/ferry.toml"
 install -m 0644 config/ferry.example.toml "$stage/usr/share/doc/$pkg/ferry.example.toml"
 install -m 0644 deploy/grafana/ferry-dashboard.json "$stage/usr/share/$pkg/grafana/"
+install -d "$stage/usr/share/$pkg/certbot"
+install -m 0755 deploy/certbot/ferry-deploy-hook deploy/certbot/ferry-self-signed "$stage/usr/share/$pkg/certbot/"
 install -m 0644 deploy/prometheus/ferry-alerts.yml deploy/prometheus/ferry-alerts.test.yml "$stage/usr/share/$pkg/prometheus/"
 install -m 0644 README.md "$stage/usr/share/doc/$pkg/README.md"
 for d in docs/*.md; do install -m 0644 "$d" "$stage/usr/share/doc/$pkg/"; done

@@ -71,6 +71,7 @@ def test_the_package_installs_serves_and_purges_cleanly(tmpdir_path):
         assert "\n.TH FERRY 1 " in "\n" + run("zcat", "/usr/share/man/man1/ferry.1.gz").stdout
         assert os.path.exists("/usr/share/man/man8/ferryd.8.gz")
         assert os.path.exists("/usr/share/ferry/grafana/ferry-dashboard.json")
+        assert os.access("/usr/share/ferry/certbot/ferry-deploy-hook", os.X_OK)
 
         # The installed ferryd serves as the ferry user, and the installed ferry probe passes.
         udp, admin = free_port(socket.SOCK_DGRAM), free_port()

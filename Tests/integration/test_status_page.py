@@ -28,12 +28,12 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 class Browser:
     """Headless Chromium with a DevTools port, and one page's protocol connection."""
 
-    def __init__(self):
+    def __init__(self, *flags):
         self.port = free_port()
         self.profile = tempfile.mkdtemp(prefix="ferry-chromium-")
         self.proc = subprocess.Popen([CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
                                       f"--remote-debugging-port={self.port}", f"--user-data-dir={self.profile}",
-                                      "--window-size=420,1400", "about:blank"],
+                                      "--window-size=420,1400", *flags, "about:blank"],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
         def page():
