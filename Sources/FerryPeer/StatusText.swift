@@ -1,3 +1,4 @@
+import FerryCore
 import FerrySignal
 
 /// `ferry status`'s human form of ferryd's `/v1/status` (docs/admin-api.md).
@@ -7,15 +8,15 @@ public enum StatusText {
         func i(_ v: JSONValue?) -> Int { Int(n(v)) }
         func str(_ v: JSONValue?) -> String { v?.string ?? "" }
         let state = s["draining"] == .bool(true) ? "DRAINING" : s["ready"] == .bool(true) ? "ready" : "NOT READY"
-        var out = ["ferryd \(str(s["version"])) at \(admin): \(state), up \(duration(n(s["uptime_seconds"]))) (since \(str(s["started"])))"]
+        var out = ["ferryd \(str(s["version"])) at \(admin): \(state), up \(HumanUnits.duration(n(s["uptime_seconds"]))) (since \(str(s["started"])))"]
         let a = s["allocations"], sig = s["signaling"]
         out.append("  allocations   \(i(a?["active"])) of \(i(a?["max"])) (\(i(a?["created_total"])) created)")
         out.append("  signaling     " + (sig?["enabled"] == .bool(true) ? "\(i(sig?["peers"])) peers, \(i(sig?["routed_total"])) messages routed" : "off"))
         out.append("  connections   \(i(s["connections"]?["active"])) open")
         let h = s["history"]
-        let rate = h?["bytes_to_peer_per_second"]?.array?.last?.number.map { "; last \(i(h?["interval_seconds"])) s: \(bytes($0))/s to peers" } ?? ""
+        let rate = h?["bytes_to_peer_per_second"]?.array?.last?.number.map { "; last \(i(h?["interval_seconds"])) s: \(HumanUnits.bytes($0))/s to peers" } ?? ""
         let pps = h?["packets_per_second"]?.array?.last?.number.map { ", \(Int($0)) packets/s" } ?? ""
-        out.append("  relayed       \(bytes(n(s["relayed"]?["bytes_to_peer_total"]))) to peers, \(bytes(n(s["relayed"]?["bytes_to_client_total"]))) to clients\(rate)\(pps)")
+        out.append("  relayed       \(HumanUnits.bytes(n(s["relayed"]?["bytes_to_peer_total"]))) to peers, \(HumanUnits.bytes(n(s["relayed"]?["bytes_to_client_total"]))) to clients\(rate)\(pps)")
         var drops = "  drops         \(i(s["drops_total"]))"
         if case .object(let reasons)? = s["drops_by_reason"], !reasons.isEmpty {
             drops += " (" + reasons.map { "\($0.0) \(Int($0.1.number ?? 0))" }.joined(separator: ", ") + ")"
@@ -37,20 +38,5 @@ public enum StatusText {
             out.append("  certificate   \(names): \(i(c["days_left"])) days left (until \(str(c["not_after"])))")
         }
         return out
-    }
-
-    static func bytes(_ v: Double) -> String {
-        let units = ["B", "KB", "MB", "GB", "TB"]
-        var x = v, k = 0
-        while x >= 1000 && k < units.count - 1 { x /= 1000; k += 1 }
-        return k == 0 ? "\(Int(x)) B" : "\((x * 10).rounded() / 10) \(units[k])"
-    }
-
-    static func duration(_ seconds: Double) -> String {
-        let s = Int(seconds)
-        if s < 120 { return "\(s) s" }
-        if s < 7200 { return "\(s / 60) min" }
-        if s < 172_800 { return "\(s / 3600) h" }
-        return "\(s / 86400) days"
     }
 }

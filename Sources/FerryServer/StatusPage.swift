@@ -1,3 +1,4 @@
+import FerryCore
 import FerrySignal
 
 /// The status page at the admin endpoint's `/`: `/v1/status` rendered as one HTML document
@@ -29,7 +30,7 @@ enum StatusPage {
         let ready = bool(s["ready"]), draining = bool(s["draining"])
         let state = draining ? "<span class=bad>draining</span>" : ready ? "<span class=ok>ready</span>" : "<span class=bad>starting</span>"
         h += "<h1>ferryd \(e(str(s["version"]))) — \(state)</h1>\n"
-        h += "<small>up \(duration(num(s["uptime_seconds"]))) since \(e(str(s["started"]))); this page refreshes every 10 s; "
+        h += "<small>up \(HumanUnits.duration(num(s["uptime_seconds"]))) since \(e(str(s["started"]))); this page refreshes every 10 s; "
         h += "the same data as JSON: <a href=\"/v1/status\">/v1/status</a>, all counters: <a href=\"/metrics\">/metrics</a></small>\n"
 
         let alloc = s["allocations"], sig = s["signaling"]
@@ -37,7 +38,7 @@ enum StatusPage {
         h += tile(id: "allocations", "\(int(alloc?["active"]))", "allocations of \(int(alloc?["max"]))")
         h += tile(id: "signal-peers", "\(int(sig?["peers"]))", bool(sig?["enabled"]) ? "signaling peers" : "signaling off")
         h += tile(id: "connections", "\(int(s["connections"]?["active"]))", "stream connections")
-        h += tile(id: "relayed", bytes(num(s["relayed"]?["bytes_to_peer_total"]) + num(s["relayed"]?["bytes_to_client_total"])), "relayed in all")
+        h += tile(id: "relayed", HumanUnits.bytes(num(s["relayed"]?["bytes_to_peer_total"]) + num(s["relayed"]?["bytes_to_client_total"])), "relayed in all")
         h += tile(id: "drops", "\(int(s["drops_total"]))", "drops in all")
         let reload = s["reload"]
         let reloadText = str(reload?["last"]).isEmpty ? "never" : "\(str(reload?["result"])) at \(str(reload?["last"]))"
@@ -48,8 +49,8 @@ enum StatusPage {
         let history = s["history"]
         let interval = Int(num(history?["interval_seconds"]))
         h += "<h2>Last minutes <small>(per second, one point per \(interval) s)</small></h2>\n<div class=charts>\n"
-        h += chart("relayed to peers", history?["bytes_to_peer_per_second"], unit: bytes)
-        h += chart("relayed to clients", history?["bytes_to_client_per_second"], unit: bytes)
+        h += chart("relayed to peers", history?["bytes_to_peer_per_second"], unit: HumanUnits.bytes)
+        h += chart("relayed to clients", history?["bytes_to_client_per_second"], unit: HumanUnits.bytes)
         h += chart("packets relayed", history?["packets_per_second"], unit: { "\(Int($0))/s" })
         h += chart("drops", history?["drops_per_second"], unit: { "\(Int($0))/s" })
         h += "</div>\n"
@@ -128,19 +129,4 @@ enum StatusPage {
     static func num(_ v: JSONValue?) -> Double { v?.number ?? 0 }
     static func int(_ v: JSONValue?) -> Int { Int(num(v)) }
     static func bool(_ v: JSONValue?) -> Bool { if case .bool(let b)? = v { return b } else { return false } }
-
-    static func bytes(_ v: Double) -> String {
-        let units = ["B", "KB", "MB", "GB", "TB"]
-        var x = v, i = 0
-        while x >= 1000 && i < units.count - 1 { x /= 1000; i += 1 }
-        return i == 0 ? "\(Int(x)) B" : "\((x * 10).rounded() / 10) \(units[i])"
-    }
-
-    static func duration(_ seconds: Double) -> String {
-        let s = Int(seconds)
-        if s < 120 { return "\(s) s" }
-        if s < 7200 { return "\(s / 60) min" }
-        if s < 172_800 { return "\(s / 3600) h" }
-        return "\(s / 86400) days"
-    }
 }
