@@ -1,6 +1,7 @@
 """Helpers for the integration tests: they run the real ferryd and ferry binaries over real
 sockets and talk to them with clients nobody here wrote (curl, systemd-socket-activate, coturn's
 tools, aioice)."""
+import json
 import os
 import signal
 import socket
@@ -258,3 +259,58 @@ def ferryd_factory(tmpdir_path):
     yield start
     for f in started:
         f.stop()
+
+
+def loopback_signal_config(port, token_secret, rest_secret, transport="udp", workers=1):
+    """ferryd on loopback for two `ferry tunnel` agents: TURN on `port` (UDP and TCP), plaintext
+    signaling there too, handing out this relay over `transport` with `rest_secret`'s credentials."""
+    base = turn_base(workers=workers).replace('relay_ipv4 = "127.0.0.1"\n', f'relay_ipv4 = "127.0.0.1"\nstatic_auth_secrets = ["{rest_secret}"]\n')
+    return base + f"""
+[signal]
+enabled = true
+allow_plaintext = true
+token_secrets = ["{token_secret}"]
+self_relay_urls = ["turn:127.0.0.1:{port}?transport={transport}"]
+""" + listener("turn-udp", port) + listener("turn-tcp", port, "tcp")
+
+
+class LoopbackAgents:
+    """Two `ferry tunnel` agents on loopback with `--peer` endpoints (no WireGuard), signaling
+    through ferryd at `port`: agent i delivers the other's packets to `sinks[i]`, and its local
+    endpoint (`wait`) carries packets to the other. `envs[i]`: extra environment of agent i."""
+
+    def __init__(self, tmpdir, port, token_secret, sinks, relay_only, envs=({}, {})):
+        ferry = binary("ferry")
+        keys, pubs = [], []
+        for name in ("a", "b"):
+            key = os.path.join(tmpdir, f"{name}.key")
+            pubs.append(subprocess.run([ferry, "keygen", "--out", key], capture_output=True, text=True, check=True).stdout.strip())
+            keys.append(key)
+        self.procs = []
+        for me, other in ((0, 1), (1, 0)):
+            token = subprocess.run([ferry, "token", "--secret", token_secret, "--network", "n", "--peer", pubs[me]],
+                                   capture_output=True, text=True, check=True).stdout.strip()
+            status = os.path.join(tmpdir, f"status{me}.json")
+            args = [ferry, "tunnel", "run", "--key", keys[me], "--peer", f"{pubs[other]}=127.0.0.1:{sinks[me].getsockname()[1]}",
+                    "--signal", f"ws://127.0.0.1:{port}/v1/signal", "--token", token, "--status-file", status]
+            self.procs.append((subprocess.Popen(args + (["--relay-only"] if relay_only else []), env=dict(os.environ, **envs[me]),
+                                                stdout=open(status + ".log", "w"), stderr=subprocess.STDOUT), status))
+
+    def logs(self):
+        return "".join(open(status + ".log").read() for _, status in self.procs)
+
+    def wait(self, path, transport=None, timeout=15):
+        """Each agent's local endpoint, once both use `path` (direct, relayed) over `transport`."""
+        def state(status):
+            with open(status) as fh:
+                s = json.load(fh)
+            p = s["peers"][0]
+            ok = p["path"] == path and (transport is None or s["relay"].startswith(transport))
+            return ok and ("127.0.0.1", int(p["local_endpoint"].split(":")[1]))
+        return [wait_until(lambda s=status: state(s), timeout=timeout, ignore=(OSError, ValueError, KeyError), what=self.logs)
+                for _, status in self.procs]
+
+    def close(self):
+        for p, _ in self.procs:
+            p.terminate()
+            p.wait(5)

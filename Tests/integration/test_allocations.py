@@ -4,7 +4,6 @@ into a shared counter; the test relays thousands of ChannelData packets each way
 allocation and compares the count before and after with the same time spent idle. Background
 work (the once-a-second sweep, timers) allocates a little whatever the traffic; per packet the
 count must be zero."""
-import json
 import os
 import socket
 import struct
@@ -14,7 +13,7 @@ import time
 import pytest
 
 import turnclient as tc
-from conftest import ROOT, UNDER_ASAN, binary, free_port, listener, turn_base, wait_until
+from conftest import ROOT, UNDER_ASAN, LoopbackAgents, free_port, listener, loopback_signal_config, turn_base, wait_until
 
 PACKETS = 20000
 
@@ -102,45 +101,17 @@ def test_the_tunnel_agent_allocates_nothing_per_packet(ferryd_factory, tmpdir_pa
     port = free_port()
     secret = "alloc-token-secret-0123"
     # The welcome hands out relay credentials signed with the first TURN REST secret.
-    base = turn_base(workers=1).replace('relay_ipv4 = "127.0.0.1"\n', 'relay_ipv4 = "127.0.0.1"\nstatic_auth_secrets = ["alloc-rest-secret-0123456789"]\n')
-    f = ferryd_factory(base + f"""
-[signal]
-enabled = true
-allow_plaintext = true
-token_secrets = ["{secret}"]
-self_relay_urls = ["turn:127.0.0.1:{port}?transport=udp"]
-""" + listener("turn-udp", port) + listener("turn-tcp", port, "tcp"))
-    ferry = binary("ferry")
-    keys, pubs = [], []
-    for name in ("a", "b"):
-        path = os.path.join(tmpdir_path, f"{name}.key")
-        pubs.append(subprocess.run([ferry, "keygen", "--out", path], capture_output=True, text=True, check=True).stdout.strip())
-        keys.append(path)
+    f = ferryd_factory(loopback_signal_config(port, secret, "alloc-rest-secret-0123456789"))
     x, y = socket.socket(socket.AF_INET, socket.SOCK_DGRAM), socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     for s in (x, y):
         s.bind(("127.0.0.1", 0))
         s.settimeout(2)
     counter = os.path.join(tmpdir_path, "allocations")
-    agents = []
-    for me, other, sink, env in ((0, 1, x, {"LD_PRELOAD": counting_preload, "FERRY_ALLOC_COUNTER": counter}), (1, 0, y, {})):
-        token = subprocess.run([ferry, "token", "--secret", secret, "--network", "n", "--peer", pubs[me]],
-                               capture_output=True, text=True, check=True).stdout.strip()
-        status = os.path.join(tmpdir_path, f"status{me}.json")
-        args = [ferry, "tunnel", "run", "--key", keys[me], "--peer", f"{pubs[other]}=127.0.0.1:{sink.getsockname()[1]}",
-                "--signal", f"ws://127.0.0.1:{port}/v1/signal", "--token", token, "--status-file", status]
-        agents.append((subprocess.Popen(args + (["--relay-only"] if relay_only else []), env=dict(os.environ, **env),
-                                        stdout=open(status + ".log", "w"), stderr=subprocess.STDOUT), status))
+    agents = LoopbackAgents(tmpdir_path, port, secret, (x, y), relay_only,
+                            envs=({"LD_PRELOAD": counting_preload, "FERRY_ALLOC_COUNTER": counter}, {}))
     try:
         want = "relayed" if relay_only else "direct"
-
-        def endpoint(status):
-            with open(status) as fh:
-                p = json.load(fh)["peers"][0]
-            return p["path"] == want and ("127.0.0.1", int(p["local_endpoint"].split(":")[1]))
-        def logs():
-            return "".join(open(status + ".log").read() for _, status in agents)
-        a_local = wait_until(lambda: endpoint(agents[0][1]), timeout=15, ignore=(OSError, ValueError), what=logs)
-        b_local = wait_until(lambda: endpoint(agents[1][1]), timeout=15, ignore=(OSError, ValueError), what=logs)
+        a_local, b_local = agents.wait(want)
         payload = b"w" * 120
 
         def through_agents(n):
@@ -157,8 +128,6 @@ self_relay_urls = ["turn:127.0.0.1:{port}?transport=udp"]
         if relay_only:
             assert f.metric("ferry_turn_relayed_packets_total", {"direction": "to_client"}) >= 2 * PACKETS
     finally:
-        for p, _ in agents:
-            p.terminate()
-            p.wait(5)
+        agents.close()
         x.close()
         y.close()

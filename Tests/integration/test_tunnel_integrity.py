@@ -3,15 +3,12 @@ directly, under bursts: numbered payloads with a digest, of a run of equal sizes
 bulk WireGuard flow, which the agent sends as GSO trains) and of mixed sizes. Two agents with
 `--peer` endpoints (no WireGuard) on loopback, ferryd handing out one TURN URL."""
 import hashlib
-import json
-import os
 import socket
 import struct
-import subprocess
 
 import pytest
 
-from conftest import binary, free_port, listener, turn_base, wait_until
+from conftest import LoopbackAgents, free_port, loopback_signal_config
 
 
 def udp_receive_errors():
@@ -36,51 +33,17 @@ def intact(data):
 def agents(ferryd_factory, tmpdir_path, request):
     path, transport = request.param
     port = free_port()
-    base = turn_base(workers=1).replace('relay_ipv4 = "127.0.0.1"\n', 'relay_ipv4 = "127.0.0.1"\nstatic_auth_secrets = ["integrity-rest-secret-0123456789"]\n')
-    f = ferryd_factory(base + f"""
-[signal]
-enabled = true
-allow_plaintext = true
-token_secrets = ["{SECRET}"]
-self_relay_urls = ["turn:127.0.0.1:{port}?transport={transport}"]
-""" + listener("turn-udp", port) + listener("turn-tcp", port, "tcp"))
-    ferry = binary("ferry")
-    keys, pubs = [], []
-    for name in ("a", "b"):
-        key = os.path.join(tmpdir_path, f"{name}.key")
-        pubs.append(subprocess.run([ferry, "keygen", "--out", key], capture_output=True, text=True, check=True).stdout.strip())
-        keys.append(key)
+    f = ferryd_factory(loopback_signal_config(port, SECRET, "integrity-rest-secret-0123456789", transport))
     sinks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2)]
     for s in sinks:
         s.bind(("127.0.0.1", 0))
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
         s.settimeout(2)
-    procs = []
-    for me, other in ((0, 1), (1, 0)):
-        token = subprocess.run([ferry, "token", "--secret", SECRET, "--network", "n", "--peer", pubs[me]],
-                               capture_output=True, text=True, check=True).stdout.strip()
-        status = os.path.join(tmpdir_path, f"status{me}.json")
-        args = [ferry, "tunnel", "run", "--key", keys[me], "--peer", f"{pubs[other]}=127.0.0.1:{sinks[me].getsockname()[1]}",
-                "--signal", f"ws://127.0.0.1:{port}/v1/signal", "--token", token, "--status-file", status]
-        procs.append((subprocess.Popen(args + (["--relay-only"] if path == "relayed" else []), stdout=open(status + ".log", "w"),
-                                       stderr=subprocess.STDOUT), status))
-
-    def state(status):
-        with open(status) as fh:
-            s = json.load(fh)
-        p = s["peers"][0]
-        ok = p["path"] == path and (path == "direct" or s["relay"].startswith(transport))
-        return ok and ("127.0.0.1", int(p["local_endpoint"].split(":")[1]))
-
-    def logs():
-        return "".join(open(status + ".log").read() for _, status in procs)
+    agents = LoopbackAgents(tmpdir_path, port, SECRET, sinks, relay_only=path == "relayed")
     try:
-        local = [wait_until(lambda s=status: state(s), timeout=15, ignore=(OSError, ValueError, KeyError), what=logs) for _, status in procs]
-        yield f, sinks, local
+        yield f, sinks, agents.wait(path, None if path == "direct" else transport)
     finally:
-        for p, _ in procs:
-            p.terminate()
-            p.wait(5)
+        agents.close()
         for s in sinks:
             s.close()
 
