@@ -129,6 +129,33 @@ public final class Tunnel: EventHandler, @unchecked Sendable {
 
     public struct Failure: Error, CustomStringConvertible { public let description: String }
 
+    var signals: SignalSource?
+
+    /// SIGTERM or SIGINT: WireGuard gets back the endpoint each peer had before the agent set its
+    /// local one (a dead local port would leave the peer unreachable until the agent runs again;
+    /// the endpoint it had may still work directly); a path handed to WireGuard stays. SIGHUP is
+    /// ignored.
+    private func stop(_ signal: Int32) {
+        guard signal != SIGHUP else { return }
+        if let wg = wireGuard {
+            for l in links where l.handedOff == nil {
+                // A 127.0.0.1 endpoint before the agent was an earlier agent's local port.
+                guard let original = wg.endpoints[l.key], original.ip != IPAddress("127.0.0.1")! else {
+                    log("peer \(short(l.key)): no endpoint before the agent; WireGuard keeps 127.0.0.1:\(l.proxyPort)")
+                    continue
+                }
+                do {
+                    try wg.setEndpoint(peer: l.key, original)
+                    log("peer \(short(l.key)): endpoint restored to \(original)")
+                } catch {
+                    log("peer \(short(l.key)): \(error)")
+                }
+            }
+        }
+        log("tunnel: stopped (\(signal == SIGINT ? "SIGINT" : "SIGTERM"))")
+        exit(0)
+    }
+
     /// Receive and send buffers of the ICE and proxy sockets. WireGuard writes a burst of a
     /// TCP window at once; at Linux's default (208 KiB, ~90 full-size packets) a burst the agent
     /// is not scheduled in time for overflows the proxy socket and TCP inside the tunnel backs
@@ -193,6 +220,9 @@ public final class Tunnel: EventHandler, @unchecked Sendable {
         }
         loop.execute { [self] _ in setUp() }
         do {
+            // SIGTERM and SIGINT reach the loop (every thread starts after this, with the mask).
+            SignalSource.blockProcessSignals()
+            signals = try SignalSource(loop: loop) { [self] s in stop(s) }
             try engine.start()
             try signal.start { [self] event in loop.execute { [self] _ in handle(event) } }
         } catch {

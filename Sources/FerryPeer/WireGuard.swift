@@ -9,6 +9,8 @@ public struct WireGuardInterface: Sendable {
     public let privateKey: [UInt8]
     public let listenPort: UInt16
     public let peers: [String]
+    /// Each peer's endpoint when read (none for a peer WireGuard has not been told of one).
+    public let endpoints: [String: SocketAddress]
 
     /// Parses `wg show IFACE dump`: the interface line (private key, public key, listen port,
     /// fwmark), then one line per peer (public key, preshared key, endpoint, allowed IPs, …).
@@ -17,11 +19,16 @@ public struct WireGuardInterface: Sendable {
         guard let first = lines.first else { return nil }
         let f = first.split(separator: "\t")
         guard f.count >= 3, let key = Base64.decode(String(f[0])), key.count == 32, let port = UInt16(f[2]) else { return nil }
-        let peers = lines.dropFirst().compactMap { line -> String? in
-            let k = line.split(separator: "\t").first.map(String.init) ?? ""
-            return Base64.decode(k)?.count == 32 ? k : nil
+        var peers: [String] = []
+        var endpoints: [String: SocketAddress] = [:]
+        for line in lines.dropFirst() {
+            let f = line.split(separator: "\t", omittingEmptySubsequences: false)
+            let k = f.first.map(String.init) ?? ""
+            guard Base64.decode(k)?.count == 32 else { continue }
+            peers.append(k)
+            if f.count > 2, let e = SocketAddress(String(f[2])) { endpoints[k] = e }
         }
-        return WireGuardInterface(name: name, privateKey: key, listenPort: port, peers: peers)
+        return WireGuardInterface(name: name, privateKey: key, listenPort: port, peers: peers, endpoints: endpoints)
     }
 
     public struct Failure: Error, CustomStringConvertible { public let description: String }

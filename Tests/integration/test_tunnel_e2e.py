@@ -64,7 +64,7 @@ transport = "tls"
 
 
 class Setup:
-    def __init__(self, ferryd_factory, directory, nat="symmetric", block_b=False):
+    def __init__(self, ferryd_factory, directory, nat="symmetric", block_b=False, static_endpoints=False, relay_only=False):
         self.directory = directory
         self.lab = Lab(nat_a=nat, nat_b=nat, block_b=block_b)
         self.cert, self.key = lab_certificate(directory)
@@ -75,6 +75,10 @@ class Setup:
         self.wg_b = WireGuard(self.lab.peer_b, f"wlb{tag}", "10.99.0.2", directory)
         self.wg_a.add_peer(self.wg_b)
         self.wg_b.add_peer(self.wg_a)
+        if static_endpoints:
+            # As a WireGuard configuration with Endpoint= lines (the LANs are routed: nat="none").
+            self.lab.peer_a.exec("wg", "set", self.wg_a.name, "peer", self.wg_b.public, "endpoint", "10.2.0.2:51820")
+            self.lab.peer_b.exec("wg", "set", self.wg_b.name, "peer", self.wg_a.public, "endpoint", "10.1.0.2:51820")
         self.agents = []
         for ns, wg, name in ((self.lab.peer_a, self.wg_a, "a"), (self.lab.peer_b, self.wg_b, "b")):
             token = subprocess.run([binary("ferry"), "token", "--secret", TOKEN_SECRET, "--network", "lab", "--peer", wg.public],
@@ -93,6 +97,8 @@ class Setup:
                     f.write(f'interface = "{wg.name}"\nsignal = "wss://{FERRY_IP}:443/v1/signal"\ntoken_file = "{token_file}"\n'
                             f'ca = "{self.cert}"\nstatus_file = "{status}"\n')
                 args = ["--config", config]
+            if relay_only:
+                args.append("--relay-only")
             p = subprocess.Popen(["ip", "netns", "exec", ns.name, binary("ferry"), "tunnel", "run", *args],
                                  stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
             self.agents.append((p, log, status, name))
@@ -239,3 +245,19 @@ def test_f_a_handoff_that_gets_no_answer_is_taken_back(setup):
     r = s.ping(count=20, interval=0.05)
     assert " 0% packet loss" in r.stdout, r.stdout + s.logs()
     assert s.status("a")["peers"][0]["wireguard_endpoint"] is None
+
+
+def test_g_a_stopped_agent_gives_wireguard_its_endpoints_back(setup):
+    s = setup(nat="none", static_endpoints=True, relay_only=True)
+    s.wait_for_ping()
+    wait_until(lambda: s.path("a") == "relayed" and s.path("b") == "relayed", timeout=20, what=s.logs)
+    assert "127.0.0.1:" in s.lab.peer_a.exec("wg", "show", s.wg_a.name, "endpoints").stdout
+    for p, _, _, _ in s.agents:
+        os.killpg(p.pid, 15)
+        assert p.wait(10) == 0, s.logs()
+    assert "10.2.0.2:51820" in s.lab.peer_a.exec("wg", "show", s.wg_a.name, "endpoints").stdout, s.logs()
+    assert "10.1.0.2:51820" in s.lab.peer_b.exec("wg", "show", s.wg_b.name, "endpoints").stdout, s.logs()
+    assert "endpoint restored to 10.2.0.2:51820" in s.logs()
+    # WireGuard alone again, on the endpoints it was configured with.
+    r = s.ping(count=10, interval=0.1)
+    assert " 0% packet loss" in r.stdout, r.stdout
