@@ -49,7 +49,7 @@ def agents(ferryd_factory, tmpdir_path, request):
 
 
 def burst(sender, to, receiver, sizes, first_seq):
-    """Sends one payload per size, then reads until quiet: (received, corrupt, unknown)."""
+    """Sends one payload per size, then reads them: (received intact, received altered)."""
     sent = {}
     for k, size in enumerate(sizes):
         data = payload(first_seq + k, size)
@@ -58,7 +58,8 @@ def burst(sender, to, receiver, sizes, first_seq):
     received, corrupt = 0, 0
     receiver.settimeout(1)
     try:
-        while True:
+        # Until every payload is accounted for, or a second passes with nothing (a loss).
+        while received + corrupt < len(sizes):
             data, _ = receiver.recvfrom(65536)
             seq = struct.unpack("!I", data[:4])[0] if len(data) >= 4 else -1
             if sent.get(seq) == data:
