@@ -95,13 +95,19 @@ public struct FerryLogHandler: LogHandler {
     static func timestamp() -> String {
         var ts = timespec()
         clock_gettime(CLOCK_REALTIME, &ts)
+        return iso(ts.tv_sec, milliseconds: Int32(ts.tv_nsec / 1_000_000))
+    }
+
+    /// Unix seconds in UTC as `2026-11-27T14:05:09Z` (with milliseconds: `…09.123Z`).
+    static func iso(_ seconds: time_t, milliseconds: Int32? = nil) -> String {
         var t = tm()
-        var secs = ts.tv_sec
+        var secs = seconds
         gmtime_r(&secs, &t)
         func pad(_ v: Int32, _ n: Int = 2) -> String {
             let s = String(v)
             return String(repeating: "0", count: max(0, n - s.count)) + s
         }
-        return "\(t.tm_year + 1900)-\(pad(t.tm_mon + 1))-\(pad(t.tm_mday))T\(pad(t.tm_hour)):\(pad(t.tm_min)):\(pad(t.tm_sec)).\(pad(Int32(ts.tv_nsec / 1_000_000), 3))Z"
+        let fraction = milliseconds.map { ".\(pad($0, 3))" } ?? ""
+        return "\(t.tm_year + 1900)-\(pad(t.tm_mon + 1))-\(pad(t.tm_mday))T\(pad(t.tm_hour)):\(pad(t.tm_min)):\(pad(t.tm_sec))\(fraction)Z"
     }
 }

@@ -76,14 +76,5 @@ struct SessionLog: Sendable {
     }
 
     /// Unix seconds as `2026-11-27T14:05:09Z`.
-    static func iso(_ seconds: UInt64) -> String {
-        var t = tm()
-        var secs = time_t(seconds)
-        gmtime_r(&secs, &t)
-        func pad(_ v: Int32, _ n: Int = 2) -> String {
-            let s = String(v)
-            return String(repeating: "0", count: max(0, n - s.count)) + s
-        }
-        return "\(t.tm_year + 1900)-\(pad(t.tm_mon + 1))-\(pad(t.tm_mday))T\(pad(t.tm_hour)):\(pad(t.tm_min)):\(pad(t.tm_sec))Z"
-    }
+    static func iso(_ seconds: UInt64) -> String { FerryLogHandler.iso(time_t(seconds)) }
 }
