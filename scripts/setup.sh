@@ -12,7 +12,7 @@ if [ "$mode" = test ]; then
   # wireguard-go, wireguard-tools, nftables, ping and iperf3: the tunnel tests in network namespaces.
   # chromium: the status page test (headless, over the DevTools protocol).
   # prometheus: promtool for the alert rules (test_monitoring.py); lintian and dpkg-dev: the package test.
-  apt_pkgs+=(curl systemd coturn gcc openssl iproute2 wireguard-go wireguard-tools nftables iputils-ping iperf3 chromium prometheus lintian dpkg-dev)
+  apt_pkgs+=(curl systemd coturn gcc openssl iproute2 wireguard-go wireguard-tools nftables iputils-ping iperf3 chromium prometheus lintian dpkg-dev adduser)
   pip_pkgs+=(pytest aioice websockets pyjwt cryptography)
 fi
 sudo=""

@@ -6,7 +6,6 @@ import os
 import signal
 import socket
 import subprocess
-import time
 
 import turnclient as tc
 from conftest import Ferryd, binary, free_port, turn_base, turn_listeners, wait_until
@@ -68,7 +67,9 @@ def test_socket_activation_holds_the_lock_of_the_passed_ports(tmpdir_path):
     wait_until(connected, timeout=10, ignore=(OSError,))
     activated.wait_ready()
     assert "socket activation" in activated.output()
-    pid = int(subprocess.run(["pgrep", "-f", f"ferryd --config {activated.config_path}"], capture_output=True, text=True).stdout.split()[-1])
+    # systemd-socket-activate execs what it starts: ferryd has the pid the test started.
+    assert "ferryd" in open(f"/proc/{activated.proc.pid}/cmdline").read()
+    pid = activated.proc.pid
     code, output = second_start(config, tmpdir_path)
     assert code == 1, output
     assert f"udp port {udp} is already served by another ferryd (pid {pid})" in output, output

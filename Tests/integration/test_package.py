@@ -89,8 +89,9 @@ def test_the_package_installs_serves_and_purges_cleanly(tmpdir_path):
             probe = run("/usr/bin/ferry", "probe", "--user", "probe", "--password", "probe-password", f"turn:127.0.0.1:{udp}")
             assert probe.returncode == 0, probe.stdout + probe.stderr
             assert "turn echo" in probe.stdout
-            owner = run("ps", "-o", "user=", "-p", str(server.pid)).stdout.strip()
-            assert owner == "ferry"
+            # setpriv execs ferryd: the same pid, now the ferry user's.
+            assert "/usr/bin/ferryd" in open(f"/proc/{server.pid}/cmdline").read()
+            assert os.stat(f"/proc/{server.pid}").st_uid == user.pw_uid
         finally:
             os.killpg(server.pid, signal.SIGTERM)
             server.wait(15)
