@@ -18,8 +18,7 @@ public enum AdminClient {
     }
 
     /// `base` like `http://127.0.0.1:9090` (or `127.0.0.1:9090`); `path` like `/v1/status`.
-    public static func request(_ method: String = "GET", base: String, path: String, token: String? = nil,
-                               timeoutMilliseconds: Int32 = 5000) throws(Failure) -> Answer {
+    public static func get(base: String, path: String, timeoutMilliseconds: Int32 = 5000) throws(Failure) -> Answer {
         var hostPort = base
         if hostPort.hasPrefix("http://") { hostPort.removeFirst(7) }
         if hostPort.hasPrefix("https://") { throw Failure(description: "the admin endpoint speaks plain HTTP (keep it on a trusted address)") }
@@ -35,34 +34,22 @@ public enum AdminClient {
             }
             address = a
         }
-        let fd: FileDescriptor
-        do { fd = try Sockets.connectTCP(address, timeoutMilliseconds: timeoutMilliseconds) } catch {
+        let c: ClientConnection
+        do throws(ClientConnection.Failure) {
+            c = try ClientConnection(to: address, transport: .tcp, host: hostPort, caFile: nil, timeoutMilliseconds: timeoutMilliseconds)
+        } catch {
             throw Failure(description: "\(address): \(error)")
         }
-        defer { fd.close() }
-        var head = "\(method) \(path) HTTP/1.1\r\nHost: \(hostPort)\r\nConnection: close\r\nUser-Agent: ferry\r\n"
-        if let token { head += "Authorization: Bearer \(token)\r\n" }
-        if method == "POST" { head += "Content-Length: 0\r\n" }
-        head += "\r\n"
-        let request = Array(head.utf8)
-        var sent = 0
-        while sent < request.count {
-            let r = request.withUnsafeBytes { try? Sockets.write(fd.raw, from: UnsafeRawBufferPointer(rebasing: $0[sent...])) }
-            switch r {
-            case .done(let n)?: sent += n
-            case .wouldBlock?: guard Sockets.wait(fd.raw, forWriting: true, timeoutMilliseconds: timeoutMilliseconds) else { throw Failure(description: "\(address): write timed out") }
-            case nil: throw Failure(description: "\(address): the connection failed")
-            }
-        }
+        let head = "GET \(path) HTTP/1.1\r\nHost: \(hostPort)\r\nConnection: close\r\nUser-Agent: ferry\r\n\r\n"
+        guard Array(head.utf8).withUnsafeBytes({ c.write($0) }) else { throw Failure(description: "\(address): the request could not be sent") }
         var response: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 16384)
         while response.count < 8 << 20 {
-            let r = chunk.withUnsafeMutableBytes { try? Sockets.read(fd.raw, into: $0) }
-            switch r {
-            case .done(0)?: return try parse(response, from: address)
-            case .done(let n)?: response += chunk[0..<n]
-            case .wouldBlock?: guard Sockets.wait(fd.raw, timeoutMilliseconds: timeoutMilliseconds) else { throw Failure(description: "\(address): no answer in time") }
-            case nil: return try parse(response, from: address)
+            switch chunk.withUnsafeMutableBytes({ c.read(into: $0) }) {
+            case 0?: return try parse(response, from: address)
+            case let n?: response += chunk[0..<n]
+            case nil:
+                guard Sockets.wait(c.fdRaw, timeoutMilliseconds: timeoutMilliseconds) else { throw Failure(description: "\(address): no answer in time") }
             }
         }
         throw Failure(description: "\(address): the answer is too large")

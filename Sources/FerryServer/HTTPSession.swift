@@ -50,7 +50,9 @@ struct HTTPSession {
                 let answer = HTTPSession.answer(head, route: route)
                 out.statuses.append(answer.status)
                 if answer.status == 400 { out.malformed += 1 }
-                let keep = head.keepAlive && answer.status < 400
+                // A body is never read: a request that came with one closes the connection, so
+                // its bytes are never taken for the next request, whatever the route answered.
+                let keep = head.keepAlive && answer.status < 400 && HTTPSession.bodyRefusal(head) == nil
                 out.output += HTTPResponse.encode(status: answer.status, contentType: answer.contentType, body: answer.body,
                                                   close: !keep, headOnly: head.method == "HEAD", extraHeaders: answer.headers)
                 if !keep { closing = true }

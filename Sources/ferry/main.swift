@@ -209,7 +209,7 @@ struct Ferry: ParsableCommand {
         func run() throws {
             let answer: AdminClient.Answer
             do throws(AdminClient.Failure) {
-                answer = try AdminClient.request(base: admin, path: "/v1/status")
+                answer = try AdminClient.get(base: admin, path: "/v1/status")
             } catch {
                 printError("ferry status: \(error)")
                 throw ExitCode(1)

@@ -3,17 +3,12 @@ the control and session endpoints refusing a caller without the bearer token and
 one with it, paged listings, ending allocations by user and signaling sessions by network or
 key (each logged with `ended_by_operator`), reload and drain."""
 import asyncio
-import base64
-import hashlib
-import hmac
 import json
 import os
-import signal
 import socket
 import subprocess
 import time
 
-import pytest
 import websockets
 
 import turnclient as tc
@@ -35,8 +30,7 @@ def curl(port, path, method="GET", token=None):
 
 
 def rest_user(user):
-    username = f"{int(time.time()) + 600}:{user}"
-    return username, base64.b64encode(hmac.new(REST_SECRET.encode(), username.encode(), hashlib.sha1).digest()).decode()
+    return tc.rest_credentials(REST_SECRET, user, int(time.time()) + 600)
 
 
 def metrics(f):

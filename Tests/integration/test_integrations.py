@@ -6,13 +6,9 @@ app (Chromium, `iceServers` with TURN over UDP and TLS); then certificates from 
 deploy/certbot/ferry-deploy-hook and the ACME-less ferry-self-signed, swapped under a live TLS
 session."""
 import asyncio
-import base64
-import hashlib
-import hmac
 import json
 import os
 import random
-import re
 import socket
 import ssl
 import subprocess
@@ -31,16 +27,12 @@ SECRET = "integration-shared-secret-0123456789"
 HOOKS = os.path.join(ROOT, "deploy", "certbot")
 
 
-def hmac_b64(secret, username):
-    return base64.b64encode(hmac.new(secret.encode(), username.encode(), hashlib.sha1).digest()).decode()
-
-
 def netbird_credentials(secret, ttl_seconds=12 * 3600):
     """NetBird's management server (TimeBasedAuthSecretsManager.GenerateCredentials): the
     username is the expiry alone, the password base64(HMAC-SHA1(secret, username));
     CredentialsTTL defaults to 12h."""
     username = str(int(time.time()) + ttl_seconds)
-    return username, hmac_b64(secret, username)
+    return username, tc.rest_password(secret, username)
 
 
 def synapse_credentials(secret, user_id, lifetime_ms=86_400_000):
@@ -48,7 +40,7 @@ def synapse_credentials(secret, user_id, lifetime_ms=86_400_000):
     expiry = (now_ms + turn_user_lifetime) / 1000, base64(HMAC-SHA1)."""
     expiry = (int(time.time() * 1000) + lifetime_ms) // 1000
     username = "%d:%s" % (expiry, user_id)
-    return username, hmac_b64(secret, username)
+    return username, tc.rest_password(secret, username)
 
 
 def nextcloud_credentials(secret):
@@ -56,13 +48,13 @@ def nextcloud_credentials(secret):
     characters of ISecureRandom's default set (letters, digits, + and /)."""
     chars = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+/"
     username = f"{int(time.time()) + 86400}:{''.join(random.choice(chars) for _ in range(16))}"
-    return username, hmac_b64(secret, username)
+    return username, tc.rest_password(secret, username)
 
 
 def webrtc_app_credentials(secret, user, ttl=3600):
     """A plain app's backend, as coturn's REST API draft describes: `expiry:user`."""
     username = f"{int(time.time()) + ttl}:{user}"
-    return username, hmac_b64(secret, username)
+    return username, tc.rest_password(secret, username)
 
 
 @pytest.fixture

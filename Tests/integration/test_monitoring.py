@@ -7,7 +7,6 @@ import re
 import socket
 import subprocess
 
-import pytest
 
 from conftest import ROOT, free_port, http_get, listener, turn_base
 

@@ -3,9 +3,6 @@ ends, with who, from where, how long, bytes and packets each way and why it ende
 `log.format = "json"` (counts as JSON numbers) and as key=value text otherwise. Expiry is the
 one way of ending that takes a minute here; the unit tests cover it (SessionRecordTests)."""
 import asyncio
-import base64
-import hashlib
-import hmac
 import json
 import signal
 import socket
@@ -30,8 +27,7 @@ def session_lines(f):
 
 
 def rest_credentials(user, ttl=600):
-    username = f"{int(time.time()) + ttl}:{user}"
-    return username, base64.b64encode(hmac.new(REST_SECRET.encode(), username.encode(), hashlib.sha1).digest()).decode()
+    return tc.rest_credentials(REST_SECRET, user, int(time.time()) + ttl)
 
 
 def test_allocation_lines_for_each_way_an_allocation_ends(ferryd_factory):

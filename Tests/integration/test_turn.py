@@ -1,9 +1,6 @@
 """STUN and TURN over UDP against the real ferryd, with coturn's turnutils_* tools, aioice, and a
 small raw client for the error paths."""
 import asyncio
-import base64
-import hashlib
-import hmac
 import os
 import re
 import signal
@@ -231,9 +228,7 @@ def test_nonces_survive_a_restart_with_the_state_directory(tmpdir_path):
 
 
 def rest_credentials(expiry, name="peer"):
-    username = f"{expiry}:{name}"
-    password = base64.b64encode(hmac.new(SECRET.encode(), username.encode(), hashlib.sha1).digest()).decode()
-    return username, password
+    return tc.rest_credentials(SECRET, name, expiry)
 
 
 def test_expired_shared_secret_credential_is_refused(turn_server):

@@ -1,6 +1,7 @@
 """A small STUN/TURN client for the error paths the off-the-shelf clients cannot reach
 (arbitrary XOR-PEER-ADDRESS encodings, address-family attributes, forged nonces). The happy
 paths are tested with clients nobody here wrote: coturn's turnutils_* and aioice."""
+import base64
 import binascii
 import hashlib
 import hmac
@@ -55,6 +56,18 @@ def encode(method, cls, attrs, tid=None, key=None, fingerprint=True):
         crc = (zlib.crc32(header(8) + body) ^ 0x5354554E) & 0xFFFFFFFF
         body += struct.pack("!HHI", FINGERPRINT, 4, crc)
     return header(0) + body, tid
+
+
+def rest_password(secret, username):
+    """The TURN REST password for `username` (coturn's static-auth-secret scheme):
+    base64(HMAC-SHA1(secret, username))."""
+    return base64.b64encode(hmac.new(secret.encode(), username.encode(), hashlib.sha1).digest()).decode()
+
+
+def rest_credentials(secret, user, expiry):
+    """A TURN REST username `expiry:user` and its password."""
+    username = f"{expiry}:{user}"
+    return username, rest_password(secret, username)
 
 
 class Response:

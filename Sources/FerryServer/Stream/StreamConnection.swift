@@ -493,12 +493,14 @@ final class StreamConnection: EventHandler {
         // Best effort, one non-blocking write: a TLS alert or close_notify, or a last answer.
         if output.count > 0 { _ = try? Sockets.write(fd.raw, from: output.pending) }
         worker.metrics.add(settings.counters.closed[reason])
-        worker.streamClosed(self)
+        // The service learns of the close while the worker still knows the connection (the
+        // session log names its transport), then the worker drops it.
         switch carried {
         case .turn?: settings.turn?.connectionClosed(self)
         case .websocket?: settings.signal?.closed(self)
         case .http?, nil: break
         }
+        worker.streamClosed(self)
         // `input` and `output` may be borrowed by the caller right now (close can happen inside
         // frame processing): they go with the object, which the worker just dropped.
         tls = nil

@@ -127,14 +127,9 @@ final class TURNService: RelayProvider, DatagramService, StreamFrameHandler {
         switch t {
         case .udp: return "udp"
         case .stream(let id):
-            if let conn = worker.connection(id) { return conn.isTLS ? "tls" : "tcp" }
-            return closingKind ?? "tcp"
+            return worker.connection(id)?.isTLS == true ? "tls" : "tcp"
         }
     }
-
-    /// The kind of the connection whose close is ending its allocation right now (the worker
-    /// no longer finds it by id then).
-    private var closingKind: String?
 
     /// The first bytes TURN claims on a UDP socket (RFC 7983); it is also the socket's fallback,
     /// so anything else that arrives is counted as a malformed TURN message.
@@ -390,9 +385,7 @@ final class TURNService: RelayProvider, DatagramService, StreamFrameHandler {
     }
 
     func connectionClosed(_ conn: StreamConnection) {
-        closingKind = conn.isTLS ? "tls" : "tcp"
         server.clientGone(ClientKey(address: conn.peer, transport: .stream(conn.id)), now: loop.now)
-        closingKind = nil
     }
 
     private func handleStreamSTUN(_ bytes: UnsafeRawBufferPointer, from conn: StreamConnection) {
