@@ -34,6 +34,7 @@ from common import cpu_seconds, free_udp_port, rss_kib, write_ferryd_config  # n
 
 USER, PASSWORD, REALM = "bench", "bench-password", "ferry.bench"
 GEN_GSO = 16  # ChannelData messages per generator send (see tgen.c); set by --gen-gso
+BASELINE = None  # --baseline: another ferryd binary (the commit before a change), run as "ferryd-baseline"
 
 
 class Server:
@@ -42,6 +43,8 @@ class Server:
         self.port = free_udp_port()
         if kind.startswith("ferryd"):
             gso = "false" if kind == "ferryd-nogso" else "true"
+            if kind == "ferryd-baseline":
+                ferryd = BASELINE
             cfg = write_ferryd_config(tmp, f"""[engine]
 gso = {gso}
 [turn]
@@ -141,15 +144,22 @@ def main():
     p.add_argument("--cpu-rate", type=int, default=100000, help="common rate for CPU per packet")
     p.add_argument("--allocations", type=int, default=10000)
     p.add_argument("--gen-gso", type=int, default=16, help="ChannelData messages per generator send (1 = no GSO)")
+    p.add_argument("--baseline", help="another ferryd binary to run side by side (the commit before a change)")
+    p.add_argument("--servers", default="coturn,ferryd,ferryd-nogso",
+                   help="which to run, in order (ferryd-baseline needs --baseline)")
     a = p.parse_args()
-    global GEN_GSO
+    global GEN_GSO, BASELINE
     GEN_GSO = a.gen_gso
+    BASELINE = a.baseline
+    kinds = a.servers.split(",")
+    if a.baseline and "ferryd-baseline" not in kinds:
+        kinds.append("ferryd-baseline")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     rates = [int(r) for r in a.rates.split(",")]
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for kind in ("coturn", "ferryd", "ferryd-nogso"):
+        for kind in kinds:
             server = Server(kind, a.ferryd, tmp)
             peer = free_udp_port()
             socks = server.sessions(a.sessions, peer)
@@ -189,15 +199,21 @@ def main():
         fwd.kill()
         fwd.wait()
         print(f"C forwarder at {a.cpu_rate / 1000:.0f}k pkt/s: cpu {cf['cpu_us']:.2f} us/pkt, loss {cf['loss'] * 100:.3f}%")
+    print()
+    print(f"{'server':15s} {'max pkt/s @<=0.1% loss':>19s} {'CPU us/pkt @' + str(a.cpu_rate // 1000) + 'k':>16s} {'bytes/allocation':>17s}")
+    for k in kinds:
+        r = results[k]
+        print(f"{k:15s} {(r['best']['pps'] if r['best'] else 0):19.0f} {r['cpu']['cpu_us']:16.2f} {r['mem']:17.0f}")
+    print(f"{'C forwarder':15s} {'':19s} {cf['cpu_us']:16.2f}")
+    if "ferryd-baseline" in results and "ferryd" in results:
+        f, b = results["ferryd"], results["ferryd-baseline"]
+        print(f"ratio ferryd/ferryd-baseline: packets/s {(f['best']['pps'] if f['best'] else 0) / max(b['best']['pps'] if b['best'] else 1, 1):.2f}, "
+              f"CPU per packet {f['cpu']['cpu_us'] / b['cpu']['cpu_us']:.2f}")
+    if not all(k in results for k in ("coturn", "ferryd", "ferryd-nogso")):
+        return
     f, c = results["ferryd"], results["coturn"]
     fb = f["best"]["pps"] if f["best"] else 0
     cb = c["best"]["pps"] if c["best"] else 0
-    print()
-    print(f"{'server':13s} {'max pkt/s @<=0.1% loss':>19s} {'CPU us/pkt @' + str(a.cpu_rate // 1000) + 'k':>16s} {'bytes/allocation':>17s}")
-    for k in ("coturn", "ferryd", "ferryd-nogso"):
-        r = results[k]
-        print(f"{k:13s} {(r['best']['pps'] if r['best'] else 0):19.0f} {r['cpu']['cpu_us']:16.2f} {r['mem']:17.0f}")
-    print(f"{'C forwarder':13s} {'':19s} {cf['cpu_us']:16.2f}")
     n = results["ferryd-nogso"]
     nb = n["best"]["pps"] if n["best"] else 0
     print(f"ratio ferryd/coturn packets/s: {fb / max(cb, 1):.2f} (goal >= 1.5; without GSO {nb / max(cb, 1):.2f}); "

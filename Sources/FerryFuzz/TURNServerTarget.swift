@@ -132,7 +132,7 @@ enum TURNServerTarget {
                     }
                 case .relay(let handle, let peer, let payload):
                     require(relays.open[handle] != nil, "a Send indication is relayed through an open relay")
-                    require(server.policy.permits(peer: peer), "a Send indication reaches only a permitted peer")
+                    require(server.policy.permits(peer: peer, live: server.relayPorts), "a Send indication reaches only a permitted peer")
                     require(payload.baseAddress! >= raw.baseAddress! && payload.baseAddress! + payload.count <= raw.baseAddress! + raw.count,
                             "the relayed payload is a slice of the request")
                 }
@@ -227,7 +227,7 @@ enum TURNServerTarget {
                 let channel = r.pick([0x4000, 0x4001, 0x7FFF, r.u16()] as [UInt16])
                 if let (handle, peer) = server.channelTarget(client: clients[c], channel: channel, length: Int(r.u16()), now: now) {
                     require(relays.open[handle] != nil, "ChannelData goes out through an open relay")
-                    require(server.policy.permits(peer: peer), "ChannelData reaches only a permitted peer")
+                    require(server.policy.permits(peer: peer, live: server.relayPorts), "ChannelData reaches only a permitted peer")
                 }
             case 6:
                 // A relay that serves an allocation, chosen by the input.

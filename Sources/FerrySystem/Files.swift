@@ -45,3 +45,15 @@ public enum Files {
         return ok && rename(temporary, path) == 0
     }
 }
+
+/// Kernel settings read from /proc (at start and on reload; never per packet).
+public enum KernelSettings {
+    /// `net.ipv4.ip_local_port_range` (IPv6 uses it too): where the kernel picks the ports of
+    /// outgoing and unbound sockets. Nil where /proc cannot be read.
+    public static func ephemeralPortRange(path: String = "/proc/sys/net/ipv4/ip_local_port_range") -> ClosedRange<Int>? {
+        guard let bytes = Files.read(path) else { return nil }
+        let parts = String(decoding: bytes, as: UTF8.self).split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\n" })
+        guard parts.count == 2, let lo = Int(parts[0]), let hi = Int(parts[1]), lo <= hi else { return nil }
+        return lo...hi
+    }
+}

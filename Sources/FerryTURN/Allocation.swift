@@ -57,6 +57,11 @@ public struct Permission {
 /// more during which neither may be rebound to something else.
 public struct ChannelBinding {
     public var number: UInt16 = 0
+    /// The peer is one of the relay's own addresses, reachable only while a live allocation
+    /// holds its port (`PeerPolicy.limitsToLivePorts`): decided at bind and on reload, so the
+    /// relay path looks at the live ports only for such a channel. Declared next to `number`,
+    /// in the padding before `peer`: the slot stays 48 bytes (16 per allocation by default).
+    public var liveOnly = false
     public var peer = SocketAddress(ip: .ipv4Any, port: 0)
     public var expiry: UInt64 = 0
     public var reservedUntil: UInt64 = 0
@@ -179,12 +184,12 @@ public struct AllocationTable {
         return 0
     }
 
-    /// The peer of live channel `number`, or nil.
+    /// Live channel `number`, or nil.
     @inlinable
-    public func peer(_ slot: Int32, channel number: UInt16, now: UInt64) -> SocketAddress? {
+    public func binding(_ slot: Int32, channel number: UInt16, now: UInt64) -> UnsafeMutablePointer<ChannelBinding>? {
         let c = channelBase(slot)
         let n = Int(allocations[Int(slot)].channelCount)
-        for i in 0..<n where c[i].number == number && c[i].expiry > now { return c[i].peer }
+        for i in 0..<n where c[i].number == number && c[i].expiry > now { return c + i }
         return nil
     }
 }

@@ -52,19 +52,23 @@ public struct CIDR: Hashable, Sendable, CustomStringConvertible {
 /// Order: an explicit `deny` match on any form denies; else an `allow` match on any form allows
 /// (allow overrides the defaults); else a default-denied block on any form denies; else allowed.
 ///
-/// One exception to the default blocks: the relay's own relayed transport addresses. Two peers
-/// that both fall back to this relay send to each other's relayed addresses, which on a VPC or
-/// CGNAT deployment sit in a default-denied block. Those addresses (exactly, not their block and
-/// not their embedded forms) are permitted as peers, but only on the relay port range, so the
-/// exception never opens the TURN listener, the admin port or anything else on that host. An
-/// explicit `deny` still wins.
+/// The relay's own relayed addresses (`turn.relay_ipv4/6`, `turn.external_ipv4/6`, exactly: not
+/// their block, not their embedded forms) are a case of their own. Two peers that both fall back
+/// to this relay send to each other's relayed addresses, which on a VPC or CGNAT deployment sit in
+/// a default-denied block, so a permission for such an address is granted; but a datagram to one
+/// goes only to a port that a live allocation of this ferryd holds (`RelayPortSet`), checked on
+/// every ChannelBind, Send and ChannelData. Every other port there — the TURN listener, the admin
+/// port, the host's resolver and NTP sockets and any other process's UDP socket, which the relay
+/// port range shares with the kernel's ephemeral ports — is never reached, whether the address is
+/// private or public. An explicit `deny` still wins; an explicit `allow` covering the address
+/// opens all of its ports (the development default allows 127.0.0.0/8 so that local test peers
+/// work).
 public struct PeerPolicy: Sendable {
     public let allow: [CIDR]
     public let deny: [CIDR]
     /// The addresses relayed sockets bind to or advertise (`turn.relay_ipv4/6`,
-    /// `turn.external_ipv4/6`), and the relay port range.
+    /// `turn.external_ipv4/6`).
     public let ownRelayAddresses: [IPAddress]
-    public let ownRelayPorts: ClosedRange<UInt16>
 
     /// Denied unless allowed: addresses that are never a peer on the Internet, and where a
     /// relay would reach into the operator's own network or cloud metadata services.
@@ -89,11 +93,10 @@ public struct PeerPolicy: Sendable {
         "64:ff9b:1::/48",     // local-use NAT64 (RFC 8215): translated to private networks
     ].map { CIDR($0)! }
 
-    public init(allow: [CIDR] = [], deny: [CIDR] = [], ownRelayAddresses: [IPAddress] = [], ownRelayPorts: ClosedRange<UInt16> = 0...0) {
+    public init(allow: [CIDR] = [], deny: [CIDR] = [], ownRelayAddresses: [IPAddress] = []) {
         self.allow = allow
         self.deny = deny
         self.ownRelayAddresses = ownRelayAddresses.filter { $0 != .ipv4Any && $0 != .ipv6Any }
-        self.ownRelayPorts = ownRelayPorts
     }
 
     /// The address and the IPv4 addresses it embeds.
@@ -136,14 +139,22 @@ public struct PeerPolicy: Sendable {
         return .allowed
     }
 
-    /// Whether any port of `ip` may be a peer (the policy alone, without the own-relay exception).
+    /// Whether any port of `ip` may be a peer (the policy alone, without the own-relay rule).
     public func permits(_ ip: IPAddress) -> Bool { check(ip).isAllowed }
 
     /// Whether `ip` is exactly one of the relay's own relayed addresses.
     @inlinable public func isOwnRelay(_ ip: IPAddress) -> Bool { ownRelayAddresses.contains(ip) }
 
+    /// Whether datagrams to `ip` may go only to the ports of live allocations: one of the relay's
+    /// own addresses that no `allow` entry opens explicitly.
+    public func limitsToLivePorts(_ ip: IPAddress) -> Bool {
+        guard isOwnRelay(ip) else { return false }
+        if case .allowed = check(ip), allow.contains(where: { $0.contains(ip) }) { return false }
+        return true
+    }
+
     /// CreatePermission (an address without a port): the policy, or one of the relay's own
-    /// addresses unless explicitly denied (sends to it are then limited by `permits(peer:)`).
+    /// addresses unless explicitly denied (what reaches it is then limited per port).
     public func permitsPermission(_ ip: IPAddress) -> Bool {
         switch check(ip) {
         case .allowed: return true
@@ -152,20 +163,17 @@ public struct PeerPolicy: Sendable {
         }
     }
 
-    /// ChannelBind and Send (an address and port): the policy, or a relay port of one of the
-    /// relay's own addresses.
-    public func permits(peer: SocketAddress) -> Bool {
-        switch check(peer.ip) {
-        case .allowed: return true
-        case .deniedByDefault: return isOwnRelay(peer.ip) && ownRelayPorts.contains(peer.port)
-        case .deniedExplicitly: return false
-        }
+    /// ChannelBind and Send (an address and port): on one of the relay's own addresses, a port of
+    /// a live allocation of this ferryd (unless explicitly allowed or denied); elsewhere the policy.
+    public func permits(peer: SocketAddress, live: RelayPortSet) -> Bool {
+        guard permitsPermission(peer.ip) else { return false }
+        return !limitsToLivePorts(peer.ip) || live.contains(peer)
     }
 
     /// The per-packet check for Send indications, whose address was already admitted by a
-    /// permission: only a permission that exists because of the own-relay exception limits the
-    /// port. Costs a comparison with the relay's one or two addresses.
-    @inlinable public func refusesSend(to peer: SocketAddress) -> Bool {
-        isOwnRelay(peer.ip) && !ownRelayPorts.contains(peer.port) && !permits(peer.ip)
+    /// permission: costs a comparison with the relay's few addresses, and for one of them a
+    /// look at the live ports.
+    @inlinable public func refusesSend(to peer: SocketAddress, live: RelayPortSet) -> Bool {
+        isOwnRelay(peer.ip) && limitsToLivePorts(peer.ip) && !live.contains(peer)
     }
 }

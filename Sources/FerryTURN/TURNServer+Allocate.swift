@@ -156,7 +156,9 @@ extension TURNServer {
         family == .ipv4 ? settings.relayIPv4 : settings.relayIPv6
     }
 
+    /// The allocation holds `relay` on `port`: from now on a peer of this ferryd may reach it.
     func setRelay(_ slot: Int32, family: IPFamily, relay: RelayID, port: UInt16) {
+        relayPorts.insert(family, port: port)
         if family == .ipv4 {
             let ip = settings.externalIPv4 ?? settings.relayIPv4 ?? .ipv4Any
             table.pointee.allocations[Int(slot)].relay4 = relay
@@ -168,10 +170,18 @@ extension TURNServer {
         }
     }
 
+    /// The ports stop being reachable before their sockets close (after which the kernel may give
+    /// them to any process).
     func closeRelays(_ slot: Int32) {
         let a = table.pointee.allocations[Int(slot)]
-        if !a.relay4.isNone { relays.closeRelay(a.relay4) }
-        if !a.relay6.isNone { relays.closeRelay(a.relay6) }
+        if !a.relay4.isNone {
+            relayPorts.remove(.ipv4, port: a.relayAddress4.port)
+            relays.closeRelay(a.relay4)
+        }
+        if !a.relay6.isNone {
+            relayPorts.remove(.ipv6, port: a.relayAddress6.port)
+            relays.closeRelay(a.relay6)
+        }
         table.pointee.allocations[Int(slot)].relay4 = .none
         table.pointee.allocations[Int(slot)].relay6 = .none
     }

@@ -26,7 +26,7 @@ extension TURNServer {
         }
         let a = table.pointee.allocations[Int(slot)]
         if a.relay(for: IPFamily(peer.ip)).isNone { return error(ctx, 443) }
-        if !policy.permits(peer: peer) {
+        if !policy.permits(peer: peer, live: relayPorts) {
             metrics.add(counters.drops[.deniedPeer])
             return error(ctx, 403)
         }
@@ -66,7 +66,8 @@ extension TURNServer {
             metrics.add(counters.drops[.quota])
             return error(ctx, 508)
         }
-        base[existing!] = ChannelBinding(number: number, peer: peer, expiry: expiry, reservedUntil: reserved)
+        base[existing!] = ChannelBinding(number: number, liveOnly: policy.limitsToLivePorts(peer.ip), peer: peer,
+                                        expiry: expiry, reservedUntil: reserved)
         table.pointee.allocations[Int(slot)].channelCount = Int32(count)
         // Counted once the binding exists (a 508 from the permission above made none).
         if isNew { metrics.add(counters.channelsBound) }

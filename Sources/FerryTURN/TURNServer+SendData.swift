@@ -28,8 +28,9 @@ extension TURNServer {
             metrics.add(counters.drops[.noPermission])
             return .none
         }
-        // A permission for one of the relay's own addresses admits its relay ports only.
-        if policy.refusesSend(to: peer) {
+        // A permission for one of the relay's own addresses admits the ports of live
+        // allocations only, at the moment of sending.
+        if policy.refusesSend(to: peer, live: relayPorts) {
             metrics.add(counters.drops[.deniedPeer])
             return .none
         }
@@ -48,7 +49,8 @@ extension TURNServer {
 
     /// Where a client's ChannelData goes: the relay handle and peer, or nil (dropped and
     /// counted). Per packet: one hash lookup, a scan of the allocation's few channels, a token
-    /// bucket. Counting of relayed packets is left to the caller, once per batch.
+    /// bucket; for a channel to one of the relay's own addresses, one load from the live ports.
+    /// Counting of relayed packets is left to the caller, once per batch.
     @inlinable
     public func channelTarget(client: ClientKey, channel: UInt16, length: Int, now: UInt64) -> (relay: RelayID, peer: SocketAddress)? {
         let t = table
@@ -56,8 +58,13 @@ extension TURNServer {
             drop(.noAllocation)
             return nil
         }
-        guard let peer = t.pointee.peer(slot, channel: channel, now: now) else {
+        guard let binding = t.pointee.binding(slot, channel: channel, now: now) else {
             drop(.noChannel)
+            return nil
+        }
+        let peer = binding.pointee.peer
+        if binding.pointee.liveOnly && !relayPorts.contains(peer) {
+            drop(.deniedPeer)
             return nil
         }
         let a = t.pointee.allocations + Int(slot)

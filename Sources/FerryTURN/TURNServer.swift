@@ -16,6 +16,8 @@ public final class TURNServer {
     let nonces: NonceCodec
     unowned let relays: RelayProvider
     let shared: TURNShared
+    /// `shared.relayPorts`, hoisted so the relay path reads it without touching `shared`.
+    public let relayPorts: RelayPortSet
     let counters: TURNCounters
     let metrics: CounterBlock
     /// The slabs, behind a pointer: the relay path reads them without exclusivity checks.
@@ -33,6 +35,7 @@ public final class TURNServer {
         self.policy = policy
         self.relays = relays
         self.shared = shared
+        relayPorts = shared.relayPorts
         self.counters = counters
         self.metrics = metrics
         table = .allocate(capacity: 1)
@@ -48,10 +51,18 @@ public final class TURNServer {
         table.deallocate()
     }
 
-    /// Reload: new users, secrets and peer policy apply to new requests at once.
+    /// Reload: new users, secrets and peer policy apply to new requests at once, and to bound
+    /// channels' next packet (whether a channel's peer is limited to live ports).
     public func update(credentials: CredentialStore, policy: PeerPolicy) {
         self.credentials = credentials
         self.policy = policy
+        let t = table
+        for i in 0..<t.pointee.usedSlots where t.pointee.allocations[i].active {
+            let base = t.pointee.channelBase(Int32(i))
+            for c in 0..<Int(t.pointee.allocations[i].channelCount) {
+                base[c].liveOnly = policy.limitsToLivePorts(base[c].peer.ip)
+            }
+        }
     }
 
     public var activeAllocations: Int { table.pointee.activeCount }

@@ -3,11 +3,15 @@ import FerryWire
 import Synchronization
 
 /// State every worker's TURN server shares: the per-user allocation counts (a user's clients
-/// land on any worker) and EVEN-PORT reservations (redeemed from any worker). Touched only by
-/// Allocate, Refresh-to-zero and expiry: the control path, never per packet.
+/// land on any worker), EVEN-PORT reservations (redeemed from any worker), both touched only by
+/// Allocate, Refresh-to-zero and expiry; and the live relayed ports, written there too and read
+/// lock-free per packet (`RelayPortSet`, whose storage this object owns).
 public final class TURNShared: Sendable {
     private let users = Mutex<[String: Int]>([:])
     private let reservations = Mutex<[UInt64: Reservation]>([:])
+    public let relayPorts = RelayPortSet.allocate()
+
+    deinit { relayPorts.deallocate() }
 
     public struct Reservation: Sendable {
         public let socket: ReservedRelay

@@ -40,29 +40,78 @@ import FerryTURN
         #expect(vpc.check(IPAddress("8.8.8.8")!) == .deniedExplicitly(CIDR("8.8.8.8/32")!))
     }
 
-    @Test func ownRelayAddressesArePeersOnTheRelayPortsOnly() {
+    @Test func ownRelayAddressesArePeersOnLiveAllocationPortsOnly() {
         let relay = IPAddress("10.20.0.5")!
-        let p = PeerPolicy(ownRelayAddresses: [relay, .ipv4Any], ownRelayPorts: 50000...50100)
+        let live = RelayPortSet.allocate()
+        defer { live.deallocate() }
+        live.insert(.ipv4, port: 50000)
+        live.insert(.ipv4, port: 61234)
+        let p = PeerPolicy(ownRelayAddresses: [relay, .ipv4Any])
         #expect(p.ownRelayAddresses == [relay], "an unspecified address is never 'own'")
         #expect(!p.permits(relay), "the policy alone still denies the block")
         #expect(p.permitsPermission(relay))
-        #expect(p.permits(peer: SocketAddress(ip: relay, port: 50000)))
-        #expect(p.permits(peer: SocketAddress(ip: relay, port: 50100)))
-        #expect(!p.permits(peer: SocketAddress(ip: relay, port: 3478)), "not the TURN listener")
-        #expect(!p.permits(peer: SocketAddress(ip: relay, port: 9100)), "not the admin port")
-        #expect(p.refusesSend(to: SocketAddress(ip: relay, port: 3478)))
-        #expect(!p.refusesSend(to: SocketAddress(ip: relay, port: 50001)))
+        #expect(p.permits(peer: SocketAddress(ip: relay, port: 50000), live: live))
+        #expect(p.permits(peer: SocketAddress(ip: relay, port: 61234), live: live))
+        // A port in the relay range but held by no allocation: another process's socket, or freed.
+        #expect(!p.permits(peer: SocketAddress(ip: relay, port: 50001), live: live))
+        #expect(!p.permits(peer: SocketAddress(ip: relay, port: 3478), live: live), "not the TURN listener")
+        #expect(!p.permits(peer: SocketAddress(ip: relay, port: 53), live: live), "not the resolver")
+        #expect(p.refusesSend(to: SocketAddress(ip: relay, port: 3478), live: live))
+        #expect(p.refusesSend(to: SocketAddress(ip: relay, port: 50001), live: live))
+        #expect(!p.refusesSend(to: SocketAddress(ip: relay, port: 50000), live: live))
+        // Freed: unreachable at once.
+        live.remove(.ipv4, port: 50000)
+        #expect(!p.permits(peer: SocketAddress(ip: relay, port: 50000), live: live))
+        #expect(p.refusesSend(to: SocketAddress(ip: relay, port: 50000), live: live))
+        // Another family's live port is not this family's.
+        live.insert(.ipv6, port: 50002)
+        #expect(!p.permits(peer: SocketAddress(ip: relay, port: 50002), live: live))
         // Nothing else on that network, nor the address in another encoding.
         #expect(!p.permitsPermission(IPAddress("10.20.0.6")!))
         #expect(!p.permitsPermission(IPAddress("::ffff:10.20.0.5")!))
-        #expect(!p.permits(peer: SocketAddress(ip: IPAddress("10.20.0.6")!, port: 50000)))
-        // An explicit deny still wins; an allow lifts the port limit as before.
-        let denied = PeerPolicy(deny: [CIDR("10.20.0.0/16")!], ownRelayAddresses: [relay], ownRelayPorts: 50000...50100)
+        #expect(!p.permits(peer: SocketAddress(ip: IPAddress("10.20.0.6")!, port: 61234), live: live))
+        #expect(!p.permits(peer: SocketAddress(ip: IPAddress("::ffff:10.20.0.5")!, port: 61234), live: live))
+        // An explicit deny still wins; an allow covering the address opens every port.
+        let denied = PeerPolicy(deny: [CIDR("10.20.0.0/16")!], ownRelayAddresses: [relay])
         #expect(!denied.permitsPermission(relay))
-        #expect(!denied.permits(peer: SocketAddress(ip: relay, port: 50000)))
-        let allowed = PeerPolicy(allow: [CIDR("10.20.0.0/16")!], ownRelayAddresses: [relay], ownRelayPorts: 50000...50100)
-        #expect(allowed.permits(peer: SocketAddress(ip: relay, port: 3478)))
-        #expect(!allowed.refusesSend(to: SocketAddress(ip: relay, port: 3478)))
+        #expect(!denied.permits(peer: SocketAddress(ip: relay, port: 61234), live: live))
+        let allowed = PeerPolicy(allow: [CIDR("10.20.0.0/16")!], ownRelayAddresses: [relay])
+        #expect(!allowed.limitsToLivePorts(relay))
+        #expect(allowed.permits(peer: SocketAddress(ip: relay, port: 3478), live: live))
+        #expect(!allowed.refusesSend(to: SocketAddress(ip: relay, port: 3478), live: live))
+    }
+
+    @Test func aPublicRelayAddressIsLimitedToLivePortsToo() {
+        // A relay on a public address: the policy allows the block, but the host's own services
+        // on that address are no more a peer than on a private one.
+        let publicRelay = IPAddress("8.8.4.4")!
+        let live = RelayPortSet.allocate()
+        defer { live.deallocate() }
+        live.insert(.ipv4, port: 50000)
+        let p = PeerPolicy(ownRelayAddresses: [publicRelay])
+        #expect(p.permits(publicRelay), "public: the policy alone allows it")
+        #expect(p.limitsToLivePorts(publicRelay))
+        #expect(p.permits(peer: SocketAddress(ip: publicRelay, port: 50000), live: live))
+        #expect(!p.permits(peer: SocketAddress(ip: publicRelay, port: 53), live: live))
+        #expect(p.refusesSend(to: SocketAddress(ip: publicRelay, port: 123), live: live))
+        // Other public addresses are unaffected.
+        #expect(p.permits(peer: SocketAddress(ip: IPAddress("8.8.8.8")!, port: 53), live: live))
+        #expect(!p.refusesSend(to: SocketAddress(ip: IPAddress("8.8.8.8")!, port: 53), live: live))
+    }
+
+    @Test func relayPortSetKeepsFamiliesAndEveryPortApart() {
+        let live = RelayPortSet.allocate()
+        defer { live.deallocate() }
+        for port: UInt16 in [0, 1, 63, 64, 65535] {
+            #expect(!live.contains(.ipv4, port: port))
+            live.insert(.ipv4, port: port)
+            #expect(live.contains(.ipv4, port: port))
+            #expect(!live.contains(.ipv6, port: port))
+            #expect(!live.contains(.ipv4, port: 1000), "no other bit set")
+        }
+        live.remove(.ipv4, port: 64)
+        #expect(!live.contains(.ipv4, port: 64))
+        #expect(live.contains(.ipv4, port: 63) && live.contains(.ipv4, port: 65535))
     }
 
     @Test func cidrParsing() {

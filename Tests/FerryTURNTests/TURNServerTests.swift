@@ -47,7 +47,8 @@ final class Harness {
     let client = SocketAddress("203.0.113.5:40000")!
     let realm = "ferry.test"
 
-    init(settings: (inout TURNSettings) -> Void = { _ in }, secrets: [String] = ["s3cret"], policy: PeerPolicy = PeerPolicy()) {
+    init(settings: (inout TURNSettings) -> Void = { _ in }, secrets: [String] = ["s3cret"], policy: PeerPolicy = PeerPolicy(),
+         shared: TURNShared = TURNShared()) {
         var s = TURNSettings()
         s.realm = realm
         s.relayIPv4 = IPAddress("198.51.100.1")
@@ -55,7 +56,7 @@ final class Harness {
         settings(&s)
         let creds = CredentialStore(realm: realm, users: ["alice": .password("wonderland"), "bob": .password("builder")], secrets: secrets)
         server = TURNServer(settings: s, credentials: creds, nonces: NonceCodec(secret: Array("k".utf8), lifetimeSeconds: 600),
-                            policy: policy, relays: relays, shared: TURNShared(), counters: counters, metrics: metrics)
+                            policy: policy, relays: relays, shared: shared, counters: counters, metrics: metrics)
     }
 
     deinit { metrics.base.deallocate() }
