@@ -12,6 +12,8 @@
 //   → FerryClient   the peer side as pure state machines: TURN and STUN clients, the signaling
 //                   client, sealed payloads, ICE (no FerrySystem)
 //   → FerryConfig   the config file model, parser and validation (pure)
+//   → FerryPreflight what must hold on this host before ferryd serves (certificates, state
+//                   directory, relay addresses, placeholders): shared by ferryd and `ferry config check`
 //   → FerryServer   listeners, data plane, admin HTTP, metrics, composition
 //   → FerryPeer     the peer side's I/O shell: client connections, ferry probe, ferry tunnel
 //   → ferryd, ferry thin executables
@@ -54,8 +56,10 @@ let package = Package(
         .target(name: "FerryConfig",
                 dependencies: ["FerryCore", "FerrySystem", .product(name: "TOMLKit", package: "TOMLKit")],
                 swiftSettings: strict),
+        .target(name: "FerryPreflight",
+                dependencies: ["FerryCore", "FerrySystem", "FerryConfig", "FerryTLS", "FerryTURN"], swiftSettings: strict),
         .target(name: "FerryServer",
-                dependencies: ["FerryCore", "FerrySystem", "FerryWire", "FerryTURN", "FerryTLS", "FerrySignal", "FerryConfig",
+                dependencies: ["FerryCore", "FerrySystem", "FerryWire", "FerryTURN", "FerryTLS", "FerrySignal", "FerryConfig", "FerryPreflight",
                                .product(name: "Logging", package: "swift-log"),
                                .product(name: "DequeModule", package: "swift-collections")],
                 swiftSettings: strict),
@@ -69,7 +73,7 @@ let package = Package(
                           swiftSettings: strict),
         .executableTarget(name: "ferry",
                           dependencies: ["FerryCore", "FerryConfig", "FerryWire", "FerrySystem", "FerrySignal", "FerryTLS",
-                                         "FerryClient", "FerryPeer",
+                                         "FerryClient", "FerryPeer", "FerryPreflight",
                                          .product(name: "ArgumentParser", package: "swift-argument-parser")],
                           swiftSettings: strict),
         // Fuzz targets (docs/testing.md): a library the unit tests replay corpora through, and the
@@ -84,7 +88,7 @@ let package = Package(
         .testTarget(name: "FerrySignalTests", dependencies: ["FerrySignal", "FerrySystem", "FerryCore"], swiftSettings: strict),
         .testTarget(name: "FerryTURNTests", dependencies: ["FerryTURN", "FerryCore", "FerryClient"], swiftSettings: strict),
         .testTarget(name: "FerryClientTests", dependencies: ["FerryClient", "FerryCore", "FerryWire", "FerryTLS", "FerrySignal"], swiftSettings: strict),
-        .testTarget(name: "FerryConfigTests", dependencies: ["FerryConfig", "FerryCore", "FerrySystem"], swiftSettings: strict),
+        .testTarget(name: "FerryConfigTests", dependencies: ["FerryConfig", "FerryCore", "FerrySystem", "FerryPreflight"], swiftSettings: strict),
         .testTarget(name: "FerryServerTests", dependencies: ["FerryServer", "FerryCore"], swiftSettings: strict),
         .testTarget(name: "FerryFuzzTests", dependencies: ["FerryFuzz"], exclude: ["Corpus", "Crashes"], swiftSettings: strict),
     ]

@@ -181,7 +181,7 @@ if [ "$1" = configure ]; then
         fi
     fi
     if [ -z "$2" ]; then
-        echo "ferry: edit /etc/ferry/ferry.toml, check it with 'ferry config check /etc/ferry/ferry.toml', then 'systemctl enable --now ferryd'"
+        echo "ferry: edit /etc/ferry/ferry.toml (its secret, relay address, realm and certificate paths are placeholders: 'ferry config check' refuses it until they are replaced), check it with 'ferry config check /etc/ferry/ferry.toml', then 'systemctl enable --now ferryd'"
     fi
 fi
 exit 0

@@ -129,6 +129,10 @@ extension FerryConfig {
                   meaning: "state kept across restarts (`nonce.key`); \"\" keeps it in memory", [
             .field("server.state_directory", \.server.stateDirectory, example: [("server.state_directory", "\"/var/lib/ferry\"")]),
         ]),
+        ConfigKey(default: "false", allowed: "bool", override: "", reload: .applied,
+                  meaning: "a lab or test file: `ferry config check` accepts documentation addresses (192.0.2.0/24, 198.51.100.0/24, 203.0.113.0/24, 2001:db8::/32) and example.org/.com/.net names; placeholder secrets are refused all the same", [
+            .field("server.lab", \.server.lab, example: [("server.lab", "true")]),
+        ]),
         ConfigKey(default: "\"info\"", allowed: "trace, debug, info, notice, warning, error, critical", override: "`FERRY_LOG_LEVEL`, `--log-level`", reload: .applied,
                   meaning: "", [
             .field("log.level", \.log.level, example: [("log.level", "\"debug\"")]),

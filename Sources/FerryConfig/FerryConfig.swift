@@ -41,6 +41,9 @@ public struct FerryConfig: Sendable, Equatable {
         /// Where ferryd keeps state that must survive restarts (the nonce key, later the
         /// signaling key). "" keeps it in memory only.
         public var stateDirectory = ""
+        /// The file is for a lab or a test: `ferry config check` accepts documentation addresses
+        /// and example names in it (Preflight.placeholders).
+        public var lab = false
     }
 
     /// A static TURN user: a password, or the precomputed MD5(user:realm:password) key in hex.
@@ -242,6 +245,7 @@ public struct FerryConfig: Sendable, Equatable {
         c.server.drainSeconds = server.int("drain_seconds", default: 10, range: 0...3600)
         c.server.software = server.string("software", default: "ferry") ?? "ferry"
         c.server.stateDirectory = server.string("state_directory", default: "") ?? ""
+        c.server.lab = server.bool("lab", default: false)
         server.finish()
 
         let log = root.table("log")

@@ -8,6 +8,7 @@ import FerryWire
 import FerryTURN
 import FerryTLS
 import FerrySignal
+import FerryPreflight
 import Logging
 import Foundation
 import Synchronization
@@ -101,6 +102,20 @@ public final class Server: @unchecked Sendable {
         heartbeats = Heartbeats(workers: workers)
     }
 
+    /// What `ferry config check` checks too (Preflight): refuses to start on a certificate that
+    /// does not load, an unusable state directory, a relay address this host does not have, or a
+    /// placeholder secret; documentation values are logged (accepted in a lab file).
+    func preflight() throws {
+        let host = Preflight.host(config)
+        for w in host.warnings { logger.warning("config: \(w)") }
+        let placeholders = Preflight.placeholders(config)
+        if !config.server.lab {
+            for e in placeholders.examples { logger.warning("config: \(e) (server.lab = true accepts it)") }
+        }
+        let refused = host.issues + placeholders.secrets
+        if !refused.isEmpty { throw Preflight.Refusal(issues: refused) }
+    }
+
     /// Addresses the listeners are bound to (first worker's socket), by listener name; "admin" too.
     public var addresses: [String: SocketAddress] { boundAddresses }
 
@@ -113,6 +128,7 @@ public final class Server: @unchecked Sendable {
             logger.warning("open-file limit is below twice turn.max_allocations; raise LimitNOFILE",
                            metadata: ["limit": "\(files)", "max_allocations": "\(config.turn.maxAllocations)"])
         }
+        try preflight()
         try setUp()
         try engine.start()
         state.ready.store(true, ordering: .relaxed)

@@ -191,7 +191,10 @@ extension Server {
             ("workers", .array(workers)),
             ("allocations", .object([("active", n(m.sum("ferry_turn_allocations_active"))),
                                      ("max", n(Double(config.turn.maxAllocations))),
-                                     ("created_total", n(m.sum("ferry_turn_allocations_created_total")))])),
+                                     ("created_total", n(m.sum("ferry_turn_allocations_created_total"))),
+                                     ("failed_total", n(m.sum("ferry_turn_allocations_failed_total"))),
+                                     ("failed_by_reason", .object(m.by("ferry_turn_allocations_failed_total", "reason")
+                                        .filter { $0.1 > 0 }.map { ($0.0, n($0.1)) }))])),
             ("signaling", .object([("enabled", .bool(config.signal.enabled)),
                                    ("peers", n(m.sum("ferry_signal_peers_connected"))),
                                    ("routed_total", n(m.sum("ferry_signal_messages_routed_total")))])),

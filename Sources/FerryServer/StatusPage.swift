@@ -72,6 +72,12 @@ enum StatusPage {
         } else {
             h += "<p>none</p>\n"
         }
+        // A 508 to a client always has a cause shown here (RelayPorts logs it too).
+        if case .object(let reasons)? = alloc?["failed_by_reason"], !reasons.isEmpty {
+            h += "<h2>Allocations refused (508) by reason</h2>\n<table><tr><th>reason</th><th>count</th></tr>\n"
+            for (reason, count) in reasons { h += "<tr><td class=bad>\(e(reason))</td><td>\(int(count))</td></tr>\n" }
+            h += "</table>\n"
+        }
         h += "<h2>Certificates</h2>\n"
         let certs = s["certificates"]?.array ?? []
         if certs.isEmpty {

@@ -25,14 +25,21 @@ public enum Sockets {
         let fd = FileDescriptor(try syscallValue("socket") {
             socket(address.family, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         })
-        if !address.ip.isIPv4 { try setOption(fd.raw, Int32(IPPROTO_IPV6), ferry_ipv6_v6only, 1, "setsockopt(IPV6_V6ONLY)") }
-        if options.reusePort { try setOption(fd.raw, SOL_SOCKET, SO_REUSEPORT, 1, "setsockopt(SO_REUSEPORT)") }
-        try applyBuffers(fd.raw, receive: options.receiveBuffer, send: options.sendBuffer)
-        if options.gro {
-            // Best effort: kernels before 5.0 lack UDP_GRO; the reader then sees one datagram a slot.
-            _ = try? setOption(fd.raw, ferry_sol_udp, ferry_udp_gro, 1, "setsockopt(UDP_GRO)")
+        // A failed step closes the socket here: its owner never got it (a taken relay port is
+        // an ordinary failure, tried many times per Allocate).
+        do {
+            if !address.ip.isIPv4 { try setOption(fd.raw, Int32(IPPROTO_IPV6), ferry_ipv6_v6only, 1, "setsockopt(IPV6_V6ONLY)") }
+            if options.reusePort { try setOption(fd.raw, SOL_SOCKET, SO_REUSEPORT, 1, "setsockopt(SO_REUSEPORT)") }
+            try applyBuffers(fd.raw, receive: options.receiveBuffer, send: options.sendBuffer)
+            if options.gro {
+                // Best effort: kernels before 5.0 lack UDP_GRO; the reader then sees one datagram a slot.
+                _ = try? setOption(fd.raw, ferry_sol_udp, ferry_udp_gro, 1, "setsockopt(UDP_GRO)")
+            }
+            try bind(fd.raw, address)
+        } catch {
+            fd.close()
+            throw error
         }
-        try bind(fd.raw, address)
         return fd
     }
 
@@ -41,11 +48,16 @@ public enum Sockets {
         let fd = FileDescriptor(try syscallValue("socket") {
             socket(address.family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         })
-        try setOption(fd.raw, SOL_SOCKET, SO_REUSEADDR, 1, "setsockopt(SO_REUSEADDR)")
-        if reusePort { try setOption(fd.raw, SOL_SOCKET, SO_REUSEPORT, 1, "setsockopt(SO_REUSEPORT)") }
-        if !address.ip.isIPv4 { try setOption(fd.raw, Int32(IPPROTO_IPV6), ferry_ipv6_v6only, 1, "setsockopt(IPV6_V6ONLY)") }
-        try bind(fd.raw, address)
-        try syscallValue("listen") { listen(fd.raw, backlog) }
+        do {
+            try setOption(fd.raw, SOL_SOCKET, SO_REUSEADDR, 1, "setsockopt(SO_REUSEADDR)")
+            if reusePort { try setOption(fd.raw, SOL_SOCKET, SO_REUSEPORT, 1, "setsockopt(SO_REUSEPORT)") }
+            if !address.ip.isIPv4 { try setOption(fd.raw, Int32(IPPROTO_IPV6), ferry_ipv6_v6only, 1, "setsockopt(IPV6_V6ONLY)") }
+            try bind(fd.raw, address)
+            try syscallValue("listen") { listen(fd.raw, backlog) }
+        } catch {
+            fd.close()
+            throw error
+        }
         return fd
     }
 

@@ -7,6 +7,7 @@ public struct TURNCounters: Sendable {
     public let requests: [[CounterID]]
     public let authFailures: ReasonCounters<AuthFailure>
     public let drops: ReasonCounters<Drop>
+    public let allocationFailures: ReasonCounters<RelayFailure>
     public let allocationsCreated: CounterID
     public let allocationsExpired: CounterID
     public let allocationsDeleted: CounterID
@@ -55,6 +56,31 @@ public struct TURNCounters: Sendable {
         }
     }
 
+    /// Why a relayed socket could not be opened (the Allocate is answered 508): counted by the
+    /// service that opens sockets, which alone sees the errno.
+    public enum RelayFailure: Int, CounterReason {
+        /// Every port tried in the worker's block was taken (EADDRINUSE).
+        case portsExhausted
+        /// The relay address is not (or no longer) an address of this host (EADDRNOTAVAIL).
+        case addressUnavailable
+        /// The process or the system is out of file descriptors (EMFILE, ENFILE).
+        case descriptorLimit
+        /// The kernel is out of memory or buffers (ENOMEM, ENOBUFS).
+        case noMemory
+        /// Anything else (the log line names the errno).
+        case other
+
+        public var label: String {
+            switch self {
+            case .portsExhausted: "ports_exhausted"
+            case .addressUnavailable: "address_unavailable"
+            case .descriptorLimit: "fd_limit"
+            case .noMemory: "no_memory"
+            case .other: "other"
+            }
+        }
+    }
+
     /// Registers every TURN series in `registry` (the server's at start; `SequentialCounters` in tests).
     public init(registering registry: some CounterRegistry) {
         requests = TURNCounters.methods.map { m in
@@ -68,6 +94,10 @@ public struct TURNCounters: Sendable {
         }
         drops = ReasonCounters { _, label in
             registry.counter("ferry_turn_drops_total", "Datagrams and messages dropped by the TURN relay, by reason.", labels: [("reason", label)])
+        }
+        allocationFailures = ReasonCounters { _, label in
+            registry.counter("ferry_turn_allocations_failed_total", "Allocations refused with 508 because no relayed socket could be opened, by reason.",
+                             labels: [("reason", label)])
         }
         allocationsCreated = registry.counter("ferry_turn_allocations_created_total", "Allocations created.")
         allocationsExpired = registry.counter("ferry_turn_allocations_expired_total", "Allocations removed because their lifetime ran out.")

@@ -122,6 +122,9 @@ extension TURNServer {
     /// Counts a drop found by the caller (send errors, full buffers, malformed ChannelData).
     public func countDrop(_ reason: TURNCounters.Drop, _ n: UInt64 = 1) { metrics.add(counters.drops[reason], n) }
 
+    /// Counts an Allocate that failed because no relayed socket could be opened.
+    public func countRelayFailure(_ reason: TURNCounters.RelayFailure) { metrics.add(counters.allocationFailures[reason]) }
+
     /// Counts relayed traffic, once per batch.
     public func countRelayed(toPeer: Bool, packets: UInt64, bytes: UInt64) {
         metrics.add(toPeer ? counters.relayedPackets.toPeer : counters.relayedPackets.toClient, packets)

@@ -3,6 +3,7 @@ import FerryClient
 import FerryCore
 import FerryConfig
 import FerryPeer
+import FerryPreflight
 import FerrySignal
 import FerrySystem
 import FerryTLS
@@ -362,7 +363,12 @@ struct Ferry: ParsableCommand {
 
         struct Check: ParsableCommand {
             static let configuration = CommandConfiguration(
-                abstract: "Validate a config file: prints every problem (by key) and exits non-zero if there is any.")
+                abstract: "Validate a config file as ferryd would before serving: prints every problem (by key) and exits non-zero if there is any.",
+                discussion: """
+                Besides the file itself: certificate and key files readable, parseable and matching; the state \
+                directory usable; each relay address an address of this host (the same code ferryd runs at start); \
+                no placeholder secret; no documentation address or example name unless server.lab = true.
+                """)
 
             @Argument(help: "The TOML file to check.")
             var file: String
@@ -370,9 +376,29 @@ struct Ferry: ParsableCommand {
             @Option(help: "The file ferryd runs with now: also print what a reload (SIGHUP) to FILE would apply and what needs a restart.")
             var running: String?
 
+            @Flag(help: "Skip what depends on this host (certificate files, state directory, relay addresses): for a file meant for another machine.")
+            var noHost = false
+
             func run() throws {
                 let cfg = try parsed(file)
-                print("\(file): OK (\(cfg.listeners.count) listener(s), \(cfg.workerCount) worker(s))")
+                var problems: [ConfigIssue] = []
+                if !noHost {
+                    let host = Preflight.host(cfg)
+                    problems += host.issues
+                    for w in host.warnings { printError("\(file): warning: \(w)") }
+                    let now = Int64(wallClockSeconds())
+                    for c in host.certificates {
+                        print("certificate \(c.source): \(c.names.joined(separator: ", ")); \((c.notAfter - now) / 86400) days left")
+                    }
+                }
+                let placeholders = Preflight.placeholders(cfg)
+                problems += placeholders.secrets
+                if !cfg.server.lab { problems += placeholders.examples }
+                if !problems.isEmpty {
+                    for issue in problems { printError("\(file): \(issue)") }
+                    throw ExitCode(1)
+                }
+                print("\(file): OK (\(cfg.listeners.count) listener(s), \(cfg.workerCount) worker(s)\(noHost ? "; host checks skipped" : ""))")
                 if let running {
                     let plan = FerryConfig.reloadPlan(running: try parsed(running), next: cfg)
                     print("reload applies: \(plan.applied.isEmpty ? "nothing" : plan.applied.joined(separator: ", "))")

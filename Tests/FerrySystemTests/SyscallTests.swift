@@ -78,6 +78,22 @@ import Glibc
         _ = Glibc.close(other)
         _ = Glibc.close(ends[0])
     }
+
+    @Test func aSocketWhoseBindFailsIsClosedNotDropped() throws {
+        // An address this host does not have (EADDRNOTAVAIL), and a port already bound
+        // (EADDRINUSE): the half-made socket is closed inside (a dropped open FileDescriptor
+        // stops a debug build), and the errno reaches the caller.
+        #expect(throws: SystemError(call: "bind(192.0.2.77:0)", errno: EADDRNOTAVAIL)) {
+            try Sockets.udp(bind: SocketAddress("192.0.2.77:0")!)
+        }
+        let held = try Sockets.udp(bind: SocketAddress("127.0.0.1:0")!, options: .init(reusePort: false))
+        defer { held.close() }
+        let port = try Sockets.localAddress(held.raw).port
+        #expect(throws: SystemError.self) {
+            try Sockets.udp(bind: SocketAddress(ip: IPAddress("127.0.0.1")!, port: port), options: .init(reusePort: false))
+        }
+        #expect(throws: SystemError.self) { try Sockets.tcpListener(bind: SocketAddress("192.0.2.77:0")!) }
+    }
 }
 
 @Suite struct Addresses {

@@ -66,8 +66,23 @@ def test_the_package_installs_serves_and_purges_cleanly(tmpdir_path):
         service = open("/lib/systemd/system/ferryd.service").read()
         assert "User=ferry" in service and "DynamicUser" not in service and "ExecStart=/usr/bin/ferryd" in service
         assert "NoNewPrivileges=yes" in service and "ProtectSystem=strict" in service
+        # The shipped file is refused until its placeholders are replaced, each named by key.
+        check = run("/usr/bin/ferry", "config", "check", "/etc/ferry/ferry.toml")
+        assert check.returncode == 1, check.stdout + check.stderr
+        for key in ("turn.static_auth_secrets", "turn.relay_ipv4", "turn.realm", "tls.certificate"):
+            assert f"/etc/ferry/ferry.toml: {key}: " in check.stderr, (key, check.stderr)
+        # Edited as an operator would (a secret, this host's address, a realm, a certificate): OK.
+        shipped = open("/etc/ferry/ferry.toml").read()
+        os.makedirs("/etc/ferry/tls", exist_ok=True)
+        run("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", "/CN=relay.pkg.test",
+            "-addext", "subjectAltName=DNS:relay.pkg.test", "-days", "30",
+            "-keyout", "/etc/ferry/tls/privkey.pem", "-out", "/etc/ferry/tls/fullchain.pem")
+        with open("/etc/ferry/ferry.toml", "w") as fh:
+            fh.write(shipped.replace("replace-with-the-secret-your-management-server-uses", "0123456789abcdef0123456789abcdef")
+                     .replace("203.0.113.10", "127.0.0.1").replace("relay.example.org", "relay.pkg.test"))
         check = run("/usr/bin/ferry", "config", "check", "/etc/ferry/ferry.toml")
         assert check.returncode == 0, check.stdout + check.stderr
+        assert "certificate /etc/ferry/tls/fullchain.pem: relay.pkg.test; 29 days left" in check.stdout, check.stdout
         assert "\n.TH FERRY 1 " in "\n" + run("zcat", "/usr/share/man/man1/ferry.1.gz").stdout
         assert os.path.exists("/usr/share/man/man8/ferryd.8.gz")
         assert os.path.exists("/usr/share/ferry/grafana/ferry-dashboard.json")
@@ -96,6 +111,8 @@ def test_the_package_installs_serves_and_purges_cleanly(tmpdir_path):
             os.killpg(server.pid, signal.SIGTERM)
             server.wait(15)
     finally:
+        # The certificate is the operator's, not the package's: gone before the purge checks.
+        shutil.rmtree("/etc/ferry/tls", ignore_errors=True)
         purge = run("dpkg", "--purge", "ferry")
     assert purge.returncode == 0, purge.stdout + purge.stderr
     assert not installed()

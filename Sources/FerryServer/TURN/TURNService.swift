@@ -59,9 +59,7 @@ final class TURNService: RelayProvider, DatagramService, StreamFrameHandler {
     private let replies: UnsafeMutableRawPointer
     private static let replySlot = 1500
     private var relays = RelayTable()
-    private let portMin: Int
-    private let portMax: Int
-    private var portCursor: Int
+    private var ports: RelayPorts
     private let metrics: CounterBlock
     private let batchSize: Int
     private var dataIndications = DataIndicationWriter()
@@ -82,7 +80,6 @@ final class TURNService: RelayProvider, DatagramService, StreamFrameHandler {
 
     /// Relayed sockets: never SO_REUSEPORT (each port belongs to one allocation); buffers from
     /// `turn.relay_buffer_bytes` (one per allocation, so smaller than the listeners').
-    private let relayOptions: Sockets.UDPOptions
 
     init(worker: Worker, maxDatagram: Int, portRange: ClosedRange<Int>,
          batchHistograms: (client: HistogramID, peer: HistogramID), gso: Bool, relayBuffer: Int) {
@@ -90,7 +87,7 @@ final class TURNService: RelayProvider, DatagramService, StreamFrameHandler {
         loop = worker.loop
         metrics = worker.metrics
         batchSize = worker.batchSize
-        relayOptions = Sockets.UDPOptions(reusePort: false, receiveBuffer: relayBuffer, sendBuffer: relayBuffer)
+        ports = RelayPorts(range: portRange, options: Sockets.UDPOptions(reusePort: false, receiveBuffer: relayBuffer, sendBuffer: relayBuffer))
         self.gso = gso
         arenaCapacity = batchSize * maxDatagram
         arena = .allocate(byteCount: arenaCapacity, alignment: 64)
@@ -101,9 +98,6 @@ final class TURNService: RelayProvider, DatagramService, StreamFrameHandler {
         toPeer4 = UDPSendQueue(capacity: batchSize, ipv6Socket: false)
         toPeer6 = UDPSendQueue(capacity: batchSize, ipv6Socket: true)
         replies = .allocate(byteCount: batchSize * TURNService.replySlot, alignment: 8)
-        portMin = portRange.lowerBound
-        portMax = portRange.upperBound
-        portCursor = Int.random(in: portRange)
         worker.onStop { [unowned self] in self.server?.closeAll(now: self.loop.now) }
     }
 
@@ -438,20 +432,17 @@ final class TURNService: RelayProvider, DatagramService, StreamFrameHandler {
 
     // MARK: RelayProvider
 
-    /// Relayed ports come from this worker's block of `turn.port_min…port_max` (the range is cut
-    /// into one contiguous block per worker), so workers never race for a port; the kernel's
-    /// bind is the final word (a port some other process holds is skipped).
+    /// Relayed ports come from this worker's block of the range (RelayPorts); a failure is
+    /// counted and logged there with its reason, and the Allocate is answered 508.
     func openRelay(ip: IPAddress, evenPort: Bool, slot: Int32, generation: UInt32) -> (relay: RelayID, port: UInt16)? {
-        let span = portMax - portMin + 1
-        for _ in 0..<min(span, 256) {
-            portCursor = portCursor >= portMax ? portMin : portCursor + 1
-            if evenPort && portCursor % 2 == 1 { continue }
-            let address = SocketAddress(ip: ip, port: UInt16(portCursor))
-            guard let fd = try? Sockets.udp(bind: address, options: relayOptions) else { continue }
+        switch ports.open(ip: ip, evenPort: evenPort) {
+        case .opened(let fd, let port):
             guard let relay = register(fd, slot: slot, generation: generation) else { return nil }
-            return (relay, UInt16(portCursor))
+            return (relay, port)
+        case .failed(let reason, let e):
+            ports.report(reason, errno: e, ip: ip, server: server, now: loop.now)
+            return nil
         }
-        return nil
     }
 
     private func register(_ fd: FileDescriptor, slot: Int32, generation: UInt32) -> RelayID? {
@@ -465,7 +456,13 @@ final class TURNService: RelayProvider, DatagramService, StreamFrameHandler {
     }
 
     func openReserved(ip: IPAddress, port: UInt16) -> ReservedRelay? {
-        guard let fd = try? Sockets.udp(bind: SocketAddress(ip: ip, port: port), options: relayOptions) else { return nil }
+        let fd: FileDescriptor
+        switch ports.open(ip: ip, port: port) {
+        case .opened(let opened, _): fd = opened
+        case .failed(let reason, let e):
+            ports.report(reason, errno: e, ip: ip, server: server, now: loop.now)
+            return nil
+        }
         // Held as a token until some worker adopts it or the reservation expires (TURNShared):
         // it crosses threads, so no worker's table owns it meanwhile.
         return ReservedRelay(token: fd.release())
