@@ -1,0 +1,209 @@
+import FerryClient
+import FerryCore
+import FerrySignal
+import FerrySystem
+import FerryTLS
+import FerryWire
+#if canImport(Glibc)
+import Glibc
+#endif
+
+
+/// ferry tunnel's packets: from the ICE socket, the relay and WireGuard's proxy sockets.
+extension Tunnel {
+    // MARK: Packets
+
+    public func handleEvent(_ events: UInt32, loop: EventLoop) { readICE() }
+
+    /// The ICE socket: TURN from the relay server, checks and data from peers.
+    func readICE() {
+        var relayServer: SocketAddress?
+        if case .udp(let s) = relay { relayServer = s }
+        while true {
+            guard case .done(let n)? = try? batch.receive(from: ice.raw), n > 0 else { return }
+            for j in 0..<n {
+                guard let from = batch.source(j) else { continue }
+                let p = UnsafeMutableRawBufferPointer(start: batch.data(j), count: batch.length(j))
+                if from == relayServer {
+                    fromRelayServer(p)
+                } else if !ranking.isEmpty && rankingAnswer(p, from: from) {
+                    continue
+                } else {
+                    fromPeer(p, from: from, via: .direct)
+                }
+            }
+            flush()
+            if n < batch.capacity { return }
+        }
+    }
+
+    /// Bytes from the TURN server (a datagram, or one frame of the stream).
+    func fromRelayServer(_ p: UnsafeMutableRawBufferPointer) {
+        guard p.count >= 4 else { return }
+        if ChannelData.isChannelData(firstByte: p[0]) {
+            guard let (channel, length) = ChannelData.parse(UnsafeRawBufferPointer(p)), let peer = channelPeers[channel] else { return }
+            fromPeer(UnsafeMutableRawBufferPointer(rebasing: p[4..<(4 + length)]), from: peer, via: .relayed)
+            return
+        }
+        guard case .success(let m) = STUNMessage.parse(UnsafeRawBufferPointer(p)) else { return }
+        if m.method == STUN.Method.data && m.messageClass == .indication {
+            guard let peer = m.xorAddress(STUN.Attribute.xorPeerAddress), let data = m.attribute(STUN.Attribute.data) else { return }
+            fromPeer(UnsafeMutableRawBufferPointer(mutating: data), from: peer, via: .relayed)
+            return
+        }
+        guard var t = turn else { return }
+        let (events, sends) = t.receive(m, now: loop.now)
+        turn = t
+        for s in sends { sendTURN(s) }
+        turnEvents(events)
+    }
+
+    /// A datagram from a peer (directly, or unwrapped from the relay): an ICE check if it is
+    /// STUN with a FINGERPRINT, else a WireGuard packet for the link whose path it came on.
+    func fromPeer(_ p: UnsafeMutableRawBufferPointer, from: SocketAddress, via: ICEVia) {
+        let raw = UnsafeRawBufferPointer(p)
+        if STUNMessage.looksLikeSTUN(raw), case .success(let m) = STUNMessage.parse(raw), m.fingerprintOffset >= 0 {
+            check(m, from: from, via: via)
+            return
+        }
+        guard let i = byRemote[from] ?? linkKnowing(from) else { return }
+        links[i].rxPackets &+= 1
+        links[i].rxBytes &+= UInt64(p.count)
+        if links[i].out.isFull { flushLink(i) }
+        links[i].out.append(p.baseAddress!, p.count, to: links[i].deliverTo)
+        links[i].sentToWireGuard = true
+    }
+
+    func linkKnowing(_ address: SocketAddress) -> Int? {
+        links.indices.first { links[$0].ice?.remotes.contains { $0.address == address } ?? false }
+    }
+
+    func check(_ m: STUNMessage, from: SocketAddress, via: ICEVia) {
+        guard m.method == STUN.Method.binding else { return }
+        let i: Int?
+        if m.messageClass == .request {
+            i = links.indices.first { links[$0].ice?.owns(m) ?? false }
+        } else {
+            i = links.indices.first { links[$0].ice?.awaits(m.transactionID) ?? false }
+        }
+        guard let i, var agent = links[i].ice else { return }
+        let (sends, events) = agent.receive(m, from: from, via: via, now: loop.now)
+        links[i].ice = agent
+        for s in sends { sendICE(s) }
+        iceEvents(events, link: i)
+    }
+
+    /// WireGuard's packets for link `i`: out on its path.
+    func readProxy(_ i: Int) {
+        while true {
+            guard case .done(let n)? = try? batch.receive(from: links[i].proxy.raw), n > 0 else { return }
+            for j in 0..<n {
+                let length = batch.length(j)
+                guard let route = links[i].route else {
+                    links[i].dropped &+= 1
+                    continue
+                }
+                links[i].txPackets &+= 1
+                links[i].txBytes &+= UInt64(length)
+                let data = batch.data(j)
+                if iceOut.isFull { iceOut.flush(ice.raw) }
+                switch route.via {
+                case .direct:
+                    iceOut.append(data, length, to: route.remote)
+                case .relayed:
+                    forwardRelayed(data, length, to: route.remote, link: i)
+                }
+            }
+            iceOut.flush(ice.raw)
+            if n < batch.capacity { return }
+        }
+    }
+
+    func forwardRelayed(_ data: UnsafeMutableRawPointer, _ length: Int, to peer: SocketAddress, link i: Int) {
+        guard let channel = peerChannels[peer] else {
+            // Until the channel is bound: a Send indication (allocates; a few packets at most).
+            if let t = turn, t.phase == .allocated { sendTURN(t.sendIndication(to: peer, data: Array(UnsafeRawBufferPointer(start: data, count: length)))) }
+            return
+        }
+        switch relay {
+        case .udp(let server):
+            // The ChannelData header goes into the slot's headroom: no copy.
+            let start = data - ChannelData.headerLength
+            ChannelData.writeHeader(channel: channel, length: length, at: start)
+            iceOut.append(start, length + ChannelData.headerLength, to: server)
+        case .stream(let c):
+            let padded = (length + 3) & ~3
+            streamFrame.withUnsafeMutableBytes { f in
+                ChannelData.writeHeader(channel: channel, length: length, at: f.baseAddress!)
+                (f.baseAddress! + 4).copyMemory(from: data, byteCount: length)
+                for k in length..<padded { f[4 + k] = 0 }
+                c.write(UnsafeRawBufferPointer(rebasing: f[0..<(4 + padded)]))
+            }
+        case .none:
+            links[i].dropped &+= 1
+        }
+    }
+
+    /// Bytes on the TURN stream (TCP or TLS): framed, then as datagrams from the server.
+    func readStream() {
+        guard case .stream(let c) = relay else { return }
+        // Every return sends what is queued while the bytes it points to are still in place.
+        defer { flush() }
+        while true {
+            let n = streamInput.withUnsafeMutableBytes { c.read(into: UnsafeMutableRawBufferPointer(rebasing: $0[streamFill...])) }
+            guard let n else { break }
+            if n == 0 {
+                log("relay: \(relayTransport) closed by the server; gathering again")
+                startGathering()
+                return
+            }
+            streamFill += n
+            var consumed = 0
+            while true {
+                let next = streamInput.withUnsafeBytes { StreamFraming.next(UnsafeRawBufferPointer(rebasing: $0[consumed..<streamFill])) }
+                switch next {
+                case .stun(let length):
+                    streamInput.withUnsafeMutableBytes { fromRelayServer(UnsafeMutableRawBufferPointer(rebasing: $0[consumed..<(consumed + length)])) }
+                    consumed += length
+                    continue
+                case .channelData(_, let payload, let frameLength):
+                    streamInput.withUnsafeMutableBytes { fromRelayServer(UnsafeMutableRawBufferPointer(rebasing: $0[consumed..<(consumed + 4 + payload)])) }
+                    consumed += frameLength
+                    continue
+                case .invalid:
+                    log("relay: unframeable bytes on \(relayTransport); reconnecting")
+                    startGathering()
+                    return
+                case .incomplete:
+                    break
+                }
+                break
+            }
+            // What was queued for WireGuard points into `streamInput`: send it before the
+            // partial frame left over is moved to the front over it (it was sent after, and
+            // packets arrived altered whenever a read ended inside a frame).
+            flush()
+            if consumed > 0 {
+                streamInput.withUnsafeMutableBytes { b in
+                    b.baseAddress!.copyMemory(from: b.baseAddress! + consumed, byteCount: streamFill - consumed)
+                }
+                streamFill -= consumed
+            }
+            if streamFill == streamInput.count {
+                log("relay: frame larger than the buffer; reconnecting")
+                startGathering()
+                return
+            }
+        }
+    }
+
+    func flushLink(_ i: Int) {
+        links[i].out.flush(links[i].proxy.raw)
+        links[i].sentToWireGuard = false
+    }
+
+    func flush() {
+        if iceOut.count > 0 { iceOut.flush(ice.raw) }
+        for i in links.indices where links[i].sentToWireGuard { flushLink(i) }
+    }
+}

@@ -1,0 +1,132 @@
+import FerryClient
+import FerryCore
+import FerrySignal
+import FerrySystem
+import FerryTLS
+import FerryWire
+#if canImport(Glibc)
+import Glibc
+#endif
+
+
+/// ferry tunnel's path: ICE's events, its messages, and handing a direct path to WireGuard.
+extension Tunnel {
+    func iceEvents(_ events: [ICEAgent.Event], link i: Int) {
+        for e in events {
+            switch e {
+            case .selected(let route):
+                if let old = links[i].route { byRemote[old.remote] = nil }
+                if links[i].route != route { links[i].handoffRefused = false }
+                links[i].route = route
+                links[i].routeSince = loop.now
+                byRemote[route.remote] = i
+                log("peer \(short(links[i].key)): path \(route.throughRelay ? "RELAYED" : "DIRECT") \(route)" + (route.via == .relayed ? " via \(relayTransport)" : ""))
+                if route.via == .relayed, var t = turn, t.channel(for: route.remote) == nil {
+                    sendTURN(t.bindChannel(to: route.remote, now: loop.now).request)
+                    turn = t
+                }
+                handOff(i)
+            case .failed(let reason):
+                takeBack(i, because: "ICE failed")
+                log("peer \(short(links[i].key)): ICE failed (\(reason)); restarting")
+                if let old = links[i].route { byRemote[old.remote] = nil }
+                links[i].route = nil
+                links[i].ice = nil
+                links[i].restartAt = loop.now + 1_000_000_000
+            }
+            statusDirty = true
+        }
+    }
+
+    /// An ICE message (check or answer) out: directly, or through our TURN allocation.
+    func sendICE(_ s: ICEAgent.Send) {
+        switch s.via {
+        case .direct:
+            _ = try? s.bytes.withUnsafeBytes { b throws(SystemError) in try Sockets.sendDatagram(ice.raw, b, to: s.to) }
+        case .relayed:
+            guard let t = turn, t.phase == .allocated else { return }
+            if let n = t.channel(for: s.to) {
+                var frame = [UInt8](repeating: 0, count: 4 + s.bytes.count)
+                frame.withUnsafeMutableBytes { ChannelData.writeHeader(channel: n, length: s.bytes.count, at: $0.baseAddress!) }
+                frame.replaceSubrange(4..., with: s.bytes)
+                if case .stream = relay { frame += [UInt8](repeating: 0, count: (4 - frame.count % 4) % 4) }
+                sendTURN(frame)
+            } else {
+                sendTURN(t.sendIndication(to: s.to, data: s.bytes))
+            }
+        }
+    }
+
+    // MARK: Handing the direct path to WireGuard
+
+    /// When ICE selects a direct pair to the peer's **host** address (no NAT between: one LAN,
+    /// one VPC, routed networks), WireGuard can reach the peer's own WireGuard port at that
+    /// address: the agent points WireGuard there and steps off the path, so a direct tunnel costs
+    /// nothing over WireGuard alone (each hop through a userspace agent costs ~45 µs on the test
+    /// VMs: docs/benchmarks.md). Behind NAT the peer's WireGuard port has no known mapping, so
+    /// the agent stays on the path. The handoff is checked: if WireGuard sends and hears nothing
+    /// back within 5 s, the agent takes the path back and does not hand it off again until the
+    /// route changes. ICE keeps checking the pair; when it is lost the agent takes the path back.
+    func handOff(_ i: Int) {
+        guard let wg = wireGuard, let route = links[i].route else { return }
+        // The signalled kind (a pair first learned as peer-reflexive may be a host candidate).
+        let kind = links[i].ice?.remotes.first { $0.address == route.remote }?.kind ?? route.remoteKind
+        let wanted: SocketAddress? = route.via == .direct && kind == .host && !links[i].handoffRefused
+            ? links[i].remoteWireGuardPort.map { SocketAddress(ip: route.remote.ip, port: $0) } : nil
+        guard wanted != links[i].handedOff else { return }
+        guard let endpoint = wanted else { return takeBack(i, because: "the path changed") }
+        links[i].handedOff = endpoint
+        links[i].handoffTransfer = nil
+        let key = links[i].key, log = self.log
+        runInBackground { [self] in
+            do {
+                try wg.setEndpoint(peer: key, endpoint)
+                log("peer \(short(key)): path DIRECT handed to WireGuard (endpoint \(endpoint))")
+                let t = WireGuardInterface.transfer(wg.name)?[key]
+                loop.execute { [self] _ in
+                    guard let j = byKey[key], links[j].handedOff == endpoint, let t else { return }
+                    links[j].handoffTransfer = (t.rx, t.tx, loop.now)
+                }
+            } catch {
+                log("peer \(short(key)): cannot hand the path to WireGuard: \(error)")
+            }
+        }
+        statusDirty = true
+    }
+
+    /// Points WireGuard back at the agent's local endpoint for the peer.
+    func takeBack(_ i: Int, because why: String) {
+        guard let wg = wireGuard, links[i].handedOff != nil else { return }
+        links[i].handedOff = nil
+        links[i].handoffTransfer = nil
+        let key = links[i].key, local = SocketAddress(ip: IPAddress("127.0.0.1")!, port: links[i].proxyPort), log = self.log
+        runInBackground {
+            try? wg.setEndpoint(peer: key, local)
+            log("peer \(String(key.prefix(8)))…: path taken back from WireGuard (\(why))")
+        }
+        statusDirty = true
+    }
+
+    /// Checks handed-off paths (about every 2 s, from `tick`): WireGuard sent, nothing came back.
+    func checkHandoffs() {
+        guard let wg = wireGuard, links.contains(where: { $0.handoffTransfer != nil }) else { return }
+        runInBackground { [self] in
+            guard let now = WireGuardInterface.transfer(wg.name) else { return }
+            loop.execute { [self] _ in
+                for i in links.indices {
+                    guard let before = links[i].handoffTransfer, let t = now[links[i].key] else { continue }
+                    if t.rx > before.rx {
+                        links[i].handoffTransfer = (t.rx, t.tx, loop.now)  // works: measure from here
+                    } else if t.tx > before.tx && loop.now > before.at + 5_000_000_000 {
+                        links[i].handoffRefused = true
+                        takeBack(i, because: "WireGuard sent \(t.tx - before.tx) bytes to the peer directly and got nothing back in 5 s")
+                    }
+                }
+            }
+        }
+    }
+
+    func runInBackground(_ body: @escaping @Sendable () -> Void) {
+        do { try Threads.detach(name: "ferry-wg", body) } catch { body() }
+    }
+}

@@ -1,0 +1,198 @@
+import FerryClient
+import FerryCore
+import FerrySignal
+import FerrySystem
+import FerryTLS
+import FerryWire
+#if canImport(Glibc)
+import Glibc
+#endif
+
+
+/// ferry tunnel's candidates and relay: gathering, ranking relays, the TURN allocation.
+extension Tunnel {
+    // MARK: Gathering and the relay
+
+    func startGathering() {
+        gathered = false
+        relayCandidate = nil
+        reflexive = nil
+        closeRelay()
+        relayAttempt = 0
+        rankRelays()
+    }
+
+    /// Measures the round trip to every relay host that speaks UDP (one STUN binding each from
+    /// the ICE socket, answers awaited 300 ms), then tries relays in `RelayOrder`.
+    func rankRelays() {
+        ranking = [:]
+        roundTrips = [:]
+        var seen: Set<SocketAddress> = []
+        for u in relayURLs where u.transport == .udp {
+            guard let address = try? Resolver.resolve(u.host, port: u.port).first(where: { $0.ip.isIPv4 }), seen.insert(address).inserted else { continue }
+            let tid = TransactionID.random()
+            ranking[tid] = (u.host, address, loop.now)
+            _ = try? STUNBinding.request(tid).withUnsafeBytes { b throws(SystemError) in try Sockets.sendDatagram(ice.raw, b, to: address) }
+        }
+        let generation = relayGeneration &+ 1
+        relayGeneration = generation
+        guard ranking.count > 1 else {
+            relayURLs = RelayOrder.order(relayURLs, roundTrips: [:])
+            ranking = [:]
+            return tryNextRelay()
+        }
+        loop.schedule(after: 300_000_000) { [self] in
+            guard generation == relayGeneration, !ranking.isEmpty || !roundTrips.isEmpty else { return }
+            ranking = [:]
+            relayURLs = RelayOrder.order(relayURLs, roundTrips: roundTrips)
+            let measured = roundTrips.sorted { $0.value < $1.value }.map { "\($0.key) \(Double($0.value / 10_000) / 100) ms" }
+            log("relays by round trip: \(measured.isEmpty ? "none answered" : measured.joined(separator: ", "))")
+            tryNextRelay()
+        }
+    }
+
+    /// A binding answer from a relay being ranked; true when it was one.
+    func rankingAnswer(_ p: UnsafeMutableRawBufferPointer, from: SocketAddress) -> Bool {
+        guard !ranking.isEmpty, case .success(let m) = STUNMessage.parse(UnsafeRawBufferPointer(p)),
+              let r = ranking[m.transactionID], r.address == from, STUNBinding.mappedAddress(m, tid: m.transactionID) != nil else { return false }
+        ranking[m.transactionID] = nil
+        roundTrips[r.host] = loop.now - r.sent
+        return true
+    }
+
+    func closeRelay() {
+        if case .stream(let c) = relay, let r = streamRegistration {
+            loop.deregister(fd: c.fdRaw, r)
+            streamRegistration = nil
+        }
+        relay = .none
+        turn = nil
+        channelPeers = [:]
+        peerChannels = [:]
+        relayTransport = "none"
+    }
+
+    func tryNextRelay() {
+        guard relayAttempt < relayURLs.count else {
+            log("relay: no TURN server reachable (\(relayURLs.count) tried); direct paths only")
+            finishGathering()
+            return
+        }
+        let u = relayURLs[relayAttempt]
+        relayAttempt += 1
+        guard let creds = relayCredentials[u.text] else { return tryNextRelay() }
+        relayDeadline = loop.now + 3_000_000_000
+        if u.transport == .udp {
+            guard let address = try? Resolver.resolve(u.host, port: u.port).first(where: { $0.ip.isIPv4 }) else { return tryNextRelay() }
+            relay = .udp(address)
+            relayTransport = "udp \(address)"
+            var t = TURNClient(credentials: creds, reliable: false, software: "ferry-tunnel")
+            let request = t.allocate(now: loop.now)
+            turn = t
+            sendTURN(request)
+            return
+        }
+        // TCP and TLS connect on a helper thread; the connection comes back to the loop.
+        let caFile = config.caFile, insecure = config.insecure, log = self.log
+        let attempt = relayAttempt
+        do {
+            try Threads.detach(name: "ferry-connect") { [self] in
+                let result: Result<ClientConnection, ClientConnection.Failure>
+                do throws(ClientConnection.Failure) {
+                    guard let address = try? Resolver.resolve(u.host, port: u.port).first(where: { $0.ip.isIPv4 }) else {
+                        throw ClientConnection.Failure("cannot resolve \(u.host)")
+                    }
+                    let c = try ClientConnection(to: address, transport: u.transport, host: u.host, caFile: caFile,
+                                                 alpn: u.transport == .tls ? ["stun.turn"] : [], timeoutMilliseconds: 3000)
+                    if let tls = c.tls, let f = tls.verificationFailure, !insecure {
+                        throw ClientConnection.Failure("certificate not verified: \(f)")
+                    }
+                    result = .success(c)
+                } catch {
+                    result = .failure(error)
+                }
+                let box = UncheckedBox(result)
+                loop.execute { [self] _ in
+                    guard attempt == relayAttempt else { return }
+                    switch box.value {
+                    case .failure(let e):
+                        log("relay: \(u): \(e)")
+                        tryNextRelay()
+                    case .success(let c):
+                        adoptStream(c, url: u, credentials: creds)
+                    }
+                }
+            }
+        } catch {
+            tryNextRelay()
+        }
+    }
+
+    func adoptStream(_ c: ClientConnection, url: ServerURL, credentials: TURNClient.Credentials) {
+        relay = .stream(c)
+        relayTransport = "\(url.transport == .tls ? "tls" : "tcp") \(c.server)"
+        streamFill = 0
+        do {
+            streamRegistration = try loop.register(fd: c.fdRaw, events: Epoll.input, handler: StreamHandler(tunnel: self))
+        } catch {
+            log("relay: cannot register \(url): \(error)")
+            return tryNextRelay()
+        }
+        relayDeadline = loop.now + 3_000_000_000
+        var t = TURNClient(credentials: credentials, reliable: true, software: "ferry-tunnel")
+        let request = t.allocate(now: loop.now)
+        turn = t
+        sendTURN(request)
+    }
+
+    func finishGathering() {
+        guard !gathered else { return }
+        gathered = true
+        let n = localCandidates().count
+        log("gathered \(n) candidate(s): \(localCandidates().map { "\($0.kind.rawValue) \($0.address)" }.joined(separator: ", "))")
+        // Restart every session with the new candidates: the controlling side offers.
+        for i in links.indices {
+            links[i].ice = nil
+            if links[i].online && controlling(i) { offer(i) }
+        }
+        statusDirty = true
+    }
+
+    /// A TURN control message to the server over the relay's transport.
+    func sendTURN(_ bytes: [UInt8]) {
+        switch relay {
+        case .none: break
+        case .udp(let server):
+            _ = try? bytes.withUnsafeBytes { b throws(SystemError) in try Sockets.sendDatagram(ice.raw, b, to: server) }
+        case .stream(let c):
+            try? c.send(bytes, timeoutMilliseconds: 1000)
+        }
+    }
+
+    func turnEvents(_ events: [TURNClient.Event]) {
+        for e in events {
+            switch e {
+            case .allocated(let relayed, let mapped, let lifetime):
+                log("relay: allocated \(relayed) over \(relayTransport) (lifetime \(lifetime) s)")
+                relayCandidate = ICECandidate(kind: .relay, address: relayed, base: mapped ?? SocketAddress(ip: .ipv4Any, port: icePort), localPreference: 65535)
+                if case .udp = relay, let mapped { reflexive = ICECandidate(kind: .srflx, address: mapped, base: SocketAddress(ip: .ipv4Any, port: icePort)) }
+                finishGathering()
+            case .failed(let request, let code, let reason):
+                if request == .allocate {
+                    log("relay: allocate over \(relayTransport) failed: \(code == 0 ? reason : "\(code) \(reason)")")
+                    closeRelay()
+                    tryNextRelay()
+                } else if case .refresh = request {
+                    log("relay: refresh failed (\(code) \(reason)); gathering again")
+                    startGathering()
+                }
+            case .channelBound(let number, let peer):
+                channelPeers[number] = peer
+                peerChannels[peer] = number
+                log("relay: channel 0x\(String(number, radix: 16)) bound to \(peer)")
+            default:
+                break
+            }
+        }
+    }
+}

@@ -1,0 +1,142 @@
+import FerryClient
+import FerryCore
+import FerrySignal
+import FerrySystem
+import FerryTLS
+import FerryWire
+#if canImport(Glibc)
+import Glibc
+#endif
+
+
+/// ferry tunnel's signaling: offers and answers sealed end to end, and what they start.
+extension Tunnel {
+    // MARK: Signaling
+
+    func handle(_ event: SignalClient.Event) {
+        switch event {
+        case .welcome(let network, _, let relays):
+            log("signaling: welcome to network \(network) as \(short(publicKey)); \(relays.count) relay(s)")
+            welcomed = true
+            relayURLs = []
+            relayCredentials = [:]
+            for r in relays {
+                for u in r.urls {
+                    guard let s = ServerURL(u), s.kind == .turn else { continue }
+                    relayURLs.append(s)
+                    relayCredentials[s.text] = .init(username: r.username, password: r.credential)
+                }
+            }
+            for i in links.indices { links[i].online = false }
+            signal.post(.subscribe(links.map(\.key)))
+            // A (re)connection means the server may have restarted: gather again, restart ICE.
+            startGathering()
+        case .peerOnline(let key):
+            guard let i = byKey[key] else { return }
+            links[i].online = true
+            log("peer \(short(key)): online")
+            if gathered && controlling(i) { offer(i) }
+        case .peerOffline(let key):
+            guard let i = byKey[key] else { return }
+            links[i].online = false
+            log("peer \(short(key)): offline in signaling")
+        case .message(let type, let from, let payload, _):
+            guard let i = byKey[from], let payload else { return }
+            received(type, payload: payload, link: i)
+        case .error(let code, _):
+            if code != "peer_offline" { log("signaling: error \(code)") }
+        case .ended(let ending):
+            welcomed = false
+            log("signaling: ended (\(ending))")
+        }
+        statusDirty = true
+    }
+
+    func controlling(_ i: Int) -> Bool { publicKeyBytes.lexicographicallyPrecedes(links[i].keyBytes) == false }
+
+    func localCandidates() -> [ICECandidate] {
+        var out: [ICECandidate] = []
+        if !config.relayOnly {
+            // Never the WireGuard interface's own addresses: the tunnel must not run over itself.
+            for ip in Interfaces.ipv4Addresses(excluding: config.interface) { out.append(ICECandidate(kind: .host, address: SocketAddress(ip: ip, port: icePort))) }
+            if let reflexive, !out.contains(where: { $0.address == reflexive.address }) { out.append(reflexive) }
+        }
+        if let relayCandidate { out.append(relayCandidate) }
+        return out
+    }
+
+    func newSession(_ i: Int, controlling: Bool) {
+        var agent = ICEAgent(controlling: controlling, now: loop.now)
+        for c in localCandidates() { agent.addLocal(c) }
+        links[i].ice = agent
+    }
+
+    func offer(_ i: Int) {
+        newSession(i, controlling: true)
+        links[i].lastOffer = loop.now
+        send("offer", link: i, body: description(i, answering: nil))
+        log("peer \(short(links[i].key)): offer sent (\(links[i].ice!.locals.count) candidates)")
+    }
+
+    func description(_ i: Int, answering: String?) -> JSONValue {
+        let agent = links[i].ice!
+        var members: [(String, JSONValue)] = [("ufrag", .string(agent.localUfrag)), ("pwd", .string(agent.localPassword)),
+                                             ("candidates", .array(agent.locals.map { .string($0.sdp) }))]
+        if let answering { members.append(("offer", .string(answering))) }
+        if let wg = wireGuard { members.append(("wg_port", .number(Double(wg.listenPort)))) }
+        return .object(members)
+    }
+
+    func send(_ type: String, link i: Int, body: JSONValue) {
+        do {
+            let sealed = try sealer.seal(body.encoded(), type: type, to: links[i].keyBytes, nowMilliseconds: wallClockMilliseconds())
+            signal.post(.route(type: type, to: links[i].key, payload: sealed))
+        } catch {
+            log("peer \(short(links[i].key)): cannot seal: \(error)")
+        }
+    }
+
+    func received(_ type: String, payload: String, link i: Int) {
+        let plain: [UInt8]
+        do {
+            plain = try sealer.open(payload, type: type, from: links[i].keyBytes, nowMilliseconds: wallClockMilliseconds())
+        } catch {
+            log("peer \(short(links[i].key)): \(type) refused: \(error)")
+            return
+        }
+        guard let body = JSONValue.parse(plain), let ufrag = body["ufrag"]?.string, let pwd = body["pwd"]?.string else {
+            log("peer \(short(links[i].key)): \(type) without ICE credentials")
+            return
+        }
+        let remotes = (body["candidates"]?.array ?? []).compactMap { $0.string.flatMap(ICECandidate.init(sdp:)) }
+        if let port = body["wg_port"]?.number, port >= 1, port <= 65535 { links[i].remoteWireGuardPort = UInt16(port) }
+        switch type {
+        case "offer":
+            guard gathered else { return }  // we answer once gathered; the offerer retries
+            newSession(i, controlling: false)
+            links[i].online = true
+            start(i, ufrag: ufrag, pwd: pwd, remotes: remotes)
+            send("answer", link: i, body: description(i, answering: ufrag))
+            log("peer \(short(links[i].key)): offer received, answered (\(remotes.count) remote candidates)")
+        case "answer":
+            guard let agent = links[i].ice, agent.controlling, body["offer"]?.string == agent.localUfrag else { return }
+            start(i, ufrag: ufrag, pwd: pwd, remotes: remotes)
+            log("peer \(short(links[i].key)): answer received (\(remotes.count) remote candidates)")
+        default:
+            break
+        }
+    }
+
+    func start(_ i: Int, ufrag: String, pwd: String, remotes: [ICECandidate]) {
+        links[i].ice!.setRemoteCredentials(ufrag: ufrag, password: pwd)
+        for r in remotes where r.address.ip.isIPv4 { links[i].ice!.addRemote(r) }
+        // Permissions on our relay for every remote address, so relayed checks get through.
+        handOff(i)
+        // One request per address: the server refuses a request whole when its policy forbids
+        // one of the addresses in it (a remote's private host candidate, say).
+        if var t = turn, t.phase == .allocated {
+            for ip in Set(remotes.map(\.address.ip).filter(\.isIPv4)) { sendTURN(t.permit([ip], now: loop.now)) }
+            turn = t
+        }
+    }
+}
