@@ -81,7 +81,8 @@ def agents(lab, wg_a, wg_b, directory, cert, relay_only):
                                capture_output=True, text=True, check=True).stdout.strip()
         status = os.path.join(directory, f"status-{name}.json")
         args = ["ip", "netns", "exec", ns.name, *PEERS_CPU, conftest.binary("ferry"), "tunnel", "run", "--interface", wg.name,
-                "--signal", f"wss://{FERRY_IP}:443/v1/signal", "--token", token, "--ca", cert, "--status-file", status]
+                "--signal", f"wss://{FERRY_IP}:443/v1/signal", "--token", token, "--ca", cert, "--status-file", status,
+                "--state-file", status + ".state"]
         procs.append(subprocess.Popen(args + (["--relay-only"] if relay_only else []), stdout=subprocess.DEVNULL,
                                       stderr=subprocess.DEVNULL, start_new_session=True))
     want = "relayed" if relay_only else "direct"

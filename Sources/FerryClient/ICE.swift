@@ -1,86 +1,6 @@
 import FerryCore
 import FerryWire
 
-/// An ICE candidate (RFC 8445 §5.1) in the SDP attribute form of RFC 8839 §5.1, which aioice,
-/// libnice and browsers read: `FOUNDATION 1 udp PRIORITY ADDRESS PORT typ TYPE [raddr A rport P]`.
-public struct ICECandidate: Equatable, Hashable, Sendable, CustomStringConvertible {
-    public enum Kind: String, Sendable { case host, srflx, prflx, relay }
-
-    public var foundation: String
-    public var component: Int
-    public var priority: UInt32
-    public var address: SocketAddress
-    public var kind: Kind
-    public var related: SocketAddress?
-
-    public init(kind: Kind, address: SocketAddress, base: SocketAddress? = nil, localPreference: UInt16 = 65535, component: Int = 1) {
-        self.kind = kind
-        self.address = address
-        self.component = component
-        related = kind == .host ? nil : base
-        priority = ICECandidate.priority(kind, localPreference: localPreference, component: component)
-        // RFC 8445 §5.1.1.3: the same for candidates of one type, base and server.
-        let key = "\(kind.rawValue)|udp|\(base.map { "\($0.ip)" } ?? "\(address.ip)")"
-        foundation = String(Crypto.hex(Crypto.sha256(Array(key.utf8))).prefix(8))
-    }
-
-    /// RFC 8445 §5.1.2.1: 2^24 · type preference + 2^8 · local preference + (256 − component).
-    public static func priority(_ kind: Kind, localPreference: UInt16, component: Int) -> UInt32 {
-        let type: UInt32 = switch kind { case .host: 126; case .prflx: 110; case .srflx: 100; case .relay: 0 }
-        return type << 24 + UInt32(localPreference) << 8 + UInt32(256 - component)
-    }
-
-    public init?(sdp text: String) {
-        var t = Substring(text)
-        if t.hasPrefix("a=") { t = t.dropFirst(2) }
-        if t.hasPrefix("candidate:") { t = t.dropFirst(10) }
-        let f = t.split(separator: " ")
-        guard f.count >= 8, f[2].lowercased() == "udp", f[6] == "typ", let component = Int(f[1]),
-              let priority = UInt32(f[3]), let ip = IPAddress(String(f[4])), let port = UInt16(f[5]),
-              let kind = Kind(rawValue: String(f[7])) else { return nil }
-        foundation = String(f[0])
-        self.component = component
-        self.priority = priority
-        address = SocketAddress(ip: ip, port: port)
-        self.kind = kind
-        var raddr: IPAddress?, rport: UInt16?
-        var i = 8
-        while i + 1 < f.count {
-            if f[i] == "raddr" { raddr = IPAddress(String(f[i + 1])) }
-            if f[i] == "rport" { rport = UInt16(f[i + 1]) }
-            i += 2
-        }
-        related = raddr.map { SocketAddress(ip: $0, port: rport ?? 0) }
-    }
-
-    public var sdp: String {
-        var s = "\(foundation) \(component) udp \(priority) \(address.ip) \(address.port) typ \(kind.rawValue)"
-        if let related { s += " raddr \(related.ip) rport \(related.port)" }
-        return s
-    }
-
-    public var description: String { sdp }
-}
-
-/// How a local candidate sends: straight from the agent's UDP socket (host, server-reflexive),
-/// or through its TURN allocation (relayed: the shell wraps the bytes in ChannelData or a Send
-/// indication to the remote address).
-public enum ICEVia: Equatable, Hashable, Sendable { case direct, relayed }
-
-/// The path a pair gives data: which way, to which remote transport address.
-public struct ICERoute: Equatable, Hashable, Sendable, CustomStringConvertible {
-    public let via: ICEVia
-    public let remote: SocketAddress
-    public let localKind: ICECandidate.Kind
-    public let remoteKind: ICECandidate.Kind
-    /// Whether data crosses a TURN relay (ours, theirs, or both) rather than going peer to peer.
-    public var throughRelay: Bool { via == .relayed || remoteKind == .relay }
-    public var description: String {
-        via == .direct ? "direct to \(remote) (\(localKind.rawValue)→\(remoteKind.rawValue))"
-                       : "relayed to \(remote) (\(localKind.rawValue)→\(remoteKind.rawValue))"
-    }
-}
-
 /// One ICE session with one remote agent (RFC 8445, one component, UDP), as a pure state machine:
 /// candidate pairs in priority order, connectivity checks with STUN short-term credentials
 /// (USERNAME `remote:local`, MESSAGE-INTEGRITY with the receiver's password, PRIORITY,
@@ -149,6 +69,11 @@ public struct ICEAgent {
     private var firstSuccess: UInt64?
     private var lastActivity: UInt64 = 0
     private let started: UInt64
+    private var peerReflexiveBudget: TokenBucket
+    /// Requests from addresses this session will not learn (caps, rate), and remote candidates
+    /// refused as unusable: dropped unanswered, counted for the status.
+    public private(set) var refusedPeerReflexive = 0
+    public private(set) var refusedRemotes = 0
 
     /// RFC 8445 §14.2 pacing (Ta); retransmissions of a check from `initialRTO`, doubling.
     public static let pace: UInt64 = 20_000_000
@@ -163,6 +88,14 @@ public struct ICEAgent {
     /// is relayed (or lost), so one is known to work when it fails; a working direct path sends
     /// nothing through a relay.
     public static let standbyInterval: UInt64 = 2_000_000_000
+    /// Bounds on what a remote agent (or anyone replaying its checks) can make this session
+    /// hold and send: remote candidates (signalled and peer-reflexive), pairs, and new
+    /// peer-reflexive addresses learned per second (each costs an answer and a triggered check
+    /// to that address, so unbounded learning reflects traffic at spoofed sources).
+    public static let maxRemotes = 32
+    public static let maxPairs = 128
+    public static let peerReflexivePerSecond = 2.0
+    public static let peerReflexiveBurst = 4.0
 
     public init(controlling: Bool, now: UInt64, ufrag: String? = nil, password: String? = nil, tieBreaker: UInt64? = nil) {
         self.controlling = controlling
@@ -172,6 +105,7 @@ public struct ICEAgent {
         localPassword = password ?? Self.iceString(24)
         started = now
         lastActivity = now
+        peerReflexiveBudget = TokenBucket(capacity: Self.peerReflexiveBurst, now: now)
     }
 
     static func iceString(_ n: Int) -> String {
@@ -192,14 +126,38 @@ public struct ICEAgent {
         for r in remotes { addPair(c, r) }
     }
 
+    /// Addresses that are never a remote agent's: unspecified, multicast, broadcast, link-local
+    /// (loopback is kept, but pairs only with a loopback local candidate: the same host).
+    public static func usableRemote(_ ip: IPAddress) -> Bool {
+        if ip.isIPv4 {
+            let v = UInt32(truncatingIfNeeded: ip.low)
+            let first = v >> 24
+            return v != 0 && first != 0 && !(224...255).contains(first) && v >> 16 != 0xA9FE
+        }
+        let top16 = ip.high >> 48
+        return !(ip.high == 0 && ip.low == 0) && top16 >> 8 != 0xFF && top16 & 0xFFC0 != 0xFE80
+    }
+
+    static func isLoopback(_ ip: IPAddress) -> Bool {
+        ip.isIPv4 ? UInt32(truncatingIfNeeded: ip.low) >> 24 == 127 : ip.high == 0 && ip.low == 1
+    }
+
     public mutating func addRemote(_ c: ICECandidate) {
         guard c.component == 1 else { return }
+        guard Self.usableRemote(c.address.ip), c.address.port != 0 else {
+            refusedRemotes += 1
+            return
+        }
         // A peer-reflexive remote learned from a check, now signalled: keep the pairs and their
         // state, take the signalled type and priority (RFC 8445 §7.3.1.3).
         if let k = remotes.firstIndex(where: { $0.address == c.address }) {
             guard remotes[k].kind == .prflx, c.kind != .prflx else { return }
             remotes[k] = c
             for i in pairs.indices where pairs[i].remote.address == c.address { pairs[i].remote = c }
+            return
+        }
+        guard remotes.count < Self.maxRemotes else {
+            refusedRemotes += 1
             return
         }
         remotes.append(c)
@@ -211,6 +169,8 @@ public struct ICEAgent {
         // A server-reflexive local candidate sends from its base: the host pair covers it
         // (RFC 8445 §6.1.2.4); keep it out so the list holds no redundant pairs.
         guard l.kind != .srflx else { return }
+        guard !Self.isLoopback(r.address.ip) || Self.isLoopback(l.address.ip) else { return }
+        guard pairs.count < Self.maxPairs else { return }
         guard !pairs.contains(where: { $0.local == l && $0.remote.address == r.address }) else { return }
         pairs.append(Pair(local: l, remote: r))
         let sel = selected.map { pairs[$0] }
@@ -375,33 +335,63 @@ public struct ICEAgent {
             }
             controlling.toggle()
         }
+        // The pair this request came in on: a known remote, or a new peer-reflexive one
+        // (RFC 8445 §7.3.1.3), on the local candidate it arrived through. Integrity does not
+        // cover the source address and a request carries no freshness, so a captured check
+        // replays from anywhere: learning is capped and rate-limited, and a request from an
+        // address not learned is dropped unanswered (no answer or check reflected at it).
+        if !remotes.contains(where: { $0.address == from }) {
+            guard Self.usableRemote(from.ip), remotes.count < Self.maxRemotes,
+                  peerReflexiveBudget.take(1, rate: Self.peerReflexivePerSecond, capacity: Self.peerReflexiveBurst, now: now) else {
+                refusedPeerReflexive += 1
+                return ([], [])
+            }
+            var c = ICECandidate(kind: .prflx, address: from)
+            c.priority = m.uint32(STUN.Attribute.priority) ?? c.priority
+            addRemote(c)
+        }
+        // A peer-reflexive remote whose every pair failed our check (nobody there answers with
+        // the password) gets no answers until its recheck is due: replays from it are not
+        // reflected one for one.
+        let fromPairs = pairs.indices.filter { pairs[$0].remote.address == from }
+        if remotes.first(where: { $0.address == from })?.kind == .prflx, !fromPairs.isEmpty,
+           fromPairs.allSatisfy({ pairs[$0].state == .failed && now < pairs[$0].nextRecheck }) {
+            refusedPeerReflexive += 1
+            return ([], [])
+        }
         out.append(Send(via: via, to: from, bytes: STUNWriter.build(method: STUN.Method.binding, class: .success, transactionID: m.transactionID) { w in
             w.append(STUN.Attribute.xorMappedAddress, xorAddress: from)
             Array(localPassword.utf8).withUnsafeBytes { w.appendMessageIntegrity(key: $0) }
             w.appendFingerprint()
         }))
         lastActivity = now
-        // The pair this request came in on: a known remote, or a new peer-reflexive one
-        // (RFC 8445 §7.3.1.3), on the local candidate it arrived through.
-        if !remotes.contains(where: { $0.address == from }) {
-            var c = ICECandidate(kind: .prflx, address: from)
-            c.priority = m.uint32(STUN.Attribute.priority) ?? c.priority
-            addRemote(c)
-        }
         guard let i = pairs.firstIndex(where: { $0.remote.address == from && ($0.via == via) }) else { return (out, []) }
-        // Triggered check (§7.3.1.4).
-        if pairs[i].state == .frozen || pairs[i].state == .waiting || pairs[i].state == .failed {
+        // Triggered check (§7.3.1.4); a failed pair no sooner than its recheck time, so replays
+        // do not turn into a stream of checks.
+        if pairs[i].state == .frozen || pairs[i].state == .waiting || (pairs[i].state == .failed && now >= pairs[i].nextRecheck) {
             send(i, now: now, useCandidate: false, into: &out)
         }
-        // USE-CANDIDATE (§7.3.1.5). The RFC has the controlled agent wait for its own check of
-        // the pair to succeed; but the controlling agent starts sending as soon as its check
-        // did, and data answered before then would be dropped for want of a path. A nominating
-        // request with valid integrity from that address proves the pair carries traffic from
-        // the peer, and our answer goes back on it: select it now; the triggered check (and
-        // consent after it) confirms it or takes it away.
+        // USE-CANDIDATE (§7.3.1.5): the pair is selected only once our own check of it has
+        // succeeded (a response with valid integrity, from that address, to a transaction we
+        // issued): a nominating request proves nothing about where it came from, since a
+        // captured one replays from any address. If our check already succeeded (and recently),
+        // select now; else the triggered check selects it when it succeeds (`response`). The
+        // peer's data on the pair is received meanwhile (any known remote is), and ours waits in
+        // the shell's bounded hold queue for the selection (Tunnel's HeldPackets).
         if !controlling && m.has(STUN.Attribute.useCandidate) {
             pairs[i].remoteNominated = true
-            if selected != i { events.append(select(i, now: now)) }
+            if pairs[i].state == .succeeded && now < pairs[i].lastResponse + Self.lostAfter {
+                if selected != i { events.append(select(i, now: now)) }
+            } else if pairs[i].transaction == nil {
+                send(i, now: now, useCandidate: false, into: &out)
+            } else if pairs[i].attempts < Self.maxAttempts && now >= pairs[i].sentAt + Self.initialRTO / 4,
+                      let bytes = checkRequest(pairs[i], tid: pairs[i].transaction!, useCandidate: pairs[i].useCandidate) {
+                // In progress: retransmit now (§7.3.1.4), counted as an attempt, so replays
+                // cannot make it send more than one check's retransmissions.
+                pairs[i].attempts += 1
+                pairs[i].sentAt = now
+                out.append(Send(via: pairs[i].via, to: pairs[i].remote.address, bytes: bytes))
+            }
         }
         return (out, events)
     }
@@ -434,7 +424,6 @@ public struct ICEAgent {
             if pairs[i].state == .inProgress { pairs[i].state = .failed }
             return ([], [])
         }
-        let wasSucceeded = pairs[i].state == .succeeded
         pairs[i].state = .succeeded
         pairs[i].lastResponse = now
         pairs[i].rtt = now - pairs[i].sentAt
@@ -444,7 +433,7 @@ public struct ICEAgent {
         for j in pairs.indices where pairs[j].state == .frozen { pairs[j].state = .waiting }
         if controlling && pairs[i].useCandidate && selected != i {
             events.append(select(i, now: now))
-        } else if !controlling && pairs[i].remoteNominated && selected != i && !wasSucceeded {
+        } else if !controlling && pairs[i].remoteNominated && selected != i {
             events.append(select(i, now: now))
         }
         return ([], events)

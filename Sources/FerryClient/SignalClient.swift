@@ -53,7 +53,8 @@ public struct SignalClient {
     private var input: [UInt8] = []
     private var fragments: [UInt8] = []
     private var lastError: String?
-    private var rng = SplitMix64(seed: UInt64.random(in: 0...UInt64.max))
+    /// Whether a fragmented text message is being assembled (a continuation frame needs one).
+    private var assembling = false
     public static let maxMessage = 1 << 20
 
     /// `webSocketKey`: the 16-byte Sec-WebSocket-Key (random unless a test or fuzz target fixes it).
@@ -71,8 +72,15 @@ public struct SignalClient {
     /// The HTTP upgrade request: the first bytes to write.
     public func start() -> [UInt8] { WebSocket.clientRequest(host: host, path: path, key: wsKey) }
 
+    /// RFC 6455 §5.3: each frame's masking key from a strong source of entropy (the system's
+    /// CSPRNG, getrandom), unpredictable to anyone who sees earlier frames.
+    static func maskKey() -> UInt32 {
+        var g = SystemRandomNumberGenerator()
+        return UInt32(truncatingIfNeeded: g.next())
+    }
+
     private mutating func frame(_ opcode: WebSocket.Opcode, _ payload: [UInt8]) -> [UInt8] {
-        WebSocket.encode(opcode, payload, mask: UInt32(truncatingIfNeeded: rng.next()))
+        WebSocket.encode(opcode, payload, mask: Self.maskKey())
     }
 
     /// A JSON message as a masked text frame.
@@ -93,7 +101,7 @@ public struct SignalClient {
     /// A polite end: a close frame (1000).
     public mutating func close() -> [UInt8] {
         phase = .ended
-        return WebSocket.close(.normal, mask: UInt32(truncatingIfNeeded: rng.next()))
+        return WebSocket.close(.normal, mask: Self.maskKey())
     }
 
     /// The connection dropped without a close frame.
@@ -135,12 +143,23 @@ public struct SignalClient {
             case .pong: break
             case .close:
                 let code = payload.count >= 2 ? UInt16(payload[0]) << 8 | UInt16(payload[1]) : 1005
-                out += WebSocket.close(.normal, mask: UInt32(truncatingIfNeeded: rng.next()))
+                out += WebSocket.close(.normal, mask: Self.maskKey())
                 phase = .ended
                 events.append(.ended(ending(closeCode: code)))
             case .binary: break
             case .text, .continuation:
+                // One message at a time (RFC 6455 §5.4): a continuation only inside one, a new
+                // text frame only outside, and the whole message within maxMessage, not just
+                // each frame.
+                guard (f.opcode == .text) != assembling, fragments.count + payload.count <= Self.maxMessage else {
+                    phase = .ended
+                    events.append(.ended(.handshake(f.opcode == .continuation && !assembling ? "continuation frame outside a message"
+                        : assembling && f.opcode == .text ? "text frame inside a fragmented message"
+                        : "message over \(Self.maxMessage) bytes")))
+                    break
+                }
                 fragments += payload
+                assembling = !f.fin
                 guard f.fin else { continue }
                 let text = fragments
                 fragments = []

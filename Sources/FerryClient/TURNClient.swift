@@ -191,9 +191,15 @@ public struct TURNClient {
         guard message.messageClass == .success || message.messageClass == .error,
               var p = pending[message.transactionID] else { return ([], []) }
         // An authenticated request's answer must carry our MESSAGE-INTEGRITY (else it is forged
-        // or from someone else); 401s and 438s carry none by design and only restart the request.
-        if message.messageClass == .success && p.authenticated {
-            guard key.withUnsafeBytes({ message.verifyIntegrity(key: $0) }) else { return ([], []) }
+        // or from someone else: an on-path attacker who saw the transaction id could inject a 437
+        // to a Refresh and make us drop the relay); 401s and 438s carry none by design (401 ends
+        // the request, 438 restarts it once). An unsigned answer is ignored: the request stays
+        // pending, so the server's real answer still counts.
+        if p.authenticated {
+            let code = message.messageClass == .error ? message.errorCode()?.code : nil
+            if code != 401 && code != 438 {
+                guard key.withUnsafeBytes({ message.verifyIntegrity(key: $0) }) else { return ([], []) }
+            }
         }
         pending[message.transactionID] = nil
         if message.messageClass == .error {

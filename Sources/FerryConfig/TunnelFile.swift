@@ -9,6 +9,7 @@
 /// port = 51900                          # optional: the ICE socket's UDP port
 /// relay_only = false
 /// status_file = "/run/ferry/tunnel-wg0.json"
+/// state_file = "/var/lib/ferry/tunnel-wg0.state"
 /// private_key_file = "/etc/wireguard/wg0.key"   # only with [[peer]] (WireGuard mode reads the interface's)
 /// [[peer]]
 /// key = "…"                             # a WireGuard public key
@@ -33,6 +34,7 @@ public struct TunnelFile: Sendable, Equatable {
     public var port = 0
     public var relayOnly = false
     public var statusFile: String?
+    public var stateFile: String?
     public var privateKeyFile: String?
     public var peers: [Peer] = []
 
@@ -51,6 +53,7 @@ public struct TunnelFile: Sendable, Equatable {
         f.port = root.int("port", default: 0, range: 0...65535)
         f.relayOnly = root.bool("relay_only", default: false)
         f.statusFile = root.string("status_file", default: nil)
+        f.stateFile = root.string("state_file", default: nil)
         f.privateKeyFile = root.string("private_key_file", default: nil)
         for p in root.tables("peer") {
             let key = p.string("key", default: nil), to = p.string("deliver_to", default: nil)

@@ -100,23 +100,36 @@ extension Tunnel {
             for j in 0..<n {
                 let length = batch.length(j)
                 guard let route = links[i].route else {
-                    links[i].dropped &+= 1
+                    // No path yet: held briefly for the selection ICE is confirming (HeldPackets).
+                    if links[i].ice != nil { links[i].held.hold(batch.data(j), length, now: loop.now) } else { links[i].dropped &+= 1 }
                     continue
                 }
-                links[i].txPackets &+= 1
-                links[i].txBytes &+= UInt64(length)
-                let data = batch.data(j)
-                if iceOut.isFull { iceOut.flush(ice.raw) }
-                switch route.via {
-                case .direct:
-                    iceOut.append(data, length, to: route.remote)
-                case .relayed:
-                    forwardRelayed(data, length, to: route.remote, link: i)
-                }
+                send(batch.data(j), length, on: route, link: i)
             }
             iceOut.flush(ice.raw)
             if n < batch.capacity { return }
         }
+    }
+
+    /// One of WireGuard's packets out on link `i`'s path (`data` has ChannelData headroom).
+    func send(_ data: UnsafeMutableRawPointer, _ length: Int, on route: ICERoute, link i: Int) {
+        links[i].txPackets &+= 1
+        links[i].txBytes &+= UInt64(length)
+        if iceOut.isFull { iceOut.flush(ice.raw) }
+        switch route.via {
+        case .direct:
+            iceOut.append(data, length, to: route.remote)
+        case .relayed:
+            forwardRelayed(data, length, to: route.remote, link: i)
+        }
+    }
+
+    /// What waited for link `i`'s first path leaves on it.
+    func sendHeld(_ i: Int, on route: ICERoute) {
+        var held = links[i].held
+        held.drain(now: loop.now) { data, length in send(data, length, on: route, link: i) }
+        links[i].held = held
+        iceOut.flush(ice.raw)
     }
 
     func forwardRelayed(_ data: UnsafeMutableRawPointer, _ length: Int, to peer: SocketAddress, link i: Int) {

@@ -25,6 +25,7 @@ extension Tunnel {
                     sendTURN(t.bindChannel(to: route.remote, now: loop.now).request)
                     turn = t
                 }
+                sendHeld(i, on: route)
                 handOff(i)
             case .failed(let reason):
                 takeBack(i, because: "ICE failed")

@@ -174,7 +174,9 @@ extension Tunnel {
             switch e {
             case .allocated(let relayed, let mapped, let lifetime):
                 log("relay: allocated \(relayed) over \(relayTransport) (lifetime \(lifetime) s)")
-                relayCandidate = ICECandidate(kind: .relay, address: relayed, base: mapped ?? SocketAddress(ip: .ipv4Any, port: icePort), localPreference: 65535)
+                // raddr 0.0.0.0 rport 0: the mapped address is the host's own where there is no
+                // NAT, and a relay candidate must not reveal it (--relay-only promises as much).
+                relayCandidate = ICECandidate(kind: .relay, address: relayed, base: ICECandidate.undisclosed, localPreference: 65535)
                 if case .udp = relay, let mapped { reflexive = ICECandidate(kind: .srflx, address: mapped, base: SocketAddress(ip: .ipv4Any, port: icePort)) }
                 finishGathering()
             case .failed(let request, let code, let reason):

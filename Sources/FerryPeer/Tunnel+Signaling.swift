@@ -100,6 +100,7 @@ extension Tunnel {
         let plain: [UInt8]
         do {
             plain = try sealer.open(payload, type: type, from: links[i].keyBytes, nowMilliseconds: wallClockMilliseconds())
+            saveMarks()
         } catch {
             log("peer \(short(links[i].key)): \(type) refused: \(error)")
             return

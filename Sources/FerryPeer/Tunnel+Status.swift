@@ -41,7 +41,7 @@ extension Tunnel {
                 }
                 m += [("rx_packets", .number(Double(l.rxPackets))), ("rx_bytes", .number(Double(l.rxBytes))),
                       ("tx_packets", .number(Double(l.txPackets))), ("tx_bytes", .number(Double(l.txBytes))),
-                      ("dropped_no_path", .number(Double(l.dropped)))]
+                      ("dropped_no_path", .number(Double(l.dropped &+ l.held.dropped)))]
                 return .object(m)
             })),
         ])

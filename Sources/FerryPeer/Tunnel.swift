@@ -33,6 +33,9 @@ public struct TunnelConfig: Sendable {
     /// Only relayed candidates (as WebRTC's iceTransportPolicy "relay").
     public var relayOnly = false
     public var statusFile: String?
+    /// What must survive a restart: the newest sealed message accepted per peer and type
+    /// (`SealedEnvelope.highWater`), so an envelope opened before the restart is not opened again.
+    public var stateFile: String?
 
     public init(signal: ServerURL, token: String) {
         self.signal = signal
@@ -68,6 +71,8 @@ public final class Tunnel: EventHandler, @unchecked Sendable {
         var routeSince: UInt64 = 0
         var rxPackets: UInt64 = 0, rxBytes: UInt64 = 0, txPackets: UInt64 = 0, txBytes: UInt64 = 0
         var dropped: UInt64 = 0
+        /// WireGuard's packets while ICE confirms the first path (HeldPackets).
+        var held = HeldPackets()
         var sentToWireGuard = false
         /// The peer's WireGuard listen port (from its offer or answer).
         var remoteWireGuardPort: UInt16?
@@ -86,6 +91,8 @@ public final class Tunnel: EventHandler, @unchecked Sendable {
     let publicKey: String
     let publicKeyBytes: [UInt8]
     var sealer: SealedEnvelope
+    /// Logged once: the state file could not be written (Tunnel+State).
+    var stateWriteFailed = false
     let signal: SignalConnection
     let wireGuard: WireGuardInterface?
 
@@ -179,7 +186,10 @@ public final class Tunnel: EventHandler, @unchecked Sendable {
         } catch {
             throw Failure(description: "\(error)")
         }
-        guard let sealer = SealedEnvelope(privateKey: cfg.privateKey) else { throw Failure(description: "the private key is not an X25519 key") }
+        guard var sealer = SealedEnvelope(privateKey: cfg.privateKey) else { throw Failure(description: "the private key is not an X25519 key") }
+        if let saved = Files.read(config.stateFile ?? Self.defaultStateFile(interface: config.interface)) {
+            sealer.restore(Self.readMarks(String(decoding: saved, as: UTF8.self)))
+        }
         self.sealer = sealer
         publicKeyBytes = sealer.publicKey
         publicKey = Base64.std(sealer.publicKey)

@@ -94,6 +94,7 @@ struct Ferry: ParsableCommand {
             @Option(help: "UDP port of the agent's ICE socket (default: any).") var port: UInt16?
             @Flag(name: .customLong("relay-only"), help: "Use relayed candidates only (never reveal host addresses).") var relayOnly = false
             @Option(name: .customLong("status-file"), help: "Where the agent writes its status (default: /run/ferry/tunnel-IFACE.json).") var statusFile: String?
+            @Option(name: .customLong("state-file"), help: "Where the agent keeps the newest sealed message accepted from each peer, so none opens twice across a restart (default: /var/lib/ferry/tunnel-IFACE.state).") var stateFile: String?
 
             func run() throws {
                 var file = TunnelFile()
@@ -131,6 +132,7 @@ struct Ferry: ParsableCommand {
                 cfg.port = port ?? UInt16(file.port)
                 cfg.relayOnly = relayOnly || file.relayOnly
                 cfg.statusFile = statusFile ?? file.statusFile
+                cfg.stateFile = stateFile ?? file.stateFile
                 var peers: [(String, String)] = file.peers.map { ($0.key, $0.deliverTo) }
                 for text in peer {
                     // KEY=HOST:PORT; the key's base64 may itself end in "=".

@@ -125,12 +125,26 @@ final class FakeNetwork {
         #expect(net.routesB.last?.throughRelay == true, "\(net.routesB)")
     }
 
-    /// aioice (controlling) sends data as soon as its nominating check succeeds; the controlled
-    /// agent must have a path by then, before its own check of the pair has come back.
-    @Test func theControlledAgentSelectsOnANominatingRequest() {
+    /// aioice (controlling) sends data as soon as its nominating check succeeds. The controlled
+    /// agent still selects a pair only once its own check of it has succeeded: the nomination
+    /// triggers that check, and its answer selects the pair (one round trip later).
+    @Test func theControlledAgentSelectsANominatedPairOnlyAfterItsOwnCheck() {
         let net = FakeNetwork(direct: true)
+        let n = try! #require(Self.firstNomination(net))
+        #expect(!net.b.pairs.contains { $0.state == .succeeded }, "B's own checks have not come back")
+        #expect(net.routesB.isEmpty)
+        _ = net.deliver(n, fromA: true)
+        #expect(net.routesB.isEmpty, "a nominating request alone selects nothing: \(net.routesB)")
+        #expect(net.b.pairs.first { $0.remote.address == net.hostA && $0.via == .direct }?.state == .inProgress,
+                "its own check of the nominated pair is in flight")
+        // B's check reaches A, A answers, B selects (within its retransmission schedule).
+        net.run(seconds: 1)
+        #expect(net.routesB.first?.remote == net.hostA, "selected when its own check succeeds: \(net.routesB)")
+    }
+
+    /// Runs A's checks with B's answers (but nothing B starts itself) until A nominates.
+    static func firstNomination(_ net: FakeNetwork) -> ICEAgent.Send? {
         var nominated: ICEAgent.Send?
-        // Let A's checks and B's answers through, but hold back everything B starts itself.
         for _ in 0..<100 where nominated == nil {
             net.now += 10_000_000
             _ = net.b.tick(now: net.now)
@@ -143,11 +157,69 @@ final class FakeNetwork {
                 }
             }
         }
-        let n = try! #require(nominated)
-        #expect(!net.b.pairs.contains { $0.state == .succeeded }, "B's own checks have not come back")
-        #expect(net.routesB.isEmpty)
-        _ = net.deliver(n, fromA: true)
-        #expect(net.routesB.last?.remote == net.hostA, "B has a path as soon as A nominates: \(net.routesB)")
+        return nominated
+    }
+
+    /// The attack of the issue: a captured nominating check, replayed from an attacker's
+    /// address every 100 ms, never selects that address, and the path stays where it is.
+    @Test func aReplayedNominatingCheckNeverSelectsTheReplayersAddress() {
+        let net = FakeNetwork(direct: true)
+        let n = try! #require(Self.firstNomination(net))
+        let attacker = SocketAddress("203.0.113.66:4444")!
+        var answersToAttacker = 0
+        for step in 0..<3000 {
+            net.run(seconds: 0.01)
+            if step % 10 == 0 {
+                let r = n.bytes.withUnsafeBytes { raw in
+                    net.b.receive(try! STUNMessage.parse(raw).get(), from: attacker, via: .direct, now: net.now)
+                }
+                net.record(r.events, a: false)
+                answersToAttacker += r.sends.filter { $0.to == attacker }.count
+            }
+            #expect(net.b.selectedPair?.remote.address != attacker, "step \(step)")
+        }
+        #expect(!net.routesB.contains { $0.remote == attacker }, "\(net.routesB)")
+        #expect(net.routesB.last?.remote == net.hostA)
+        // Its own check to the attacker's address fails (nobody there knows the password):
+        // the answers and checks it sent there are a handful, not one per replay.
+        // No amplification: at most one answer per replay, plus one check's retransmissions
+        // (6) per recheck interval (3 s) to that address.
+        #expect(answersToAttacker <= 300 + 6 * 11, "\(answersToAttacker) sends to the replaying address for 300 replays")
+    }
+
+    /// 2,000 replays of a valid check from as many spoofed sources: remotes and pairs stay
+    /// capped, and almost nothing is reflected at the spoofed addresses.
+    @Test func peerReflexiveLearningIsCappedAndRateLimited() {
+        let net = FakeNetwork(direct: true)
+        let n = try! #require(Self.firstNomination(net))
+        var reflected = 0
+        for k in 0..<2000 {
+            if k % 20 == 0 { net.now += 10_000_000 }
+            let spoofed = SocketAddress(ip: IPAddress(ipv4: 0xCB00_7100 | UInt32(k % 250 + 1)), port: UInt16(10_000 + k))
+            let r = n.bytes.withUnsafeBytes { raw in
+                net.b.receive(try! STUNMessage.parse(raw).get(), from: spoofed, via: .direct, now: net.now)
+            }
+            reflected += r.sends.count
+        }
+        #expect(net.b.remotes.count <= ICEAgent.maxRemotes)
+        #expect(net.b.pairs.count <= ICEAgent.maxPairs)
+        #expect(net.b.refusedPeerReflexive > 1900)
+        // 1 s of replays: the burst plus the rate, an answer and a triggered check each.
+        #expect(reflected <= 2 * Int(ICEAgent.peerReflexiveBurst + ICEAgent.peerReflexivePerSecond + 1), "\(reflected)")
+    }
+
+    @Test func unusableRemoteCandidatesAreRefused() {
+        var agent = ICEAgent(controlling: true, now: 1)
+        agent.addLocal(ICECandidate(kind: .host, address: SocketAddress("10.0.0.1:1000")!))
+        for text in ["0.0.0.0:5", "224.0.0.1:5", "255.255.255.255:5", "169.254.1.1:5", "10.0.0.9:0"] {
+            agent.addRemote(ICECandidate(kind: .host, address: SocketAddress(text)!))
+        }
+        #expect(agent.remotes.isEmpty && agent.refusedRemotes == 5)
+        // Loopback is a candidate of this host only: no pair with a non-loopback local.
+        agent.addRemote(ICECandidate(kind: .host, address: SocketAddress("127.0.0.1:7")!))
+        #expect(agent.pairs.isEmpty)
+        for k in 0..<100 { agent.addRemote(ICECandidate(kind: .host, address: SocketAddress(ip: IPAddress(ipv4: 0x0A01_0000 | UInt32(k + 1)), port: 9))) }
+        #expect(agent.remotes.count == ICEAgent.maxRemotes)
     }
 
     @Test func checksNeedTheRightCredentials() {

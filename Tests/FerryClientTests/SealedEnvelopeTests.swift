@@ -65,6 +65,44 @@ import FerryWire
         #expect(throws: SealedEnvelope.Failure.stale) { try bob.open(first!, type: "candidate", from: a.publicKey, nowMilliseconds: now + 5000) }
     }
 
+    /// One configured peer sending more than the cache holds, stamped near the window's far edge,
+    /// must not push another peer's fresh messages below a floor.
+    @Test func oneSendersFloodAndFutureStampsDoNotLockOutAnother() throws {
+        var carol = SealedEnvelope(privateKey: c.privateKey)!, alice = SealedEnvelope(privateKey: a.privateKey)!
+        var bob = SealedEnvelope(privateKey: b.privateKey)!
+        for i in 0..<(SealedEnvelope.maxRemembered * 4 + 10) {
+            let env = try carol.seal([1], type: "candidate", to: b.publicKey, nowMilliseconds: now + 119_000 + UInt64(i % 500))
+            _ = try? bob.open(env, type: "candidate", from: c.publicKey, nowMilliseconds: now)
+        }
+        let fresh = try alice.seal([2], type: "offer", to: b.publicKey, nowMilliseconds: now)
+        #expect(try bob.open(fresh, type: "offer", from: a.publicKey, nowMilliseconds: now) == [2])
+    }
+
+    @Test func anOlderMessageAfterANewerOneIsRefused() throws {
+        var alice = SealedEnvelope(privateKey: a.privateKey)!, bob = SealedEnvelope(privateKey: b.privateKey)!
+        let older = try alice.seal([1], type: "offer", to: b.publicKey, nowMilliseconds: now)
+        let newer = try alice.seal([2], type: "offer", to: b.publicKey, nowMilliseconds: now + 3000)
+        #expect(try bob.open(newer, type: "offer", from: a.publicKey, nowMilliseconds: now + 3000) == [2])
+        #expect(throws: SealedEnvelope.Failure.reordered) { try bob.open(older, type: "offer", from: a.publicKey, nowMilliseconds: now + 3001) }
+        // Another type has its own mark: an answer older than the offer still opens.
+        let answer = try alice.seal([3], type: "answer", to: b.publicKey, nowMilliseconds: now + 1000)
+        #expect(try bob.open(answer, type: "answer", from: a.publicKey, nowMilliseconds: now + 3002) == [3])
+    }
+
+    /// The agent saves the marks and restores them after a restart: an envelope opened before
+    /// the restart is refused after it, within the window, though the nonce cache is new.
+    @Test func marksRestoredAfterARestartRefuseAReplay() throws {
+        var alice = SealedEnvelope(privateKey: a.privateKey)!, bob = SealedEnvelope(privateKey: b.privateKey)!
+        let env = try alice.seal([1], type: "offer", to: b.publicKey, nowMilliseconds: now)
+        _ = try bob.open(env, type: "offer", from: a.publicKey, nowMilliseconds: now)
+        let saved = bob.highWater
+        var restarted = SealedEnvelope(privateKey: b.privateKey)!
+        restarted.restore(saved)
+        #expect(throws: SealedEnvelope.Failure.reordered) { try restarted.open(env, type: "offer", from: a.publicKey, nowMilliseconds: now + 5000) }
+        let next = try alice.seal([2], type: "offer", to: b.publicKey, nowMilliseconds: now + 6000)
+        #expect(try restarted.open(next, type: "offer", from: a.publicKey, nowMilliseconds: now + 6000) == [2])
+    }
+
     /// RFC 8439 §2.8.2's AEAD test vector, so the envelope is ChaCha20-Poly1305 as specified.
     @Test func aeadMatchesRFC8439() {
         let key = Crypto.unhex("808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9f")!

@@ -127,6 +127,37 @@ import FerryWire
         #expect(c.connectionLost() == .ended(.closed(code: 1006)))
     }
 
+    /// A frame with FIN cleared (a fragment that more continuation frames follow).
+    static func fragment(_ opcode: WebSocket.Opcode, _ payload: [UInt8]) -> [UInt8] {
+        var f = WebSocket.encode(opcode, payload)
+        f[0] &= 0x7F
+        return f
+    }
+
+    @Test func messagesAreBoundedWholeNotPerFrameAndFragmentsMustStartAMessage() {
+        let token = SignalToken.mint(secret: "0123456789abcdef", network: "acme", peer: nil, expiry: 1_800_000_600)
+        // A fragmented message reassembles.
+        var (client, _, _) = connect(token: token)
+        let presence = SignalSession.presence(Base64.std(X25519.keyPair().publicKey), online: true)
+        let half = presence.count / 2
+        var events = client.receive(Self.fragment(.text, Array(presence[..<half]))).events
+        #expect(events.isEmpty)
+        events = client.receive(WebSocket.encode(.continuation, Array(presence[half...]))).events
+        guard case .peerOnline? = events.first else {
+            Issue.record("\(events)")
+            return
+        }
+        // Fragments each under the limit but over it together end the session.
+        let chunk = [UInt8](repeating: 0x20, count: SignalClient.maxMessage / 2 + 1)
+        _ = client.receive(Self.fragment(.text, chunk))
+        _ = client.receive(Self.fragment(.continuation, chunk))
+        #expect(client.phase == .ended)
+        // A continuation frame with no message started ends it too.
+        (client, _, _) = connect(token: token)
+        events = client.receive(WebSocket.encode(.continuation, Array(presence))).events
+        #expect(client.phase == .ended && !events.isEmpty)
+    }
+
     @Test func aRefusedUpgradeIsAHandshakeEnding() {
         var client = SignalClient(privateKey: peer.privateKey, token: "t", host: "h")!
         _ = client.start()

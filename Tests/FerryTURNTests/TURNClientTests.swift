@@ -142,4 +142,38 @@ import FerryTURN
         let events = forged.withUnsafeBytes { c.receive(try! STUNMessage.parse($0).get(), now: h.now).events }
         #expect(events.isEmpty && c.phase == .allocating)
     }
+
+    /// The client's next Refresh, from its ticks (a minute before the allocation lapses).
+    static func nextRefresh(_ h: Harness, _ c: inout TURNClient) -> [UInt8] {
+        for _ in 0..<700 {
+            h.now += 1_000_000_000
+            h.wallNow += 1
+            if let bytes = c.tick(now: h.now).send.first { return bytes }
+        }
+        Issue.record("no refresh")
+        return []
+    }
+
+    /// An on-path attacker who sees a Refresh's transaction id injects a 437: without our
+    /// MESSAGE-INTEGRITY it is ignored (the relay is kept), and the server's signed answer counts.
+    @Test func anUnsignedErrorToAnAuthenticatedRequestIsIgnored() {
+        let h = Harness()
+        var c = TURNClient(credentials: .init(username: "alice", password: "wonderland"), reliable: false)
+        _ = Self.exchange(h, &c, c.allocate(now: h.now))
+        #expect(c.phase == .allocated)
+        let refresh = Self.nextRefresh(h, &c)
+        let tid = refresh.withUnsafeBytes { try! STUNMessage.parse($0).get().transactionID }
+        for code in [437, 403, 508] {
+            let forged = STUNWriter.build(method: STUN.Method.refresh, class: .error, transactionID: tid) { $0.appendErrorCode(code, reason: nil) }
+            let events = forged.withUnsafeBytes { c.receive(try! STUNMessage.parse($0).get(), now: h.now).events }
+            #expect(events.isEmpty && c.phase == .allocated, "an unsigned \(code) changed nothing")
+        }
+        // The genuine answer still arrives and counts.
+        let events = Self.exchange(h, &c, refresh)
+        #expect(events == [.refreshed(lifetime: 600)])
+        // A signed error (the server's own 437 once the allocation is gone) still ends it.
+        #expect(h.request(STUN.Method.refresh) { $0.append(STUN.Attribute.lifetime, uint32: 0) }?.isSuccess == true)
+        _ = Self.exchange(h, &c, Self.nextRefresh(h, &c))
+        #expect(c.phase == .failed)
+    }
 }

@@ -292,7 +292,8 @@ class LoopbackAgents:
                                    capture_output=True, text=True, check=True).stdout.strip()
             status = os.path.join(tmpdir, f"status{me}.json")
             args = [ferry, "tunnel", "run", "--key", keys[me], "--peer", f"{pubs[other]}=127.0.0.1:{sinks[me].getsockname()[1]}",
-                    "--signal", f"ws://127.0.0.1:{port}/v1/signal", "--token", token, "--status-file", status]
+                    "--signal", f"ws://127.0.0.1:{port}/v1/signal", "--token", token, "--status-file", status,
+                    "--state-file", status + ".state"]
             self.procs.append((subprocess.Popen(args + (["--relay-only"] if relay_only else []), env=dict(os.environ, **envs[me]),
                                                 stdout=open(status + ".log", "w"), stderr=subprocess.STDOUT), status))
 

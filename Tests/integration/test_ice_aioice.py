@@ -131,6 +131,8 @@ async def aioice_peer(port, me, agent_public, relay_only, controlling, sink):
             await ws.send(json.dumps({"v": 1, "type": "answer", "to": agent_key,
                                       "payload": sealer.seal(json.dumps(answer).encode(), "answer", agent_public)}))
         conn.remote_username, conn.remote_password = theirs["ufrag"], theirs["pwd"]
+        if sink is not None:
+            sink["agent_candidates"] = theirs["candidates"]
         for c in theirs["candidates"]:
             await conn.add_remote_candidate(aioice.Candidate.from_sdp(c))
         await conn.add_remote_candidate(None)
@@ -157,7 +159,8 @@ def test_agent_ice_completes_against_aioice(ferryd_factory, tmpdir_path, relay_o
     log = open(os.path.join(tmpdir_path, "agent.log"), "w")
     args = [binary("ferry"), "tunnel", "run", "--key", key_path,
             "--peer", f"{base64.b64encode(raw_public(peer)).decode()}=127.0.0.1:{sink_sock.getsockname()[1]}",
-            "--signal", f"ws://127.0.0.1:{f.port}/v1/signal", "--token", token(raw_public(agent)), "--status-file", status]
+            "--signal", f"ws://127.0.0.1:{f.port}/v1/signal", "--token", token(raw_public(agent)), "--status-file", status,
+            "--state-file", status + ".state"]
     agent_proc = subprocess.Popen(args + (["--relay-only"] if relay_only else []), stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_until(lambda: os.path.exists(status), timeout=10)
@@ -186,6 +189,11 @@ def test_agent_ice_completes_against_aioice(ferryd_factory, tmpdir_path, relay_o
                    what=lambda: open(status).read())
         if relay_only:
             assert info["pair"] == "relay", info
+        # A relay candidate names no host address (raddr 0.0.0.0 rport 0); relay-only, nothing else is sent.
+        relays = [c for c in info["agent_candidates"] if " typ relay" in c]
+        assert relays and all(c.endswith(" raddr 0.0.0.0 rport 0") for c in relays), info["agent_candidates"]
+        if relay_only:
+            assert relays == info["agent_candidates"], info["agent_candidates"]
     finally:
         agent_proc.terminate()
         agent_proc.wait(5)

@@ -87,7 +87,7 @@ class Setup:
             log = open(os.path.join(directory, f"agent-{name}.log"), "w")
             if name == "a":
                 args = ["--interface", wg.name, "--signal", f"wss://{FERRY_IP}:443/v1/signal", "--token", token,
-                        "--ca", self.cert, "--status-file", status]
+                        "--ca", self.cert, "--status-file", status, "--state-file", status + ".state"]
             else:
                 # Agent B reads the same settings from a config file (token in a file of its own).
                 token_file, config = os.path.join(directory, "b.token"), os.path.join(directory, "tunnel-b.toml")
@@ -95,7 +95,7 @@ class Setup:
                     f.write(token + "\n")
                 with open(config, "w") as f:
                     f.write(f'interface = "{wg.name}"\nsignal = "wss://{FERRY_IP}:443/v1/signal"\ntoken_file = "{token_file}"\n'
-                            f'ca = "{self.cert}"\nstatus_file = "{status}"\n')
+                            f'ca = "{self.cert}"\nstatus_file = "{status}"\nstate_file = "{status}.state"\n')
                 args = ["--config", config]
             if relay_only:
                 args.append("--relay-only")
