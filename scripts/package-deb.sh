@@ -57,10 +57,9 @@ done
 # Units: deploy/systemd's, for the packaged paths and the `ferry` user. The service binds its own
 # sockets unless ferryd.socket (and the others) are enabled for socket activation.
 sed -e 's|/usr/local/bin/|/usr/bin/|g' \
-    -e 's|^DynamicUser=yes|User=ferry\nGroup=ferry|' \
     -e '/^Requires=ferryd.socket/d' \
-    -e 's|^# SIGTERM, and a hardened sandbox.*|# SIGTERM, and a hardened sandbox, as the system user ferry (the Debian package).|' \
-    -e '/^# \/etc\/ferry\/ferry.toml. With socket activation/,/^# without it, remove/d' \
+    -e 's|^# SIGTERM, and a hardened sandbox, as the system user ferry.*|# SIGTERM, and a hardened sandbox, as the system user ferry (the Debian package).|' \
+    -e '/^# With socket activation/,/^# without it, remove/d' \
     deploy/systemd/ferryd.service > "$stage/lib/systemd/system/ferryd.service"
 sed -i '/^# SIGTERM, and a hardened sandbox, as the system user/a # Socket activation is optional: enable ferryd.socket (and ferryd-admin.socket, ferryd-tls.socket)\n# and ferryd takes the passed sockets by name; otherwise it binds its listeners itself.' \
   "$stage/lib/systemd/system/ferryd.service"

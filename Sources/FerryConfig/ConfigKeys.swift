@@ -177,6 +177,10 @@ extension FerryConfig {
                   meaning: "more are closed at once and counted", [
             .field("admin.max_connections", \.admin.maxConnections, example: [("admin.max_connections", "8")]),
         ]),
+        ConfigKey(default: "8", allowed: "1–65536", override: "", reload: .restart,
+                  meaning: "admin connections from one source address; more are closed at once and counted (one client cannot hold them all)", [
+            .field("admin.max_connections_per_source", \.admin.maxConnectionsPerSource, example: [("admin.max_connections_per_source", "2")]),
+        ]),
         ConfigKey(default: "10", allowed: "1–3600", override: "", reload: .restart,
                   meaning: "incomplete request → 408; idle keep-alive closed", [
             .field("admin.request_timeout_seconds", \.admin.requestTimeoutSeconds, example: [("admin.request_timeout_seconds", "3")]),

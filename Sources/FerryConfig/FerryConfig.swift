@@ -175,6 +175,7 @@ public struct FerryConfig: Sendable, Equatable {
         /// nil disables the admin listener.
         public var address: SocketAddress? = SocketAddress("127.0.0.1:9090")
         public var maxConnections = 64
+        public var maxConnectionsPerSource = 8
         public var requestTimeoutSeconds = 10
         /// The bearer token the admin API's control and session endpoints require ("": those
         /// endpoints refuse every caller); `tokenFile` wins when set.
@@ -273,6 +274,7 @@ public struct FerryConfig: Sendable, Equatable {
             c.admin.address = nil
         }
         c.admin.maxConnections = admin.int("max_connections", default: 64, range: 1...65536)
+        c.admin.maxConnectionsPerSource = admin.int("max_connections_per_source", default: 8, range: 1...65536)
         c.admin.requestTimeoutSeconds = admin.int("request_timeout_seconds", default: 10, range: 1...3600)
         c.admin.token = admin.string("token", default: "") ?? ""
         if !c.admin.token.isEmpty && c.admin.token.utf8.count < 16 {

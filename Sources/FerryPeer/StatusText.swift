@@ -34,7 +34,8 @@ public enum StatusText {
             out.append("  listener      \(str(l["name"])) \(str(l["transport"])) \(str(l["address"]))")
         }
         for c in s["certificates"]?.array ?? [] {
-            let names = (c["names"]?.array ?? []).compactMap(\.string).joined(separator: ", ")
+            // Names come with the admin token only (the open view carries expiry alone).
+            let names = c["names"].map { ($0.array ?? []).compactMap(\.string).joined(separator: ", ") } ?? "(names with the admin token)"
             out.append("  certificate   \(names): \(i(c["days_left"])) days left (until \(str(c["not_after"])))")
         }
         return out

@@ -116,12 +116,7 @@ extension Server {
             return HTTPAnswer(status: 200, contentType: "text/plain; version=0.0.4; charset=utf-8", body: metrics.render())
         case "/", "/v1/status":
             guard read else { return Server.methodNotAllowed("GET, HEAD") }
-            let status = statusJSON()
-            if path == "/v1/status" { return AdminAPI.json(200, status) }
-            var a = HTTPAnswer(status: 200, contentType: "text/html; charset=utf-8", body: StatusPage.render(status),
-                               headers: [("Cache-Control", "no-store")])
-            a.headers.append(("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; img-src data:"))
-            return a
+            return statusAnswer(page: path == "/", detailed: hasAdminToken(head))
         case "/v1/allocations", "/v1/peers":
             guard read else { return Server.methodNotAllowed("GET, HEAD") }
             if let refused = authorize(head) { return refused }
@@ -146,17 +141,51 @@ extension Server {
         AdminAPI.error(405, "method not allowed", headers: [("Allow", allow)])
     }
 
-    /// nil when the caller sent `Authorization: Bearer <admin.token>`; else the refusal.
-    func authorize(_ head: HTTPRequestHead) -> HTTPAnswer? {
-        guard let token = adminToken else {
-            countAdminRefusal()
-            return AdminAPI.error(403, "set admin.token (or admin.token_file) to use this endpoint")
+    /// The status page and /v1/status. Rendering them reads and parses every metric (a few
+    /// milliseconds), so the open view (aggregates only) is rendered at most once per
+    /// `statusCacheNanos` (and again after a reload or a drain begins) and served from that copy, GET and HEAD alike: a flood of requests
+    /// without the token costs a copy each, not a render. A caller with the token gets a fresh,
+    /// detailed one (certificate names and files).
+    func statusAnswer(page: Bool, detailed: Bool) -> HTTPAnswer {
+        let headers = [("Cache-Control", "no-store")]
+        let now = control.now
+        let body: [UInt8]
+        if detailed {
+            let status = statusJSON(detailed: true)
+            body = page ? Array(StatusPage.render(status).utf8) : status.encoded() + [10]
+        } else {
+            if statusCache == nil || now >= statusCache!.at + Server.statusCacheNanos {
+                let status = statusJSON(detailed: false)
+                statusCache = (now, status.encoded() + [10], Array(StatusPage.render(status).utf8))
+            }
+            body = page ? statusCache!.page : statusCache!.json
         }
+        var a = HTTPAnswer(status: 200, contentType: page ? "text/html; charset=utf-8" : "application/json", body: "",
+                           headers: page ? headers + [("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; img-src data:")] : headers)
+        a.body = body
+        return a
+    }
+
+    static let statusCacheNanos: UInt64 = 250_000_000
+
+    /// Whether the caller sent `Authorization: Bearer <admin.token>` (nothing counted).
+    func hasAdminToken(_ head: HTTPRequestHead) -> Bool {
+        guard let token = adminToken else { return false }
         let given = head.header("Authorization").flatMap { h -> [UInt8]? in
             guard h.lowercased().hasPrefix("bearer ") else { return nil }
             return Array(h.dropFirst(7).trimmingCharacters(in: .whitespaces).utf8)
         }
-        guard let given, Crypto.constantTimeEqual(given, token) else {
+        guard let given else { return false }
+        return Crypto.constantTimeEqual(given, token)
+    }
+
+    /// nil when the caller sent `Authorization: Bearer <admin.token>`; else the refusal.
+    func authorize(_ head: HTTPRequestHead) -> HTTPAnswer? {
+        guard adminToken != nil else {
+            countAdminRefusal()
+            return AdminAPI.error(403, "set admin.token (or admin.token_file) to use this endpoint")
+        }
+        guard hasAdminToken(head) else {
             countAdminRefusal()
             return AdminAPI.error(401, "a bearer token is required (admin.token)", headers: [("WWW-Authenticate", "Bearer realm=\"ferry admin\"")])
         }
@@ -168,8 +197,13 @@ extension Server {
     }
 
     /// The token from `admin.token_file` (its first line) or `admin.token`; nil when neither.
-    static func adminToken(_ a: FerryConfig.Admin) throws -> [UInt8]? {
+    /// A token file that group or others may read is accepted with a warning in the log.
+    static func adminToken(_ a: FerryConfig.Admin, warn: (String) -> Void = { _ in }) throws -> [UInt8]? {
         if !a.tokenFile.isEmpty {
+            var st = stat()
+            if stat(a.tokenFile, &st) == 0 && st.st_mode & 0o077 != 0 {
+                warn("admin.token_file \(a.tokenFile) may be read by others (mode \(String(st.st_mode & 0o777, radix: 8))): make it 0600 or 0640 for ferryd's group")
+            }
             guard let bytes = Files.read(a.tokenFile) else { throw SystemError(call: "read admin.token_file \(a.tokenFile)", errno: ENOENT) }
             let line = String(decoding: bytes, as: UTF8.self).split(whereSeparator: \.isNewline).first.map { $0.trimmingCharacters(in: .whitespaces) } ?? ""
             guard line.utf8.count >= 16 else { throw SystemError(call: "admin.token_file \(a.tokenFile): the token is shorter than 16 characters", errno: EINVAL) }
@@ -267,10 +301,18 @@ extension Server {
                                                       ("detail", .string(ok ? "configuration reloaded" : "see the log: the running configuration stays"))]))
     }
 
+    /// One drain, however many ask: a request while one is pending or running is answered 202
+    /// for that same drain and never becomes the "second stop signal" that stops at once (that
+    /// escalation is SIGTERM's and SIGINT's alone).
     private func drainByAPI() -> HTTPAnswer {
-        if state.draining.load(ordering: .relaxed) { return AdminAPI.json(202, .object([("draining", .bool(true))])) }
+        if drainRequested || state.draining.load(ordering: .relaxed) {
+            return AdminAPI.json(202, .object([("draining", .bool(true)), ("already", .bool(true))]))
+        }
+        drainRequested = true
         // After this answer is written: a drain with no session left stops the process at once.
-        control.schedule(after: 50_000_000) { [unowned self] in self.beginDrain("admin API") }
+        control.schedule(after: 50_000_000) { [unowned self] in
+            if !self.state.draining.load(ordering: .relaxed) { self.beginDrain("admin API") }
+        }
         return AdminAPI.json(202, .object([("draining", .bool(true)), ("drain_seconds", .number(Double(config.server.drainSeconds)))]))
     }
 }

@@ -24,7 +24,7 @@ final class AdminServer {
                                     malformed: registry.counter("ferry_admin_malformed_requests_total",
                                                                 "Admin requests rejected as malformed or oversized (answered 400/408/431/505 and closed)."))
             refusedConnections = registry.counter("ferry_admin_refused_connections_total",
-                                                  "Admin connections closed at once because admin.max_connections were open.")
+                                                  "Admin connections closed at once because admin.max_connections (or admin.max_connections_per_source from that address) were open.")
             connections = StreamCounters(registeringAdmin: registry, http: requests, refused: refusedConnections)
         }
     }
@@ -37,7 +37,7 @@ final class AdminServer {
     private let worker: Worker
     let address: SocketAddress?
 
-    init(fd: FileDescriptor, loop: EventLoop, metrics: CounterBlock, maxConnections: Int, timeoutSeconds: Int,
+    init(fd: FileDescriptor, loop: EventLoop, metrics: CounterBlock, maxConnections: Int, maxPerSource: Int, timeoutSeconds: Int,
          counters: Counters, route: @escaping HTTPSession.Route) throws(SystemError) {
         address = try? Sockets.localAddress(fd.raw)
         worker = Worker(loop: loop, metrics: metrics, batchSize: 1, maxDatagram: 64)
@@ -46,7 +46,7 @@ final class AdminServer {
         worker.configureStreams(StreamSettings(
             contexts: nil, idleTimeoutSeconds: timeoutSeconds, handshakeTimeoutSeconds: timeoutSeconds,
             requestTimeoutSeconds: timeoutSeconds, writeLimit: AdminServer.writeLimit, maxConnections: maxConnections,
-            maxPerSource: maxConnections, handshakesPerSecond: 0, handshakeBurst: 0, route: route, counters: counters.connections))
+            maxPerSource: maxPerSource, handshakesPerSecond: 0, handshakeBurst: 0, route: route, counters: counters.connections))
         try worker.addStreamListener(fd: fd, kind: .http, shared: false)
     }
 

@@ -33,12 +33,18 @@ struct HTTPSession {
     }
 
     var hasPartialRequest: Bool { !input.isEmpty }
+    /// Bytes received and not yet answered (pipelined requests wait here for their turn).
+    var bufferedBytes: Int { input.count }
 
-    mutating func receive(_ bytes: some Collection<UInt8>, route: Route) -> Outcome {
+    /// Answers at most `limit` of the requests received so far; the rest wait in `input` for the
+    /// next call (the transport calls again on its next turn: a pipelined flood on one connection
+    /// takes a bounded share of the loop, behind every other connection).
+    mutating func receive(_ bytes: some Collection<UInt8>, route: Route, limit: Int = .max) -> Outcome {
         var out = Outcome()
         guard !closing else { return out }
         input.append(contentsOf: bytes)
-        while !input.isEmpty && !closing {
+        var answered = 0
+        while !input.isEmpty && !closing && answered < limit {
             let parsed = input.withUnsafeBytes { HTTPHeadParser.parse($0, limits: limits) }
             switch parsed {
             case .incomplete:
@@ -47,6 +53,7 @@ struct HTTPSession {
                 fail(failure.status, &out)
             case .complete(let head, let consumed):
                 input.removeFirst(consumed)
+                answered += 1
                 let answer = HTTPSession.answer(head, route: route)
                 out.statuses.append(answer.status)
                 if answer.status == 400 { out.malformed += 1 }

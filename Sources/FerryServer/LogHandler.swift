@@ -48,8 +48,11 @@ public struct FerryLogHandler: LogHandler {
         let line: String
         switch format {
         case .text:
-            let meta = all.isEmpty ? "" : " " + all.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
-            line = "\(FerryLogHandler.timestamp()) \(event.level) \(label): \(event.message)\(meta)\n"
+            // logfmt: a value with a space, `=`, a quote, a backslash or a control character (or
+            // an empty one) is quoted and escaped, so a value from a client (a TURN REST
+            // username, a network name) can neither add fields nor start a line of its own.
+            let meta = all.isEmpty ? "" : " " + all.sorted { $0.key < $1.key }.map { "\(FerryLogHandler.logfmt($0.key))=\(FerryLogHandler.logfmt("\($0.value)"))" }.joined(separator: " ")
+            line = "\(FerryLogHandler.timestamp()) \(event.level) \(label): \(FerryLogHandler.escapeControls("\(event.message)"))\(meta)\n"
         case .json:
             var fields = "\"ts\":\"\(FerryLogHandler.timestamp())\",\"level\":\"\(event.level)\",\"logger\":\(FerryLogHandler.quote(label)),\"msg\":\(FerryLogHandler.quote("\(event.message)"))"
             for (k, v) in all.sorted(by: { $0.key < $1.key }) { fields += ",\(FerryLogHandler.quote(k)):\(FerryLogHandler.json(v))" }
@@ -69,6 +72,21 @@ public struct FerryLogHandler: LogHandler {
             }
         }
         return quote("\(v)")
+    }
+
+    /// A logfmt value: bare when it is a plain token, else quoted with JSON's escapes.
+    static func logfmt(_ s: String) -> String {
+        let plain = !s.isEmpty && s.unicodeScalars.allSatisfy { u in
+            u.value > 0x20 && u.value != 0x7F && u != "=" && u != "\"" && u != "\\" && !(0x80...0x9F).contains(u.value)
+        }
+        return plain ? s : quote(s)
+    }
+
+    /// A message on one line: control characters written as escapes.
+    static func escapeControls(_ s: String) -> String {
+        guard s.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7F }) else { return s }
+        let q = quote(s)
+        return String(q.dropFirst().dropLast())
     }
 
     static func quote(_ s: String) -> String {

@@ -27,15 +27,15 @@ public final class Server: @unchecked Sendable {
     var config: FerryConfig
     let reloadSource: ConfigSource?
     let logger: Logger
-    private let levelBox: LogLevelBox
+    let levelBox: LogLevelBox
     /// Control-thread state (the main thread's loop): ready/draining, admin, timers.
     let control: EventLoop
     let engine: Engine
     let metrics: MetricsRegistry
-    private var admin: AdminServer?
+    var admin: AdminServer?
     /// The `PortLock`s of the listening ports: open until the process exits.
-    private var portLocks: [FileDescriptor] = []
-    private var signals: SignalSource?
+    var portLocks: [FileDescriptor] = []
+    var signals: SignalSource?
     /// One per event loop: sockets, connections and the services registered on them.
     var workers: [Worker] = []
     /// One per worker when any listener serves TURN.
@@ -44,34 +44,38 @@ public final class Server: @unchecked Sendable {
     var turnCounters: TURNCounters?
     /// The TLS contexts in use (control thread); workers get their own reference on reload.
     var tlsContexts: TLSContextSet?
-    private let certificateExpiry = UnixSecondsBox()
+    let certificateExpiry = UnixSecondsBox()
     /// A Unix time written on the control thread and read by scrape-time gauges.
     final class UnixSecondsBox: Sendable {
         let value = Atomic<Int64>(0)
     }
-    private var certificateReloads: (ok: CounterID, failed: CounterID)?
+    var certificateReloads: (ok: CounterID, failed: CounterID)?
     let signalWorkers = SignalWorkers()
-    private var signalKey: SignalServerKey?
+    var signalKey: SignalServerKey?
     var boundAddresses: [String: SocketAddress] = [:]
     let state = ServerState()
-    private var drainDeadline: UInt64 = 0
+    var drainDeadline: UInt64 = 0
     /// Per worker: the monotonic time the worker last answered a watchdog ping.
-    private let heartbeats: Heartbeats
-    private var reloadCounters: (ok: CounterID, failed: CounterID)?
+    let heartbeats: Heartbeats
+    var reloadCounters: (ok: CounterID, failed: CounterID)?
     /// The JWKS last fetched from `signal.jwks_url` (control thread). Fetches run on a thread of
     /// their own and post their result back to the control loop; only the newest counts.
-    private var jwks: (url: String, data: [UInt8])?
+    var jwks: (url: String, data: [UInt8])?
     /// The JWKS the running signaling policy verifies with (from a file or a fetch).
-    private var jwksInUse: [UInt8]?
-    private var jwksGeneration = 0
-    private var jwksRetry: TimerID?
-    private var jwksCounters: (ok: CounterID, failed: CounterID)?
-    private let jwksFetchedAt = UnixSecondsBox()
+    var jwksInUse: [UInt8]?
+    var jwksGeneration = 0
+    var jwksRetry: TimerID?
+    var jwksCounters: (ok: CounterID, failed: CounterID)?
+    let jwksFetchedAt = UnixSecondsBox()
     /// The admin API's (AdminAPI.swift): the bearer token, refusals counted, the last reload,
     /// and the status page's history (control thread).
     var adminToken: [UInt8]?
     var adminUnauthorized: CounterID?
     var lastReload: (at: UInt64, ok: Bool, origin: String)?
+    /// The open status view, rendered at most once a second (AdminAPI.statusAnswer).
+    var statusCache: (at: UInt64, json: [UInt8], page: [UInt8])?
+    /// A drain asked for through the admin API (set at once; the drain starts 50 ms later).
+    var drainRequested = false
     var history = StatusHistory()
     /// After a failed fetch, the next try.
     static let jwksRetrySeconds: UInt64 = 30
@@ -145,7 +149,7 @@ public final class Server: @unchecked Sendable {
         return 0
     }
 
-    private func setUp() throws {
+    func setUp() throws {
         var registry = ListenerRegistry(passed: Systemd.takeListenedSockets(), logger: logger)
         // Kept whether set-up succeeds or not (a failed start exits with them held).
         defer { portLocks = Array(registry.locks.values) }
@@ -194,13 +198,14 @@ public final class Server: @unchecked Sendable {
                                                 "address": "\(boundAddresses[listener.name].map { "\($0)" } ?? "-")",
                                                 "sockets": "\(sockets.count)"])
         }
-        adminToken = try Server.adminToken(config.admin)
+        adminToken = try Server.adminToken(config.admin) { [logger] in logger.warning("\($0)") }
         adminUnauthorized = metrics.counter("ferry_admin_unauthorized_total",
                                             "Admin API requests refused for a missing or wrong bearer token (or with no admin.token set).")
         if let fd = try registry.adminSocket(config.admin.address) {
             let block = metrics.block(engine.loops.count)
             let counters = AdminServer.Counters(registering: metrics)
             admin = try AdminServer(fd: fd, loop: control, metrics: block, maxConnections: config.admin.maxConnections,
+                                    maxPerSource: config.admin.maxConnectionsPerSource,
                                     timeoutSeconds: config.admin.requestTimeoutSeconds, counters: counters,
                                     route: { [unowned self] head in self.route(head) })
             if let a = admin?.address {
@@ -215,13 +220,14 @@ public final class Server: @unchecked Sendable {
     /// Stream connections on every worker (TURN over TCP/TLS, HTTPS, signaling): TLS contexts,
     /// limits, and the services a sniffed connection is handed to. Signaling registers here, not
     /// on TURN: a connection reaches it through the worker, whatever else the worker serves.
-    private func setUpStreams() throws {
+    func setUpStreams() throws {
         let workers = engine.loops.count
         let streamCounters = StreamCounters(registering: metrics)
         registerCertificateMetrics()
         // A plain TCP listener works without certificates (TLS sniffed there is then refused).
         if config.listeners.contains(where: { $0.transport != .udp }) && (!config.tls.certificates.isEmpty || config.tls.selfSigned) {
             tlsContexts = try loadTLS(initial: true)
+            certificateExpiry.value.store(tlsContexts!.earliestExpiry, ordering: .relaxed)
         }
         let state = self.state
         let httpsRoute: HTTPSession.Route = { head in Server.healthRoute(head, state: state) }
@@ -267,7 +273,7 @@ public final class Server: @unchecked Sendable {
 
     // MARK: Metrics
 
-    private func registerGlobalMetrics() {
+    func registerGlobalMetrics() {
         let state = self.state
         let workers = engine.loops.count
         let start = Double(wallClockSeconds())
@@ -312,332 +318,42 @@ public final class Server: @unchecked Sendable {
         case "/readyz":
             if state.draining.load(ordering: .relaxed) { return HTTPAnswer(status: 503, body: "draining\n") }
             if !state.ready.load(ordering: .relaxed) { return HTTPAnswer(status: 503, body: "starting\n") }
+            // Out of descriptors within the last 5 s: new clients would not be accepted here.
+            if DescriptorLimit.recentlyHit(now: monotonicNanos()) { return HTTPAnswer(status: 503, body: "at the open-file limit\n") }
             return HTTPAnswer(status: 200, body: "ready\n")
         default:
             return HTTPAnswer(status: 404, body: "not found\n")
         }
     }
 
-    // MARK: Signaling
-
-    /// The server's static X25519 key: configured, else kept in the state directory, else made
-    /// up for this process (peers then see a new server key after a restart).
-    private func signalServerKey() throws -> SignalServerKey {
-        if let k = Crypto.unhex(config.signal.serverKey), k.count == 32 { return SignalServerKey(privateKey: k) }
-        if !config.server.stateDirectory.isEmpty {
-            return SignalServerKey(privateKey: try StateFiles.secret(directory: config.server.stateDirectory, name: "signal.key", bytes: 32))
-        }
-        logger.notice("no signal.server_key and no server.state_directory: the signaling key is made up for this process")
-        return SignalServerKey(privateKey: X25519.keyPair().privateKey)
-    }
-
-    private func makeSignalPolicy() throws -> SignalPolicy {
-        let s = config.signal
-        var jwt: JWTVerifier?
-        // Bytes, not Data: Data's enum storage hides its buffer pointer from LeakSanitizer, which
-        // then reports a JWKS held here for the whole run as leaked (docs/testing.md).
-        var jwks: [UInt8]?
-        if !s.jwksFile.isEmpty {
-            guard let data = FileManager.default.contents(atPath: s.jwksFile) else {
-                throw SystemError(call: "read signal.jwks_file \(s.jwksFile)", errno: ENOENT)
-            }
-            jwks = [UInt8](data)
-        } else if !s.jwksURL.isEmpty {
-            // The keys last fetched from this URL (fetches run off the loop: `startJWKSFetch`);
-            // until a first fetch from a new URL succeeds, the keys in use stay.
-            if let fetched = self.jwks, fetched.url == s.jwksURL { jwks = fetched.data } else { jwks = jwksInUse }
-        }
-        if let data = jwks {
-            jwt = try JWTVerifier(jwks: data, issuer: s.jwtIssuer, audience: s.jwtAudience, networkClaim: s.networkClaim,
-                                  peerClaim: s.peerClaim.isEmpty ? nil : s.peerClaim)
-        }
-        jwksInUse = jwks
-        if !s.jwksURL.isEmpty && jwt == nil {
-            logger.warning("no JWKS from the issuer yet: JWTs are refused until a fetch succeeds", metadata: ["jwks_url": "\(s.jwksURL)"])
-        }
-        var relays: [RelayHandout] = []
-        if !s.selfRelayURLs.isEmpty, let secret = config.turn.staticAuthSecrets.first {
-            relays.append(RelayHandout(region: "self", urls: s.selfRelayURLs, secret: secret))
-        }
-        relays += s.relays.map { RelayHandout(region: $0.region, urls: $0.urls, secret: $0.secret) }
-        logger.info("signaling", metadata: ["server_key": "\(Base64.std(signalKey?.publicKey ?? []))", "token_secrets": "\(s.tokenSecrets.count)",
-                                            "jwks_keys": "\(jwt?.keyCount ?? 0)", "relays": "\(relays.map(\.region))"])
-        return SignalPolicy(serverKey: signalKey!, tokenSecrets: s.tokenSecrets, jwt: jwt, maxPayload: s.maxPayload,
-                            messagesPerSecond: Double(s.messagesPerSecond), messageBurst: Double(s.messageBurst),
-                            bytesPerSecond: Double(s.bytesPerSecond), relays: relays, relayTTL: UInt64(s.relayTTLSeconds),
-                            pingInterval: s.pingIntervalSeconds)
-    }
-
-    // MARK: JWKS
-
-    /// One bounded, blocking fetch (on whatever thread calls it: the start, or a fetch thread).
-    private static func fetch(url: String, caFile: String, timeout: Int) -> Result<[UInt8], TLSError> {
-        Result { () throws(TLSError) in try HTTPSFetch.get(url, caFile: caFile.isEmpty ? nil : caFile, timeoutSeconds: timeout) }
-    }
-
-    /// Fetches the JWKS on a thread of its own; the result comes back through the control loop's
-    /// mailbox, so /metrics, /healthz and the watchdog never wait for an issuer.
-    private func startJWKSFetch() {
-        if let t = jwksRetry { control.cancel(t) }
-        jwksRetry = nil
-        let s = config.signal
-        guard s.enabled, !s.jwksURL.isEmpty else { return }
-        jwksGeneration += 1
-        let generation = jwksGeneration
-        let (url, caFile, timeout) = (s.jwksURL, s.jwksCAFile, s.jwksTimeoutSeconds)
-        let control = self.control
-        Thread.detachNewThread { [self] in
-            let result = Server.fetch(url: url, caFile: caFile, timeout: timeout)
-            control.execute { _ in
-                // A newer fetch (a later reload) supersedes this one.
-                guard generation == self.jwksGeneration else { return }
-                self.applyJWKSFetch(result, url: url)
-                if self.config.signal.jwksURL == url, case .success = result { self.pushSignalPolicy() }
-            }
-        }
-    }
-
-    /// Keeps a fetched JWKS if it parses; otherwise keeps the keys in use, counts, logs, and
-    /// tries again in `jwksRetrySeconds`.
-    private func applyJWKSFetch(_ result: Result<[UInt8], TLSError>, url: String) {
-        let block = metrics.block(engine.loops.count)
-        var failure: String?
-        switch result {
-        case .success(let bytes):
-            let s = config.signal
-            do {
-                let check = try JWTVerifier(jwks: bytes, issuer: s.jwtIssuer, audience: s.jwtAudience,
-                                            networkClaim: s.networkClaim, peerClaim: nil)
-                jwks = (url, bytes)
-                jwksFetchedAt.value.store(Int64(wallClockSeconds()), ordering: .relaxed)
-                if let c = jwksCounters?.ok { block.add(c) }
-                logger.info("jwks fetched", metadata: ["jwks_url": "\(url)", "keys": "\(check.keyCount)"])
-                return
-            } catch {
-                failure = "\(error)"
-            }
-        case .failure(let error):
-            failure = error.message
-        }
-        if let c = jwksCounters?.failed { block.add(c) }
-        logger.error("jwks fetch failed; keeping the keys in use", metadata: [
-            "jwks_url": "\(url)", "error": "\(failure ?? "")", "retry_seconds": "\(Server.jwksRetrySeconds)"])
-        jwksRetry = control.schedule(after: Server.jwksRetrySeconds * 1_000_000_000) { [unowned self] in self.startJWKSFetch() }
-    }
-
-    /// Builds the signaling policy from the running config and hands it to every worker.
-    private func pushSignalPolicy() {
-        do {
-            let policy = try makeSignalPolicy()
-            for loop in engine.loops {
-                loop.execute { [self] l in self.signalWorkers.all[l.index].update(policy: policy) }
-            }
-        } catch {
-            logger.error("signaling policy not updated", metadata: ["error": "\(error)"])
-        }
-    }
-
-    private func registerSignalMetrics(_ hub: any SignalDirectory) -> SignalCounters {
-        jwksCounters = (metrics.counter("ferry_signal_jwks_fetches_total", "Fetches of the issuer's JWKS (signal.jwks_url), by result.",
-                                        labels: [("result", "ok")]),
-                        metrics.counter("ferry_signal_jwks_fetches_total", "Fetches of the issuer's JWKS (signal.jwks_url), by result.",
-                                        labels: [("result", "failed")]))
-        let fetchedAt = jwksFetchedAt
-        metrics.computedGauge("ferry_signal_jwks_fetched_timestamp_seconds", "Unix time of the last successful JWKS fetch.") {
-            let v = fetchedAt.value.load(ordering: .relaxed)
-            return v > 0 ? [(labels: "", value: Double(v))] : []
-        }
-        metrics.computedGauge("ferry_signal_peers_registered", "Peers authenticated on signaling now (all workers).") {
-            [(labels: "", value: Double(hub.count))]
-        }
-        return SignalCounters(registering: metrics)
-    }
-
-    // MARK: TLS
-
-    /// Builds TLS contexts from the configured files (or a fresh self-signed certificate).
-    private func loadTLS(initial: Bool) throws -> TLSContextSet {
-        var pairs: [CertificatePair] = []
-        for c in config.tls.certificates { pairs.append(try CertificatePair.load(certificate: c.certificate, key: c.key)) }
-        if pairs.isEmpty && config.tls.selfSigned {
-            if initial || tlsContexts == nil {
-                pairs.append(try CertificatePair.selfSigned(name: "localhost"))
-            } else {
-                return tlsContexts!  // keep the self-signed certificate across reloads
-            }
-        }
-        let set = try TLSContextSet(certificates: pairs, alpn: ["stun.turn", "http/1.1"], minimumTLS13: config.tls.minVersion == "1.3")
-        certificateExpiry.value.store(set.earliestExpiry, ordering: .relaxed)
-        for p in pairs {
-            logger.info("tls certificate", metadata: ["source": "\(p.source)", "names": "\(p.names)", "not_after": "\(p.notAfter)"])
-        }
-        return set
-    }
-
-    private func reloadTLS() {
-        guard !turnServices.isEmpty, config.listeners.contains(where: { $0.transport != .udp }),
-              !config.tls.certificates.isEmpty || config.tls.selfSigned else { return }
-        let block = metrics.block(engine.loops.count)
-        do {
-            let set = try loadTLS(initial: false)
-            tlsContexts = set
-            for loop in engine.loops {
-                loop.execute { [self] l in self.workers[l.index].updateTLS(set) }
-            }
-            if let c = certificateReloads?.ok { block.add(c) }
-        } catch {
-            if let c = certificateReloads?.failed { block.add(c) }
-            logger.error("certificate reload failed; keeping the certificates in use", metadata: ["error": "\(error)"])
-        }
-    }
-
-    /// The TLS series that belong to the server rather than a connection: reloads and expiry.
-    private func registerCertificateMetrics() {
-        certificateReloads = (metrics.counter("ferry_tls_certificate_reloads_total", "Certificate reloads on SIGHUP, by result.", labels: [("result", "ok")]),
-                              metrics.counter("ferry_tls_certificate_reloads_total", "Certificate reloads on SIGHUP, by result.", labels: [("result", "failed")]))
-        let expiry = self.certificateExpiry
-        metrics.computedGauge("ferry_tls_certificate_expiry_timestamp_seconds", "notAfter of the certificate that expires first (Unix time).") {
-            let v = expiry.value.load(ordering: .relaxed)
-            return v > 0 ? [(labels: "", value: Double(v))] : []
-        }
-    }
-
-    // MARK: Signals: reload and drain
-
-    private func handleSignal(_ signal: Int32) {
-        switch signal {
-        case SIGHUP: reload(origin: "SIGHUP")
-        case SIGTERM, SIGINT: beginDrain(signal == SIGTERM ? "SIGTERM" : "SIGINT")
-        default: break
-        }
-    }
-
-    /// Re-reads the configuration (SIGHUP, or POST /v1/reload); true when it applied.
-    @discardableResult
-    func reload(origin: String) -> Bool {
-        guard let reloadSource else {
-            logger.notice("reload ignored: running on the built-in default config, there is no file to reload", metadata: ["origin": "\(origin)"])
-            return false
-        }
-        var ok = false
-        defer {
-            let now = wallClockSeconds()
-            lastReload = (now, ok, origin)
-            state.lastReloadOK.store(ok, ordering: .relaxed)
-            if ok { state.configLoadedAt.store(Int64(now), ordering: .relaxed) }
-        }
-        Systemd.notify("RELOADING=1\nMONOTONIC_USEC=\(Systemd.monotonicMicros())\nSTATUS=reloading")
-        let block = metrics.block(engine.loops.count)
-        do {
-            // Every key is either applied below or named as needing a restart: the plan comes
-            // from the key table (FerryConfig.keys), and restart-only keys keep their running
-            // values in `next`, so they are named again on every reload until the restart.
-            let plan = FerryConfig.reloadPlan(running: config, next: try reloadSource())
-            let next = plan.effective
-            if !turnServices.isEmpty {
-                // Users, shared secrets and the peer policy apply to the next request.
-                let credentials = Server.credentials(next.turn, realm: next.turn.realm)
-                let policy = Server.policy(next)
-                for loop in engine.loops {
-                    loop.execute { [self] l in self.turnServices[l.index].server.update(credentials: credentials, policy: policy) }
-                }
-            }
-            let running = config
-            config = next
-            warnIfRelayPortsAreEphemeral()
-            // Certificates are read again even when the paths are the same (renewed in place).
-            reloadTLS()
-            if config.signal.enabled {
-                do {
-                    let policy = try makeSignalPolicy()
-                    for loop in engine.loops {
-                        loop.execute { [self] l in self.signalWorkers.all[l.index].update(policy: policy) }
-                    }
-                    // The issuer's keys are fetched again off the loop; the keys in use stay until then.
-                    startJWKSFetch()
-                } catch {
-                    config.signal = running.signal
-                    logger.error("signaling reload failed; keeping the running signaling settings", metadata: ["error": "\(error)"])
-                }
-            }
-            levelBox.level = Logger.Level(config.log.level)
-            do {
-                adminToken = try Server.adminToken(config.admin)
-            } catch {
-                logger.error("admin token reload failed; keeping the token in use", metadata: ["error": "\(error)"])
-            }
-            ok = true
-            if let c = reloadCounters?.ok { block.add(c) }
-            var metadata: Logger.Metadata = [:]
-            if !plan.applied.isEmpty { metadata["applied"] = "\(plan.applied.joined(separator: ","))" }
-            if !plan.needsRestart.isEmpty { metadata["needs_restart"] = "\(plan.needsRestart.joined(separator: ","))" }
-            logger.notice("configuration reloaded", metadata: metadata)
-        } catch let errors as ConfigErrors {
-            if let c = reloadCounters?.failed { block.add(c) }
-            // One line per problem, as `ferry config check` prints them.
-            logger.error("reload failed; keeping the running configuration", metadata: ["problems": "\(errors.issues.count)"])
-            for issue in errors.issues {
-                logger.error("config problem", metadata: ["key": "\(issue.key)", "problem": "\(issue.message)"])
-            }
-        } catch {
-            if let c = reloadCounters?.failed { block.add(c) }
-            logger.error("reload failed; keeping the running configuration", metadata: ["error": "\(error)"])
-        }
-        Systemd.notify("READY=1\nSTATUS=serving")
-        return ok
-    }
-
-    func beginDrain(_ why: String) {
-        if state.draining.load(ordering: .relaxed) {
-            logger.notice("second stop signal: stopping now")
-            control.stop()
-            return
-        }
-        state.draining.store(true, ordering: .relaxed)
-        Systemd.notify("STOPPING=1\nSTATUS=draining")
-        drainDeadline = control.now + UInt64(config.server.drainSeconds) * 1_000_000_000
-        logger.notice("draining", metadata: ["signal": "\(why)", "drain_seconds": "\(config.server.drainSeconds)"])
-        if !signalWorkers.all.isEmpty {
-            for loop in engine.loops {
-                loop.execute { [self] l in self.signalWorkers.all[l.index].drain() }
-            }
-        }
-        checkDrain()
-    }
-
-    /// Stops once no session is left or the drain time is over, checking every 100 ms.
-    private func checkDrain() {
-        let active = activeSessions()
-        if active == 0 || control.now >= drainDeadline {
-            if active > 0 { logger.warning("drain time over; closing remaining sessions", metadata: ["sessions": "\(active)"]) }
-            control.stop()
-            return
-        }
-        control.schedule(after: 100_000_000) { [unowned self] in self.checkDrain() }
-    }
-
-    /// Sessions that a drain waits for: TURN allocations (the forwarding service keeps none).
-    func activeSessions() -> Int {
-        guard let c = turnCounters else { return 0 }
-        return Int(metrics.total(c.allocationsActive))
-    }
-
     // MARK: Watchdog
 
     /// Sends WATCHDOG=1 at half the interval systemd asks for, but only while every worker
     /// answers pings: a wedged worker makes systemd restart the service.
-    private func startWatchdog() {
+    func startWatchdog() {
         guard let usec = Systemd.watchdogMicros() else { return }
         let interval = usec * 1000 / 2
         logger.info("systemd watchdog enabled", metadata: ["interval_ms": "\(usec / 1000)"])
+        // Each tick pings every worker and, on the next, checks that each answered the ping it
+        // was sent. The tick itself runs on the control thread: when it comes late, the control
+        // thread was late (an admin flood, a slow reload), and the log says so rather than
+        // blaming a worker whose ping was simply sent late.
+        var lastTick = control.now, pingSent = control.now
         func tick() {
             let now = control.now
-            let stale = heartbeats.beats.withLock { beats in beats.contains { now > $0 && now - $0 > usec * 1000 } }
-            if stale {
-                logger.error("a worker missed its watchdog ping; withholding WATCHDOG=1")
+            let late = now - lastTick > usec * 1000
+            let stale = heartbeats.beats.withLock { beats in beats.indices.filter { beats[$0] < pingSent && now - pingSent > usec * 1000 } }
+            if late {
+                logger.error("the control thread was late for the watchdog; withholding WATCHDOG=1",
+                             metadata: ["late_ms": "\((now - lastTick) / 1_000_000)", "watchdog_ms": "\(usec / 1000)"])
+            } else if !stale.isEmpty {
+                logger.error("a worker missed its watchdog ping; withholding WATCHDOG=1",
+                             metadata: ["workers": "\(stale.map(String.init).joined(separator: ","))"])
             } else {
                 Systemd.notify("WATCHDOG=1")
             }
+            lastTick = now
+            pingSent = now
             for loop in engine.loops {
                 let i = loop.index
                 loop.execute { [heartbeats] l in heartbeats.beats.withLock { $0[i] = l.now } }

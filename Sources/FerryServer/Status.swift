@@ -147,7 +147,9 @@ extension Server {
     }
 
     /// `/v1/status` (and, rendered, the status page): docs/admin-api.md.
-    func statusJSON() -> JSONValue {
+    /// `detailed`: for a caller with the admin token, certificates with their names and files;
+    /// else aggregates only (expiry), like /metrics.
+    func statusJSON(detailed: Bool = true) -> JSONValue {
         let m = MetricsSnapshot(metrics.render())
         let now = wallClockSeconds()
         let started = m.sum("ferry_start_time_seconds")
@@ -171,9 +173,10 @@ extension Server {
                      ("load", i < load.count ? n((load[i] * 1000).rounded() / 1000) : .null)])
         }
         let certificates: [JSONValue] = (tlsContexts?.certificates ?? []).map { c in
-            .object([("names", .array(c.names.map { .string($0) })), ("source", .string(c.source)),
-                     ("not_after", .string(SessionLog.iso(UInt64(max(0, c.notAfter))))),
-                     ("days_left", n((Double(c.notAfter) - Double(now)) / 86400 >= 0 ? ((Double(c.notAfter) - Double(now)) / 86400).rounded(.down) : -1))])
+            let expiry: [(String, JSONValue)] = [
+                ("not_after", .string(SessionLog.iso(UInt64(max(0, c.notAfter))))),
+                ("days_left", n((Double(c.notAfter) - Double(now)) / 86400 >= 0 ? ((Double(c.notAfter) - Double(now)) / 86400).rounded(.down) : -1))]
+            return .object(detailed ? [("names", .array(c.names.map { .string($0) })), ("source", .string(c.source))] + expiry : expiry)
         }
         func series(_ rates: [Double]) -> JSONValue { .array(rates.map { n(($0 * 10).rounded() / 10) }) }
         let drops = m.by("ferry_turn_drops_total", "reason").filter { $0.1 > 0 }.map { ($0.0, n($0.1)) }
@@ -199,6 +202,9 @@ extension Server {
                                    ("peers", n(m.sum("ferry_signal_peers_connected"))),
                                    ("routed_total", n(m.sum("ferry_signal_messages_routed_total")))])),
             ("native_sessions", .null),
+            ("descriptors", .object([("open", n(Double(DescriptorLimit.openCount()))), ("limit", n(Double(DescriptorLimit.limit()))),
+                                     ("at_limit", .bool(DescriptorLimit.recentlyHit(now: monotonicNanos()))),
+                                     ("last_at_limit_seconds_ago", DescriptorLimit.sinceLastHit(now: monotonicNanos()).map { n(Double($0 / 1_000_000_000)) } ?? .null)])),
             ("connections", .object([("active", n(m.sum("ferry_connections_active")))])),
             ("relayed", .object([("bytes_to_peer_total", n(m.sum("ferry_turn_relayed_bytes_total", where: ["direction": "to_peer"]))),
                                  ("bytes_to_client_total", n(m.sum("ferry_turn_relayed_bytes_total", where: ["direction": "to_client"]))),

@@ -40,6 +40,9 @@ enum StatusPage {
         h += tile(id: "connections", "\(int(s["connections"]?["active"]))", "stream connections")
         h += tile(id: "relayed", HumanUnits.bytes(num(s["relayed"]?["bytes_to_peer_total"]) + num(s["relayed"]?["bytes_to_client_total"])), "relayed in all")
         h += tile(id: "drops", "\(int(s["drops_total"]))", "drops in all")
+        let fds = s["descriptors"]
+        h += tile(id: "descriptors", "\(int(fds?["open"])) / \(int(fds?["limit"]))",
+                  bool(fds?["at_limit"]) ? "open files: AT THE LIMIT, new connections wait" : "open files", bad: bool(fds?["at_limit"]))
         let reload = s["reload"]
         let reloadText = str(reload?["last"]).isEmpty ? "never" : "\(str(reload?["result"])) at \(str(reload?["last"]))"
         h += tile(id: "reload", str(reload?["result"]).isEmpty ? "—" : str(reload?["result"]), "last reload: \(reloadText)",
@@ -86,7 +89,8 @@ enum StatusPage {
             h += "<table><tr><th>names</th><th>expires</th><th>days left</th><th>from</th></tr>\n"
             for c in certs {
                 let days = int(c["days_left"])
-                let names = (c["names"]?.array ?? []).map { e(str($0)) }.joined(separator: ", ")
+                // Names and files are shown to the admin token's holder only (aggregates otherwise).
+                let names = c["names"].map { ($0.array ?? []).map { e(str($0)) }.joined(separator: ", ") } ?? "—"
                 h += "<tr><td>\(names)</td><td>\(e(str(c["not_after"])))</td><td class=\(days < 14 ? "bad" : "ok")>\(days)</td><td>\(e(str(c["source"])))</td></tr>\n"
             }
             h += "</table>\n"

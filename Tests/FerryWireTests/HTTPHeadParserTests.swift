@@ -120,3 +120,13 @@ import FerryWire
         #expect(h.hasSuffix("Content-Length: 3\r\n\r\n"))
     }
 }
+
+@Suite struct HTTPReasonPhrases {
+    /// Every status the admin API and the HTTP paths answer has its phrase (no "401 Unknown").
+    @Test(arguments: [200, 202, 400, 401, 403, 404, 405, 408, 409, 422, 426, 429, 431, 503, 505])
+    func everyStatusWeSendHasItsPhrase(_ status: Int) {
+        #expect(HTTPResponse.reasonPhrase(status) != "Unknown")
+        let head = HTTPResponse.encode(status: status, body: [], close: true)
+        #expect(String(decoding: head.prefix(while: { $0 != 13 }), as: UTF8.self) == "HTTP/1.1 \(status) \(HTTPResponse.reasonPhrase(status))")
+    }
+}

@@ -22,9 +22,13 @@ def test_units_verify(tmpdir_path):
 
 def test_service_is_hardened():
     text = open(os.path.join(ROOT, "deploy", "systemd", "ferryd.service")).read()
-    for directive in ["Type=notify", "WatchdogSec=", "DynamicUser=yes", "CapabilityBoundingSet=CAP_NET_BIND_SERVICE",
-                      "ProtectSystem=strict", "NoNewPrivileges=yes", "SystemCallFilter=@system-service"]:
-        assert directive in text
+    for directive in ["Type=notify", "WatchdogSec=", "User=ferry", "Group=ferry", "CapabilityBoundingSet=CAP_NET_BIND_SERVICE",
+                      "ProtectSystem=strict", "NoNewPrivileges=yes", "SystemCallFilter=@system-service",
+                      # The package's 0750 on /var/lib/ferry and /etc/ferry, kept at every start.
+                      "StateDirectoryMode=0750", "ConfigurationDirectoryMode=0750"]:
+        assert any(line.startswith(directive) for line in text.splitlines()), directive
+    # A dynamic user could not read a root:ferry 0640 config: operators would make it world-readable.
+    assert not any(line.startswith("DynamicUser") for line in text.splitlines())
 
 
 def test_deploy_config_is_valid(tmpdir_path):

@@ -19,7 +19,7 @@ import websockets
 
 import turnclient as tc
 from conftest import ROOT, free_port, listener, turn_base, wait_until
-from test_admin_api import curl
+from test_admin_api import TOKEN, curl
 from test_status_page import CHROMIUM, Browser
 from test_turn import run_uclient
 
@@ -208,12 +208,12 @@ def test_certificates_from_certbot_and_self_signed_swap_under_a_live_tls_session
                            capture_output=True, text=True, env=dict(env, FERRY_RELOAD="true"))
     assert first.returncode == 0, first.stderr
     tls, admin = free_port(), free_port()
-    f = ferryd_factory(f'[admin]\naddress = "127.0.0.1:{admin}"\n' + turn_base(workers=2)
+    f = ferryd_factory(f'[admin]\naddress = "127.0.0.1:{admin}"\ntoken = "{TOKEN}"\n' + turn_base(workers=2)
                        + f'[tls]\n[[tls.certificate]]\ncertificate = "{tls_dir}/fullchain.pem"\nkey = "{tls_dir}/privkey.pem"\n'
                        + listener("turn-tls", tls, "tls"), admin_port=admin)
     reload_cmd = f"kill -HUP {f.proc.pid}"
     cert_a = certificate_of(tls)
-    status = curl(admin, "/v1/status")[1]
+    status = curl(admin, "/v1/status", token=TOKEN)[1]   # names and files: for the token's holder only
     assert status["certificates"][0]["names"][:1] == ["relay.lab.test"] and 28 <= status["certificates"][0]["days_left"] <= 30
     # A live session over TLS: an allocation on one connection.
     ctx = ssl.create_default_context()
@@ -246,7 +246,7 @@ def test_certificates_from_certbot_and_self_signed_swap_under_a_live_tls_session
     cert_c = certificate_of(tls)
     assert cert_c not in (cert_a, cert_b)
     assert client.refresh().ok
-    assert 88 <= curl(admin, "/v1/status")[1]["certificates"][0]["days_left"] <= 90
+    assert 88 <= curl(admin, "/v1/status", token=TOKEN)[1]["certificates"][0]["days_left"] <= 90
     for name in ("fullchain.pem", "privkey.pem"):
         assert oct(os.stat(os.path.join(tls_dir, name)).st_mode & 0o777) == "0o640"
     # Without certbot's environment the hook refuses, and touches nothing.

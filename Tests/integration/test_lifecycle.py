@@ -148,7 +148,7 @@ def test_sighup_reloads_and_keeps_old_config_when_new_is_bad(tmpdir_path):
     f.signal(signal.SIGHUP)
     wait_metric(f, "ferry_reloads_total", {"result": "failed"}, 1)
     assert "reload failed; keeping the running configuration" in f.output()
-    assert re.search(r"config problem key=\S*nonsense problem=unknown key", f.output()), f.output()
+    assert re.search(r"config problem key=\S*nonsense problem=\"unknown key\"", f.output()), f.output()
     assert http_get(f.admin_port, "/readyz")[0] == 200
     assert f.stop() == 0
     notify.close()

@@ -65,7 +65,10 @@ def test_the_package_installs_serves_and_purges_cleanly(tmpdir_path):
         verify = run("systemd-analyze", "verify", *units)
         assert verify.returncode == 0 and not verify.stderr.strip(), verify.stderr
         service = open("/lib/systemd/system/ferryd.service").read()
-        assert "User=ferry" in service and "DynamicUser" not in service and "ExecStart=/usr/bin/ferryd" in service
+        lines = service.splitlines()
+        assert "User=ferry" in lines and not any(l.startswith("DynamicUser") for l in lines) and "ExecStart=/usr/bin/ferryd" in service
+        # systemd applies these modes at every start: the postinst's 0750 survives it.
+        assert "StateDirectoryMode=0750" in lines and "ConfigurationDirectoryMode=0750" in lines
         assert "NoNewPrivileges=yes" in service and "ProtectSystem=strict" in service
         # The shipped file is refused until its placeholders are replaced, each named by key.
         check = run("/usr/bin/ferry", "config", "check", "/etc/ferry/ferry.toml")

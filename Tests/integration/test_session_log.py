@@ -133,3 +133,42 @@ def test_text_lines_and_turning_the_log_off(ferryd_factory, tmpdir_path):
         else:
             assert lines == []
         f.stop()
+
+
+def logfmt(text):
+    """Parses `key=value key="quoted \\"value\\""` (logfmt, JSON escapes in quotes)."""
+    fields, i = {}, 0
+    while i < len(text):
+        while i < len(text) and text[i] == " ":
+            i += 1
+        eq = text.index("=", i)
+        key, i = text[i:eq], eq + 1
+        if i < len(text) and text[i] == '"':
+            value, i = json.JSONDecoder().raw_decode(text, i)
+        else:
+            end = text.find(" ", i)
+            end = len(text) if end < 0 else end
+            value, i = text[i:end], end
+        fields[key] = value
+    return fields
+
+
+def test_client_values_cannot_forge_fields_or_lines_in_the_text_log(ferryd_factory):
+    """A TURN REST username is the client's to choose: with a newline, quotes, spaces and
+    key=value text in it, the text line stays one line and parses back to the same fields."""
+    udp = free_port(socket.SOCK_DGRAM)
+    config = turn_base(workers=1).replace('relay_ipv4 = "127.0.0.1"\n', f'relay_ipv4 = "127.0.0.1"\nstatic_auth_secrets = ["{REST_SECRET}"]\n')
+    f = ferryd_factory(config + listener("turn-udp", udp))
+    forged = ('mallory reason=client_deleted\n2026-01-01T00:00:00Z info ferryd.session: allocation ended '
+              'bytes_from_client=999999 user=victim "quoted" back\\slash')
+    username, password = rest_credentials(forged)
+    c = tc.TurnClient(("127.0.0.1", udp), username, password)
+    assert c.allocate().ok and c.refresh(0).ok
+    lines = [l for l in f.output().splitlines() if "ferryd.session" in l]
+    assert len(lines) == 1, lines
+    head, rest = lines[0].split(" info ferryd.session: allocation ended ", 1)
+    fields = logfmt(rest)
+    assert fields["username"] == username, fields
+    assert fields["user"] == forged and fields["reason"] == "client_deleted" and fields["bytes_from_client"] == "0", fields
+    assert "victim" not in [v for k, v in fields.items() if k != "user" and k != "username"]
+    c.close()

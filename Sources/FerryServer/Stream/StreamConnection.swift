@@ -18,21 +18,25 @@ final class StreamConnection: EventHandler {
     let peer: SocketAddress
     let kind: StreamListener.Kind
     private let fd: FileDescriptor
-    private unowned let worker: Worker
-    private unowned let loop: EventLoop
-    private let settings: StreamSettings
+    unowned let worker: Worker
+    unowned let loop: EventLoop
+    let settings: StreamSettings
     private var registration: Registration?
-    private var tls: TLSSession?
-    private var state: StreamConnectionStateMachine
-    private var input = InputBuffer()
+    var tls: TLSSession?
+    var state: StreamConnectionStateMachine
+    var input = InputBuffer()
     /// What the socket is owed: plaintext, or TLS records (the session appends them here).
     private let output = OutputQueue()
     /// The epoll events registered now.
     private var interestArmed = Epoll.input | Epoll.readHangup
-    private var http = HTTPSession()
+    var http = HTTPSession()
+    /// HTTP pacing (StreamConnection+Carried): reads pause while the unanswered backlog is over
+    /// its bound, and one deferred turn is scheduled at a time.
+    var httpReadsPaused = false
+    var httpTurnScheduled = false
     /// A WebSocket message arriving in fragments (RFC 6455 §5.4).
-    private var fragments: [UInt8] = []
-    private var fragmenting = false
+    var fragments: [UInt8] = []
+    var fragmenting = false
     /// Queued for the end-of-iteration flush.
     var dirty = false
     var isTLS: Bool { tls != nil }
@@ -185,7 +189,7 @@ final class StreamConnection: EventHandler {
         // Records OpenSSL queued while reading (session tickets, alerts) leave with the next flush.
         defer { if !state.isClosed && output.count > 0 { markDirty() } }
         for _ in 0..<64 {
-            guard !state.isWindingDown else { return }
+            guard !state.isWindingDown, !httpReadsPaused else { return }
             let n: Int
             if let tls {
                 let (got, progress) = tls.read(into: chunk)
@@ -248,118 +252,6 @@ final class StreamConnection: EventHandler {
         input.consume(used)
     }
 
-    private func processHTTP() {
-        // `GET /v1/signal` with an Upgrade becomes a signaling WebSocket.
-        if let signal = settings.signal {
-            let parsed = input.withUnreadBytes { HTTPHeadParser.parse($0) }
-            if case .complete(let head, let consumed) = parsed, head.path == "/v1/signal" {
-                input.consume(consumed)
-                state.requestHead(partial: false, now: loop.now)
-                let answer: [UInt8]
-                if tls == nil && !settings.allowPlaintextSignal {
-                    answer = HTTPResponse.encode(status: 403, body: Array("signaling requires TLS (wss://)\n".utf8), close: true)
-                } else {
-                    switch WebSocket.accept(head) {
-                    case .success(let response):
-                        response.withUnsafeBytes { _ = enqueue($0, droppable: false) }
-                        state.upgradedToWebSocket()
-                        worker.metrics.add(settings.counters.websockets)
-                        signal.opened(self)
-                        if !input.isEmpty { processWebSocket() }
-                        return
-                    case .failure(let f):
-                        answer = HTTPResponse.encode(status: f.status, body: Array((f.reason + "\n").utf8), close: true,
-                                                     extraHeaders: f.headers.sorted { $0.key < $1.key })
-                        if f.status == 400 { worker.metrics.add(settings.counters.http.malformed) }
-                    }
-                }
-                answer.withUnsafeBytes { _ = enqueue($0, droppable: false) }
-                closeAfterFlush()
-                return
-            }
-            if case .incomplete = parsed {
-                state.requestHead(partial: true, now: loop.now)
-                return
-            }
-        }
-        let bytes = input.unread
-        input.removeAll()
-        let outcome = http.receive(bytes, route: settings.route)
-        settings.counters.http.count(outcome, in: worker.metrics)
-        state.requestHead(partial: http.hasPartialRequest, now: loop.now)
-        if !outcome.output.isEmpty {
-            outcome.output.withUnsafeBytes { _ = enqueue($0, droppable: false) }
-        }
-        if http.closing {
-            closeAfterFlush()
-            flush()
-        }
-    }
-
-    /// WebSocket frames (RFC 6455 §5): text messages go to the signaling session; fragments are
-    /// joined up to the message limit; pings are answered; a close is echoed. Oversized frames or
-    /// messages close with 1009, protocol errors with 1002, binary data with 1003.
-    private func processWebSocket() {
-        var consumed = 0
-        var failure: WebSocket.CloseCode?
-        var messages: [[UInt8]] = []
-        let maxMessage = settings.maxWebSocketMessage
-        input.withUnreadMutableBytes { all in
-            while consumed < all.count && failure == nil {
-                let rest = UnsafeMutableRawBufferPointer(rebasing: all[consumed...])
-                switch WebSocket.parse(UnsafeRawBufferPointer(rest), maxPayload: maxMessage) {
-                case .incomplete:
-                    return
-                case .failure(let code):
-                    failure = code
-                case .frame(let f):
-                    let payload = UnsafeMutableRawBufferPointer(rebasing: rest[f.payloadStart..<f.frameLength])
-                    if let key = f.maskKey { WebSocket.unmask(payload, key: key) }
-                    consumed += f.frameLength
-                    switch f.opcode {
-                    case .ping:
-                        let pong = WebSocket.encode(.pong, UnsafeRawBufferPointer(payload))
-                        pong.withUnsafeBytes { _ = enqueue($0, droppable: false) }
-                    case .pong:
-                        break
-                    case .close:
-                        failure = .normal
-                    case .binary:
-                        failure = .unsupportedData
-                    case .text, .continuation:
-                        if f.opcode == .text && fragmenting { failure = .protocolError; break }
-                        if f.opcode == .continuation && !fragmenting { failure = .protocolError; break }
-                        fragments += UnsafeRawBufferPointer(payload)
-                        if fragments.count > maxMessage { failure = .tooBig; break }
-                        fragmenting = !f.fin
-                        if f.fin {
-                            // RFC 6455 §8.1: a text message that is not UTF-8 fails the connection (1007).
-                            guard String(validating: fragments, as: UTF8.self) != nil else {
-                                failure = .invalidPayload
-                                break
-                            }
-                            messages.append(fragments)
-                            fragments = []
-                        }
-                    }
-                }
-            }
-        }
-        guard !state.isClosed else { return }
-        input.consume(consumed)
-        for m in messages where !state.isClosed { settings.signal?.text(m, from: self) }
-        if let code = failure, !state.isClosed {
-            if code != .normal { worker.metrics.add(settings.counters.websocketErrors) }
-            let reason = code == .tooBig ? "message too big" : code == .invalidPayload ? "text is not UTF-8" : ""
-            let frame = WebSocket.close(code, reason: reason)
-            frame.withUnsafeBytes { _ = enqueue($0, droppable: false) }
-            closeAfterFlush()
-        }
-    }
-
-    // MARK: Writing
-
-    /// Closes once everything queued has been written.
     func closeAfterFlush() {
         state.closeAfterFlush()
         updateInterest()
@@ -395,7 +287,7 @@ final class StreamConnection: EventHandler {
         }
     }
 
-    private func markDirty() {
+    func markDirty() {
         guard !dirty else { return }
         dirty = true
         worker.markDirty(self)
@@ -466,9 +358,9 @@ final class StreamConnection: EventHandler {
 
     var queuedBytes: Int { output.count }
 
-    private func updateInterest() {
+    func updateInterest() {
         guard let registration, !state.isClosed else { return }
-        let events = (state.wantsRead ? Epoll.input | Epoll.readHangup : 0) | (state.wantsWrite ? Epoll.output : 0)
+        let events = (state.wantsRead && !httpReadsPaused ? Epoll.input | Epoll.readHangup : 0) | (state.wantsWrite ? Epoll.output : 0)
         guard events != interestArmed else { return }
         interestArmed = events
         try? loop.modify(fd: fd.raw, registration, events: events)

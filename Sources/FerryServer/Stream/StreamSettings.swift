@@ -77,6 +77,8 @@ struct StreamCounters {
     let http: HTTPCounters
     let websockets: CounterID
     let websocketErrors: CounterID
+    /// accept() failures by reason (`ferry_listener_accept_errors_total`), labelled by listener.
+    let acceptErrors: ReasonCounters<StreamListener.AcceptError>
     /// Connections turned away at `maxConnections` (the admin endpoint's own series), besides
     /// `closed[.limit]`.
     let refused: CounterID?
@@ -122,6 +124,12 @@ struct StreamCounters {
         self.protocols = protocols
         self.http = http
         self.refused = refused
+        let listener = family == "ferry_admin_connections" ? "admin" : "stream"
+        acceptErrors = ReasonCounters { _, label in
+            registry.counter("ferry_listener_accept_errors_total",
+                             "accept() failures on TCP listeners, by listener and reason; on fd_limit and no_memory the listener pauses (10 ms doubling to 1 s).",
+                             labels: [("listener", listener), ("reason", label)])
+        }
         let hs = "TLS handshakes, by result and version."
         handshakesOK = (registry.counter("ferry_tls_handshakes_total", hs, labels: [("result", "ok"), ("version", "TLSv1.2")]),
                         registry.counter("ferry_tls_handshakes_total", hs, labels: [("result", "ok"), ("version", "TLSv1.3")]))

@@ -70,11 +70,12 @@ struct RelayPorts {
     /// Counts a failure and logs it unless this reason was logged within `logInterval`.
     mutating func report(_ reason: TURNCounters.RelayFailure, errno e: Int32, ip: IPAddress, server: TURNServer, now: UInt64) {
         server.countRelayFailure(reason)
+        if reason == .descriptorLimit { DescriptorLimit.hit(now: now) }
         guard now &- lastLogged[reason.rawValue] >= RelayPorts.logInterval || lastLogged[reason.rawValue] == 0 else { return }
         lastLogged[reason.rawValue] = now
         logger.error("cannot open a relayed socket: allocations get 508", metadata: [
             "reason": "\(reason.label)", "error": "\(String(cString: strerror(e)))", "relay_address": "\(ip)",
-            "ports": "\(range.lowerBound)-\(range.upperBound)", "open_files": "\(openDescriptorCount())",
+            "ports": "\(range.lowerBound)-\(range.upperBound)", "open_files": "\(DescriptorLimit.openCount())", "open_files_limit": "\(DescriptorLimit.limit())",
             "hint": "\(hint(reason))",
         ])
     }
@@ -87,14 +88,5 @@ struct RelayPorts {
         case .noMemory: "the kernel is short of memory"
         case .other: "see the error"
         }
-    }
-
-    /// Descriptors this process holds now (/proc/self/fd), for the log line.
-    private func openDescriptorCount() -> Int {
-        guard let dir = opendir("/proc/self/fd") else { return -1 }
-        defer { closedir(dir) }
-        var n = 0
-        while readdir(dir) != nil { n += 1 }
-        return max(0, n - 3)   // ".", ".." and the directory's own descriptor
     }
 }

@@ -1,5 +1,9 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import FerryCore
 import FerrySystem
+import Logging
 import FerryTLS
 
 /// One worker: an event loop's thread and everything that lives on it. It owns the UDP listener
@@ -162,6 +166,21 @@ final class Worker {
         loop.onSweep { [unowned self] now in self.sweepStreams(now: now) }
     }
 
+    /// accept() failed on one of this worker's listeners: counted, logged at most every 10 s per
+    /// listener with the limit and the descriptors open, and noted for readiness.
+    func acceptFailed(_ reason: StreamListener.AcceptError, errno e: Int32, listener: StreamListener) {
+        guard let settings = streamSettings else { return }
+        metrics.add(settings.counters.acceptErrors[reason])
+        if reason == .descriptorLimit { DescriptorLimit.hit(now: loop.now) }
+        guard reason != .other, listener.shouldLog(now: loop.now) else { return }
+        Worker.logger.error("cannot accept connections: the listener pauses (10 ms doubling to 1 s) until it can", metadata: [
+            "reason": "\(reason.label)", "error": "\(String(cString: strerror(e)))", "listener": "\(listener.kind.rawValue)",
+            "open_files": "\(DescriptorLimit.openCount())", "open_files_limit": "\(DescriptorLimit.limit())",
+        ])
+    }
+
+    static let logger = Logger(label: "ferryd.listener")
+
     func accepted(_ fd: FileDescriptor, peer: SocketAddress?, kind: StreamListener.Kind) {
         guard let settings = streamSettings, let peer else {
             fd.close()
@@ -176,6 +195,7 @@ final class Worker {
         // One address cannot hold the whole connection limit.
         guard bySource[peer.ip, default: 0] < settings.maxPerSource else {
             metrics.add(settings.counters.closed[.sourceLimit])
+            if let refused = settings.counters.refused { metrics.add(refused) }
             fd.close()
             return
         }
