@@ -397,9 +397,42 @@ extension FerryConfig {
                   meaning: "per-peer outbound queue; full drops the oldest", [
             .field("signal.queue_messages", \.signal.queueMessages, example: [("signal.queue_messages", "16")]),
         ]),
+        ConfigKey(default: "4096", allowed: "1–1000000", override: "", reload: .restart,
+                  meaning: "presence subscriptions one peer may hold; a subscribe past it is refused whole (`subscription_limit`)", [
+            .field("signal.max_subscriptions_per_peer", \.signal.maxSubscriptionsPerPeer, example: [("signal.max_subscriptions_per_peer", "64")]),
+        ]),
+        ConfigKey(default: "100000", allowed: "1–100000000", override: "", reload: .restart,
+                  meaning: "presence subscriptions held by all peers of one network", [
+            .field("signal.max_subscriptions_per_network", \.signal.maxSubscriptionsPerNetwork, example: [("signal.max_subscriptions_per_network", "1000")]),
+        ]),
+        ConfigKey(default: "400000", allowed: "1–100000000", override: "", reload: .restart,
+                  meaning: "presence subscriptions held in all (about 350 bytes each: docs/signaling.md)", [
+            .field("signal.max_subscriptions", \.signal.maxSubscriptions, example: [("signal.max_subscriptions", "10000")]),
+        ]),
         ConfigKey(default: "10", allowed: "1–300", override: "", reload: .restart,
                   meaning: "a connection must authenticate this long after it opens, else `not_authenticated` and close 4001", [
             .field("signal.auth_timeout_seconds", \.signal.authTimeoutSeconds, example: [("signal.auth_timeout_seconds", "3")]),
+        ]),
+        ConfigKey(default: "4", allowed: "1–100", override: "", reload: .applied,
+                  meaning: "messages a connection may send before `auth` (checked before parsing); more closes it with `not_authenticated`", [
+            .field("signal.preauth_messages", \.signal.preauthMessages, example: [("signal.preauth_messages", "2")]),
+        ]),
+        ConfigKey(default: "32768", allowed: "1024–1048576", override: "", reload: .applied,
+                  meaning: "bytes a connection may send before `auth`; more closes it", [
+            .field("signal.preauth_bytes", \.signal.preauthBytes, example: [("signal.preauth_bytes", "8192")]),
+        ]),
+        ConfigKey(default: "1048576", allowed: "65536–2^30", override: "", reload: .restart,
+                  meaning: "bytes one peer's outbound queue may hold (with `queue_messages`); full drops the oldest", [
+            .field("signal.queue_bytes", \.signal.queueBytes, example: [("signal.queue_bytes", "262144")]),
+        ]),
+        ConfigKey(default: "268435456", allowed: "2^20–2^40", override: "", reload: .restart,
+                  meaning: "bytes all peers' outbound queues may hold together (split over workers); past it new frames for slow readers are dropped", [
+            .field("signal.queue_bytes_total", \.signal.queueBytesTotal, example: [("signal.queue_bytes_total", "67108864")]),
+        ]),
+        ConfigKey(default: "1, 5", allowed: "1–1000", override: "", reload: .restart,
+                  meaning: "authentications per second (burst) of one key, and of one source address ×20: a key reconnecting in a loop is refused with `rate_limited`, bounding presence fan-out", [
+            .field("signal.registrations_per_second", \.signal.registrationsPerSecond, example: [("signal.registrations_per_second", "2")]),
+            .field("signal.registration_burst", \.signal.registrationBurst, example: [("signal.registration_burst", "10")]),
         ]),
         ConfigKey(default: "20", allowed: "1–3600", override: "", reload: .applied,
                   meaning: "WebSocket pings to authenticated peers (announced in `hello`)", [

@@ -64,8 +64,9 @@ enum SignalSessionTarget {
                     require(KeyText.isKey(to), "routes go to peer keys")
                     require(checkJSON(message, "a routed message")["from"]?.string == sender, "routed messages carry the sender as from")
                     _ = checkJSON(offline, "the offline answer")
-                case .subscribe(let peers), .unsubscribe(let peers):
+                case .subscribe(let peers, _), .unsubscribe(let peers):
                     require(wasAuthenticated && peers.allSatisfy(KeyText.isKey), "subscriptions are to peer keys, after authentication")
+                    require(Set(peers).count == peers.count, "each key once")
                 case .dropped:
                     break
                 case .close:

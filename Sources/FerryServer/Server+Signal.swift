@@ -62,7 +62,7 @@ extension Server {
         return SignalPolicy(serverKey: signalKey!, tokenSecrets: s.tokenSecrets, jwt: jwt, maxPayload: s.maxPayload,
                             messagesPerSecond: Double(s.messagesPerSecond), messageBurst: Double(s.messageBurst),
                             bytesPerSecond: Double(s.bytesPerSecond), relays: relays, relayTTL: UInt64(s.relayTTLSeconds),
-                            pingInterval: s.pingIntervalSeconds)
+                            pingInterval: s.pingIntervalSeconds, preauthMessages: s.preauthMessages, preauthBytes: s.preauthBytes)
     }
 
     // MARK: JWKS
@@ -146,6 +146,9 @@ extension Server {
         }
         metrics.computedGauge("ferry_signal_peers_registered", "Peers authenticated on signaling now (all workers).") {
             [(labels: "", value: Double(hub.count))]
+        }
+        metrics.computedGauge("ferry_signal_subscriptions", "Presence subscriptions held now (watcher × key, all workers).") {
+            [(labels: "", value: Double(hub.subscriptionCount))]
         }
         return SignalCounters(registering: metrics)
     }

@@ -232,7 +232,12 @@ public final class Server: @unchecked Sendable {
         let state = self.state
         let httpsRoute: HTTPSession.Route = { head in Server.healthRoute(head, state: state) }
         // One instance id per process: the entries this ferryd registers carry it (docs/signaling.md).
-        let hub: any SignalDirectory = SignalHub(instance: Crypto.hex(Crypto.randomBytes(8)))
+        let s = config.signal
+        let subscriptionLimits = SubscriptionLimits(perPeer: s.maxSubscriptionsPerPeer, perNetwork: s.maxSubscriptionsPerNetwork,
+                                                    total: s.maxSubscriptions)
+        let hub: any SignalDirectory = SignalHub(instance: Crypto.hex(Crypto.randomBytes(8)), limits: subscriptionLimits,
+                                                 registrationsPerSecond: Double(s.registrationsPerSecond),
+                                                 registrationBurst: Double(s.registrationBurst))
         var signalPolicy: SignalPolicy?
         var signalCounters: SignalCounters?
         if config.signal.enabled {
@@ -261,7 +266,11 @@ public final class Server: @unchecked Sendable {
                 let sw = SignalWorker(index: loop.index, loop: loop, hub: hub, policy: signalPolicy, counters: signalCounters,
                                       metrics: metrics.block(loop.index), queueLimit: config.signal.queueMessages,
                                       authTimeoutSeconds: config.signal.authTimeoutSeconds, registry: signalWorkers, loops: engine.loops,
-                                      sessionLog: sessionLog)
+                                      sessionLog: sessionLog, subscriptionLimits: subscriptionLimits,
+                                      queueBytes: config.signal.queueBytes,
+                                      queueBytesTotal: max(1 << 16, config.signal.queueBytesTotal / engine.loops.count),
+                                      registrationsPerSecond: Double(config.signal.registrationsPerSecond),
+                                      registrationBurst: Double(config.signal.registrationBurst))
                 signalWorkers.all.append(sw)
                 streamSettings.signal = sw
                 streamSettings.allowPlaintextSignal = config.signal.allowPlaintext

@@ -4,70 +4,7 @@ import DequeModule
 import FerrySystem
 import FerryWire
 import FerrySignal
-
-/// The in-process `SignalDirectory`: a lock, touched on registration, on lookup of a message's
-/// recipient and on presence changes; never on the packet path. Replies are immediate: the
-/// caller is a worker on its own thread, which is where a reply must run.
-final class SignalHub: SignalDirectory {
-    let instance: String
-
-    private struct State {
-        var peers: [String: SignalEntry] = [:]
-        /// Watched key → who watches it (with the watcher's network).
-        var watchers: [String: [SignalLocation: String]] = [:]
-    }
-
-    private let state = Mutex(State())
-
-    init(instance: String) { self.instance = instance }
-
-    func register(_ peer: String, _ e: SignalEntry, reply: @Sendable (SignalEntry?) -> Void) {
-        let old = state.withLock { s in
-            let old = s.peers[peer]
-            s.peers[peer] = e
-            return old
-        }
-        reply(old)
-    }
-
-    func unregister(_ peer: String, _ e: SignalEntry, reply: @Sendable (Bool) -> Void) {
-        let removed = state.withLock { s in
-            guard s.peers[peer] == e else { return false }
-            s.peers[peer] = nil
-            return true
-        }
-        reply(removed)
-    }
-
-    func lookup(_ peer: String, reply: @Sendable (SignalEntry?) -> Void) { reply(state.withLock { $0.peers[peer] }) }
-
-    var count: Int { state.withLock { $0.peers.count } }
-
-    func subscribe(_ w: SignalLocation, network: String, to peers: [String], reply: @Sendable ([String]) -> Void) {
-        let online = state.withLock { s in
-            var online: [String] = []
-            for p in peers {
-                s.watchers[p, default: [:]][w] = network
-                if s.peers[p]?.network == network { online.append(p) }
-            }
-            return online
-        }
-        reply(online)
-    }
-
-    func unsubscribe(_ w: SignalLocation, from peers: [String]) {
-        state.withLock { s in
-            for p in peers {
-                s.watchers[p]?[w] = nil
-                if s.watchers[p]?.isEmpty == true { s.watchers[p] = nil }
-            }
-        }
-    }
-
-    func watchers(of peer: String, network: String, reply: @Sendable ([SignalLocation]) -> Void) {
-        reply(state.withLock { s in (s.watchers[peer] ?? [:]).filter { $0.value == network }.map(\.key) })
-    }
-}
+import FerryTURN
 
 /// A message for a connection on another worker, carried in batches over the mailbox.
 struct SignalDelivery: Sendable {
@@ -77,47 +14,6 @@ struct SignalDelivery: Sendable {
     let received: UInt64
     /// Close the connection after the frame (replaced).
     let closeAfter: Bool
-}
-
-/// Counters of signaling (docs/metrics.md).
-/// Signaling's counters, registered here with their names (docs/metrics.md). Reasons are the
-/// protocol's own error codes (docs/signaling.md), so a refused peer and the metric agree.
-struct SignalCounters {
-    let registrations: CounterID
-    let connected: CounterID
-    let authFailures: [SignalErrorCode: CounterID]
-    let routed: CounterID
-    let dropped: [SignalErrorCode: CounterID]
-    let queueDropped: CounterID
-    let latency: HistogramID
-    let queued: CounterID
-
-    static let authFailureCodes: [SignalErrorCode] = [.authFailed, .badProof, .tokenExpired, .wrongNetwork, .notAuthenticated]
-    static let dropCodes: [SignalErrorCode] = [.badJSON, .badMessage, .unsupportedVersion, .unknownType, .payloadTooLarge,
-                                               .notAuthenticated, .peerOffline, .rateLimited]
-
-    init(registering registry: some CounterRegistry) {
-        var auth: [SignalErrorCode: CounterID] = [:]
-        for c in SignalCounters.authFailureCodes {
-            auth[c] = registry.counter("ferry_signal_auth_failures_total", "Signaling connections refused at authentication, by reason.",
-                                       labels: [("reason", c.rawValue)])
-        }
-        var dropped: [SignalErrorCode: CounterID] = [:]
-        for c in SignalCounters.dropCodes {
-            dropped[c] = registry.counter("ferry_signal_messages_dropped_total", "Signaling messages not delivered, by reason.",
-                                          labels: [("reason", c.rawValue)])
-        }
-        authFailures = auth
-        self.dropped = dropped
-        registrations = registry.counter("ferry_signal_registrations_total", "Successful signaling authentications.")
-        connected = registry.gauge("ferry_signal_peers_connected", "Authenticated signaling connections, summed over workers.")
-        routed = registry.counter("ferry_signal_messages_routed_total", "Signaling messages routed to a connected peer.")
-        queueDropped = registry.counter("ferry_signal_queue_dropped_total", "Messages dropped (oldest first) from a peer's full outbound queue.")
-        latency = registry.histogram("ferry_signal_routing_latency_microseconds", "From a message's arrival to its queueing for the recipient.",
-                                     bounds: [50, 100, 250, 500, 1000, 2000, 3000, 4000, 5000, 7500, 10000, 50000, 250_000, 1_000_000],
-                                     labels: [])
-        queued = registry.gauge("ferry_signal_queued_messages", "Messages waiting in peers' outbound queues.")
-    }
 }
 
 /// Every worker's `SignalWorker`, indexed by worker. Filled before the workers start, then only
@@ -141,7 +37,11 @@ final class SignalWorker {
         let conn: StreamConnection
         /// Frames waiting for the connection; bounded by `queueLimit`, oldest dropped first.
         var pending = Deque<[UInt8]>()
-        var watching: [String] = []
+        var pendingBytes = 0
+        /// When an unauthenticated connection told to go is closed whatever it has not read.
+        var hardCloseAt: UInt64?
+        /// The keys this peer watches (a set: subscribe and unsubscribe cost their own size).
+        var watching: Set<String> = []
         var registered: (peer: String, network: String)?
         /// For the session log: what came in and went out, and why the server ended it (nil:
         /// the connection's own close reason).
@@ -164,6 +64,14 @@ final class SignalWorker {
     private let registry: SignalWorkers
     private let loops: [EventLoop]
     private let sessionLog: SessionLog
+    private let subscriptionLimits: SubscriptionLimits
+    /// Authentications per source address on this worker (`signal.registrations_per_second` ×20).
+    private var sourceRegistrations: RateLimiter<IPAddress>
+    /// Outbound queues in bytes: one peer's (`signal.queue_bytes`) and this worker's share of all
+    /// peers' (`signal.queue_bytes_total` / workers).
+    private let queueBytes: Int
+    private let queueBytesTotal: Int
+    private var queuedBytes = 0
     private var sessions: [ConnectionID: Peer] = [:]
     private var authenticated = 0
     private var outbox: [Int: [SignalDelivery]] = [:]
@@ -175,8 +83,13 @@ final class SignalWorker {
     static let directWriteBytes = 64 * 1024
 
     init(index: Int, loop: EventLoop, hub: any SignalDirectory, policy: SignalPolicy, counters: SignalCounters, metrics: CounterBlock,
-         queueLimit: Int, authTimeoutSeconds: Int, registry: SignalWorkers, loops: [EventLoop], sessionLog: SessionLog) {
+         queueLimit: Int, authTimeoutSeconds: Int, registry: SignalWorkers, loops: [EventLoop], sessionLog: SessionLog,
+         subscriptionLimits: SubscriptionLimits, queueBytes: Int, queueBytesTotal: Int, registrationsPerSecond: Double, registrationBurst: Double) {
         self.index = index
+        self.subscriptionLimits = subscriptionLimits
+        self.queueBytes = queueBytes
+        self.queueBytesTotal = queueBytesTotal
+        sourceRegistrations = RateLimiter(ratePerSecond: registrationsPerSecond * 20, burst: registrationBurst * 20)
         self.sessionLog = sessionLog
         self.loop = loop
         self.hub = hub
@@ -213,16 +126,13 @@ final class SignalWorker {
                 register(p, peer: peer, network: network, welcome: welcome)
             case .route(let to, let message, let offline):
                 route(from: p, to: to, message: message, offline: offline, received: received)
-            case .subscribe(let keys):
-                guard let network = p.session.network else { continue }
-                p.watching += keys.filter { !p.watching.contains($0) }
-                let (registry, index, id) = (self.registry, self.index, conn.id)
-                hub.subscribe(here(conn.id), network: network, to: keys) { online in
-                    registry.all[index].subscribed(id, online: online)
-                }
+            case .subscribe(let keys, let ref):
+                subscribe(p, keys: keys, ref: ref)
             case .unsubscribe(let keys):
-                hub.unsubscribe(here(conn.id), from: keys)
-                p.watching.removeAll { keys.contains($0) }
+                let watched = keys.filter { p.watching.contains($0) }
+                guard !watched.isEmpty else { continue }
+                hub.unsubscribe(here(conn.id), from: watched)
+                p.watching.subtract(watched)
             case .dropped(let code):
                 if [.authFailed, .badProof, .tokenExpired, .wrongNetwork].contains(code), p.session.peer == nil {
                     metrics.add(counters.authFailures[code]!)
@@ -246,6 +156,17 @@ final class SignalWorker {
     // its session again by connection id, since the connection may have closed meanwhile.
 
     private func register(_ p: Peer, peer: String, network: String, welcome: [UInt8]) {
+        // A key, or a source, authenticating in a loop: refused before it registers (each
+        // registration sends online/offline to every watcher of the key).
+        guard hub.admitRegistration(peer, now: loop.now), sourceRegistrations.allow(p.conn.peer.ip, now: loop.now) else {
+            metrics.add(counters.dropped[.rateLimited]!)
+            p.session.closed()
+            p.endReason = "registration_rate_limited"
+            push(WebSocket.encode(.text, SignalSession.error(.rateLimited, "authenticating too often with this key or from this address")), to: p)
+            push(WebSocket.close(.policyViolation, reason: "authenticating too often"), to: p)
+            p.conn.closeAfterFlush()
+            return
+        }
         let entry = SignalEntry(location: here(p.conn.id), network: network)
         let (registry, index) = (self.registry, self.index)
         hub.register(peer, entry) { old in
@@ -273,9 +194,47 @@ final class SignalWorker {
         announce(peer, network: entry.network, online: true)
     }
 
-    private func subscribed(_ conn: ConnectionID, online: [String]) {
-        guard let p = sessions[conn] else { return }
-        for k in online { push(WebSocket.encode(.text, SignalSession.presence(k, online: true)), to: p) }
+    /// A subscribe: only keys not watched yet go to the directory (watching a key again costs
+    /// nothing); over the per-peer cap the whole request is refused with `subscription_limit`
+    /// and nothing of it is kept, and so over the network's or the server's cap (the directory's).
+    private func subscribe(_ p: Peer, keys: [String], ref: JSONValue?) {
+        guard let network = p.session.network else { return }
+        let new = keys.filter { !p.watching.contains($0) }
+        guard !new.isEmpty else { return }
+        guard p.watching.count + new.count <= subscriptionLimits.perPeer else {
+            refuseSubscribe(p, .peer, ref: ref)
+            return
+        }
+        p.watching.formUnion(new)
+        let (registry, index, id) = (self.registry, self.index, p.conn.id)
+        hub.subscribe(here(p.conn.id), network: network, to: new) { result in
+            registry.all[index].subscribed(id, keys: new, result, ref: ref)
+        }
+    }
+
+    private func subscribed(_ conn: ConnectionID, keys: [String], _ result: SubscribeResult, ref: JSONValue?) {
+        guard let p = sessions[conn] else {
+            // Closed before the directory answered: what it stored goes again.
+            if case .subscribed = result { hub.unsubscribe(here(conn), from: keys) }
+            return
+        }
+        switch result {
+        case .subscribed(let online):
+            for k in online { push(WebSocket.encode(.text, SignalSession.presence(k, online: true)), to: p) }
+        case .refused(let scope):
+            p.watching.subtract(keys)
+            refuseSubscribe(p, scope, ref: ref)
+        }
+    }
+
+    private func refuseSubscribe(_ p: Peer, _ scope: SubscriptionLimits.Scope, ref: JSONValue?) {
+        metrics.add(counters.subscriptionsRefused[scope]!)
+        let limit = switch scope {
+        case .peer: "at most \(subscriptionLimits.perPeer) subscriptions per peer (signal.max_subscriptions_per_peer)"
+        case .network: "the network's subscriptions are at their cap (signal.max_subscriptions_per_network)"
+        case .server: "the server's subscriptions are at their cap (signal.max_subscriptions)"
+        }
+        push(WebSocket.encode(.text, SignalSession.error(.subscriptionLimit, limit, ref: ref)), to: p)
     }
 
     private func announce(_ peer: String, network: String, online: Bool) {
@@ -345,12 +304,24 @@ final class SignalWorker {
             p.bytesOut &+= UInt64(frame.count)
             return
         }
-        if p.pending.count >= queueLimit {
-            p.pending.removeFirst()
+        // Bounded by count and by bytes, per peer and for the worker: the oldest of this peer's
+        // go first; a frame that still does not fit is dropped itself. Counted either way.
+        while !p.pending.isEmpty && (p.pending.count >= queueLimit || p.pendingBytes + frame.count > queueBytes
+                                     || queuedBytes + frame.count > queueBytesTotal) {
+            let old = p.pending.removeFirst()
+            p.pendingBytes -= old.count
+            queuedBytes -= old.count
             queued -= 1
             metrics.add(counters.queueDropped)
         }
+        guard p.pendingBytes + frame.count <= queueBytes, queuedBytes + frame.count <= queueBytesTotal else {
+            metrics.add(counters.queueDropped)
+            metrics.set(counters.queued, UInt64(queued))
+            return
+        }
         p.pending.append(frame)
+        p.pendingBytes += frame.count
+        queuedBytes += frame.count
         queued += 1
         metrics.set(counters.queued, UInt64(queued))
     }
@@ -362,6 +333,8 @@ final class SignalWorker {
         var moved = false
         while !conn.closed, conn.queuedBytes < SignalWorker.directWriteBytes, let frame = p.pending.popFirst() {
             queued -= 1
+            p.pendingBytes -= frame.count
+            queuedBytes -= frame.count
             frame.withUnsafeBytes { _ = conn.enqueue($0, droppable: false) }
             p.messagesOut &+= 1
             p.bytesOut &+= UInt64(frame.count)
@@ -398,10 +371,11 @@ final class SignalWorker {
         guard let p = sessions.removeValue(forKey: conn.id) else { return }
         if !p.pending.isEmpty {
             queued -= p.pending.count
+            queuedBytes -= p.pendingBytes
             metrics.set(counters.queued, UInt64(queued))
         }
         if p.registered != nil { authenticated -= 1 }
-        if !p.watching.isEmpty { hub.unsubscribe(here(conn.id), from: p.watching) }
+        if !p.watching.isEmpty { hub.unsubscribe(here(conn.id), from: Array(p.watching)) }
         if let (peer, network) = p.registered {
             let (registry, index) = (self.registry, self.index)
             hub.unregister(peer, SignalEntry(location: here(conn.id), network: network)) { removed in
@@ -434,6 +408,11 @@ final class SignalWorker {
                 push(WebSocket.encode(.text, SignalSession.error(.notAuthenticated, "no auth within \(authTimeout / 1_000_000_000) s")), to: p)
                 push(WebSocket.close(.unauthorized, reason: "authentication timed out"), to: p)
                 p.conn.closeAfterFlush()
+                // A client that does not read would keep the connection (and its queue) until
+                // the idle timeout: one more second to take the close, then it goes.
+                p.hardCloseAt = now + 1_000_000_000
+            } else if let at = p.hardCloseAt, now >= at {
+                p.conn.close(.requestTimeout)
             } else if pingNow && p.registered != nil {
                 push(WebSocket.encode(.ping, [UInt8]()), to: p)
             }

@@ -27,6 +27,7 @@ public enum SignalErrorCode: String, Error, Sendable, CaseIterable {
     case wrongNetwork = "wrong_network"
     case peerOffline = "peer_offline"
     case rateLimited = "rate_limited"
+    case subscriptionLimit = "subscription_limit"
     case replaced
     case draining
 }
@@ -122,10 +123,11 @@ public final class JWTVerifier: @unchecked Sendable {
 
     public func verify(_ jwt: String, peer: String, now: UInt64) -> Result<SignalIdentity, SignalErrorCode> {
         let parts = jwt.split(separator: ".", omittingEmptySubsequences: false)
-        guard parts.count == 3, let headerBytes = Base64.decode(String(parts[0])), let payloadBytes = Base64.decode(String(parts[1])),
+        // The header is parsed (it names the algorithm and key), the claims only once the
+        // signature verifies: an unauthenticated client chooses the claims, not their cost.
+        guard parts.count == 3, let headerBytes = Base64.decode(String(parts[0])), headerBytes.count <= 1024,
               let signature = Base64.decode(String(parts[2])),
               let header = JSONValue.parse(headerBytes), header.isObject,
-              let claims = JSONValue.parse(payloadBytes), claims.isObject,
               let alg = header["alg"]?.string else { return .failure(.authFailed) }
         let algorithm: JWSKey.Algorithm
         switch alg {
@@ -138,6 +140,9 @@ public final class JWTVerifier: @unchecked Sendable {
         let signed = Array("\(parts[0]).\(parts[1])".utf8)
         let candidates = keys.filter { $0.key.algorithm == algorithm && (kid == nil || $0.kid == nil || $0.kid == kid) }
         guard candidates.contains(where: { $0.key.verify(signed, signature: signature) }) else { return .failure(.authFailed) }
+        guard let payloadBytes = Base64.decode(String(parts[1])), let claims = JSONValue.parse(payloadBytes), claims.isObject else {
+            return .failure(.authFailed)
+        }
         guard claims["iss"]?.string == issuer else { return .failure(.authFailed) }
         // RFC 7519 §4.1.3: one string, or an array of strings.
         let audiences: [String] = claims["aud"]?.array?.compactMap(\.string) ?? (claims["aud"]?.string).map { [$0] } ?? []

@@ -44,11 +44,41 @@ public protocol SignalDirectory: AnyObject, Sendable {
     /// Removes `peer` if it is still `entry`'s; replies true when it was (the peer went offline).
     func unregister(_ peer: String, _ entry: SignalEntry, reply: @escaping @Sendable (Bool) -> Void)
     func lookup(_ peer: String, reply: @escaping @Sendable (SignalEntry?) -> Void)
-    /// Subscribes `watcher` to `peers`' presence; replies with those online in `network` now.
-    func subscribe(_ watcher: SignalLocation, network: String, to peers: [String], reply: @escaping @Sendable ([String]) -> Void)
+    /// Subscribes `watcher` to `peers`' presence (keys it does not watch yet); replies with those
+    /// online in `network` now, or refuses the whole request when it would take the network or
+    /// the directory past its cap (nothing of it is stored then).
+    func subscribe(_ watcher: SignalLocation, network: String, to peers: [String], reply: @escaping @Sendable (SubscribeResult) -> Void)
     func unsubscribe(_ watcher: SignalLocation, from peers: [String])
     /// Who in `network` watches `peer`.
     func watchers(of peer: String, network: String, reply: @escaping @Sendable ([SignalLocation]) -> Void)
     /// Registered peers (all instances, as far as this directory knows): a gauge, read at scrape time.
     var count: Int { get }
+    /// Subscriptions held (watcher × key): a gauge, read at scrape time.
+    var subscriptionCount: Int { get }
+    /// Whether `peer` may authenticate again at `now` (monotonic ns): a key reconnecting in a
+    /// loop would make every watcher of it get online/offline each time. Checked before
+    /// `register`; each directory limits what it sees.
+    func admitRegistration(_ peer: String, now: UInt64) -> Bool
+}
+
+/// The caps on presence subscriptions (docs/signaling.md, "Limits"): per peer (checked by the
+/// peer's worker), per network and in all (checked by the directory, which sees every worker).
+public struct SubscriptionLimits: Sendable, Equatable {
+    public var perPeer: Int
+    public var perNetwork: Int
+    public var total: Int
+
+    public init(perPeer: Int, perNetwork: Int, total: Int) {
+        self.perPeer = perPeer
+        self.perNetwork = perNetwork
+        self.total = total
+    }
+
+    /// Which cap refused a subscribe (the `limit` label of the refusal counter).
+    public enum Scope: String, Sendable, CaseIterable { case peer, network, server }
+}
+
+public enum SubscribeResult: Sendable, Equatable {
+    case subscribed(online: [String])
+    case refused(SubscriptionLimits.Scope)
 }

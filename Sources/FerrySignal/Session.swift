@@ -35,9 +35,17 @@ public final class SignalPolicy: @unchecked Sendable {
     public let relays: [RelayHandout]
     public let relayTTL: UInt64
     public let pingInterval: Int
+    /// What a connection may send before it authenticates (`signal.preauth_messages`,
+    /// `signal.preauth_bytes`): far below an authenticated peer's rates, checked before a byte
+    /// is parsed; past it the connection is closed.
+    public let preauthMessages: Int
+    public let preauthBytes: Int
 
     public init(serverKey: SignalServerKey, tokenSecrets: [String], jwt: JWTVerifier?, maxPayload: Int, messagesPerSecond: Double,
-                messageBurst: Double, bytesPerSecond: Double, relays: [RelayHandout], relayTTL: UInt64, pingInterval: Int) {
+                messageBurst: Double, bytesPerSecond: Double, relays: [RelayHandout], relayTTL: UInt64, pingInterval: Int,
+                preauthMessages: Int = 4, preauthBytes: Int = 32768) {
+        self.preauthMessages = preauthMessages
+        self.preauthBytes = preauthBytes
         self.serverKey = serverKey
         self.tokenSecrets = tokenSecrets
         self.jwt = jwt
@@ -61,7 +69,8 @@ public enum SignalAction {
     /// Deliver `message` (already stamped with `from`) to `to` in the sender's network; if the
     /// peer is absent, answer with `offline` instead.
     case route(to: String, message: [UInt8], offline: [UInt8])
-    case subscribe([String])
+    /// Presence of these keys (each once), and the request's `id` for an error answer.
+    case subscribe([String], ref: JSONValue?)
     case unsubscribe([String])
     /// A message was dropped for a reason worth counting.
     case dropped(SignalErrorCode)
@@ -83,6 +92,14 @@ public final class SignalSession {
     private var messages: TokenBucket
     private var bytes: TokenBucket
     private var expiry: UInt64 = 0
+    private var preauthMessages = 0
+    private var preauthBytes = 0
+    /// What a routed message may carry besides its payload (`v`, `type`, `to`, `id`, and the
+    /// `from` the server adds): the bound on the message as forwarded is `max_payload` plus this.
+    public static let envelopeAllowance = 1024
+    /// An `id` echoed as `ref` in an error: numbers, and strings up to this many bytes; a larger
+    /// one is left out (a client must not make the server send back what it sent).
+    public static let maxRef = 128
     /// Relayed message kinds, forwarded opaque to the recipient.
     public static let routed: Set<String> = ["offer", "answer", "candidate", "end_of_candidates", "bye"]
 
@@ -112,7 +129,11 @@ public final class SignalSession {
     public static func error(_ code: SignalErrorCode, _ message: String, ref: JSONValue? = nil) -> [UInt8] {
         var members: [(String, JSONValue)] = [("v", .number(1)), ("type", .string("error")), ("code", .string(code.rawValue)),
                                               ("message", .string(message))]
-        if let ref { members.append(("ref", ref)) }
+        switch ref {
+        case .number?, .bool?: members.append(("ref", ref!))
+        case .string(let s)? where s.utf8.count <= maxRef: members.append(("ref", ref!))
+        default: break
+        }
         return JSONValue.object(members).encoded()
     }
 
@@ -136,6 +157,15 @@ public final class SignalSession {
     /// Handles one text message. `now` is monotonic nanoseconds, `wallNow` Unix seconds.
     public func receive(_ text: [UInt8], now: UInt64, wallNow: UInt64) -> [SignalAction] {
         guard state != .closed else { return [] }
+        if state == .awaitingAuth {
+            preauthMessages += 1
+            preauthBytes += text.count
+            guard preauthMessages <= policy.preauthMessages, preauthBytes <= policy.preauthBytes else {
+                state = .closed
+                let why = "authenticate first: at most \(policy.preauthMessages) messages and \(policy.preauthBytes) bytes before auth"
+                return [.reply(SignalSession.error(.notAuthenticated, why)), .dropped(.notAuthenticated), .close(.unauthorized, "too much before auth")]
+            }
+        }
         guard let object = JSONValue.parse(text), case .object = object else {
             return [.reply(SignalSession.error(.badJSON, "not a JSON object")), .dropped(.badJSON)]
         }
@@ -215,6 +245,12 @@ public final class SignalSession {
             if let p = payload?.string, p.utf8.count > policy.maxPayload {
                 return [.reply(SignalSession.error(.payloadTooLarge, "payload over \(policy.maxPayload) bytes", ref: ref)), .dropped(.payloadTooLarge)]
             }
+            // What is routed is the message as written (members the server does not know
+            // included), so that is what the bound applies to.
+            if text.count > policy.maxPayload + SignalSession.envelopeAllowance {
+                let bound = policy.maxPayload + SignalSession.envelopeAllowance
+                return [.reply(SignalSession.error(.payloadTooLarge, "message over \(bound) bytes", ref: ref)), .dropped(.payloadTooLarge)]
+            }
             let offline = SignalSession.error(.peerOffline, "\(to) is not connected", ref: ref ?? .string(to))
             return [.route(to: to, message: SignalSession.stamp(text, from: peer), offline: offline)]
         case "subscribe", "unsubscribe":
@@ -222,7 +258,10 @@ public final class SignalSession {
                   peers.count == list.count, peers.allSatisfy(KeyText.isKey) else {
                 return [.reply(SignalSession.error(.badMessage, "\"peers\" must be up to 1024 peer keys", ref: ref)), .dropped(.badMessage)]
             }
-            return [type == "subscribe" ? .subscribe(peers) : .unsubscribe(peers)]
+            // Each key once, in order: a list of one key 1,024 times is one subscription.
+            var seen = Set<String>()
+            let unique = peers.filter { seen.insert($0).inserted }
+            return [type == "subscribe" ? .subscribe(unique, ref: ref) : .unsubscribe(unique)]
         case "ping":
             return [.reply(Array(#"{"v":1,"type":"pong"}"#.utf8))]
         case "auth":

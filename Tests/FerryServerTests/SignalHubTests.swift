@@ -38,11 +38,45 @@ import FerrySignal
         let watcher = at(hub, 0, 3)
         hub.register("a", SignalEntry(location: at(hub, 0, 1), network: "n")) { _ in }
         hub.register("b", SignalEntry(location: at(hub, 0, 2), network: "other")) { _ in }
-        hub.subscribe(watcher, network: "n", to: ["a", "b", "c"]) { r.add("online:\($0)") }
+        hub.subscribe(watcher, network: "n", to: ["a", "b", "c"]) { result in
+            if case .subscribed(let online) = result { r.add("online:\(online)") }
+        }
         hub.watchers(of: "c", network: "n") { r.add("watchers:\($0.map(\.connection))") }
         hub.watchers(of: "c", network: "other") { r.add("watchers:\($0.count)") }
         hub.unsubscribe(watcher, from: ["c"])
         hub.watchers(of: "c", network: "n") { r.add("watchers:\($0.count)") }
         #expect(r.all == ["online:[\"a\"]", "watchers:[c3]", "watchers:0", "watchers:0"])
+    }
+
+    @Test func subscriptionsAreCappedPerNetworkAndInAllAndCountedOnce() {
+        let hub = SignalHub(instance: "i1", limits: SubscriptionLimits(perPeer: 100, perNetwork: 5, total: 8))
+        let r = Replies()
+        func subscribe(_ w: SignalLocation, _ network: String, _ keys: [String]) {
+            hub.subscribe(w, network: network, to: keys) { result in
+                switch result {
+                case .subscribed: r.add("ok")
+                case .refused(let scope): r.add("refused:\(scope.rawValue)")
+                }
+            }
+        }
+        let w1 = at(hub, 0, 1), w2 = at(hub, 1, 2), w3 = at(hub, 0, 3)
+        subscribe(w1, "n", ["a", "b", "c"])
+        subscribe(w1, "n", ["a", "b", "c"])          // already watched: free
+        #expect(hub.subscriptionCount == 3)
+        subscribe(w2, "n", ["a", "b", "c"])          // 6 > 5 in network n: nothing stored
+        #expect(hub.subscriptionCount == 3)
+        subscribe(w2, "m", ["a", "b", "c", "d", "e"])  // 8 in all: fits exactly
+        subscribe(w3, "o", ["z"])                    // 9 > 8
+        #expect(r.all == ["ok", "ok", "refused:network", "ok", "refused:server"])
+        #expect(hub.subscriptionCount == 8)
+        // Released by unsubscribe (only what was watched), which frees room in the network.
+        hub.unsubscribe(w1, from: ["a", "x"])
+        #expect(hub.subscriptionCount == 7)
+        subscribe(w3, "n", ["q"])
+        #expect(r.all.last == "ok" && hub.subscriptionCount == 8)
+        hub.unsubscribe(w2, from: ["a", "b", "c", "d", "e"])
+        hub.unsubscribe(w1, from: ["b", "c"])
+        hub.unsubscribe(w3, from: ["q"])
+        #expect(hub.subscriptionCount == 0)
     }
 }

@@ -239,3 +239,53 @@ import FerryWire
         #expect(JSONValue.parse(Array(String(repeating: "[", count: 100_000).utf8)) == nil)
     }
 }
+
+/// Work and memory before authentication stay linear in the input and small.
+@Suite struct SignalPreAuthBounds {
+    let server = SignalServerKey(privateKey: X25519.keyPair().privateKey)
+
+    func policy() -> SignalPolicy {
+        SignalPolicy(serverKey: server, tokenSecrets: ["0123456789abcdef"], jwt: nil, maxPayload: 100, messagesPerSecond: 10,
+                     messageBurst: 10, bytesPerSecond: 1_000_000, relays: [], relayTTL: 600, pingInterval: 20,
+                     preauthMessages: 4, preauthBytes: 4096)
+    }
+
+    static func manyKeys(_ n: Int) -> [UInt8] {
+        Array(("{" + (0..<n).map { "\"k\($0)\":0" }.joined(separator: ",") + "}").utf8)
+    }
+
+    @Test func objectsHaveAMemberCapAndDuplicatesAreFoundPastTheFirstFew() {
+        #expect(JSONValue.parse(Self.manyKeys(256)) != nil)
+        #expect(JSONValue.parse(Self.manyKeys(257)) == nil, "past the member cap")
+        // A duplicate far into an object (found by the set, not a scan) is still refused.
+        let dup = "{" + (0..<200).map { "\"k\($0)\":0" }.joined(separator: ",") + ",\"k150\":1}"
+        #expect(JSONValue.parse(Array(dup.utf8)) == nil)
+        let early = #"{"a":1,"b":2,"a":3}"#
+        #expect(JSONValue.parse(Array(early.utf8)) == nil)
+    }
+
+    @Test func aConnectionMaySendLittleBeforeItAuthenticates() {
+        let s = SignalSession(policy: policy(), now: 0)
+        let junk = Array(#"{"v":1,"type":"ping"}"#.utf8)
+        for _ in 0..<4 {
+            let a = s.receive(junk, now: 0, wallNow: 0)
+            #expect(!a.contains { if case .close = $0 { true } else { false } })
+        }
+        let fifth = s.receive(junk, now: 0, wallNow: 0)
+        #expect(fifth.contains { if case .close = $0 { true } else { false } } && s.state == .closed)
+        // And a single message over the byte budget is refused before it is parsed.
+        let t = SignalSession(policy: policy(), now: 0)
+        let big = t.receive(Self.manyKeys(500), now: 0, wallNow: 0)
+        #expect(big.contains { if case .close = $0 { true } else { false } } && t.state == .closed)
+    }
+
+    @Test func aLargeIdIsNotEchoed() {
+        let s = SignalSession(policy: policy(), now: 0)
+        for (id, echoed) in [("\"short\"", true), ("\"\(String(repeating: "x", count: 129))\"", false), ("7", true)] {
+            let text = Array(#"{"v":1,"type":"ping","id":\#(id)}"#.utf8)
+            for case .reply(let r) in s.receive(text, now: 0, wallNow: 0) {
+                #expect((JSONValue.parse(r)?["ref"] != nil) == echoed, "\(id)")
+            }
+        }
+    }
+}

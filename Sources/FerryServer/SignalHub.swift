@@ -1,0 +1,98 @@
+import FerryCore
+import Synchronization
+import FerrySignal
+import FerryTURN
+
+/// The in-process `SignalDirectory`: a lock, touched on registration, on lookup of a message's
+/// recipient and on presence changes; never on the packet path. Replies are immediate: the
+/// caller is a worker on its own thread, which is where a reply must run.
+final class SignalHub: SignalDirectory {
+    let instance: String
+
+    private struct State {
+        var peers: [String: SignalEntry] = [:]
+        /// Watched key → who watches it (with the watcher's network).
+        var watchers: [String: [SignalLocation: String]] = [:]
+        /// Subscriptions held, per network and in all (the caps of `limits`).
+        var perNetwork: [String: Int] = [:]
+        var subscriptions = 0
+        /// Authentications per key (`signal.registrations_per_second`, burst), swept each second.
+        var registrations: RateLimiter<String>
+        var lastSweep: UInt64 = 0
+    }
+
+    private let state: Mutex<State>
+    let limits: SubscriptionLimits
+
+    init(instance: String, limits: SubscriptionLimits = SubscriptionLimits(perPeer: .max, perNetwork: .max, total: .max),
+         registrationsPerSecond: Double = 0, registrationBurst: Double = 1) {
+        self.instance = instance
+        self.limits = limits
+        state = Mutex(State(registrations: RateLimiter(ratePerSecond: registrationsPerSecond, burst: registrationBurst)))
+    }
+
+    func admitRegistration(_ peer: String, now: UInt64) -> Bool {
+        state.withLock { s in
+            if now &- s.lastSweep > 1_000_000_000 {
+                s.registrations.sweep(now: now)
+                s.lastSweep = now
+            }
+            return s.registrations.allow(peer, now: now)
+        }
+    }
+
+    var subscriptionCount: Int { state.withLock { $0.subscriptions } }
+
+    func register(_ peer: String, _ e: SignalEntry, reply: @Sendable (SignalEntry?) -> Void) {
+        let old = state.withLock { s in
+            let old = s.peers[peer]
+            s.peers[peer] = e
+            return old
+        }
+        reply(old)
+    }
+
+    func unregister(_ peer: String, _ e: SignalEntry, reply: @Sendable (Bool) -> Void) {
+        let removed = state.withLock { s in
+            guard s.peers[peer] == e else { return false }
+            s.peers[peer] = nil
+            return true
+        }
+        reply(removed)
+    }
+
+    func lookup(_ peer: String, reply: @Sendable (SignalEntry?) -> Void) { reply(state.withLock { $0.peers[peer] }) }
+
+    var count: Int { state.withLock { $0.peers.count } }
+
+    /// Hashing only, per key: the cost of a subscribe is its own size, not what is watched
+    /// already. A key the watcher already watches costs nothing and counts once.
+    func subscribe(_ w: SignalLocation, network: String, to peers: [String], reply: @Sendable (SubscribeResult) -> Void) {
+        let result = state.withLock { s -> SubscribeResult in
+            let new = peers.filter { s.watchers[$0]?[w] == nil }
+            if s.perNetwork[network, default: 0] + new.count > limits.perNetwork { return .refused(.network) }
+            if s.subscriptions + new.count > limits.total { return .refused(.server) }
+            for p in new { s.watchers[p, default: [:]][w] = network }
+            s.perNetwork[network, default: 0] += new.count
+            s.subscriptions += new.count
+            return .subscribed(online: peers.filter { s.peers[$0]?.network == network })
+        }
+        reply(result)
+    }
+
+    func unsubscribe(_ w: SignalLocation, from peers: [String]) {
+        state.withLock { s in
+            for p in peers {
+                guard let network = s.watchers[p]?.removeValue(forKey: w) else { continue }
+                if s.watchers[p]?.isEmpty == true { s.watchers[p] = nil }
+                s.subscriptions -= 1
+                let left = s.perNetwork[network, default: 1] - 1
+                s.perNetwork[network] = left > 0 ? left : nil
+            }
+        }
+    }
+
+    func watchers(of peer: String, network: String, reply: @Sendable ([SignalLocation]) -> Void) {
+        reply(state.withLock { s in (s.watchers[peer] ?? [:]).filter { $0.value == network }.map(\.key) })
+    }
+}
