@@ -64,21 +64,27 @@ static_auth_secrets = ["a-real-secret-0123456789abcdef"]
     assert rc == 1 and "turn.static_auth_secrets: is a placeholder" in out, out
 
 
-def tls_config(udp, tls, cert, key, admin):
-    return f"""
-[admin]
-address = "127.0.0.1:{admin}"
+def udp_config(server="", relay="127.0.0.1", head=""):
+    """A one-listener TURN config (its [server] lines and relay address given)."""
+    return f"""{head}
+[server]
+{server}
 [turn]
 realm = "ferry.test"
-relay_ipv4 = "127.0.0.1"
+relay_ipv4 = "{relay}"
 [[turn.user]]
 name = "test"
 password = "pass"
+{listener("turn-udp", free_port())}"""
+
+
+def tls_config(tls, cert, key, admin):
+    return udp_config(head=f'[admin]\naddress = "127.0.0.1:{admin}"') + f"""
 [tls]
 [[tls.certificate]]
 certificate = "{cert}"
 key = "{key}"
-{listener("turn-udp", udp)}{listener("turn-tls", tls, "tls")}"""
+{listener("turn-tls", tls, "tls")}"""
 
 
 def critical_line(out):
@@ -95,7 +101,7 @@ def test_missing_and_mismatched_certificates_are_refused_by_check_and_ferryd_ali
         "mismatched": (a_cert, b_key),
     }
     for name, (cert, key) in cases.items():
-        path = write(tmpdir_path, f"{name}.toml", tls_config(free_port(), free_port(), cert, key, free_port()))
+        path = write(tmpdir_path, f"{name}.toml", tls_config(free_port(), cert, key, free_port()))
         rc, out, err = check(path)
         assert rc == 1, (name, out, err)
         problem = [l for l in err.splitlines() if "tls.certificate:" in l]
@@ -105,24 +111,14 @@ def test_missing_and_mismatched_certificates_are_refused_by_check_and_ferryd_ali
         assert rc == 1, (name, out)
         assert f"tls.certificate: {words}" in critical_line(out), (name, words, out)
     # The good pair passes, with its names and days left reported.
-    path = write(tmpdir_path, "good.toml", tls_config(free_port(), free_port(), a_cert, a_key, free_port()))
+    path = write(tmpdir_path, "good.toml", tls_config(free_port(), a_cert, a_key, free_port()))
     rc, out, err = check(path)
     assert rc == 0, out + err
     assert f"certificate {a_cert}: a.test; 1 days left" in out or f"certificate {a_cert}: a.test; 2 days left" in out, out
 
 
 def test_a_relay_address_this_host_does_not_have_is_refused_at_start(tmpdir_path):
-    text = f"""
-[server]
-lab = true
-[turn]
-realm = "ferry.test"
-relay_ipv4 = "192.0.2.77"
-[[turn.user]]
-name = "test"
-password = "pass"
-{listener("turn-udp", free_port())}"""
-    path = write(tmpdir_path, "nonlocal.toml", text)
+    path = write(tmpdir_path, "nonlocal.toml", udp_config(server="lab = true", relay="192.0.2.77"))
     rc, out, err = check(path)
     assert rc == 1 and "turn.relay_ipv4: 192.0.2.77 cannot be bound on this host" in err, err
     assert "turn.external_ipv4" in err, "the error says what to do behind 1:1 NAT"
@@ -138,17 +134,7 @@ password = "pass"
 
 def test_a_state_directory_that_cannot_be_used_is_refused(tmpdir_path):
     not_dir = write(tmpdir_path, "a-file", "x")
-    text = f"""
-[server]
-state_directory = "{not_dir}"
-[turn]
-realm = "ferry.test"
-relay_ipv4 = "127.0.0.1"
-[[turn.user]]
-name = "test"
-password = "pass"
-{listener("turn-udp", free_port())}"""
-    path = write(tmpdir_path, "state.toml", text)
+    path = write(tmpdir_path, "state.toml", udp_config(server=f'state_directory = "{not_dir}"'))
     rc, out, err = check(path)
     assert rc == 1 and f"server.state_directory: {not_dir} is not a directory" in err, err
     rc, out = start_ferryd(path)
