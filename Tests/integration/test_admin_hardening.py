@@ -9,7 +9,7 @@ import threading
 import time
 
 import turnclient as tc
-from conftest import Ferryd, NotifySocket, free_port, http_get, listener, turn_base, wait_until
+from conftest import UNDER_ASAN, Ferryd, NotifySocket, free_port, http_get, listener, turn_base, wait_until
 from test_admin_api import TOKEN, curl
 from test_stream import make_cert
 
@@ -46,7 +46,7 @@ def test_a_pipelined_flood_without_the_token_cannot_stall_the_control_thread(tmp
         time.sleep(1)
         notify.wait_for("no such message", timeout=0.5)
         pings = sum(m.count("WATCHDOG=1") for m in notify.messages)
-        assert worst < 0.5, f"/healthz took {worst:.3f} s during the flood"
+        assert worst < (1.5 if UNDER_ASAN else 0.5), f"/healthz took {worst:.3f} s during the flood"
         assert pings >= 2, notify.messages
         assert "missed its watchdog ping" not in f.output() and "was late for the watchdog" not in f.output(), f.output()[-2000:]
         flood.close()

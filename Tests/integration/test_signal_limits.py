@@ -11,11 +11,14 @@ import time
 import websockets
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from conftest import wait_until
+from conftest import UNDER_ASAN, wait_until
 from test_signal import connect, run, signal_server  # noqa: F401  (the fixture)
 from test_signal_robustness import OPEN, rss_kib
 
 CAPS = "max_subscriptions_per_peer = 2048\n"
+# Under AddressSanitizer ferryd runs 2-3x slower and its RSS holds ASan's quarantine: CPU bounds
+# get room, RSS is not a measure of ferryd's own memory (the gauges still are).
+CPU_SCALE = 3 if UNDER_ASAN else 1
 
 
 def random_keys(n):
@@ -52,7 +55,8 @@ def test_a_subscription_flood_is_capped_and_answered(signal_server):  # noqa: F8
         assert limit_errors == 4 * 18, limit_errors
         assert f.metric("ferry_signal_subscriptions_refused_total", {"limit": "peer"}) == 4 * 18
         grown = rss_kib(f.proc.pid) - rss0
-        assert grown < 16 * 1024, f"RSS grew {grown} KiB"
+        if not UNDER_ASAN:
+            assert grown < 16 * 1024, f"RSS grew {grown} KiB"
         # An honest subscription still works: a fifth peer watches an online one.
         honest, watched = await connect(f.url), await connect(f.url)
         await honest.send(type="subscribe", peers=[watched.key] * 1024)
@@ -127,7 +131,7 @@ def test_many_keys_before_authentication_cost_next_to_nothing(signal_server):  #
                 answer = json.loads(await asyncio.wait_for(ws.recv(), 5))
                 assert answer["type"] == "error" and answer["code"] in ("bad_json", "not_authenticated"), answer
         used = cpu_ticks(f.proc.pid) - before
-        assert used < 150, f"{used / 100:.2f} s of CPU for 80 messages"
+        assert used < 150 * CPU_SCALE, f"{used / 100:.2f} s of CPU for 80 messages"
         assert "ref" not in answer
     run(go())
 
@@ -148,7 +152,7 @@ def test_a_jwt_with_thousands_of_claims_is_not_parsed_before_its_signature(signa
                 answer = json.loads(await asyncio.wait_for(ws.recv(), 5))
                 assert answer["type"] == "error", (hello, answer)
         used = cpu_ticks(f.proc.pid) - before
-        assert used < 100, f"{used / 100:.2f} s of CPU for 40 forged tokens"
+        assert used < 100 * CPU_SCALE, f"{used / 100:.2f} s of CPU for 40 forged tokens"
     run(go())
 
 
@@ -190,7 +194,8 @@ def test_unauthenticated_clients_that_never_read_are_bounded_and_closed_at_the_d
         s = open_ws()
         assert send_all(s, small)
         socks.append(s)
-    assert rss_kib(f.proc.pid) - rss0 < 24 * 1024
+    if not UNDER_ASAN:
+        assert rss_kib(f.proc.pid) - rss0 < 24 * 1024
     # Closed by the server at the deadline (auth timeout + at most two sweeps), unread as they are.
     deadline = started + 8
     for s in socks:
@@ -273,7 +278,7 @@ def test_subscribe_cost_does_not_grow_with_what_is_watched(signal_server):  # no
             await p.send(type="subscribe", peers=random_keys(1024))
         wait_until(lambda: subscriptions(f) >= 108 * 1024, timeout=30)
         used = cpu_ticks(f.proc.pid) - before
-        assert used < 50, f"{used / 100:.2f} s of CPU for ten subscribes at 100,000 watched"
+        assert used < 50 * CPU_SCALE, f"{used / 100:.2f} s of CPU for ten subscribes at 100,000 watched"
         await p.send(type="unsubscribe", peers=random_keys(1024))
         await p.ws.close()
         wait_until(lambda: subscriptions(f) == 0)
