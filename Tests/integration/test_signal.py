@@ -113,6 +113,14 @@ class Peer:
         return json.loads(await asyncio.wait_for(self.ws.recv(), timeout))
 
 
+def key_proof(priv, hello):
+    """The X25519 proof of `priv`'s key for a server's hello (docs/signaling.md)."""
+    pub = priv.public_key().public_bytes_raw()
+    spub, challenge = base64.b64decode(hello["server_key"]), base64.b64decode(hello["challenge"])
+    mac_key = hashlib.sha256(b"ferry-signal-v1" + priv.exchange(X25519PublicKey.from_public_bytes(spub))).digest()
+    return hmac.new(mac_key, challenge + pub + spub, hashlib.sha256).digest()
+
+
 async def connect(url, priv=None, make_token=None, bad_proof=False, max_size=2 ** 20, rcvbuf=None):
     """An authenticated peer. `rcvbuf` shrinks its socket's receive buffer (set before connecting),
     so that what the server sends it piles up inside the server rather than in the kernel."""
@@ -128,10 +136,7 @@ async def connect(url, priv=None, make_token=None, bad_proof=False, max_size=2 *
     ws = await websockets.connect(url, ssl=client_ssl() if url.startswith("wss") else None, max_size=max_size, close_timeout=1, **kw)
     hello = json.loads(await ws.recv())
     assert hello["type"] == "hello"
-    spub, challenge = base64.b64decode(hello["server_key"]), base64.b64decode(hello["challenge"])
-    shared = priv.exchange(X25519PublicKey.from_public_bytes(spub))
-    mac_key = hashlib.sha256(b"ferry-signal-v1" + shared).digest()
-    proof = hmac.new(mac_key, challenge + pub + spub, hashlib.sha256).digest()
+    proof = key_proof(priv, hello)
     if bad_proof:
         proof = bytes(32)
     tok = make_token(pub) if make_token else token(pub)

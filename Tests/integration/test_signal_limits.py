@@ -3,18 +3,16 @@ peer, per network and in all; a subscribe past a cap is refused whole with subsc
 honest subscriptions keep working; unsubscribe, close and replacement release entries."""
 import asyncio
 import base64
-import hashlib
-import hmac
 import json
 import os
 import socket
 import time
 
 import websockets
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from conftest import UNDER_ASAN, wait_until
-from test_signal import connect, run, signal_server  # noqa: F401  (the fixture)
+from test_signal import connect, key_proof, run, signal_server  # noqa: F401  (the fixture)
 from test_signal_robustness import OPEN, rss_kib
 
 CAPS = "max_subscriptions_per_peer = 2048\n"
@@ -152,12 +150,9 @@ def test_a_jwt_with_thousands_of_claims_is_not_parsed_before_its_signature(signa
                 hello = json.loads(await ws.recv())
                 # A valid proof of a fresh key: the token is what is checked next.
                 priv = X25519PrivateKey.generate()
-                pub = priv.public_key().public_bytes_raw()
-                spub, challenge = base64.b64decode(hello["server_key"]), base64.b64decode(hello["challenge"])
-                mac_key = hashlib.sha256(b"ferry-signal-v1" + priv.exchange(X25519PublicKey.from_public_bytes(spub))).digest()
-                proof = hmac.new(mac_key, challenge + pub + spub, hashlib.sha256).digest()
-                await ws.send(json.dumps({"v": 1, "type": "auth", "peer_key": base64.b64encode(pub).decode(),
-                                          "proof": base64.b64encode(proof).decode(), "token": forged}))
+                pub = base64.b64encode(priv.public_key().public_bytes_raw()).decode()
+                await ws.send(json.dumps({"v": 1, "type": "auth", "peer_key": pub,
+                                          "proof": base64.b64encode(key_proof(priv, hello)).decode(), "token": forged}))
                 answer = json.loads(await asyncio.wait_for(ws.recv(), 5))
                 assert answer["type"] == "error", (hello, answer)
         used = cpu_ticks(f.proc.pid) - before
