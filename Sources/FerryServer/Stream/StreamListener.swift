@@ -41,6 +41,7 @@ final class StreamListener: EventHandler {
     private var paused = false
     private var lastLogged: UInt64 = 0
     private let shared: Bool
+    /// The worker's loop, which outlives its listeners (they are closed on it before it stops).
     private unowned let loop: EventLoop
 
     private let fd: FileDescriptor
