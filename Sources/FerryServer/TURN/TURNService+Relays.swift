@@ -84,6 +84,8 @@ final class RelaySocket: EventHandler {
     let generation: UInt32
     var registration: Registration?
     var hot = HotSocket()
+    /// The service owns every relayed socket (its `RelayTable`) and deregisters one from the
+    /// loop before dropping it, so no event reaches a socket whose service is gone.
     private unowned let worker: TURNService
 
     init(fd: FileDescriptor, slot: Int32, generation: UInt32, worker: TURNService) {

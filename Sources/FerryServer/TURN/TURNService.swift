@@ -22,6 +22,8 @@ import FerryTURN
 /// Ownership: everything here belongs to the worker's loop thread; static after set-up except
 /// the relay table, the send queues and the GSO train.
 final class TURNService: RelayProvider, DatagramService, StreamFrameHandler {
+    /// The worker and its loop outlive the service: the engine's loops live until the process
+    /// ends, and the service is dropped with its worker after the loops have stopped.
     private unowned let worker: Worker
     unowned let loop: EventLoop
     private(set) var server: TURNServer!
