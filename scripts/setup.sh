@@ -1,19 +1,20 @@
 #!/usr/bin/env bash
 # Installs what building and testing Ferry needs on Debian (run as root, or with sudo present).
-#   scripts/setup.sh build   — the C libraries ferryd links (OpenSSL, libsystemd) and pkg-config
+#   scripts/setup.sh build   — the C libraries ferryd links (OpenSSL, libsystemd, cnats) and pkg-config
 #   scripts/setup.sh test    — also the real clients the tests drive (curl, coturn's tools,
 #                              systemd-socket-activate, Python's pytest and aioice)
 # Idempotent: apt-get runs only when a package is missing.
 set -euo pipefail
 mode=${1:-test}
-apt_pkgs=(pkg-config libssl-dev libsystemd-dev)
+apt_pkgs=(pkg-config libssl-dev libsystemd-dev libnats-dev)
 pip_pkgs=()
 if [ "$mode" = test ]; then
   # wireguard-go, wireguard-tools, nftables, ping and iperf3: the tunnel tests in network namespaces.
   # chromium: the status page test (headless, over the DevTools protocol).
   # prometheus: promtool for the alert rules (test_monitoring.py); lintian and dpkg-dev: the package test.
-  apt_pkgs+=(curl systemd coturn gcc openssl iproute2 wireguard-go wireguard-tools nftables iputils-ping iperf3 chromium prometheus lintian dpkg-dev adduser)
-  pip_pkgs+=(pytest aioice websockets pyjwt cryptography)
+  # nats-server and nats-py: signaling across instances (test_nats.py starts its own clusters).
+  apt_pkgs+=(curl systemd coturn gcc openssl iproute2 wireguard-go wireguard-tools nftables iputils-ping iperf3 chromium prometheus lintian dpkg-dev adduser nats-server)
+  pip_pkgs+=(pytest aioice websockets pyjwt cryptography nats-py)
 fi
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
@@ -29,6 +30,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   # only its promtool is wanted here.
   if [[ " ${missing[*]} " == *" prometheus "* ]] && [ -d /run/systemd/system ]; then
     $sudo systemctl disable --now prometheus prometheus-node-exporter >/dev/null 2>&1 || true
+  fi
+  # Likewise nats-server's own service: the tests start the servers they need.
+  if [[ " ${missing[*]} " == *" nats-server "* ]] && [ -d /run/systemd/system ]; then
+    $sudo systemctl disable --now nats-server >/dev/null 2>&1 || true
   fi
 fi
 if [ ${#pip_pkgs[@]} -gt 0 ]; then

@@ -101,6 +101,7 @@ extension FerryConfig {
             [[turn.user]]
             [[tls.certificate]]
             [[signal.relay]]
+            [signal.nats]
             """
         let sink = ConfigReader.IssueSink()
         _ = try? parse(text, sink: sink)
@@ -108,7 +109,9 @@ extension FerryConfig {
     }
 
     /// Every documented key, in table order.
-    public static let keys: [ConfigKey] = [
+    public static let keys: [ConfigKey] = coreKeys + natsKeys
+
+    static let coreKeys: [ConfigKey] = [
         ConfigKey(default: "0", allowed: "0–1024", override: "`FERRY_WORKERS`, `--workers`", reload: .restart,
                   meaning: "worker threads; 0 = one per available core", [
             .field("server.workers", \.server.workers, example: [("server.workers", "3")]),

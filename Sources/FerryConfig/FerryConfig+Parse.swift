@@ -234,6 +234,7 @@ extension FerryConfig {
         for (j, u) in c.signal.selfRelayURLs.enumerated() where !(u.hasPrefix("turn:") || u.hasPrefix("turns:")) {
             sig.report("self_relay_urls[\(j)]", "must start with turn: or turns:, got \"\(u)\"")
         }
+        c.signal.nats = parseNATS(sig.table("nats"))
         sig.finish()
         if c.signal.enabled {
             if !c.listeners.contains(where: { $0.transport != .udp }) {
@@ -281,4 +282,34 @@ extension FerryConfig {
         }
         if !issues.isEmpty { throw ConfigErrors(issues: issues) }
     }
+
+    static func parseNATS(_ t: ConfigReader) -> NATS {
+        var n = NATS()
+        n.servers = t.stringArray("servers", default: [])
+        for (i, u) in n.servers.enumerated() where !(u.hasPrefix("nats://") || u.hasPrefix("tls://")) {
+            t.report("servers[\(i)]", "must be a nats:// or tls:// URL, got \"\(u)\"")
+        }
+        n.subjectPrefix = t.string("subject_prefix", default: "ferry") ?? "ferry"
+        if !SubjectText.isSubject(n.subjectPrefix) {
+            t.report("subject_prefix", "must be NATS tokens (letters, digits, _ and -) joined by dots, got \"\(n.subjectPrefix)\"")
+        }
+        n.instance = t.string("instance", default: "") ?? ""
+        if !n.instance.isEmpty && !SubjectText.isToken(n.instance) {
+            t.report("instance", "must be letters, digits, _ and - (up to 64), got \"\(n.instance)\"")
+        }
+        n.user = t.string("user", default: "") ?? ""
+        n.password = t.string("password", default: "") ?? ""
+        n.token = t.string("token", default: "") ?? ""
+        n.credentialsFile = t.string("credentials_file", default: "") ?? ""
+        n.caFile = t.string("ca_file", default: "") ?? ""
+        n.certFile = t.string("cert_file", default: "") ?? ""
+        n.keyFile = t.string("key_file", default: "") ?? ""
+        if n.certFile.isEmpty != n.keyFile.isEmpty { t.report("cert_file", "cert_file and key_file go together") }
+        n.maxPending = t.int("max_pending", default: 65536, range: 16...10_000_000)
+        n.subscriptionPending = t.int("subscription_pending", default: 65536, range: 16...10_000_000)
+        n.reconnectWaitMillis = t.int("reconnect_wait_ms", default: 250, range: 10...60_000)
+        t.finish()
+        return n
+    }
 }
+

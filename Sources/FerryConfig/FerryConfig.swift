@@ -149,6 +149,26 @@ public struct FerryConfig: Sendable, Equatable {
         public var relayTTLSeconds = 86400
         public var selfRelayURLs: [String] = []
         public var relays: [SignalRelay] = []
+        public var nats = NATS()
+    }
+
+    /// `[signal.nats]`: signaling across instances (docs/deployment.md). No servers: the
+    /// in-process directory, one instance per network.
+    public struct NATS: Sendable, Equatable {
+        public var servers: [String] = []
+        public var subjectPrefix = "ferry"
+        /// This instance's name in subjects and heartbeats ("": made up per process).
+        public var instance = ""
+        public var user = ""
+        public var password = ""
+        public var token = ""
+        public var credentialsFile = ""
+        public var caFile = ""
+        public var certFile = ""
+        public var keyFile = ""
+        public var maxPending = 65536
+        public var subscriptionPending = 65536
+        public var reconnectWaitMillis = 250
     }
 
     public struct Policy: Sendable, Equatable {

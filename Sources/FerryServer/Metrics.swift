@@ -88,6 +88,11 @@ public final class MetricsRegistry: @unchecked Sendable {
         return HistogramID(first: slot, bounds: bounds)
     }
 
+    /// A counter kept outside the blocks (atomics of a thread that is not a worker), read when scraped.
+    public func computedCounter(_ name: String, _ help: String, _ value: @escaping @Sendable () -> [(labels: String, value: Double)]) {
+        computed.withLock { $0.append((name, help, .counter, value)) }
+    }
+
     /// A gauge computed when scraped.
     public func computedGauge(_ name: String, _ help: String, _ value: @escaping @Sendable () -> [(labels: String, value: Double)]) {
         computed.withLock { $0.append((name, help, .gauge, value)) }

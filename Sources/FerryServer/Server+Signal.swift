@@ -134,6 +134,29 @@ extension Server {
         }
     }
 
+    /// `[signal.nats]`: the directory spanning instances, delivering into the workers' loops.
+    func makeNATSDirectory(_ local: SignalHub) throws -> NATSDirectory {
+        let n = config.signal.nats
+        guard let subjects = ClusterSubjects(prefix: n.subjectPrefix, instance: local.instance) else {
+            throw SystemError(call: "signal.nats.subject_prefix \(n.subjectPrefix)", errno: EINVAL)
+        }
+        let settings = NATSSettings(servers: n.servers, name: "ferryd \(local.instance)", user: n.user, password: n.password, token: n.token,
+                                    credentialsFile: n.credentialsFile, caFile: n.caFile, certFile: n.certFile, keyFile: n.keyFile,
+                                    maxPending: n.maxPending, subscriptionPending: n.subscriptionPending,
+                                    reconnectWaitMillis: Int64(n.reconnectWaitMillis))
+        let link = try NATSLink(settings: settings)
+        let (loops, registry) = (engine.loops, signalWorkers)
+        let directory = NATSDirectory(hub: local, link: link, subjects: subjects, stats: NATSStats(), workers: loops.count) { worker, batch in
+            loops[worker].execute { l in registry.all[l.index].receive(batch) }
+        }
+        directory.stats.register(metrics, directory: directory)
+        state.nats.withLock { $0 = link }
+        natsDirectory = directory
+        logger.info("signaling across instances over NATS", metadata: ["instance": "\(local.instance)", "servers": "\(n.servers)",
+                                                                    "subject_prefix": "\(n.subjectPrefix)"])
+        return directory
+    }
+
     func registerSignalMetrics(_ hub: any SignalDirectory) -> SignalCounters {
         jwksCounters = (metrics.counter("ferry_signal_jwks_fetches_total", "Fetches of the issuer's JWKS (signal.jwks_url), by result.",
                                         labels: [("result", "ok")]),

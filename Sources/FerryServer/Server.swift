@@ -51,6 +51,8 @@ public final class Server: @unchecked Sendable {
     }
     var certificateReloads: (ok: CounterID, failed: CounterID)?
     let signalWorkers = SignalWorkers()
+    /// `[signal.nats]` configured: the directory spanning instances.
+    var natsDirectory: NATSDirectory?
     var signalKey: SignalServerKey?
     var boundAddresses: [String: SocketAddress] = [:]
     let state = ServerState()
@@ -86,6 +88,8 @@ public final class Server: @unchecked Sendable {
         let draining = Atomic<Bool>(false)
         let lastReloadOK = Atomic<Bool>(true)
         let configLoadedAt = Atomic<Int64>(0)
+        /// Signaling across instances, when configured: /readyz says when it is down.
+        let nats = Mutex<NATSLink?>(nil)
     }
 
     /// Per worker, the monotonic time it last answered a watchdog ping (written by the worker).
@@ -135,6 +139,7 @@ public final class Server: @unchecked Sendable {
         try preflight()
         try setUp()
         try engine.start()
+        natsDirectory?.start()
         state.ready.store(true, ordering: .relaxed)
         let summary = "serving \(config.listeners.count) listener(s) on \(engine.loops.count) worker(s)"
         logger.info("ferryd ready", metadata: ["workers": "\(engine.loops.count)", "version": "\(FerryVersion.string)"])
@@ -143,6 +148,8 @@ public final class Server: @unchecked Sendable {
         startStatusHistory()
         control.run()
         engine.stopAndJoin()
+        // What the drain published (peers going offline) reaches NATS before the process ends.
+        natsDirectory?.link.closeAndWait(timeoutMillis: 1000)
         for w in workers { w.close() }
         admin?.close()
         logger.info("ferryd stopped")
@@ -235,9 +242,10 @@ public final class Server: @unchecked Sendable {
         let s = config.signal
         let subscriptionLimits = SubscriptionLimits(perPeer: s.maxSubscriptionsPerPeer, perNetwork: s.maxSubscriptionsPerNetwork,
                                                     total: s.maxSubscriptions)
-        let hub: any SignalDirectory = SignalHub(instance: Crypto.hex(Crypto.randomBytes(8)), limits: subscriptionLimits,
-                                                 registrationsPerSecond: Double(s.registrationsPerSecond),
-                                                 registrationBurst: Double(s.registrationBurst))
+        let local = SignalHub(instance: s.nats.instance.isEmpty ? Crypto.hex(Crypto.randomBytes(8)) : s.nats.instance,
+                              limits: subscriptionLimits, registrationsPerSecond: Double(s.registrationsPerSecond),
+                              registrationBurst: Double(s.registrationBurst))
+        let hub: any SignalDirectory = try s.enabled && !s.nats.servers.isEmpty ? makeNATSDirectory(local) : local
         var signalPolicy: SignalPolicy?
         var signalCounters: SignalCounters?
         if config.signal.enabled {
@@ -329,6 +337,11 @@ public final class Server: @unchecked Sendable {
             if !state.ready.load(ordering: .relaxed) { return HTTPAnswer(status: 503, body: "starting\n") }
             // Out of descriptors within the last 5 s: new clients would not be accepted here.
             if DescriptorLimit.recentlyHit(now: monotonicNanos()) { return HTTPAnswer(status: 503, body: "at the open-file limit\n") }
+            // Still ready: this instance serves its own peers and relays without NATS, and when
+            // NATS is down every instance is; the body says what is degraded (docs/operations.md).
+            if let link = state.nats.withLock({ $0 }), !link.isConnected.load(ordering: .relaxed) {
+                return HTTPAnswer(status: 200, body: "ready, degraded: NATS unreachable, signaling reaches only this instance's peers\n")
+            }
             return HTTPAnswer(status: 200, body: "ready\n")
         default:
             return HTTPAnswer(status: 404, body: "not found\n")

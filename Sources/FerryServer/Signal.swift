@@ -14,6 +14,16 @@ struct SignalDelivery: Sendable {
     let received: UInt64
     /// Close the connection after the frame (replaced).
     let closeAfter: Bool
+    /// The frame is a `peer_offline` answer from another instance (counted as such).
+    var offline = false
+
+    init(conn: ConnectionID, frame: [UInt8], received: UInt64, closeAfter: Bool, offline: Bool = false) {
+        self.conn = conn
+        self.frame = frame
+        self.received = received
+        self.closeAfter = closeAfter
+        self.offline = offline
+    }
 }
 
 /// Every worker's `SignalWorker`, indexed by worker. Filled before the workers start, then only
@@ -251,16 +261,26 @@ final class SignalWorker {
     private func route(from p: Peer, to: String, message: [UInt8], offline: [UInt8], received: UInt64) {
         let (registry, index, conn, network) = (self.registry, self.index, p.conn.id, p.session.network)
         hub.lookup(to) { target in
-            registry.all[index].routeFound(target, from: conn, network: network, message: message, offline: offline, received: received)
+            registry.all[index].routeFound(target, to: to, from: conn, network: network, message: message, offline: offline, received: received)
         }
     }
 
-    private func routeFound(_ target: SignalEntry?, from conn: ConnectionID, network: String?, message: [UInt8], offline: [UInt8],
-                            received: UInt64) {
-        // A peer signals only peers of its own network.
+    private func routeFound(_ target: SignalEntry?, to: String, from conn: ConnectionID, network: String?, message: [UInt8],
+                            offline: [UInt8], received: UInt64) {
+        // A peer signals only peers of its own network; one not connected here may be at
+        // another instance (the directory forwards it there, or says it is nowhere).
         guard let target, target.network == network, target.location.instance == hub.instance else {
-            if let c = counters.dropped[.peerOffline] { metrics.add(c) }
-            if let p = sessions[conn] { push(WebSocket.encode(.text, offline), to: p) }
+            let result = network.map { hub.forward(message, to: to, network: $0, from: here(conn), offline: offline) } ?? .offline
+            switch result {
+            case .sent:
+                metrics.add(counters.forwarded)
+            case .offline:
+                if let c = counters.dropped[.peerOffline] { metrics.add(c) }
+                if let p = sessions[conn] { push(WebSocket.encode(.text, offline), to: p) }
+            case .unavailable(let why):
+                if let c = counters.dropped[.unavailable] { metrics.add(c) }
+                if let p = sessions[conn] { push(WebSocket.encode(.text, SignalSession.error(.unavailable, why, ref: .string(to))), to: p) }
+            }
             return
         }
         metrics.add(counters.routed)
@@ -278,8 +298,9 @@ final class SignalWorker {
     /// Deliveries from any worker (this one, or a batch from another's mailbox).
     func receive(_ batch: [SignalDelivery]) {
         for d in batch {
+            if d.offline, let c = counters.dropped[.peerOffline] { metrics.add(c) }
             guard let p = sessions[d.conn] else {
-                if let c = counters.dropped[.peerOffline] { metrics.add(c) }
+                if !d.offline, let c = counters.dropped[.peerOffline] { metrics.add(c) }
                 continue
             }
             push(d.frame, to: p)

@@ -8,6 +8,7 @@ struct SignalCounters {
     let connected: CounterID
     let authFailures: [SignalErrorCode: CounterID]
     let routed: CounterID
+    let forwarded: CounterID
     let dropped: [SignalErrorCode: CounterID]
     let queueDropped: CounterID
     let latency: HistogramID
@@ -16,7 +17,7 @@ struct SignalCounters {
 
     static let authFailureCodes: [SignalErrorCode] = [.authFailed, .badProof, .tokenExpired, .wrongNetwork, .notAuthenticated]
     static let dropCodes: [SignalErrorCode] = [.badJSON, .badMessage, .unsupportedVersion, .unknownType, .payloadTooLarge,
-                                               .notAuthenticated, .peerOffline, .rateLimited]
+                                               .notAuthenticated, .peerOffline, .rateLimited, .unavailable]
 
     init(registering registry: some CounterRegistry) {
         var auth: [SignalErrorCode: CounterID] = [:]
@@ -34,6 +35,8 @@ struct SignalCounters {
         registrations = registry.counter("ferry_signal_registrations_total", "Successful signaling authentications.")
         connected = registry.gauge("ferry_signal_peers_connected", "Authenticated signaling connections, summed over workers.")
         routed = registry.counter("ferry_signal_messages_routed_total", "Signaling messages routed to a connected peer.")
+        forwarded = registry.counter("ferry_signal_messages_forwarded_total",
+                                     "Signaling messages for a peer not connected here, sent on to the other instances over NATS.")
         queueDropped = registry.counter("ferry_signal_queue_dropped_total", "Messages dropped (oldest first) from a peer's full outbound queue.")
         latency = registry.histogram("ferry_signal_routing_latency_microseconds", "From a message's arrival to its queueing for the recipient.",
                                      bounds: [50, 100, 250, 500, 1000, 2000, 3000, 4000, 5000, 7500, 10000, 50000, 250_000, 1_000_000],

@@ -30,6 +30,8 @@ public enum SignalErrorCode: String, Error, Sendable, CaseIterable {
     case subscriptionLimit = "subscription_limit"
     case replaced
     case draining
+    /// The recipient may be connected to another instance, which this one cannot reach now.
+    case unavailable
 }
 
 /// A time claim (`exp`, `nbf`; RFC 7519 §2 NumericDate, which may have a fraction) as whole Unix

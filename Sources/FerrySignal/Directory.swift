@@ -28,12 +28,13 @@ public struct SignalEntry: Equatable, Sendable {
 }
 
 /// The directory of signaling peers: who is connected where, and who watches whom. The workers
-/// share it; it is the seam for signaling across several ferryd (a Redis-backed directory
-/// implements the same calls with entries naming other instances).
+/// share it; it is the seam for signaling across several ferryd (`NATSDirectory` keeps this
+/// instance's peers in-process and reaches the others over NATS).
 ///
 /// Every answer comes back through `reply`, which the directory must call on the thread of the
-/// worker that asked: an in-process directory calls it at once (the caller is on that thread),
-/// a remote one posts it through the worker's mailbox when the answer arrives. So no worker ever
+/// worker that asked: the directories here answer from what this process knows, at once (the
+/// caller is on that thread); what other instances say arrives later through the worker's
+/// mailbox, as deliveries. So no worker ever
 /// waits on the directory, and a worker handles a reply like any other event.
 public protocol SignalDirectory: AnyObject, Sendable {
     /// This ferryd's instance id: the `instance` of the locations it registers.
@@ -59,6 +60,21 @@ public protocol SignalDirectory: AnyObject, Sendable {
     /// loop would make every watcher of it get online/offline each time. Checked before
     /// `register`; each directory limits what it sees.
     func admitRegistration(_ peer: String, now: UInt64) -> Bool
+    /// `peer` is not connected to this instance (in `network`): hand `message` to the instance
+    /// that holds it. An in-process directory answers `.offline`; one spanning instances sends it
+    /// and, when nobody holds the peer, later delivers `offline` to `from` (a `SignalDelivery`
+    /// with `offline` set), so the sender hears `peer_offline` either way.
+    func forward(_ message: [UInt8], to peer: String, network: String, from: SignalLocation, offline: [UInt8]) -> ForwardResult
+}
+
+/// What became of a message for a peer not connected to this instance.
+public enum ForwardResult: Sendable, Equatable {
+    /// Connected nowhere (as far as this directory can tell at once): answer `peer_offline` now.
+    case offline
+    /// Sent on to the other instances.
+    case sent
+    /// The other instances cannot be reached now (the reason, for the error and the counter).
+    case unavailable(String)
 }
 
 /// The caps on presence subscriptions (docs/signaling.md, "Limits"): per peer (checked by the

@@ -322,41 +322,44 @@ def test_plaintext_signaling_is_refused_without_tls(signal_server):
     run(go())
 
 
+async def ice_agent(peer, other_key, controlling, results):
+    """One aioice agent, relay-only through the relay `peer`'s welcome hands out as "self": its
+    ICE description goes to `other_key` over signaling, the other's comes back; then data."""
+    import aioice
+    relay = next(r for r in peer.welcome["relays"] if r["region"] == "self")
+    host, port = relay["urls"][0].split(":")[1], int(relay["urls"][0].split(":")[2].split("?")[0])
+    conn = aioice.Connection(ice_controlling=controlling, turn_server=(host, port), turn_username=relay["username"],
+                             turn_password=relay["credential"], transport_policy=aioice.TransportPolicy.RELAY)
+    await conn.gather_candidates()
+    desc = {"ufrag": conn.local_username, "pwd": conn.local_password,
+            "candidates": [c.to_sdp() for c in conn.local_candidates]}
+    await peer.send(type="offer" if controlling else "answer", to=other_key, payload=json.dumps(desc))
+    m = await peer.recv(timeout=10)
+    remote = json.loads(m["payload"])
+    conn.remote_username, conn.remote_password = remote["ufrag"], remote["pwd"]
+    for c in remote["candidates"]:
+        await conn.add_remote_candidate(aioice.Candidate.from_sdp(c))
+    await conn.add_remote_candidate(None)
+    await asyncio.wait_for(conn.connect(), 20)
+    if controlling:
+        await conn.send(b"ping over ferry")
+        results["pong"] = await asyncio.wait_for(conn.recv(), 5)
+    else:
+        data = await asyncio.wait_for(conn.recv(), 5)
+        await conn.send(data.replace(b"ping", b"pong"))
+    results[controlling] = [c.type for c in conn.local_candidates]
+    await conn.close()
+
+
 def test_aioice_agents_connect_through_ferry_relay_only(signal_server):
     """End to end: two aioice agents exchange ICE credentials and candidates through Ferry's
     signaling, connect with a relay-only policy through Ferry's TURN, and exchange data."""
-    import aioice
     f = signal_server()
-
-    async def agent(peer, other_key, controlling, results):
-        relay = next(r for r in peer.welcome["relays"] if r["region"] == "self")
-        host, port = relay["urls"][0].split(":")[1], int(relay["urls"][0].split(":")[2].split("?")[0])
-        conn = aioice.Connection(ice_controlling=controlling, turn_server=(host, port), turn_username=relay["username"],
-                                 turn_password=relay["credential"], transport_policy=aioice.TransportPolicy.RELAY)
-        await conn.gather_candidates()
-        desc = {"ufrag": conn.local_username, "pwd": conn.local_password,
-                "candidates": [c.to_sdp() for c in conn.local_candidates]}
-        await peer.send(type="offer" if controlling else "answer", to=other_key, payload=json.dumps(desc))
-        m = await peer.recv(timeout=10)
-        remote = json.loads(m["payload"])
-        conn.remote_username, conn.remote_password = remote["ufrag"], remote["pwd"]
-        for c in remote["candidates"]:
-            await conn.add_remote_candidate(aioice.Candidate.from_sdp(c))
-        await conn.add_remote_candidate(None)
-        await asyncio.wait_for(conn.connect(), 20)
-        if controlling:
-            await conn.send(b"ping over ferry")
-            results["pong"] = await asyncio.wait_for(conn.recv(), 5)
-        else:
-            data = await asyncio.wait_for(conn.recv(), 5)
-            await conn.send(data.replace(b"ping", b"pong"))
-        results[controlling] = [c.type for c in conn.local_candidates]
-        await conn.close()
 
     async def go():
         a, b = await connect(f.url), await connect(f.url)
         results = {}
-        await asyncio.gather(agent(a, b.key, True, results), agent(b, a.key, False, results))
+        await asyncio.gather(ice_agent(a, b.key, True, results), ice_agent(b, a.key, False, results))
         return results
     results = run(go())
     assert results["pong"] == b"pong over ferry"

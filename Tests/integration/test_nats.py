@@ -1,0 +1,329 @@
+"""Signaling across ferryd instances over real nats-server clusters (docs/deployment.md): peers on
+different instances route, see presence, replace each other and stay isolated by network; NATS
+nodes, all of NATS, and whole ferryds fail and come back. nats-py reads the subjects directly."""
+import asyncio
+import base64
+import json
+import os
+import re
+import signal as sig
+import time
+
+import pytest
+import websockets
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from conftest import Ferryd, free_port, http_get, wait_until
+from natscluster import NatsCluster
+from test_signal import Issuer, b64, connect, ice_agent, run, signal_config, token
+
+
+@pytest.fixture
+def cluster(tmpdir_path):
+    made = []
+
+    def make(**kw):
+        c = NatsCluster(os.path.join(tmpdir_path, f"nats{len(made)}"), **kw)
+        made.append(c)
+        return c
+    yield make
+    for c in made:
+        c.stop()
+
+
+@pytest.fixture
+def instances(tmpdir_path):
+    """ferryd instances with signaling over NATS, each in its own directory."""
+    started = []
+    issuer = Issuer(tmpdir_path)
+
+    def start(servers, name, extra=""):
+        d = os.path.join(tmpdir_path, name)
+        os.makedirs(d, exist_ok=True)
+        tls_port, tcp_port = free_port(), free_port()
+        urls = ", ".join(f'"{u}"' for u in servers)
+        text = signal_config(tls_port, tcp_port, issuer.path, extra=f"""
+[signal.nats]
+servers = [{urls}]
+instance = "{name}"
+reconnect_wait_ms = 100
+{extra}
+""")
+        f = Ferryd(text, d)
+        f.url = f"wss://127.0.0.1:{tls_port}/v1/signal"
+        f.name = name
+        started.append(f)
+        wait_until(lambda: f.metric("ferry_signal_nats_connected") == 1, timeout=10, what=lambda: f.output())
+        return f
+    yield start
+    for f in started:
+        f.stop()
+
+
+def peers_see_each_other(*fs):
+    """Every instance hears the others' heartbeats (so their subscriptions are in place)."""
+    for f in fs:
+        wait_until(lambda: f.metric("ferry_signal_nats_instances") >= len(fs) - 1, timeout=10)
+
+
+async def expect(who, **fields):
+    """The next message that is not a ping-like extra; it must carry `fields`."""
+    m = await who.recv()
+    for k, v in fields.items():
+        assert m.get(k) == v, m
+    return m
+
+
+def test_route_presence_and_offline_across_instances_on_a_three_node_cluster(cluster, instances):
+    c = cluster().start()
+    c.wait_formed()
+    f1, f2 = instances([c.urls[0]], "one"), instances([c.urls[1]], "two")
+    peers_see_each_other(f1, f2)
+
+    async def go():
+        a, b = await connect(f1.url), await connect(f2.url)
+        # Presence across instances: subscribing asks who holds the key.
+        await a.send(type="subscribe", peers=[b.key])
+        await expect(a, type="peer_online", peer=b.key)
+        await b.send(type="subscribe", peers=[a.key])
+        await expect(b, type="peer_online", peer=a.key)
+        # Offer and answer, each from one instance to the other, with the sender stamped.
+        await a.send(type="offer", to=b.key, payload="sdp-a", id=7)
+        m = await expect(b, type="offer", payload="sdp-a")
+        assert m["from"] == a.key
+        await b.send(type="answer", to=a.key, payload="sdp-b")
+        assert (await expect(a, type="answer"))["from"] == b.key
+        # A key connected nowhere: NATS's no-responders answers, as peer_offline with the ref.
+        nobody = b64(X25519PrivateKey.generate().public_key().public_bytes_raw())
+        await a.send(type="offer", to=nobody, payload="x", id=9)
+        m = await expect(a, type="error", code="peer_offline")
+        assert m["ref"] == 9
+        # 80 messages one way (within the burst): every one arrives, in order.
+        for i in range(80):
+            await a.send(type="candidate", to=b.key, payload=str(i))
+        got = [int((await b.recv())["payload"]) for _ in range(80)]
+        assert got == list(range(80))
+        # B leaves: A (on the other instance) sees it go, then come back on A's own instance.
+        await b.ws.close()
+        await expect(a, type="peer_offline", peer=b.key)
+        b2 = await connect(f1.url, priv=b.priv)
+        await expect(a, type="peer_online", peer=b.key)
+        await b2.ws.close()
+        await a.ws.close()
+    run(go())
+    assert f1.metric("ferry_signal_messages_forwarded_total") >= 82
+    assert f2.metric("ferry_signal_nats_delivered_total") >= 81
+    assert f1.metric("ferry_signal_nats_offline_total") == 1
+    assert f1.metric("ferry_signal_messages_dropped_total", {"reason": "peer_offline"}) == 1
+
+
+def test_aioice_agents_on_different_instances_connect_through_the_relay(cluster, instances):
+    c = cluster(nodes=3).start()
+    c.wait_formed()
+    f1, f2 = instances([c.urls[0]], "one"), instances([c.urls[2]], "two")
+    peers_see_each_other(f1, f2)
+
+    async def go():
+        a, b = await connect(f1.url), await connect(f2.url)
+        results = {}
+        await asyncio.gather(ice_agent(a, b.key, True, results), ice_agent(b, a.key, False, results))
+        return results
+    results = run(go())
+    assert results["pong"] == b"pong over ferry"
+
+
+def test_newer_connection_at_another_instance_replaces_the_older(cluster, instances):
+    c = cluster(nodes=3).start()
+    c.wait_formed()
+    f1, f2, f3 = instances([c.urls[0]], "one"), instances([c.urls[1]], "two"), instances([c.urls[2]], "three")
+    peers_see_each_other(f1, f2, f3)
+
+    async def go():
+        priv = X25519PrivateKey.generate()
+        watcher = await connect(f3.url)
+        old = await connect(f1.url, priv=priv)
+        await watcher.send(type="subscribe", peers=[old.key])
+        await expect(watcher, type="peer_online", peer=old.key)
+        new = await connect(f2.url, priv=priv)
+        assert new.welcome["type"] == "welcome"
+        await expect(old, type="error", code="replaced")
+        with pytest.raises(websockets.ConnectionClosed) as e:
+            await old.recv()
+        assert e.value.rcvd.code == 4000
+        # Messages now reach the newer connection; the watcher never saw the key go offline.
+        await watcher.send(type="offer", to=new.key, payload="to the new one")
+        assert (await expect(new, type="offer"))["payload"] == "to the new one"
+        with pytest.raises(asyncio.TimeoutError):
+            m = await watcher.recv(timeout=1.5)
+            assert m["type"] != "peer_offline", m
+            raise asyncio.TimeoutError
+    run(go())
+    assert f1.metric("ferry_signal_nats_replaced_total") == 1
+
+
+def test_networks_stay_isolated_across_instances_and_in_subjects(cluster, instances):
+    c = cluster(nodes=1).start()
+    f1, f2 = instances(c.urls, "one"), instances(c.urls, "two")
+    peers_see_each_other(f1, f2)
+    crafted = "a.>.* b"
+
+    async def go():
+        # A crafted network name with NATS wildcards and separators.
+        other = await connect(f2.url, make_token=lambda pub: token(pub, network=crafted))
+        assert other.welcome["network"] == crafted
+        a = await connect(f1.url)
+        await a.send(type="subscribe", peers=[other.key])
+        await a.send(type="offer", to=other.key, payload="cross-network", id=1)
+        m = await expect(a, type="error", code="peer_offline")
+        assert m["ref"] == 1
+        with pytest.raises(asyncio.TimeoutError):
+            await other.recv(timeout=1)
+        # A peer of the crafted network on the other instance reaches its own kind.
+        same = await connect(f1.url, make_token=lambda pub: token(pub, network=crafted))
+        await same.send(type="offer", to=other.key, payload="same network")
+        assert (await expect(other, type="offer"))["payload"] == "same network"
+        # What NATS holds: every name from a peer became hex; no subject a ferryd took carries a
+        # wildcard but its own per-network presence and reply subjects.
+        subjects = [s for conn in c.varz(0, "connz?subs=1")["connections"] for s in conn.get("subscriptions_list", [])]
+        token_re = re.compile(r"^ferry\.(hb\.\*|r\.(one|two)\.>|[nh][0-9a-f]+\.(q|p\.[0-9a-f]{64}|o\.\*))$")
+        assert subjects and all(token_re.match(s) for s in subjects), subjects
+        assert "ferry.n" + crafted.encode().hex() + ".p." + base64.b64decode(other.key).hex() in subjects
+    run(go())
+
+
+def test_a_nats_node_dies_and_routing_moves_to_another_node(cluster, instances):
+    c = cluster(nodes=3).start()
+    c.wait_formed()
+    # Each ferryd knows one seed node; it learns the others from the cluster.
+    f1, f2 = instances([c.urls[0]], "one"), instances([c.urls[1]], "two")
+    peers_see_each_other(f1, f2)
+
+    async def go():
+        a, b = await connect(f1.url), await connect(f2.url)
+        await a.send(type="offer", to=b.key, payload="before")
+        await expect(b, type="offer", payload="before")
+        c.kill(0)
+        started = time.monotonic()
+        # Routing comes back once f1 has moved to another node: probe until it does.
+        delivered = None
+        for i in range(100):
+            await a.send(type="candidate", to=b.key, payload=f"probe-{i}")
+            try:
+                while True:
+                    m = await b.recv(timeout=0.05)
+                    if m.get("type") == "candidate":
+                        delivered = time.monotonic() - started
+                        break
+            except asyncio.TimeoutError:
+                pass
+            if delivered is not None:
+                break
+            # Drain what f1 said meanwhile (unavailable, while it had no node).
+            try:
+                while True:
+                    await a.recv(timeout=0.01)
+            except asyncio.TimeoutError:
+                pass
+        assert delivered is not None and delivered < 3.5, delivered
+        return delivered
+    took = run(go())
+    assert f1.metric("ferry_signal_nats_connection_events_total", {"event": "reconnected"}) >= 1
+    print(f"routing back {took:.2f} s after the node's death")
+
+
+def test_all_of_nats_down_local_routing_goes_on_and_remote_gets_a_clear_error(cluster, instances):
+    c = cluster(nodes=1).start()
+    f1, f2 = instances(c.urls, "one"), instances(c.urls, "two")
+    peers_see_each_other(f1, f2)
+
+    async def go():
+        a, local, b = await connect(f1.url), await connect(f1.url), await connect(f2.url)
+        await a.send(type="subscribe", peers=[b.key])
+        await expect(a, type="peer_online", peer=b.key)
+        c.kill(0)
+        wait_until(lambda: f1.metric("ferry_signal_nats_connected") == 0, timeout=5)
+        status, body = http_get(f1.admin_port, "/readyz")
+        assert status == 200 and "degraded" in body and "NATS" in body
+        # Local peers go on.
+        await a.send(type="offer", to=local.key, payload="local")
+        assert (await expect(local, type="offer"))["payload"] == "local"
+        # A peer at the other instance: a clear error, counted.
+        await a.send(type="offer", to=b.key, payload="remote", id=3)
+        m = await expect(a, type="error", code="unavailable")
+        assert "NATS" in m["message"]
+        # Heartbeats stop: the remote peer is offline as far as this instance can tell.
+        await expect(a, type="peer_offline", peer=b.key)
+        assert f1.metric("ferry_signal_nats_dropped_total", {"reason": "unavailable"}) >= 1
+        c.start(0)
+        wait_until(lambda: f1.metric("ferry_signal_nats_connected") == 1 and f2.metric("ferry_signal_nats_connected") == 1, timeout=10)
+        # Back without reconnecting: presence learned again, messages flow both ways.
+        await expect(a, type="peer_online", peer=b.key)
+        await a.send(type="offer", to=b.key, payload="after")
+        assert (await expect(b, type="offer"))["payload"] == "after"
+        await b.send(type="answer", to=a.key, payload="back")
+        assert (await expect(a, type="answer"))["payload"] == "back"
+        status, body = http_get(f1.admin_port, "/readyz")
+        assert status == 200 and body == "ready\n"
+    run(go())
+
+
+def test_a_ferryd_dies_its_peers_fail_over_and_partners_see_offline_then_online(cluster, instances):
+    c = cluster(nodes=1).start()
+    f1, f2 = instances(c.urls, "one"), instances(c.urls, "two")
+    peers_see_each_other(f1, f2)
+
+    async def go():
+        a, b = await connect(f1.url), await connect(f2.url)
+        await a.send(type="subscribe", peers=[b.key])
+        await expect(a, type="peer_online", peer=b.key)
+        os.killpg(f2.proc.pid, sig.SIGKILL)
+        f2.proc.wait()
+        started = time.monotonic()
+        await expect(a, type="peer_offline", peer=b.key)
+        assert time.monotonic() - started < 5
+        b2 = await connect(f1.url, priv=b.priv)
+        await expect(a, type="peer_online", peer=b.key)
+        await a.send(type="offer", to=b2.key, payload="found you")
+        assert (await expect(b2, type="offer"))["payload"] == "found you"
+    run(go())
+    assert f1.metric("ferry_signal_nats_instance_lost_total") >= 1
+
+
+def test_two_regions_joined_by_a_gateway(cluster, instances):
+    east, west = cluster(name="EAST", nodes=1, gateway=True), cluster(name="WEST", nodes=1, gateway=True)
+    east.join(west)
+    east.start()
+    west.start()
+    east.wait_formed(gateways=1)
+    west.wait_formed(gateways=1)
+    f1, f2 = instances(east.urls, "east"), instances(west.urls, "west")
+    peers_see_each_other(f1, f2)
+
+    async def go():
+        a, b = await connect(f1.url), await connect(f2.url)
+        await a.send(type="subscribe", peers=[b.key])
+        await expect(a, type="peer_online", peer=b.key)
+        await a.send(type="offer", to=b.key, payload="across regions")
+        assert (await expect(b, type="offer"))["from"] == a.key
+        nobody = b64(X25519PrivateKey.generate().public_key().public_bytes_raw())
+        await b.send(type="offer", to=nobody, payload="x", id=4)
+        assert (await expect(b, type="error", code="peer_offline"))["ref"] == 4
+        # Both regions hand out both regions' relays (each ferryd's [[signal.relay]]).
+        assert {r["region"] for r in a.welcome["relays"]} == {r["region"] for r in b.welcome["relays"]}
+    run(go())
+
+
+def test_a_message_over_nats_max_payload_is_refused_and_counted(cluster, instances):
+    c = cluster(nodes=1, extra="max_payload: 2048").start()
+    f1, f2 = instances(c.urls, "one"), instances(c.urls, "two")
+    peers_see_each_other(f1, f2)
+
+    async def go():
+        a, b = await connect(f1.url), await connect(f2.url)
+        await a.send(type="offer", to=b.key, payload="x" * 4000, id=5)
+        m = await expect(a, type="error", code="unavailable")
+        assert "max_payload" in m["message"]
+        await a.send(type="offer", to=b.key, payload="small")
+        assert (await expect(b, type="offer"))["payload"] == "small"
+    run(go())
+    assert f1.metric("ferry_signal_nats_dropped_total", {"reason": "max_payload"}) == 1
