@@ -66,6 +66,13 @@ def peers_see_each_other(*fs):
         wait_until(lambda: f.metric("ferry_signal_nats_instances") >= len(fs) - 1, timeout=10)
 
 
+async def sees(watcher, peer):
+    """`watcher` subscribes to `peer` and waits for it online: after that, NATS routes to it from
+    the watcher's node (its interest travels ahead of its presence; docs/deployment.md)."""
+    await watcher.send(type="subscribe", peers=[peer.key])
+    await expect(watcher, type="peer_online", peer=peer.key)
+
+
 async def expect(who, **fields):
     """The next message that is not a ping-like extra; it must carry `fields`."""
     m = await who.recv()
@@ -125,6 +132,8 @@ def test_aioice_agents_on_different_instances_connect_through_the_relay(cluster,
 
     async def go():
         a, b = await connect(f1.url), await connect(f2.url)
+        await sees(a, b)
+        await sees(b, a)
         results = {}
         await asyncio.gather(ice_agent(a, b.key, True, results), ice_agent(b, a.key, False, results))
         return results
@@ -150,13 +159,14 @@ def test_newer_connection_at_another_instance_replaces_the_older(cluster, instan
         with pytest.raises(websockets.ConnectionClosed) as e:
             await old.recv()
         assert e.value.rcvd.code == 4000
-        # Messages now reach the newer connection; the watcher never saw the key go offline.
+        # The watcher hears the key online at its new instance, and never offline; messages
+        # reach the newer connection.
+        await expect(watcher, type="peer_online", peer=new.key)
         await watcher.send(type="offer", to=new.key, payload="to the new one")
         assert (await expect(new, type="offer"))["payload"] == "to the new one"
         with pytest.raises(asyncio.TimeoutError):
             m = await watcher.recv(timeout=1.5)
-            assert m["type"] != "peer_offline", m
-            raise asyncio.TimeoutError
+            raise AssertionError(f"the watcher heard more: {m}")
     run(go())
     assert f1.metric("ferry_signal_nats_replaced_total") == 1
 
@@ -180,6 +190,7 @@ def test_networks_stay_isolated_across_instances_and_in_subjects(cluster, instan
             await other.recv(timeout=1)
         # A peer of the crafted network on the other instance reaches its own kind.
         same = await connect(f1.url, make_token=lambda pub: token(pub, network=crafted))
+        await sees(same, other)
         await same.send(type="offer", to=other.key, payload="same network")
         assert (await expect(other, type="offer"))["payload"] == "same network"
         # What NATS holds: every name from a peer became hex; no subject a ferryd took carries a
@@ -200,6 +211,7 @@ def test_a_nats_node_dies_and_routing_moves_to_another_node(cluster, instances):
 
     async def go():
         a, b = await connect(f1.url), await connect(f2.url)
+        await sees(a, b)
         await a.send(type="offer", to=b.key, payload="before")
         await expect(b, type="offer", payload="before")
         c.kill(0)
@@ -320,6 +332,7 @@ def test_a_message_over_nats_max_payload_is_refused_and_counted(cluster, instanc
 
     async def go():
         a, b = await connect(f1.url), await connect(f2.url)
+        await sees(a, b)
         await a.send(type="offer", to=b.key, payload="x" * 4000, id=5)
         m = await expect(a, type="error", code="unavailable")
         assert "max_payload" in m["message"]

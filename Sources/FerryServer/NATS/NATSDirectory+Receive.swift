@@ -45,10 +45,15 @@ extension NATSDirectory {
             for k in keys { presence(k, networkToken: token, online: true, at: other) }
         case .heartbeat(let other):
             guard other != instance else { return }
-            let isNew = state.withLock { s in s.instances.updateValue(monotonicNanos(), forKey: String(other)) == nil }
+            // Bounded: past `maxInstances` names an unknown one is ignored (only a NATS client
+            // with publish rights on the prefix could send such names).
+            let isNew = state.withLock { s -> Bool in
+                guard s.instances[String(other)] != nil || s.instances.count < NATSDirectory.maxInstances else { return false }
+                return s.instances.updateValue(monotonicNanos(), forKey: String(other)) == nil
+            }
             // An instance (re)appears: ask about what is watched here, so what it holds is
             // online again for local watchers (after a partition, neither side reconnected).
-            if isNew { resynchronize() }
+            if isNew { state.withLock { $0.resyncWanted = true } }
         }
     }
 
@@ -84,28 +89,36 @@ extension NATSDirectory {
     }
 
     /// Presence from another instance, to this instance's watchers of the key in that network.
+    /// Only watched keys are remembered (where they are online), so the table is bounded by
+    /// this instance's subscriptions, not by the size of the network.
     private func presence(_ key: String, networkToken: Substring, online: Bool, at other: String) {
         let token = String(networkToken)
-        let network = state.withLock { s -> String? in
-            guard let n = s.networks[token] else { return nil }
+        guard let name = state.withLock({ $0.networks[token]?.name }) else { return }
+        let watchers = hub.watchersNow(of: key, network: name)
+        guard !watchers.isEmpty else { return }
+        let news = state.withLock { s -> Bool in
+            guard let n = s.networks[token] else { return false }
             if online {
                 // Known online there already (a re-announcement after NATS returned): said once.
-                if n.remote[key] == other { return nil }
+                if n.remote[key] == other { return false }
                 s.networks[token]!.remote[key] = other
             } else {
                 // An offline from an instance the key has left is stale (it is online elsewhere).
-                if let at = n.remote[key], at != other { return nil }
+                if let at = n.remote[key], at != other { return false }
                 s.networks[token]!.remote[key] = nil
             }
-            return n.name
+            return true
         }
-        guard let network else { return }
-        if !online, let e = hub.lookupNow(key), e.network == network { return }  // connected here now
-        announceLocally(key, network: network, online: online)
+        guard news else { return }
+        if !online, let e = hub.lookupNow(key), e.network == name { return }  // connected here now
+        deliver(presence: key, online: online, to: watchers)
     }
 
     func announceLocally(_ key: String, network: String, online: Bool) {
-        let watchers = hub.watchersNow(of: key, network: network)
+        deliver(presence: key, online: online, to: hub.watchersNow(of: key, network: network))
+    }
+
+    private func deliver(presence key: String, online: Bool, to watchers: [SignalLocation]) {
         guard !watchers.isEmpty else { return }
         let frame = WebSocket.encode(.text, SignalSession.presence(key, online: online))
         var byWorker: [Int: [SignalDelivery]] = [:]
@@ -137,22 +150,37 @@ extension NATSDirectory {
                 link.enqueue(.publish(subject: p, reply: nil, payload: ClusterPayload.presence(online: true, instance: instance).encoded()))
             }
         }
-        resynchronize()
+        state.withLock { $0.resyncWanted = true }
     }
 
     /// Asks each network with local watchers who holds the keys watched here; answers reach
     /// every local watcher of a key not known online there yet.
     func resynchronize() {
         let networks = state.withLock { s in s.networks.compactMap { $0.value.watches > 0 ? $0.value.name : nil } }
-        for network in networks {
-            let keys = hub.watchedKeys(network: network).filter { hub.lookupNow($0)?.network != network }
-            var start = 0
-            while start < keys.count {
-                let chunk = Array(keys[start..<min(keys.count, start + ClusterPayload.maxQueryKeys)])
-                start += chunk.count
-                let replyTo = subjects.resyncReply(network: network)
-                link.enqueue(.publish(subject: subjects.query(network: network), reply: replyTo, payload: ClusterPayload.query(chunk)))
+        for network in networks { ask(about: hub.watchedKeys(network: network), network: network) }
+    }
+
+    /// The second question about keys subscribed to a tick or two ago (`State.confirm`): at
+    /// least a second after the first.
+    func confirmSubscriptions() {
+        let pending = state.withLock { s in
+            defer {
+                s.confirmDue = s.confirm
+                s.confirm = [:]
             }
+            return s.confirmDue
+        }
+        for (network, keys) in pending { ask(about: Array(keys), network: network) }
+    }
+
+    private func ask(about watched: [String], network: String) {
+        let keys = watched.filter { hub.lookupNow($0)?.network != network }
+        var start = 0
+        while start < keys.count {
+            let chunk = Array(keys[start..<min(keys.count, start + ClusterPayload.maxQueryKeys)])
+            start += chunk.count
+            let replyTo = subjects.resyncReply(network: network)
+            link.enqueue(.publish(subject: subjects.query(network: network), reply: replyTo, payload: ClusterPayload.query(chunk)))
         }
     }
 
@@ -162,6 +190,9 @@ extension NATSDirectory {
     func heartbeat(now: UInt64) {
         if link.isConnected.load(ordering: .relaxed) {
             link.enqueue(.publish(subject: subjects.heartbeat, reply: nil, payload: []))
+            // At most once a second, however many instances appeared or reconnections happened.
+            if state.withLock({ s in defer { s.resyncWanted = false }; return s.resyncWanted }) { resynchronize() }
+            confirmSubscriptions()
         }
         let gone = state.withLock { s -> [(String, String, String)] in
             let dead = s.instances.filter { now &- $0.value > NATSDirectory.instanceTimeout }.map(\.key)

@@ -32,6 +32,9 @@ final class NATSDirectory: SignalDirectory, NATSReceiver {
     /// Hands deliveries to a worker's loop (set once before the link starts).
     let sink: @Sendable (Int, [SignalDelivery]) -> Void
     static let instanceTimeout: UInt64 = 3_000_000_000
+    static let maxInstances = 1024
+    /// Keys per network awaiting their second question; past it the next tick asks about all.
+    static let maxConfirm = 4096
 
     struct Network {
         let name: String
@@ -48,6 +51,14 @@ final class NATSDirectory: SignalDirectory, NATSReceiver {
         var networks: [String: Network] = [:]
         /// Other instances, by the monotonic time of their last heartbeat.
         var instances: [String: UInt64] = [:]
+        /// An instance appeared or NATS came back: ask again at the next heartbeat tick.
+        var resyncWanted = false
+        /// Keys just subscribed to, asked about once more at the next tick: a key registering at
+        /// another instance while this subscribe travels can miss both the query and its own
+        /// presence announcement (each instance's interest reaches the other's node a route hop
+        /// late); the second question, a second later, closes that window. By network name.
+        var confirm: [String: Set<String>] = [:]
+        var confirmDue: [String: Set<String>] = [:]
     }
 
     let state = Mutex(State())
@@ -157,6 +168,13 @@ final class NATSDirectory: SignalDirectory, NATSReceiver {
             let replyTo = subjects.queryReply(worker: w.worker, connection: w.connection, network: network)
             link.enqueue(.publish(subject: subjects.query(network: network), reply: replyTo, payload: ClusterPayload.query(ask)))
             stats.add(.messagesOut)
+            state.withLock { s in
+                if s.confirm[network, default: []].count + ask.count <= NATSDirectory.maxConfirm {
+                    s.confirm[network, default: []].formUnion(ask)
+                } else {
+                    s.resyncWanted = true
+                }
+            }
         }
     }
 
