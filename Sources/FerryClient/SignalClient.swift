@@ -242,3 +242,20 @@ public struct ReconnectPolicy: Sendable {
         }
     }
 }
+
+/// Several signaling servers: after a session ends, the next server is tried at once until each
+/// has been tried since the last session that lasted (`ReconnectPolicy.stable`); then the
+/// backoff applies to the round.
+public struct FailoverRound: Sendable {
+    let servers: Int
+    private var tried = 0
+
+    public init(servers: Int) { self.servers = servers }
+
+    /// True when the next attempt goes to a server not yet tried in this round.
+    public mutating func next(upFor: UInt64) -> Bool {
+        if upFor >= ReconnectPolicy.stable { tried = 0 }
+        tried += 1
+        return servers > 1 && tried % servers != 0
+    }
+}

@@ -122,6 +122,13 @@ final class ConfigReader {
         return a
     }
 
+    /// One string or an array of them (a key that takes one value or several).
+    func strings(_ name: String) -> [String] {
+        guard let v = leaf(name) else { return [] }
+        if v.type == .string, let s = v.string { return [s] }
+        return stringArray(name, default: [])
+    }
+
     func stringArray(_ name: String, default def: [String]) -> [String] {
         guard let v = leaf(name) else { return def }
         guard v.type == .array, let arr = v.array else {

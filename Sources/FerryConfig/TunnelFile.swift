@@ -3,7 +3,7 @@
 ///
 /// ```toml
 /// interface = "wg0"                     # or [[peer]] tables, without WireGuard
-/// signal = "wss://relay.example.org/v1/signal"
+/// signal = "wss://relay.example.org/v1/signal"   # or several: ["wss://a…", "wss://b…"] (failover in order)
 /// token_file = "/etc/ferry/tunnel.token" # or token = "ferry1.…"
 /// ca = "/etc/ferry/ca.pem"              # optional
 /// port = 51900                          # optional: the ICE socket's UDP port
@@ -26,7 +26,8 @@ public struct TunnelFile: Sendable, Equatable {
     }
 
     public var interface: String?
-    public var signal: String?
+    /// Signaling URLs, tried in order (the next when one is lost or unreachable).
+    public var signals: [String] = []
     public var token: String?
     public var tokenFile: String?
     public var ca: String?
@@ -45,7 +46,7 @@ public struct TunnelFile: Sendable, Equatable {
         let root = ConfigReader(try ConfigReader.parseTOML(text), sink: sink)
         var f = TunnelFile()
         f.interface = root.string("interface", default: nil)
-        f.signal = root.string("signal", default: nil)
+        f.signals = root.strings("signal")
         f.token = root.string("token", default: nil)
         f.tokenFile = root.string("token_file", default: nil)
         f.ca = root.string("ca", default: nil)
@@ -63,7 +64,7 @@ public struct TunnelFile: Sendable, Equatable {
             p.finish()
         }
         root.finish()
-        if f.signal == nil { root.report("signal", "is required") }
+        if f.signals.isEmpty { root.report("signal", "is required") }
         if f.token == nil && f.tokenFile == nil { root.report("token", "is required (or token_file)") }
         if f.interface == nil && f.peers.isEmpty { root.report("interface", "is required (or [[peer]] tables)") }
         guard sink.issues.isEmpty else { throw ConfigErrors(issues: sink.issues) }

@@ -8,7 +8,9 @@ import Glibc
 #endif
 
 /// The tunnel's signaling connection on a helper thread of its own: blocking connect, TLS
-/// handshake and reads with short timeouts, reconnecting by `ReconnectPolicy`. Events go to the
+/// handshake and reads with short timeouts, reconnecting by `ReconnectPolicy`. With several
+/// servers (instances of one network, docs/deployment.md) a lost or unreachable one is followed
+/// by the next at once; the backoff applies once every server was tried. Events go to the
 /// agent's loop through `deliver`; messages to send come from the loop through `post`. Signaling
 /// is control traffic (a few messages per peer and path change), so a thread keeps a slow or
 /// unreachable server from ever stalling the data plane.
@@ -18,7 +20,7 @@ public final class SignalConnection: Sendable {
         case subscribe([String])
     }
 
-    let url: ServerURL
+    let urls: [ServerURL]
     let privateKey: [UInt8]
     let token: String
     let caFile: String?
@@ -27,8 +29,9 @@ public final class SignalConnection: Sendable {
     let stopped = Atomic<Bool>(false)
     let log: @Sendable (String) -> Void
 
-    public init(url: ServerURL, privateKey: [UInt8], token: String, caFile: String?, insecure: Bool, log: @escaping @Sendable (String) -> Void) {
-        self.url = url
+    public init(urls: [ServerURL], privateKey: [UInt8], token: String, caFile: String?, insecure: Bool, log: @escaping @Sendable (String) -> Void) {
+        precondition(!urls.isEmpty)
+        self.urls = urls
         self.privateKey = privateKey
         self.token = token
         self.caFile = caFile
@@ -50,16 +53,21 @@ public final class SignalConnection: Sendable {
 
     private func run(_ deliver: @Sendable (SignalClient.Event) -> Void) {
         var policy = ReconnectPolicy()
+        var index = 0
+        var failover = FailoverRound(servers: urls.count)
         while !stopped.load(ordering: .relaxed) {
             let began = monotonicNanos()
-            let ending = session(deliver)
+            let ending = session(urls[index], deliver)
             if stopped.load(ordering: .relaxed) { return }
             deliver(.ended(ending))
-            guard let delay = policy.delay(after: ending, upFor: monotonicNanos() - began) else {
+            let upFor = monotonicNanos() - began
+            guard var delay = policy.delay(after: ending, upFor: upFor) else {
                 log("signaling stopped: \(ending); not reconnecting")
                 return
             }
-            log("signaling ended (\(ending)); reconnecting in \(delay / 1_000_000) ms")
+            index = (index + 1) % urls.count
+            if failover.next(upFor: upFor) { delay = min(delay, 250_000_000) }
+            log("signaling ended (\(ending)); reconnecting to \(urls[index].host):\(urls[index].port) in \(delay / 1_000_000) ms")
             var left = delay
             while left > 0 && !stopped.load(ordering: .relaxed) {
                 let step = min(left, 100_000_000)
@@ -70,7 +78,7 @@ public final class SignalConnection: Sendable {
     }
 
     /// One connection, from connect to its end.
-    private func session(_ deliver: @Sendable (SignalClient.Event) -> Void) -> SignalClient.Ending {
+    private func session(_ url: ServerURL, _ deliver: @Sendable (SignalClient.Event) -> Void) -> SignalClient.Ending {
         let conn: ClientConnection
         do {
             let address = try Resolver.resolve(url.host, port: url.port)[0]

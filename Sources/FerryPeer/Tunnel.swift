@@ -24,7 +24,8 @@ public struct TunnelConfig: Sendable {
     public var interface: String?
     public var privateKey: [UInt8] = []
     public var peers: [Peer] = []
-    public var signal: ServerURL
+    /// Signaling servers, tried in order: the agent moves to the next when one is lost.
+    public var signals: [ServerURL]
     public var token: String
     public var caFile: String?
     public var insecure = false
@@ -37,8 +38,8 @@ public struct TunnelConfig: Sendable {
     /// (`SealedEnvelope.highWater`), so an envelope opened before the restart is not opened again.
     public var stateFile: String?
 
-    public init(signal: ServerURL, token: String) {
-        self.signal = signal
+    public init(signals: [ServerURL], token: String) {
+        self.signals = signals
         self.token = token
     }
 }
@@ -211,7 +212,7 @@ public final class Tunnel: EventHandler, @unchecked Sendable {
             throw Failure(description: "\(error)")
         }
         started = monotonicNanos()
-        signal = SignalConnection(url: config.signal, privateKey: cfg.privateKey, token: config.token, caFile: config.caFile,
+        signal = SignalConnection(urls: config.signals, privateKey: cfg.privateKey, token: config.token, caFile: config.caFile,
                                   insecure: config.insecure, log: log)
     }
 

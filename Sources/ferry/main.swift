@@ -84,7 +84,7 @@ struct Ferry: ParsableCommand {
 
             @Option(help: "A config file with the same settings (docs/cli.md).") var config: String?
             @Option(help: "The WireGuard interface.") var interface: String?
-            @Option(help: "Signaling URL (wss://HOST/v1/signal).") var signal: String?
+            @Option(help: "Signaling URL (wss://HOST/v1/signal). Repeatable: tried in order, the next when one is lost.") var signal: [String] = []
             @Option(help: "Signaling token (ferry1.… or a JWT).") var token: String?
             @Option(name: .customLong("token-file"), help: "Read the token from this file.") var tokenFile: String?
             @Option(help: "Private key file (only with --peer; with --interface the interface's key is used).") var key: String?
@@ -109,7 +109,9 @@ struct Ferry: ParsableCommand {
                     }
                 }
                 let interface = interface ?? file.interface
-                guard let signalText = signal ?? file.signal, let url = ServerURL(signalText), url.kind == ServerURL.Kind.signal else {
+                let signalTexts = signal.isEmpty ? file.signals : signal
+                let urls = signalTexts.compactMap { ServerURL($0) }.filter { $0.kind == ServerURL.Kind.signal }
+                guard !urls.isEmpty, urls.count == signalTexts.count else {
                     printError("--signal must be a ws:// or wss:// URL")
                     throw ExitCode(2)
                 }
@@ -125,7 +127,7 @@ struct Ferry: ParsableCommand {
                     printError("a token is required (--token or --token-file)")
                     throw ExitCode(2)
                 }
-                var cfg = TunnelConfig(signal: url, token: tokenText)
+                var cfg = TunnelConfig(signals: urls, token: tokenText)
                 cfg.interface = interface
                 cfg.caFile = ca ?? file.ca
                 cfg.insecure = insecure || file.insecure

@@ -181,4 +181,19 @@ import FerryWire
         let afterStable = p.delay(after: .closed(code: 1006), upFor: ReconnectPolicy.stable)!
         #expect(afterStable <= 600_000_000, "a session up for a minute resets the backoff")
     }
+
+    @Test func severalServersAreEachTriedAtOnceBeforeTheBackoff() {
+        var three = FailoverRound(servers: 3)
+        var quick: [Bool] = []
+        // Two quick moves, then the third failure of the round waits for the backoff.
+        for _ in 0..<6 { quick.append(three.next(upFor: 0)) }
+        #expect(quick == [true, true, false, true, true, false])
+        // A session that lasted starts a new round.
+        _ = three.next(upFor: 0)
+        quick = [three.next(upFor: ReconnectPolicy.stable), three.next(upFor: 0), three.next(upFor: 0)]
+        #expect(quick == [true, true, false])
+        var one = FailoverRound(servers: 1)
+        quick = [one.next(upFor: 0), one.next(upFor: ReconnectPolicy.stable)]
+        #expect(quick == [false, false], "one server: always the backoff")
+    }
 }

@@ -12,7 +12,7 @@ import FerryConfig
             relay_only = true
             status_file = "/run/ferry/t.json"
             """)
-        #expect(f.interface == "wg0" && f.signal == "wss://relay.example.org/v1/signal" && f.tokenFile == "/etc/ferry/tunnel.token")
+        #expect(f.interface == "wg0" && f.signals == ["wss://relay.example.org/v1/signal"] && f.tokenFile == "/etc/ferry/tunnel.token")
         #expect(f.ca == "/etc/ferry/ca.pem" && f.port == 51900 && f.relayOnly && f.statusFile == "/run/ferry/t.json")
         let peers = try TunnelFile.parse("""
             signal = "ws://127.0.0.1:3478/v1/signal"

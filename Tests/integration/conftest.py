@@ -277,9 +277,10 @@ self_relay_urls = ["turn:127.0.0.1:{port}?transport={transport}"]
 class LoopbackAgents:
     """Two `ferry tunnel` agents on loopback with `--peer` endpoints (no WireGuard), signaling
     through ferryd at `port`: agent i delivers the other's packets to `sinks[i]`, and its local
-    endpoint (`wait`) carries packets to the other. `envs[i]`: extra environment of agent i."""
+    endpoint (`wait`) carries packets to the other. `envs[i]`: extra environment of agent i;
+    `signals[i]`: agent i's signaling URLs (default: ferryd at `port`), tried in order."""
 
-    def __init__(self, tmpdir, port, token_secret, sinks, relay_only, envs=({}, {})):
+    def __init__(self, tmpdir, port, token_secret, sinks, relay_only, envs=({}, {}), signals=None):
         ferry = binary("ferry")
         keys, pubs = [], []
         for name in ("a", "b"):
@@ -287,13 +288,16 @@ class LoopbackAgents:
             pubs.append(subprocess.run([ferry, "keygen", "--out", key], capture_output=True, text=True, check=True).stdout.strip())
             keys.append(key)
         self.procs = []
+        self.keys = pubs
         for me, other in ((0, 1), (1, 0)):
             token = subprocess.run([ferry, "token", "--secret", token_secret, "--network", "n", "--peer", pubs[me]],
                                    capture_output=True, text=True, check=True).stdout.strip()
             status = os.path.join(tmpdir, f"status{me}.json")
+            urls = signals[me] if signals else [f"ws://127.0.0.1:{port}/v1/signal"]
             args = [ferry, "tunnel", "run", "--key", keys[me], "--peer", f"{pubs[other]}=127.0.0.1:{sinks[me].getsockname()[1]}",
-                    "--signal", f"ws://127.0.0.1:{port}/v1/signal", "--token", token, "--status-file", status,
-                    "--state-file", status + ".state"]
+                    "--token", token, "--status-file", status, "--state-file", status + ".state"]
+            for u in urls:
+                args += ["--signal", u]
             self.procs.append((subprocess.Popen(args + (["--relay-only"] if relay_only else []), env=dict(os.environ, **envs[me]),
                                                 stdout=open(status + ".log", "w"), stderr=subprocess.STDOUT), status))
 

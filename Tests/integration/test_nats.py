@@ -7,13 +7,14 @@ import json
 import os
 import re
 import signal as sig
+import socket
 import time
 
 import pytest
 import websockets
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from conftest import Ferryd, free_port, http_get, wait_until
+from conftest import Ferryd, LoopbackAgents, free_port, http_get, loopback_signal_config, wait_until
 from natscluster import NatsCluster
 from test_signal import Issuer, b64, connect, ice_agent, run, signal_config, token
 
@@ -340,3 +341,45 @@ def test_a_message_over_nats_max_payload_is_refused_and_counted(cluster, instanc
         assert (await expect(b, type="offer"))["payload"] == "small"
     run(go())
     assert f1.metric("ferry_signal_nats_dropped_total", {"reason": "max_payload"}) == 1
+
+
+def test_ferry_tunnel_fails_over_to_another_instance_and_its_partner_hears_it_return(cluster, tmpdir_path):
+    """Two `ferry tunnel` agents: A knows both instances (`--signal` twice), B only the second.
+    The first instance dies; A moves to the second at once, and B hears A online again."""
+    c = cluster(nodes=1).start()
+    secret = "tunnel-failover-secret-0123456789"
+    ports, fs = [free_port(), free_port()], []
+    for i, name in enumerate(("one", "two")):
+        d = os.path.join(tmpdir_path, name)
+        os.makedirs(d)
+        text = loopback_signal_config(ports[i], secret, "failover-rest-secret-0123456789") + f"""
+[signal.nats]
+servers = ["{c.urls[0]}"]
+instance = "{name}"
+"""
+        fs.append(Ferryd(text, d))
+    peers_see_each_other(*fs)
+    sinks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2)]
+    for s in sinks:
+        s.bind(("127.0.0.1", 0))
+    urls = [f"ws://127.0.0.1:{p}/v1/signal" for p in ports]
+    agents = LoopbackAgents(tmpdir_path, ports[1], secret, sinks, relay_only=False, signals=(urls, urls[1:]))
+    try:
+        agents.wait("direct", timeout=20)
+        os.killpg(fs[0].proc.pid, sig.SIGKILL)
+        fs[0].proc.wait()
+        log_a, log_b = (os.path.join(tmpdir_path, f"status{i}.json.log") for i in (0, 1))
+        wait_until(lambda: f"reconnecting to 127.0.0.1:{ports[1]}" in open(log_a).read(), timeout=10, what=agents.logs)
+        short_a = agents.keys[0][:8]
+        # B hears A online again (A came back before its old instance was missed for 3 s, so
+        # no offline in between; the slower case is the test above), and restarts ICE with it.
+        wait_until(lambda: open(log_b).read().count(f"peer {short_a}…: online") >= 2, timeout=10, what=agents.logs)
+        # A is registered at the second instance now, and the path between them still works.
+        wait_until(lambda: fs[1].metric("ferry_signal_peers_connected") == 2, timeout=10)
+        agents.wait("direct", timeout=20)
+    finally:
+        agents.close()
+        for s in sinks:
+            s.close()
+        for f in fs:
+            f.stop()
