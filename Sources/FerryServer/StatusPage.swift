@@ -37,6 +37,12 @@ enum StatusPage {
         h += "<div class=tiles>\n"
         h += tile(id: "allocations", "\(int(alloc?["active"]))", "allocations of \(int(alloc?["max"]))")
         h += tile(id: "signal-peers", "\(int(sig?["peers"]))", bool(sig?["enabled"]) ? "signaling peers" : "signaling off")
+        if let nats = sig?["nats"], case .object = nats {
+            let up = bool(nats["connected"])
+            h += tile(id: "nats", up ? "connected" : "DOWN",
+                      up ? "NATS, \(int(nats["instances_seen"])) other instance(s) heard" : "NATS unreachable: signaling reaches only this instance's peers",
+                      bad: !up)
+        }
         h += tile(id: "connections", "\(int(s["connections"]?["active"]))", "stream connections")
         h += tile(id: "relayed", HumanUnits.bytes(num(s["relayed"]?["bytes_to_peer_total"]) + num(s["relayed"]?["bytes_to_client_total"])), "relayed in all")
         h += tile(id: "drops", "\(int(s["drops_total"]))", "drops in all")

@@ -45,6 +45,8 @@ key = "{key}"
 [signal]
 enabled = true
 token_secrets = ["signal-secret-0123456789"]
+[signal.nats]
+servers = ["nats://127.0.0.1:{free_port()}"]
 {turn_listeners(udp=udp, tcp=tcp, tls=tls)}
 {listener("fwd-udp", fwd, service="forward", forward_to=sink)}""")
     # Something on each UDP listener, and one datagram over engine.max_datagram on the TURN one.

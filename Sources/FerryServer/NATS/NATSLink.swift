@@ -190,8 +190,9 @@ final class NATSLink: @unchecked Sendable {
         natsOptions_SetReconnectWait(opts, settings.reconnectWaitMillis)
         natsOptions_SetReconnectJitter(opts, 100, 250)
         natsOptions_SetTimeout(opts, 2000)
-        // A dead server is noticed in 2 s (pings every second, two unanswered).
-        natsOptions_SetPingInterval(opts, 1000)
+        // A server that stops answering (a dead host, a partition: no FIN arrives) is noticed
+        // within about 1.5 s: pings every 500 ms, the connection dropped at two unanswered.
+        natsOptions_SetPingInterval(opts, 500)
         natsOptions_SetMaxPingsOut(opts, 2)
         natsOptions_UseGlobalMessageDelivery(opts, true)
         natsOptions_SetMaxPendingMsgs(opts, Int32(settings.subscriptionPending))
