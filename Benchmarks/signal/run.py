@@ -1,265 +1,226 @@
 #!/usr/bin/env python3
-"""Signaling benchmark: many concurrent peers over TLS on this 2-core machine.
+"""Signaling benchmark, side by side in one run (docs/benchmarks.md): the same load from
+`ferry bench` (Swift, on Ferry's engine, one thread, niced) against
 
-1. PEERS peers connect over wss://, authenticate (X25519 proof + ferry1 token) and stay idle:
-   ferryd's resident memory is read from /proc.
-2. ROUTERS of them (spread over PROCS client processes) send offers to random peers of the
-   network at RATE messages/s in total for DURATION seconds; every message carries its send
-   time, and the receiver records the end-to-end latency. Reported: messages/s delivered and
-   p50/p99 latency as the clients saw it, and ferryd's own routing latency histogram (arrival to
-   queueing for the recipient). ferryd runs with its default workers (one per core), unpinned,
-   sharing the 2 cores with the Python clients, so client-side figures include Python's delays.
+  floor    a minimal C epoll program that moves the same WebSocket messages between the same
+           connections (floor.c): the least in-process routing can cost;
+  one      one ferryd, every peer on it (in-process routing);
+  two      two ferryds on a 3-node NATS cluster, each message crossing instances;
+  three    three ferryds on the same cluster.
+
+For each: messages/s delivered, latency percentiles (send to receipt, one clock), and CPU per
+delivered message of the servers (ferryds, and nats-servers apart), read from /proc over the
+routing phase only. Then memory: --memory-peers peers across two instances, resident memory of
+the ferryds and of NATS. Plain ws:// throughout (signal.allow_plaintext): routing, not TLS.
 Not part of the tests."""
 import argparse
-import asyncio
-import base64
-import hashlib
-import hmac
 import json
-import multiprocessing
 import os
-import random
-import re
 import resource
-import signal
-import socket
-import ssl
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
-import websockets
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from common import cpu_seconds, free_tcp_port, rss_kib  # noqa: E402
 
 SECRET = "bench-signal-secret-0123456789"
-b64 = lambda b: base64.b64encode(b).decode()
-b64url = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
 
 
-def mint(pub, network="bench"):
-    payload = b64url(json.dumps({"exp": int(time.time()) + 3600, "net": network, "peer": b64(pub)}, sort_keys=True, separators=(",", ":")).encode())
-    mac = hmac.new(SECRET.encode(), f"ferry1.{payload}".encode(), hashlib.sha256).digest()
-    return f"ferry1.{payload}.{b64url(mac)}"
+def raise_files():
+    """The soft open-file limit up to the hard one (20,000 on these machines, which a process
+    here cannot raise: one ferryd holds at most that many peers, one generator as many)."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-_ctx = None
-
-
-def ctx():
-    """One client TLS context (making one loads the CA bundle: ~20 ms each)."""
-    global _ctx
-    if _ctx is None:
-        _ctx = ssl.create_default_context()
-        _ctx.check_hostname = False
-        _ctx.verify_mode = ssl.CERT_NONE
-    return _ctx
-
-
-async def connect(url, priv):
-    pub = priv.public_key().public_bytes_raw()
-    ws = await websockets.connect(url, ssl=ctx(), open_timeout=60, ping_interval=None, max_queue=None)
-    hello = json.loads(await ws.recv())
-    spub, ch = base64.b64decode(hello["server_key"]), base64.b64decode(hello["challenge"])
-    mk = hashlib.sha256(b"ferry-signal-v1" + priv.exchange(X25519PublicKey.from_public_bytes(spub))).digest()
-    proof = hmac.new(mk, ch + pub + spub, hashlib.sha256).digest()
-    await ws.send(json.dumps({"v": 1, "type": "auth", "peer_key": b64(pub), "proof": b64(proof), "token": mint(pub)}))
-    welcome = json.loads(await ws.recv())
-    assert welcome["type"] == "welcome", welcome
-    return ws, b64(pub)
-
-
-def start_ferryd(ferryd, tmp, port, admin):
-    cfg = os.path.join(tmp, "ferry.toml")
-    with open(cfg, "w") as f:
-        f.write(f"""[log]
+def ferryd_config(port, admin, nats=None, name=""):
+    text = f"""[log]
 level = "warning"
 [admin]
 address = "127.0.0.1:{admin}"
+[server]
+pin_workers = false
 [turn]
 relay_ipv4 = "127.0.0.1"
-[tls]
-self_signed = true
-handshakes_per_second = 0
+max_allocations = 1000
 [stream]
-max_connections = 100000
-max_connections_per_source = 100000   # every peer of the benchmark is 127.0.0.1
+max_connections = 300000
+max_connections_per_source = 300000
+idle_timeout_seconds = 3600
 [signal]
 enabled = true
+allow_plaintext = true
 token_secrets = ["{SECRET}"]
 messages_per_second = 100000
 message_burst = 100000
 bytes_per_second = 1073741824
+registrations_per_second = 1000
+registration_burst = 1000
+ping_interval_seconds = 3600
 [[listener]]
-name = "tls"
-transport = "tls"
+name = "ws"
+transport = "tcp"
 address = "127.0.0.1:{port}"
-""")
-    p = subprocess.Popen([ferryd, "--config", cfg], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(1)
-    return p
+"""
+    if nats:
+        text += f'[signal.nats]\nservers = {json.dumps(nats)}\ninstance = "{name}"\n'
+    return text
 
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from common import cpu_seconds, rss_kib  # noqa: E402
+class Servers:
+    """The processes of one scenario, stopped together."""
+
+    def __init__(self, tmp):
+        self.tmp, self.procs, self.nats = tmp, [], []
+
+    def ferryd(self, ferryd, nats=None, name="solo"):
+        port, admin = free_tcp_port(), free_tcp_port()
+        cfg = os.path.join(self.tmp, f"ferry-{name}.toml")
+        with open(cfg, "w") as f:
+            f.write(ferryd_config(port, admin, nats, name))
+        p = subprocess.Popen([ferryd, "--config", cfg], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=raise_files)
+        self.procs.append(p)
+        return f"ws://127.0.0.1:{port}/v1/signal"
+
+    def floor(self, binary):
+        port = free_tcp_port()
+        self.procs.append(subprocess.Popen([binary, str(port)], preexec_fn=raise_files))
+        return f"ws://127.0.0.1:{port}/v1/signal"
+
+    def nats_cluster(self, nodes=3):
+        client = [free_tcp_port() for _ in range(nodes)]
+        route = [free_tcp_port() for _ in range(nodes)]
+        for i in range(nodes):
+            routes = ", ".join(f'"nats://127.0.0.1:{p}"' for j, p in enumerate(route) if j != i)
+            cfg = os.path.join(self.tmp, f"nats{i}.conf")
+            with open(cfg, "w") as f:
+                f.write(f"listen: 127.0.0.1:{client[i]}\nmax_payload: 1048576\n"
+                        f"cluster {{ name: B, listen: 127.0.0.1:{route[i]}, routes: [{routes}] }}\n")
+            self.nats.append(subprocess.Popen(["nats-server", "-c", cfg], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        time.sleep(1.5)
+        return [f"nats://127.0.0.1:{p}" for p in client]
+
+    def cpu(self):
+        return sum(cpu_seconds(p.pid) for p in self.procs), sum(cpu_seconds(p.pid) for p in self.nats)
+
+    def rss_mib(self):
+        return sum(rss_kib(p.pid) for p in self.procs) / 1024, sum(rss_kib(p.pid) for p in self.nats) / 1024
+
+    def stop(self):
+        for p in self.procs + self.nats:
+            p.terminate()
+        for p in self.procs + self.nats:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
 
 
-def rss_mib(pid):
-    return rss_kib(pid) / 1024
+def bench(ferry, urls, a, peers=None, rate=None, duration=None, on_routing=None):
+    """Runs `ferry bench` (niced), calling `on_routing` when routing starts; its JSON result."""
+    peers = peers or a.peers
+    args = [ferry, "bench", *urls, "--token-secret", SECRET, "--peers", str(peers), "--senders", str(min(a.senders, peers)),
+            "--rate", str(rate or a.rate), "--duration", str(duration or a.duration), "--json",
+            "--sources", str(max(1, peers // 20000 + 1))]
+    p = subprocess.Popen(["nice", "-n", "10"] + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=raise_files)
+    for line in p.stderr:
+        if line.strip() == "routing" and on_routing:
+            on_routing()
+    out = p.stdout.read()
+    p.wait()
+    if p.returncode != 0:
+        raise RuntimeError(f"ferry bench failed: {out}")
+    return json.loads(out)
 
 
-def router(args):
-    """One client process: `n` peers on picows (a C WebSocket client) over uvloop, so the load
-    generator costs a few microseconds per message; sends `rate` msgs/s to random peers among
-    all routers' keys and records the end-to-end latency of what it receives."""
-    url, n, rate, duration, keys_out, q = args
-    # The load generator yields to ferryd when both want a core (same machine, 2 cores).
-    os.nice(10)
-    import uvloop
-    from picows import WSListener, WSMsgType, ws_connect
-
-    latencies = []
-    received = [0]
-
-    class Peer(WSListener):
-        def __init__(self):
-            self.priv = X25519PrivateKey.generate()
-            self.pub = self.priv.public_key().public_bytes_raw()
-            self.ready = asyncio.get_running_loop().create_future()
-
-        def on_ws_frame(self, transport, frame):
-            if frame.msg_type != WSMsgType.TEXT:
-                return
-            data = frame.get_payload_as_bytes()
-            if not self.ready.done():
-                m = json.loads(data)
-                if m["type"] == "hello":
-                    spub, ch = base64.b64decode(m["server_key"]), base64.b64decode(m["challenge"])
-                    mk = hashlib.sha256(b"ferry-signal-v1" + self.priv.exchange(X25519PublicKey.from_public_bytes(spub))).digest()
-                    proof = hmac.new(mk, ch + self.pub + spub, hashlib.sha256).digest()
-                    transport.send(WSMsgType.TEXT, json.dumps({"v": 1, "type": "auth", "peer_key": b64(self.pub),
-                                                               "proof": b64(proof), "token": mint(self.pub)}).encode())
-                elif m["type"] == "welcome":
-                    self.ready.set_result(True)
-                return
-            i = data.find(b'"payload":"')
-            if i >= 0:
-                j = data.index(b'"', i + 11)
-                latencies.append(time.monotonic_ns() - int(data[i + 11:j]))
-                received[0] += 1
-
-    async def go():
-        peers = []
-        for _ in range(n):
-            transport, listener = await ws_connect(Peer, url, ssl_context=ctx(), websocket_handshake_timeout=30)
-            await listener.ready
-            peers.append((transport, b64(listener.pub)))
-        q.put([k for _, k in peers])
-        all_keys = [k.encode() for k in q_get_all(keys_out)]
-        sent = 0
-        start = time.monotonic()
-        end = start + duration
-        while time.monotonic() < end:
-            due = int((time.monotonic() - start) * rate) - sent
-            for _ in range(min(due, 2000)):
-                t, _ = peers[random.randrange(len(peers))]
-                t.send(WSMsgType.TEXT, b'{"v":1,"type":"offer","to":"' + all_keys[random.randrange(len(all_keys))]
-                       + b'","payload":"' + str(time.monotonic_ns()).encode() + b'"}')
-                sent += 1
-            await asyncio.sleep(0.0005)
-        await asyncio.sleep(2)
-        for t, _ in peers:
-            t.disconnect()
-        return sent, received[0], latencies
-
-    uvloop.install()
-    return asyncio.run(go())
-
-
-def q_get_all(keys_out):
-    while True:
-        v = keys_out.get()
-        if v is not None:
-            return v
+def scenario(name, tmp, a, start):
+    s = Servers(tmp)
+    try:
+        urls = start(s)
+        time.sleep(1)
+        marks = {}
+        r = bench(a.ferry, urls, a, on_routing=lambda: marks.setdefault("cpu", s.cpu()))
+        ferryd_cpu, nats_cpu = (x - y for x, y in zip(s.cpu(), marks["cpu"]))
+        n = max(1, r["delivered"])
+        row = {"name": name, "delivered_per_second": r["delivered_per_second"], "sent": r["sent"], "delivered": r["delivered"],
+               "errors": r["errors"], "p50_ms": r["latency_us"]["p50"] / 1000, "p99_ms": r["latency_us"]["p99"] / 1000,
+               "p999_ms": r["latency_us"]["p99.9"] / 1000, "server_us_per_msg": ferryd_cpu / n * 1e6,
+               "nats_us_per_msg": nats_cpu / n * 1e6}
+        print(f"{name:6} {row['delivered_per_second']:>8.0f} msg/s delivered ({r['delivered']} of {r['sent']}; errors {r['errors'] or 'none'}); "
+              f"latency p50 {row['p50_ms']:.2f} ms, p99 {row['p99_ms']:.2f} ms, p99.9 {row['p999_ms']:.2f} ms; "
+              f"CPU per message: servers {row['server_us_per_msg']:.1f} µs, NATS {row['nats_us_per_msg']:.1f} µs", flush=True)
+        return row
+    finally:
+        s.stop()
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ferryd", required=True)
+    p.add_argument("--ferry", required=True)
+    p.add_argument("--floor", required=True, help="the compiled floor.c")
     p.add_argument("--peers", type=int, default=10000)
-    p.add_argument("--routers", type=int, default=1000)
-    p.add_argument("--procs", type=int, default=2)
+    p.add_argument("--senders", type=int, default=1000)
     p.add_argument("--rate", type=int, default=20000)
-    p.add_argument("--duration", type=float, default=5)
+    p.add_argument("--duration", type=float, default=10)
+    p.add_argument("--memory-peers", type=int, default=36000, help="across two instances (at most 2 × 18,000 here); 0 skips")
+    p.add_argument("--only", default="floor,one,two,three")
     a = p.parse_args()
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    port, admin = 0, 0
-    for _ in range(2):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            if not port:
-                port = s.getsockname()[1]
-            else:
-                admin = s.getsockname()[1]
+    raise_files()
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        ferryd = start_ferryd(a.ferryd, tmp, port, admin)
-        url = f"wss://127.0.0.1:{port}/v1/signal"
-        try:
-            rss0 = rss_mib(ferryd.pid)
-
-            async def idle():
-                conns = []
-                sem = asyncio.Semaphore(200)
-
-                async def one():
-                    async with sem:
-                        conns.append(await connect(url, X25519PrivateKey.generate()))
-                await asyncio.gather(*(one() for _ in range(a.peers)))
+        only = a.only.split(",")
+        if "floor" in only:
+            rows.append(scenario("floor", tmp, a, lambda s: [s.floor(a.floor)]))
+        if "one" in only:
+            rows.append(scenario("one", tmp, a, lambda s: [s.ferryd(a.ferryd)]))
+        if "two" in only:
+            rows.append(scenario("two", tmp, a, lambda s: (lambda n: [s.ferryd(a.ferryd, n[:1], "i0"), s.ferryd(a.ferryd, n[1:2], "i1")])(s.nats_cluster())))
+        if "three" in only:
+            rows.append(scenario("three", tmp, a, lambda s: (lambda n: [s.ferryd(a.ferryd, n[i:i + 1], f"i{i}") for i in range(3)])(s.nats_cluster())))
+        by = {r["name"]: r for r in rows}
+        if "floor" in by and "one" in by:
+            print(f"in-process routing / C floor, CPU per message: {by['one']['server_us_per_msg'] / by['floor']['server_us_per_msg']:.2f} (goal <= 1.3)")
+        for k in ("two", "three"):
+            if k in by and "one" in by:
+                total = by[k]["server_us_per_msg"] + by[k]["nats_us_per_msg"]
+                print(f"{k} instances / in-process, CPU per message: ferryds {by[k]['server_us_per_msg'] / by['one']['server_us_per_msg']:.2f}, "
+                      f"with NATS {total / by['one']['server_us_per_msg']:.2f} (goal <= 2)")
+        if a.memory_peers:
+            # Two instances, each with half the peers from a generator of its own (one process
+            # holds at most the hard open-file limit of connections).
+            s = Servers(tmp)
+            try:
+                nats = s.nats_cluster()
+                urls = [s.ferryd(a.ferryd, nats[:1], "m0"), s.ferryd(a.ferryd, nats[1:2], "m1")]
                 time.sleep(1)
-                rss = rss_mib(ferryd.pid)
-                for ws, _ in conns:
-                    await ws.close()
-                return rss
-            t0 = time.time()
-            rss1 = asyncio.run(idle())
-            print(f"{a.peers} peers connected and authenticated over TLS in {time.time() - t0:.1f} s: "
-                  f"ferryd {rss1:.1f} MiB resident ({rss1 - rss0:.1f} MiB more than idle; goal <= 400 MiB)", flush=True)
-            time.sleep(2)
-            cpu_before = cpu_seconds(ferryd.pid)
-            # Routing between random pairs.
-            with multiprocessing.Manager() as m:
-                q, keys_out = m.Queue(), m.Queue()
-                per = a.routers // a.procs
-                with multiprocessing.Pool(a.procs) as pool:
-                    res = pool.map_async(router, [(url, per, a.rate / a.procs, a.duration, keys_out, q) for _ in range(a.procs)])
-                    keys = []
-                    for _ in range(a.procs):
-                        keys += q.get()
-                    for _ in range(a.procs):
-                        keys_out.put(keys)
-                    results = res.get()
-            cpu = cpu_seconds(ferryd.pid) - cpu_before
-            sent = sum(r[0] for r in results)
-            got = sum(r[1] for r in results)
-            lat = sorted(x for r in results for x in r[2])
-            pct = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] / 1e6 if lat else float("nan")
-            body = urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics").read().decode()
-            buckets = [(float(m.group(1)) if m.group(1) != "+Inf" else float("inf"), float(m.group(2)))
-                       for m in re.finditer(r'ferry_signal_routing_latency_microseconds_bucket\{le="([^"]+)"\} (\S+)', body)]
-            total = buckets[-1][1] if buckets else 0
-            p99_server = next((le for le, c in buckets if c >= 0.99 * total), float("nan"))
-            print(f"routing: {sent} sent, {got} delivered in {a.duration:.0f} s = {got / a.duration:.0f} msg/s "
-                  f"(goal 20000); client-seen latency p50 {pct(0.5):.2f} ms, p99 {pct(0.99):.2f} ms (goal < 5 ms); "
-                  f"ferryd routing p99 <= {p99_server / 1000:.2f} ms")
-            per = cpu / max(got, 1) * 1e6
-            print(f"ferryd CPU: {per:.1f} us per routed message (TLS in and out, JSON, routing), so its 2 cores "
-                  f"would route about {2e6 / per:.0f} msg/s; the Python clients share those cores here, and at high rates "
-                  f"their own delays dominate the client-seen latency")
-        finally:
-            ferryd.send_signal(signal.SIGINT)
-            ferryd.wait(15)
+                base_f, base_n = s.rss_mib()
+                half = a.memory_peers // 2
+                marks = []
+                gens = [subprocess.Popen(["nice", "-n", "10", a.ferry, "bench", u, "--token-secret", SECRET, "--peers", str(half),
+                                          "--senders", "10", "--rate", "100", "--duration", "6", "--json", "--sources", "2"],
+                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=raise_files) for u in urls]
+                for g in gens:
+                    for line in g.stderr:
+                        if line.strip() == "routing":
+                            break
+                time.sleep(2)
+                f_mib, n_mib = s.rss_mib()
+                results = [json.loads(g.stdout.read() or "{}") for g in gens]
+                for g in gens:
+                    g.wait()
+                peers = sum(r.get("peers", 0) for r in results)
+                if peers < a.memory_peers:
+                    print(f"memory: only {peers} of {a.memory_peers} peers authenticated: {results}", flush=True)
+                print(f"memory: {peers} peers across two instances: ferryds {f_mib:.0f} MiB resident "
+                      f"({(f_mib - base_f) * 1024 / max(1, peers):.2f} KiB per peer, {base_f:.0f} MiB idle), NATS {n_mib:.0f} MiB "
+                      f"({base_n:.0f} idle); so 100,000 peers: about {base_f + (f_mib - base_f) * 100000 / max(1, peers) + n_mib + (n_mib - base_n) * (100000 / max(1, peers) - 1):.0f} MiB "
+                      f"in all (goal <= 1536)", flush=True)
+                del marks
+            finally:
+                s.stop()
 
 
 if __name__ == "__main__":

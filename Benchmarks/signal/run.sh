@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
-# Signaling benchmark (run.py): builds ferryd (release) and runs it. Extra arguments go to run.py.
+# Signaling benchmark (run.py): builds ferryd and ferry (release) and the C floor, then runs the
+# scenarios side by side. Needs nats-server (scripts/setup.sh test installs it). Extra arguments
+# go to run.py (--peers, --rate, --duration, --memory-peers, --only).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
-python3 -c "import websockets, cryptography, picows, uvloop" 2>/dev/null || python3 -m pip install -q websockets cryptography picows uvloop
-(cd "$root" && swift build -c release --product ferryd >/dev/null)
-exec python3 "$here/run.py" --ferryd "$root/.build/release/ferryd" "$@"
+command -v nats-server >/dev/null || "$root/scripts/setup.sh" test
+(cd "$root" && swift build -c release --product ferryd >/dev/null && swift build -c release --product ferry >/dev/null)
+out="$root/Benchmarks/out"
+mkdir -p "$out"
+cc -O2 -Wall -o "$out/signal-floor" "$here/floor.c" -lcrypto
+exec python3 "$here/run.py" --ferryd "$root/.build/release/ferryd" --ferry "$root/.build/release/ferry" --floor "$out/signal-floor" "$@"

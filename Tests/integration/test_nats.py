@@ -399,3 +399,35 @@ instance = "{name}"
             s.close()
         for f in fs:
             f.stop()
+
+
+def test_ferry_bench_signaling_mode_on_one_and_across_two_instances(cluster, tmpdir_path):
+    """`ferry bench ws://…`: its peers authenticate, and every message it sends is delivered and
+    timed, on one instance and across two (each to the next peer, so every one crosses)."""
+    import subprocess
+    from conftest import binary
+    c = cluster(nodes=1).start()
+    secret = "bench-mode-secret-0123456789"
+    ports, fs = [free_port(), free_port()], []
+    for i, name in enumerate(("one", "two")):
+        d = os.path.join(tmpdir_path, name)
+        os.makedirs(d)
+        text = loopback_signal_config(ports[i], secret, "bench-rest-secret-0123456789") + f"""
+[signal.nats]
+servers = ["{c.urls[0]}"]
+instance = "{name}"
+"""
+        fs.append(Ferryd(text.replace("token_secrets", "registrations_per_second = 100\nregistration_burst = 100\ntoken_secrets"), d))
+    peers_see_each_other(*fs)
+    try:
+        for urls in ([f"ws://127.0.0.1:{ports[0]}/v1/signal"], [f"ws://127.0.0.1:{p}/v1/signal" for p in ports]):
+            r = subprocess.run([binary("ferry"), "bench", *urls, "--token-secret", secret, "--peers", "40", "--senders", "10",
+                                "--rate", "400", "--duration", "1", "--json", "--quiet"], capture_output=True, text=True, timeout=60)
+            assert r.returncode == 0, r.stderr
+            out = json.loads(r.stdout)
+            assert out["peers"] == 40 and out["sent"] >= 350 and out["delivered"] == out["sent"] and out["errors"] == {}, out
+            assert 0 < out["latency_us"]["p50"] <= out["latency_us"]["p99"] <= out["latency_us"]["max"]
+        assert fs[0].metric("ferry_signal_messages_forwarded_total") > 0 and fs[1].metric("ferry_signal_nats_delivered_total") > 0
+    finally:
+        for f in fs:
+            f.stop()
