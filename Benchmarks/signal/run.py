@@ -4,7 +4,7 @@
 
   floor    a minimal C epoll program that moves the same WebSocket messages between the same
            connections (floor.c): the least in-process routing can cost;
-  one      one ferryd, every peer on it (in-process routing);
+  one      one ferryd, every peer on it (in-process routing; one-1w: with one worker);
   two      two ferryds on a 3-node NATS cluster, each message crossing instances;
   three    three ferryds on the same cluster.
 
@@ -35,12 +35,13 @@ def raise_files():
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def ferryd_config(port, admin, nats=None, name=""):
+def ferryd_config(port, admin, nats=None, name="", workers=0):
     text = f"""[log]
 level = "warning"
 [admin]
 address = "127.0.0.1:{admin}"
 [server]
+workers = {workers}
 pin_workers = false
 [turn]
 relay_ipv4 = "127.0.0.1"
@@ -75,11 +76,11 @@ class Servers:
     def __init__(self, tmp):
         self.tmp, self.procs, self.nats = tmp, [], []
 
-    def ferryd(self, ferryd, nats=None, name="solo"):
+    def ferryd(self, ferryd, nats=None, name="solo", workers=0):
         port, admin = free_tcp_port(), free_tcp_port()
         cfg = os.path.join(self.tmp, f"ferry-{name}.toml")
         with open(cfg, "w") as f:
-            f.write(ferryd_config(port, admin, nats, name))
+            f.write(ferryd_config(port, admin, nats, name, workers))
         p = subprocess.Popen([ferryd, "--config", cfg], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=raise_files)
         self.procs.append(p)
         return f"ws://127.0.0.1:{port}/v1/signal"
@@ -166,7 +167,7 @@ def main():
     p.add_argument("--rate", type=int, default=20000)
     p.add_argument("--duration", type=float, default=10)
     p.add_argument("--memory-peers", type=int, default=36000, help="across two instances (at most 2 × 18,000 here); 0 skips")
-    p.add_argument("--only", default="floor,one,two,three")
+    p.add_argument("--only", default="floor,one,one-1w,two,three")
     a = p.parse_args()
     raise_files()
     rows = []
@@ -176,13 +177,17 @@ def main():
             rows.append(scenario("floor", tmp, a, lambda s: [s.floor(a.floor)]))
         if "one" in only:
             rows.append(scenario("one", tmp, a, lambda s: [s.ferryd(a.ferryd)]))
+        if "one-1w" in only:
+            # One worker, as the floor has one thread: no message crosses between workers.
+            rows.append(scenario("one-1w", tmp, a, lambda s: [s.ferryd(a.ferryd, workers=1)]))
         if "two" in only:
             rows.append(scenario("two", tmp, a, lambda s: (lambda n: [s.ferryd(a.ferryd, n[:1], "i0"), s.ferryd(a.ferryd, n[1:2], "i1")])(s.nats_cluster())))
         if "three" in only:
             rows.append(scenario("three", tmp, a, lambda s: (lambda n: [s.ferryd(a.ferryd, n[i:i + 1], f"i{i}") for i in range(3)])(s.nats_cluster())))
         by = {r["name"]: r for r in rows}
-        if "floor" in by and "one" in by:
-            print(f"in-process routing / C floor, CPU per message: {by['one']['server_us_per_msg'] / by['floor']['server_us_per_msg']:.2f} (goal <= 1.3)")
+        for k in ("one", "one-1w"):
+            if "floor" in by and k in by:
+                print(f"in-process routing ({k}) / C floor, CPU per message: {by[k]['server_us_per_msg'] / by['floor']['server_us_per_msg']:.2f} (goal <= 1.3)")
         for k in ("two", "three"):
             if k in by and "one" in by:
                 total = by[k]["server_us_per_msg"] + by[k]["nats_us_per_msg"]
