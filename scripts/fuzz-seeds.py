@@ -183,6 +183,17 @@ def main():
     write("sealed", "version-2", base64.b64encode(b"\x02" + bytes(60)))
     write("sealed", "short", base64.b64encode(b"\x01" + bytes(20)))
     write("sealed", "junk", "not base64 at all \u00e9")
+    # Between instances over NATS: subjects (first byte 0) and payloads.
+    key = base64.b64encode(bytes(range(32))).decode()
+    net = "n" + b"net-a".hex()
+    write("cluster", "peer-subject", b"\0" + f"ferry.{net}.p.{bytes(range(32)).hex()}".encode())
+    write("cluster", "route-reply", b"\0ferry.r.fuzz.m.1.42")
+    write("cluster", "query-reply", f"\0ferry.r.fuzz.q.0.7.{net}".encode())
+    write("cluster", "wildcards", b"\0ferry.a.>.*.p.zz")
+    write("cluster", "claim", b"\1c 1700000000000000000 eu-1")
+    write("cluster", "holds", f"\1h us-2 {key} {key}".encode())
+    write("cluster", "presence", b"\x011 eu-1")
+    write("cluster", "query", f"\x02{key} junk {key}".encode())
     return 0
 
 

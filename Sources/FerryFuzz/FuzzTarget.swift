@@ -41,6 +41,8 @@ public enum FuzzTargets {
                    run: ClientTargets.signal),
         FuzzTarget(name: "turn-client", summary: "the TURN client driven by requests, time steps and answers to its transactions",
                    run: ClientTargets.turn),
+        FuzzTarget(name: "cluster", summary: "NATS subjects and payloads between instances (signaling across ferryds)",
+                   run: ClusterTarget.run),
         FuzzTarget(name: "sealed", summary: "sealed signaling payloads: forged envelopes never open, sealed ones open once",
                    run: ClientTargets.sealed),
     ]
