@@ -431,3 +431,76 @@ instance = "{name}"
     finally:
         for f in fs:
             f.stop()
+
+
+def test_nats_over_tls_with_credentials(cluster, instances, tmpdir_path):
+    """ferryd reaches a NATS that takes only TLS and a user: with signal.nats.ca_file, user and
+    password it routes; with a wrong password it never connects and says so (metric, /readyz)."""
+    from test_stream import make_cert
+    cert, key = make_cert(tmpdir_path, "localhost")
+    c = cluster(nodes=1, extra=f'tls {{ cert_file: "{cert}", key_file: "{key}" }}\n'
+                               'authorization { user: ferry, password: "nats-pass-0123" }').start()
+    urls = [u.replace("nats://127.0.0.1", "tls://localhost") for u in c.urls]
+    auth = f'ca_file = "{cert}"\nuser = "ferry"\npassword = "nats-pass-0123"'
+    f1, f2 = instances(urls, "one", extra=auth), instances(urls, "two", extra=auth)
+    peers_see_each_other(f1, f2)
+
+    async def go():
+        a, b = await connect(f1.url), await connect(f2.url)
+        await sees(a, b)
+        await a.send(type="offer", to=b.key, payload="over tls")
+        assert (await expect(b, type="offer"))["payload"] == "over tls"
+    run(go())
+    d = os.path.join(tmpdir_path, "wrong")
+    os.makedirs(d)
+    wrong = Ferryd(signal_config(free_port(), free_port(), Issuer(d).path, extra=f"""
+[signal.nats]
+servers = {json.dumps(urls)}
+ca_file = "{cert}"
+user = "ferry"
+password = "not-the-password"
+"""), d)
+    try:
+        time.sleep(1.5)
+        assert wrong.metric("ferry_signal_nats_connected") == 0
+        assert "degraded" in http_get(wrong.admin_port, "/readyz")[1]
+    finally:
+        wrong.stop()
+
+
+def test_garbage_on_ferry_subjects_is_counted_and_routing_goes_on(cluster, instances):
+    """Anyone who may publish under the prefix: malformed subjects and payloads, a flood of
+    heartbeats under made-up names, forged answers to this instance's requests. ferryd counts
+    what is not Ferry's, keeps its tables bounded, and routes on."""
+    import nats
+    c = cluster(nodes=1).start()
+    f1, f2 = instances(c.urls, "one"), instances(c.urls, "two")
+    peers_see_each_other(f1, f2)
+
+    async def go():
+        a, b = await connect(f1.url), await connect(f2.url)
+        await sees(a, b)
+        nc = await nats.connect(c.urls[0])
+        net = "n" + b"net-a".hex()
+        junk = [("ferry.hb", b""), ("ferry.r.one.m.x.y", b"g"), ("ferry.r.one.q.0.1.zz", b"h one notakey"),
+                (f"ferry.{net}.p.{'00' * 31}", b"{}"), (f"ferry.{net}.o.{'zz' * 32}", b"1 x"), ("ferry.r.one.s.nff", b"\xff" * 100),
+                (f"ferry.{net}.q", b"x" * 70000)]
+        for _ in range(20):
+            for subject, data in junk:
+                await nc.publish(subject, data)
+        # Forged answers for sequences this instance never used: nothing to answer.
+        for seq in range(100):
+            await nc.publish(f"ferry.r.one.m.0.{900000 + seq}", b"g")
+        # 3,000 heartbeats under made-up names: at most 1,024 instances are remembered.
+        for i in range(3000):
+            await nc.publish(f"ferry.hb.fake{i}", b"")
+        await nc.flush()
+        await asyncio.sleep(0.5)
+        await nc.close()
+        await a.send(type="offer", to=b.key, payload="still routing")
+        assert (await expect(b, type="offer"))["payload"] == "still routing"
+    run(go())
+    assert f1.metric("ferry_signal_nats_dropped_total", {"reason": "malformed"}) >= 20
+    assert f1.metric("ferry_signal_nats_instances") <= 1024
+    assert f1.metric("ferry_signal_nats_late_answers_total") >= 100
+    assert f1.proc.poll() is None and f2.proc.poll() is None
