@@ -12,8 +12,8 @@ import FerryTURN
 /// "Checking a config file").
 ///
 /// - `host`: what depends on the machine: certificate and key files readable, parseable and
-///   matching; the state directory usable; each relay address an address of this host. ferryd
-///   refuses to start on any of these.
+///   matching; the state directory usable; each relay address an address of this host; the
+///   NATS client's files readable. ferryd refuses to start on any of these.
 /// - `placeholders`: values that cannot be a real deployment's: the shipped placeholder secrets
 ///   (ferryd refuses these too), documentation addresses and example names (refused by the check
 ///   unless `server.lab = true`; ferryd logs them as warnings).
@@ -48,6 +48,7 @@ public enum Preflight {
         var report = HostReport()
         if usesCertificateFiles(config) { checkCertificates(config, now: now, &report) }
         if !config.server.stateDirectory.isEmpty { checkStateDirectory(config.server.stateDirectory, &report) }
+        if config.signal.enabled && !config.signal.nats.servers.isEmpty { checkNATSFiles(config.signal.nats, &report) }
         if config.listeners.contains(where: { $0.service == .turn }) {
             for (key, ip) in [("turn.relay_ipv4", config.turn.relayIPv4), ("turn.relay_ipv6", config.turn.relayIPv6)] {
                 guard let ip, ip != .ipv4Any, ip != .ipv6Any else { continue }
@@ -80,6 +81,15 @@ public enum Preflight {
             if p.notAfter <= now {
                 report.warnings.append(ConfigIssue(key: "tls.certificate", message: "\(p.source) expired \(HumanUnits.duration(Double(now - p.notAfter))) ago: clients will refuse it"))
             }
+        }
+    }
+
+    /// The files the NATS client loads at connect (a missing one would leave ferryd never
+    /// connected: refused here, by key, as a certificate is).
+    static func checkNATSFiles(_ n: FerryConfig.NATS, _ report: inout HostReport) {
+        for (key, path) in [("signal.nats.ca_file", n.caFile), ("signal.nats.cert_file", n.certFile), ("signal.nats.key_file", n.keyFile),
+                            ("signal.nats.credentials_file", n.credentialsFile)] where !path.isEmpty && access(path, R_OK) != 0 {
+            report.issues.append(ConfigIssue(key: key, message: "\(path): \(String(cString: strerror(errno)))"))
         }
     }
 
@@ -147,6 +157,8 @@ public enum Preflight {
         for u in config.turn.users { if let p = u.password { secret("turn.user.password", p) } }
         secret("admin.token", config.admin.token)
         secret("turn.nonce_secret", config.turn.nonceSecret)
+        secret("signal.nats.password", config.signal.nats.password)
+        secret("signal.nats.token", config.signal.nats.token)
 
         func address(_ key: String, _ ip: IPAddress?) {
             guard let ip, isDocumentation(ip) else { return }

@@ -144,7 +144,7 @@ extension Server {
                                     credentialsFile: n.credentialsFile, caFile: n.caFile, certFile: n.certFile, keyFile: n.keyFile,
                                     maxPending: n.maxPending, subscriptionPending: n.subscriptionPending,
                                     reconnectWaitMillis: Int64(n.reconnectWaitMillis))
-        let link = try NATSLink(settings: settings)
+        let link = try NATSLink(settings: settings, logger: logger)
         let (loops, registry) = (engine.loops, signalWorkers)
         let directory = NATSDirectory(hub: local, link: link, subjects: subjects, stats: NATSStats(), workers: loops.count) { worker, batch in
             loops[worker].execute { l in registry.all[l.index].receive(batch) }

@@ -422,7 +422,7 @@ struct Ferry: ParsableCommand {
             @Option(help: "The file ferryd runs with now: also print what a reload (SIGHUP) to FILE would apply and what needs a restart.")
             var running: String?
 
-            @Flag(help: "Skip what depends on this host (certificate files, state directory, relay addresses): for a file meant for another machine.")
+            @Flag(help: "Skip what depends on this host (certificate files, state directory, relay addresses, NATS files): for a file meant for another machine.")
             var noHost = false
 
             func run() throws {

@@ -47,4 +47,22 @@ import FerryPreflight
         #expect(problem?.contains("cannot be bound on this host") == true)
         #expect(problem?.contains("turn.external_ipv4") == true)
     }
+
+    @Test func theNATSClientsFilesMustBeReadableAndItsSecretsReal() {
+        let c = PreflightRules.config { c in
+            c.signal.enabled = true
+            c.signal.nats.servers = ["tls://nats.internal:4222"]
+            c.signal.nats.caFile = "/nonexistent/nats-ca.pem"
+            c.signal.nats.credentialsFile = "/nonexistent/ferry.creds"
+            c.signal.nats.password = "change-me"
+        }
+        let r = Preflight.host(c)
+        #expect(r.issues.map(\.key) == ["signal.nats.ca_file", "signal.nats.credentials_file"])
+        #expect(r.issues.first?.message.contains("No such file") == true)
+        #expect(Preflight.placeholders(c).secrets.map(\.key) == ["signal.nats.password"])
+        // Without servers (NATS not used), nothing of it is checked.
+        var off = c
+        off.signal.nats.servers = []
+        #expect(Preflight.host(off).issues.isEmpty)
+    }
 }

@@ -5,6 +5,7 @@ import CNATS
 import FerryCore
 import FerrySystem
 import Foundation
+import Logging
 import Synchronization
 
 /// How ferryd reaches NATS (`[signal.nats]`, docs/configuration.md).
@@ -61,9 +62,20 @@ final class NATSLink: @unchecked Sendable {
     private var options: OpaquePointer?
     private var subscriptions: [String: (sub: OpaquePointer, refs: Int)] = [:]
 
-    init(settings: NATSSettings) throws(SystemError) {
+    let logger: Logger
+
+    init(settings: NATSSettings, logger: Logger) throws(SystemError) {
         self.settings = settings
+        self.logger = logger
         loop = try EventLoop(index: 0, name: "ferry-nats")
+    }
+
+    /// Logs a cnats call that failed (a file it could not load, a refused connection).
+    private func check(_ status: natsStatus, _ what: String) {
+        guard status != NATS_OK else { return }
+        var last = NATS_OK
+        let detail = nats_GetLastError(&last).map { String(cString: $0) } ?? String(cString: natsStatus_GetText(status))
+        logger.error("NATS: \(what) failed; signaling reaches only this instance's peers", metadata: ["error": "\(detail)"])
     }
 
     func start(receiver: any NATSReceiver) {
@@ -178,11 +190,15 @@ final class NATSLink: @unchecked Sendable {
         natsOptions_SetName(opts, settings.name)
         if !settings.user.isEmpty { natsOptions_SetUserInfo(opts, settings.user, settings.password) }
         if !settings.token.isEmpty { natsOptions_SetToken(opts, settings.token) }
-        if !settings.credentialsFile.isEmpty { natsOptions_SetUserCredentialsFromFiles(opts, settings.credentialsFile, nil) }
+        if !settings.credentialsFile.isEmpty {
+            check(natsOptions_SetUserCredentialsFromFiles(opts, settings.credentialsFile, nil), "loading signal.nats.credentials_file")
+        }
         if !settings.caFile.isEmpty || !settings.certFile.isEmpty || settings.servers.contains(where: { $0.hasPrefix("tls://") }) {
             natsOptions_SetSecure(opts, true)
-            if !settings.caFile.isEmpty { natsOptions_LoadCATrustedCertificates(opts, settings.caFile) }
-            if !settings.certFile.isEmpty { natsOptions_LoadCertificatesChain(opts, settings.certFile, settings.keyFile) }
+            if !settings.caFile.isEmpty { check(natsOptions_LoadCATrustedCertificates(opts, settings.caFile), "loading signal.nats.ca_file") }
+            if !settings.certFile.isEmpty {
+                check(natsOptions_LoadCertificatesChain(opts, settings.certFile, settings.keyFile), "loading signal.nats.cert_file and key_file")
+            }
         }
         // Forever, quickly: a ferryd without NATS still serves its own peers, and each moment
         // without it is a moment remote peers look unreachable.
@@ -205,18 +221,27 @@ final class NATSLink: @unchecked Sendable {
         let status = natsConnection_Connect(&nc, opts)
         connection = nc
         connectionForRead.store(nc.map { Int(bitPattern: UnsafeRawPointer($0)) } ?? 0, ordering: .relaxed)
-        if status == NATS_OK { up() }
+        if status == NATS_OK {
+            up()
+        } else if status == NATS_NOT_YET_CONNECTED {
+            logger.warning("NATS not reachable yet; retrying, and signaling reaches only this instance's peers until then",
+                           metadata: ["servers": "\(settings.servers)", "retry_ms": "\(settings.reconnectWaitMillis)"])
+        } else {
+            check(status, "connecting")
+        }
     }
 
     fileprivate func up() {
         if let c = sharedConnection { maxPayload.store(Int(natsConnection_GetMaxPayload(c)), ordering: .relaxed) }
         isConnected.store(true, ordering: .relaxed)
         let first = !everConnectedFlag.exchange(true, ordering: .relaxed)
+        logger.notice(first ? "NATS connected" : "NATS connected again", metadata: ["server": "\(connectedURL)"])
         receiver?.connection(up: true, again: !first)
     }
 
     fileprivate func down() {
         isConnected.store(false, ordering: .relaxed)
+        logger.warning("NATS connection lost; reconnecting (messages for other instances' peers get unavailable meanwhile)")
         receiver?.connection(up: false, again: false)
     }
 
