@@ -130,14 +130,16 @@ public final class SignalBench: @unchecked Sendable {
         for _ in 0..<min(SignalBench.inFlight, waiting.count) { try openNext() }
         // Authenticate: the loop runs until every peer is welcomed or has failed.
         var lastReport = startedAt
-        loop.onSweep { [self] now in
-            if !measuring && now - lastReport >= 1_000_000_000 {
-                lastReport = now
-                progress("\(connected) of \(options.peers) peers authenticated")
-            }
+        // Weak: the loop is this object's, and a hook holding it strongly would be a cycle that
+        // outlives the run (LeakSanitizer reports it at exit).
+        loop.onSweep { [weak self] now in
+            guard let self, !measuring, now - lastReport >= 1_000_000_000 else { return }
+            lastReport = now
+            progress("\(connected) of \(options.peers) peers authenticated")
         }
-        loop.onIterationEnd { [self] in
-            if !measuring && connected + failed >= options.peers { startRouting() }
+        loop.onIterationEnd { [weak self] in
+            guard let self, !measuring, connected + failed >= options.peers else { return }
+            startRouting()
         }
         loop.run()
         for p in peers { _ = p.fd.close() }

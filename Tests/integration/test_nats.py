@@ -67,6 +67,23 @@ def peers_see_each_other(*fs):
         wait_until(lambda: f.metric("ferry_signal_nats_instances") >= len(fs) - 1, timeout=10)
 
 
+def loopback_instances(c, tmpdir_path, secret, names=("one", "two"), extra=""):
+    """ferryds for `ferry tunnel` and `ferry bench` (plain ws:// signaling and TURN on one port
+    each, loopback peers allowed) on NATS cluster `c`: their ports and processes."""
+    ports, fs = [free_port() for _ in names], []
+    for port, name in zip(ports, names):
+        d = os.path.join(tmpdir_path, name)
+        os.makedirs(d)
+        text = loopback_signal_config(port, secret, "loopback-rest-secret-0123456789") + f"""
+[signal.nats]
+servers = ["{c.urls[0]}"]
+instance = "{name}"
+"""
+        fs.append(Ferryd(text.replace("token_secrets", extra + "token_secrets"), d))
+    peers_see_each_other(*fs)
+    return ports, fs
+
+
 async def sees(watcher, peer):
     """`watcher` subscribes to `peer` and waits for it online: after that, NATS routes to it from
     the watcher's node (its interest travels ahead of its presence; docs/deployment.md)."""
@@ -364,17 +381,7 @@ def test_ferry_tunnel_fails_over_to_another_instance_and_its_partner_hears_it_re
     The first instance dies; A moves to the second at once, and B hears A online again."""
     c = cluster(nodes=1).start()
     secret = "tunnel-failover-secret-0123456789"
-    ports, fs = [free_port(), free_port()], []
-    for i, name in enumerate(("one", "two")):
-        d = os.path.join(tmpdir_path, name)
-        os.makedirs(d)
-        text = loopback_signal_config(ports[i], secret, "failover-rest-secret-0123456789") + f"""
-[signal.nats]
-servers = ["{c.urls[0]}"]
-instance = "{name}"
-"""
-        fs.append(Ferryd(text, d))
-    peers_see_each_other(*fs)
+    ports, fs = loopback_instances(c, tmpdir_path, secret)
     sinks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2)]
     for s in sinks:
         s.bind(("127.0.0.1", 0))
@@ -408,17 +415,7 @@ def test_ferry_bench_signaling_mode_on_one_and_across_two_instances(cluster, tmp
     from conftest import binary
     c = cluster(nodes=1).start()
     secret = "bench-mode-secret-0123456789"
-    ports, fs = [free_port(), free_port()], []
-    for i, name in enumerate(("one", "two")):
-        d = os.path.join(tmpdir_path, name)
-        os.makedirs(d)
-        text = loopback_signal_config(ports[i], secret, "bench-rest-secret-0123456789") + f"""
-[signal.nats]
-servers = ["{c.urls[0]}"]
-instance = "{name}"
-"""
-        fs.append(Ferryd(text.replace("token_secrets", "registrations_per_second = 100\nregistration_burst = 100\ntoken_secrets"), d))
-    peers_see_each_other(*fs)
+    ports, fs = loopback_instances(c, tmpdir_path, secret, extra="registrations_per_second = 100\nregistration_burst = 100\n")
     try:
         for urls in ([f"ws://127.0.0.1:{ports[0]}/v1/signal"], [f"ws://127.0.0.1:{p}/v1/signal" for p in ports]):
             r = subprocess.run([binary("ferry"), "bench", *urls, "--token-secret", secret, "--peers", "40", "--senders", "10",
@@ -504,3 +501,32 @@ def test_garbage_on_ferry_subjects_is_counted_and_routing_goes_on(cluster, insta
     assert f1.metric("ferry_signal_nats_instances") <= 1024
     assert f1.metric("ferry_signal_nats_late_answers_total") >= 100
     assert f1.proc.poll() is None and f2.proc.poll() is None
+
+
+def test_ferry_tunnel_agents_on_two_instances_relay_through_two_relays(cluster, tmpdir_path):
+    """Two `ferry tunnel` agents, relay only, each signaling at its own instance and relaying
+    through its own instance's TURN: ICE completes across instances, and packets cross."""
+    c = cluster(nodes=1).start()
+    secret = "tunnel-relayed-secret-0123456789"
+    ports, fs = loopback_instances(c, tmpdir_path, secret)
+    sinks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2)]
+    for s in sinks:
+        s.bind(("127.0.0.1", 0))
+        s.settimeout(2)
+    urls = [f"ws://127.0.0.1:{p}/v1/signal" for p in ports]
+    agents = LoopbackAgents(tmpdir_path, ports[0], secret, sinks, relay_only=True, signals=(urls[:1], urls[1:]))
+    try:
+        a_local, b_local = agents.wait("relayed", timeout=30)
+        for i in range(20):
+            sinks[0].sendto(b"a-to-b %d" % i, a_local)
+            assert sinks[1].recvfrom(2048)[0] == b"a-to-b %d" % i
+            sinks[1].sendto(b"b-to-a %d" % i, b_local)
+            assert sinks[0].recvfrom(2048)[0] == b"b-to-a %d" % i
+        assert fs[0].metric("ferry_turn_allocations_active") >= 1 and fs[1].metric("ferry_turn_allocations_active") >= 1
+        assert fs[0].metric("ferry_signal_messages_forwarded_total") > 0 and fs[1].metric("ferry_signal_messages_forwarded_total") > 0
+    finally:
+        agents.close()
+        for s in sinks:
+            s.close()
+        for f in fs:
+            f.stop()

@@ -77,7 +77,8 @@ final class NATSDirectory: SignalDirectory, NATSReceiver {
     }
 
     func start() {
-        link.loop.onSweep { [self] now in heartbeat(now: now) }
+        // Weak: the directory owns the link and its loop; a strong hook would be a cycle.
+        link.loop.onSweep { [weak self] now in self?.heartbeat(now: now) }
         link.start(receiver: self)
         link.enqueue(.subscribe(subjects.inboxWildcard))
         link.enqueue(.subscribe(subjects.heartbeatWildcard))

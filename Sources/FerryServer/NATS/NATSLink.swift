@@ -113,7 +113,18 @@ final class NATSLink: @unchecked Sendable {
             if let c = connection {
                 if isConnected.load(ordering: .relaxed) { natsConnection_FlushTimeout(c, timeoutMillis) }
                 natsConnection_Close(c)
+                // Everything cnats holds goes with it (its TLS context and loaded certificates
+                // among them: LeakSanitizer reports them otherwise).
+                connectionForRead.store(0, ordering: .relaxed)
+                natsConnection_Destroy(c)
+                connection = nil
             }
+            if let o = options {
+                natsOptions_Destroy(o)
+                options = nil
+            }
+            // Not nats_Close(): it tears down OpenSSL's global state, which ferryd's TLS still
+            // holds and OpenSSL's own exit handler frees again (a crash at exit, seen under ASan).
             l.stop()
             done.signal()
         }
