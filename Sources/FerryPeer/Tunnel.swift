@@ -299,6 +299,7 @@ public final class Tunnel: EventHandler, @unchecked Sendable {
         if now > lastHandoffCheck + 2_000_000_000 {
             lastHandoffCheck = now
             checkHandoffs()
+            checkEndpoints()
         }
         if statusDirty || now > lastStatus + 1_000_000_000 { writeStatus() }
     }

@@ -251,7 +251,14 @@ def test_g_a_stopped_agent_gives_wireguard_its_endpoints_back(setup):
     s = setup(nat="none", static_endpoints=True, relay_only=True)
     s.wait_for_ping()
     wait_until(lambda: s.path("a") == "relayed" and s.path("b") == "relayed", timeout=20, what=s.logs)
-    assert "127.0.0.1:" in s.lab.peer_a.exec("wg", "show", s.wg_a.name, "endpoints").stdout
+    endpoint_a = lambda: s.lab.peer_a.exec("wg", "show", s.wg_a.name, "endpoints").stdout
+    # WireGuard roams to the source of the peer's packets: with both endpoints reachable, a packet
+    # sent before the other agent pointed its WireGuard moves the pair onto the direct path. The
+    # agent points it back (every 2 s); here the roam is made by hand.
+    wait_until(lambda: "127.0.0.1:" in endpoint_a(), timeout=6, what=s.logs)
+    s.lab.peer_a.exec("wg", "set", s.wg_a.name, "peer", s.wg_b.public, "endpoint", "10.2.0.2:51820")
+    wait_until(lambda: "127.0.0.1:" in endpoint_a(), timeout=6, what=s.logs)
+    assert "WireGuard roamed to 10.2.0.2:51820, past the agent; pointed back" in s.logs()
     for p, _, _, _ in s.agents:
         os.killpg(p.pid, 15)
         assert p.wait(10) == 0, s.logs()
