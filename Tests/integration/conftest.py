@@ -20,6 +20,14 @@ BIN = os.environ.get("FERRY_BIN_DIR") or os.path.join(ROOT, ".build", "release")
 UNDER_ASAN = os.environ.get("FERRY_SANITIZER") == "address"
 
 
+def nats_env():
+    """The environment of a ferryd with [signal.nats] under AddressSanitizer: leak checking off
+    for that process only. cnats's own threads leave OpenSSL allocations at exit that LeakSanitizer
+    reports with stacks ending in libcrypto (cnats has no frame pointers), so they can be neither
+    attributed nor suppressed by library; every other ASan check stays on (docs/testing.md)."""
+    return {"ASAN_OPTIONS": os.environ.get("ASAN_OPTIONS", "") + ":detect_leaks=0"} if UNDER_ASAN else {}
+
+
 def binary(name):
     path = os.path.join(BIN, name)
     if not os.path.exists(path):

@@ -5,7 +5,7 @@ import os
 import re
 import socket
 
-from conftest import ROOT, free_port, http_get, listener, turn_listeners
+from conftest import ROOT, free_port, http_get, listener, nats_env, turn_listeners
 from test_stream import make_cert
 
 DOC = os.path.join(ROOT, "docs", "metrics.md")
@@ -48,7 +48,7 @@ token_secrets = ["signal-secret-0123456789"]
 [signal.nats]
 servers = ["nats://127.0.0.1:{free_port()}"]
 {turn_listeners(udp=udp, tcp=tcp, tls=tls)}
-{listener("fwd-udp", fwd, service="forward", forward_to=sink)}""")
+{listener("fwd-udp", fwd, service="forward", forward_to=sink)}""", env=nats_env())
     # Something on each UDP listener, and one datagram over engine.max_datagram on the TURN one.
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.sendto(b"\x00\x01\x00\x00\x21\x12\xa4\x42" + os.urandom(12), ("127.0.0.1", udp))

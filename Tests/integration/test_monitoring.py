@@ -8,7 +8,7 @@ import socket
 import subprocess
 
 
-from conftest import ROOT, free_port, http_get, listener, turn_base
+from conftest import ROOT, free_port, http_get, listener, nats_env, turn_base
 
 PROM = os.path.join(ROOT, "deploy", "prometheus")
 DASHBOARD = os.path.join(ROOT, "deploy", "grafana", "ferry-dashboard.json")
@@ -81,7 +81,7 @@ def test_the_names_and_labels_are_what_ferryd_exports(ferryd_factory):
     # Signaling across instances too (its metrics exist whether NATS answers or not: none runs here).
     f = ferryd_factory(turn_base() + "[tls]\nself_signed = true\n[signal]\nenabled = true\ntoken_secrets = [\"monitoring-secret-0123\"]\n"
                        + f"[signal.nats]\nservers = [\"nats://127.0.0.1:{free_port()}\"]\n"
-                       + listener("turn-udp", udp) + listener("turn-tls", tls, "tls"))
+                       + listener("turn-udp", udp) + listener("turn-tls", tls, "tls"), env=nats_env())
     _, body = http_get(f.admin_port, "/metrics")
     exported = {}
     for line in body.splitlines():

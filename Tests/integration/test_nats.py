@@ -14,7 +14,7 @@ import pytest
 import websockets
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from conftest import Ferryd, LoopbackAgents, free_port, http_get, loopback_signal_config, wait_until
+from conftest import Ferryd, LoopbackAgents, free_port, http_get, loopback_signal_config, nats_env, wait_until
 from natscluster import NatsCluster
 from test_signal import Issuer, b64, connect, ice_agent, run, signal_config, token
 
@@ -50,7 +50,7 @@ instance = "{name}"
 reconnect_wait_ms = 100
 {extra}
 """)
-        f = Ferryd(text, d)
+        f = Ferryd(text, d, env=nats_env())
         f.url = f"wss://127.0.0.1:{tls_port}/v1/signal"
         f.name = name
         started.append(f)
@@ -79,7 +79,7 @@ def loopback_instances(c, tmpdir_path, secret, names=("one", "two"), extra=""):
 servers = ["{c.urls[0]}"]
 instance = "{name}"
 """
-        fs.append(Ferryd(text.replace("token_secrets", extra + "token_secrets"), d))
+        fs.append(Ferryd(text.replace("token_secrets", extra + "token_secrets"), d, env=nats_env()))
     peers_see_each_other(*fs)
     return ports, fs
 
@@ -456,7 +456,7 @@ servers = {json.dumps(urls)}
 ca_file = "{cert}"
 user = "ferry"
 password = "not-the-password"
-"""), d)
+"""), d, env=nats_env())
     try:
         time.sleep(1.5)
         assert wrong.metric("ferry_signal_nats_connected") == 0
