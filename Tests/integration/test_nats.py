@@ -84,6 +84,17 @@ instance = "{name}"
     return ports, fs
 
 
+def on_cluster(cluster, instances, nodes=1, seeds=(0, 1), names=("one", "two"), extra=""):
+    """A NATS cluster of `nodes` (formed), and one ferryd per name, each given the seed node at
+    the same place in `seeds`, hearing each other: the cluster and the ferryds."""
+    c = cluster(nodes=nodes, extra=extra).start()
+    if nodes > 1:
+        c.wait_formed()
+    fs = [instances([c.urls[seed % nodes]], name) for seed, name in zip(seeds, names)]
+    peers_see_each_other(*fs)
+    return (c, *fs)
+
+
 async def sees(watcher, peer):
     """`watcher` subscribes to `peer` and waits for it online: after that, NATS routes to it from
     the watcher's node (its interest travels ahead of its presence; docs/deployment.md)."""
@@ -100,10 +111,7 @@ async def expect(who, **fields):
 
 
 def test_route_presence_and_offline_across_instances_on_a_three_node_cluster(cluster, instances):
-    c = cluster().start()
-    c.wait_formed()
-    f1, f2 = instances([c.urls[0]], "one"), instances([c.urls[1]], "two")
-    peers_see_each_other(f1, f2)
+    c, f1, f2 = on_cluster(cluster, instances, nodes=3)
 
     async def go():
         a, b = await connect(f1.url), await connect(f2.url)
@@ -143,10 +151,7 @@ def test_route_presence_and_offline_across_instances_on_a_three_node_cluster(clu
 
 
 def test_aioice_agents_on_different_instances_connect_through_the_relay(cluster, instances):
-    c = cluster(nodes=3).start()
-    c.wait_formed()
-    f1, f2 = instances([c.urls[0]], "one"), instances([c.urls[2]], "two")
-    peers_see_each_other(f1, f2)
+    c, f1, f2 = on_cluster(cluster, instances, nodes=3, seeds=(0, 2))
 
     async def go():
         a, b = await connect(f1.url), await connect(f2.url)
@@ -160,10 +165,7 @@ def test_aioice_agents_on_different_instances_connect_through_the_relay(cluster,
 
 
 def test_newer_connection_at_another_instance_replaces_the_older(cluster, instances):
-    c = cluster(nodes=3).start()
-    c.wait_formed()
-    f1, f2, f3 = instances([c.urls[0]], "one"), instances([c.urls[1]], "two"), instances([c.urls[2]], "three")
-    peers_see_each_other(f1, f2, f3)
+    c, f1, f2, f3 = on_cluster(cluster, instances, nodes=3, seeds=(0, 1, 2), names=("one", "two", "three"))
 
     async def go():
         priv = X25519PrivateKey.generate()
@@ -190,9 +192,7 @@ def test_newer_connection_at_another_instance_replaces_the_older(cluster, instan
 
 
 def test_networks_stay_isolated_across_instances_and_in_subjects(cluster, instances):
-    c = cluster(nodes=1).start()
-    f1, f2 = instances(c.urls, "one"), instances(c.urls, "two")
-    peers_see_each_other(f1, f2)
+    c, f1, f2 = on_cluster(cluster, instances)
     crafted = "a.>.* b"
 
     async def go():
@@ -224,11 +224,8 @@ def test_networks_stay_isolated_across_instances_and_in_subjects(cluster, instan
 def test_a_nats_node_dies_and_routing_moves_to_another_node(cluster, instances, death):
     """Killed: the kernel closes its sockets and the client notices at once. Frozen (SIGSTOP):
     as a dead host or a partition, nothing arrives and only the client's pings tell."""
-    c = cluster(nodes=3).start()
-    c.wait_formed()
     # Each ferryd knows one seed node; it learns the others from the cluster.
-    f1, f2 = instances([c.urls[0]], "one"), instances([c.urls[1]], "two")
-    peers_see_each_other(f1, f2)
+    c, f1, f2 = on_cluster(cluster, instances, nodes=3)
 
     async def go():
         a, b = await connect(f1.url), await connect(f2.url)
@@ -272,9 +269,7 @@ def test_a_nats_node_dies_and_routing_moves_to_another_node(cluster, instances, 
 
 
 def test_all_of_nats_down_local_routing_goes_on_and_remote_gets_a_clear_error(cluster, instances):
-    c = cluster(nodes=1).start()
-    f1, f2 = instances(c.urls, "one"), instances(c.urls, "two")
-    peers_see_each_other(f1, f2)
+    c, f1, f2 = on_cluster(cluster, instances)
 
     async def go():
         a, local, b = await connect(f1.url), await connect(f1.url), await connect(f2.url)
@@ -314,9 +309,7 @@ def test_all_of_nats_down_local_routing_goes_on_and_remote_gets_a_clear_error(cl
 
 
 def test_a_ferryd_dies_its_peers_fail_over_and_partners_see_offline_then_online(cluster, instances):
-    c = cluster(nodes=1).start()
-    f1, f2 = instances(c.urls, "one"), instances(c.urls, "two")
-    peers_see_each_other(f1, f2)
+    c, f1, f2 = on_cluster(cluster, instances)
 
     async def go():
         a, b = await connect(f1.url), await connect(f2.url)
@@ -360,9 +353,7 @@ def test_two_regions_joined_by_a_gateway(cluster, instances):
 
 
 def test_a_message_over_nats_max_payload_is_refused_and_counted(cluster, instances):
-    c = cluster(nodes=1, extra="max_payload: 2048").start()
-    f1, f2 = instances(c.urls, "one"), instances(c.urls, "two")
-    peers_see_each_other(f1, f2)
+    c, f1, f2 = on_cluster(cluster, instances, extra="max_payload: 2048")
 
     async def go():
         a, b = await connect(f1.url), await connect(f2.url)
@@ -470,9 +461,7 @@ def test_garbage_on_ferry_subjects_is_counted_and_routing_goes_on(cluster, insta
     heartbeats under made-up names, forged answers to this instance's requests. ferryd counts
     what is not Ferry's, keeps its tables bounded, and routes on."""
     import nats
-    c = cluster(nodes=1).start()
-    f1, f2 = instances(c.urls, "one"), instances(c.urls, "two")
-    peers_see_each_other(f1, f2)
+    c, f1, f2 = on_cluster(cluster, instances)
 
     async def go():
         a, b = await connect(f1.url), await connect(f2.url)
