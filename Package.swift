@@ -7,6 +7,8 @@
 //   → FerryWire     pure codecs (HTTP/1.1 heads, STUN/TURN messages, crypto helpers); no FerrySystem
 //   → FerryTLS      OpenSSL contexts (SNI, ALPN, reload) and non-blocking sessions
 //   → FerryTURN     TURN state machines: allocations, auth, nonces, peer policy, quotas (pure)
+//   → FerryRelay    the native WireGuard relay's state machines: credentials, bind challenges,
+//                   sessions and index learning (pure)
 //   → FerrySignal   signaling sessions: identity proofs, tokens, JWT, messages, rate limits (pure;
 //                   no FerrySystem, no FerryTURN)
 //   → FerryClient   the peer side as pure state machines: TURN and STUN clients, the signaling
@@ -53,7 +55,8 @@ let package = Package(
         .target(name: "FerryWire", dependencies: ["COpenSSL", "FerryCore"], swiftSettings: strict),
         .target(name: "FerryTLS", dependencies: ["COpenSSL", "CFerryTLS", "FerrySystem"], swiftSettings: strict),
         .target(name: "FerryTURN", dependencies: ["FerryCore", "FerryWire"], swiftSettings: strict),
-        .target(name: "FerrySignal", dependencies: ["FerryCore", "FerryWire", "FerryTLS"], swiftSettings: strict),
+        .target(name: "FerryRelay", dependencies: ["FerryCore", "FerryWire"], swiftSettings: strict),
+        .target(name: "FerrySignal", dependencies: ["FerryCore", "FerryWire", "FerryTLS", "FerryRelay"], swiftSettings: strict),
         .target(name: "FerryClient", dependencies: ["FerryCore", "FerryWire", "FerryTLS", "FerrySignal"], swiftSettings: strict),
         .target(name: "FerryConfig",
                 dependencies: ["FerryCore", "FerrySystem", .product(name: "TOMLKit", package: "TOMLKit")],
@@ -61,7 +64,7 @@ let package = Package(
         .target(name: "FerryPreflight",
                 dependencies: ["FerryCore", "FerrySystem", "FerryConfig", "FerryTLS", "FerryTURN"], swiftSettings: strict),
         .target(name: "FerryServer",
-                dependencies: ["FerryCore", "FerrySystem", "FerryWire", "FerryTURN", "FerryTLS", "FerrySignal", "FerryConfig", "FerryPreflight", "CNATS",
+                dependencies: ["FerryCore", "FerrySystem", "FerryWire", "FerryTURN", "FerryRelay", "FerryTLS", "FerrySignal", "FerryConfig", "FerryPreflight", "CNATS",
                                .product(name: "Logging", package: "swift-log"),
                                .product(name: "DequeModule", package: "swift-collections")],
                 swiftSettings: strict),
@@ -88,6 +91,7 @@ let package = Package(
         .testTarget(name: "FerryWireTests", dependencies: ["FerryWire", "FerryCore", "FerrySystem"], exclude: ["Vectors"], swiftSettings: strict),
         .testTarget(name: "FerryTLSTests", dependencies: ["FerryTLS", "COpenSSL", "CFerryTLS"], swiftSettings: strict),
         .testTarget(name: "FerrySignalTests", dependencies: ["FerrySignal", "FerrySystem", "FerryCore"], swiftSettings: strict),
+        .testTarget(name: "FerryRelayTests", dependencies: ["FerryRelay", "FerryCore", "FerryWire", "FerrySystem"], exclude: ["Vectors"], swiftSettings: strict),
         .testTarget(name: "FerryTURNTests", dependencies: ["FerryTURN", "FerryCore", "FerryClient"], swiftSettings: strict),
         .testTarget(name: "FerryClientTests", dependencies: ["FerryClient", "FerryCore", "FerryWire", "FerryTLS", "FerrySignal"], swiftSettings: strict),
         .testTarget(name: "FerryConfigTests", dependencies: ["FerryConfig", "FerryCore", "FerrySystem", "FerryPreflight"], swiftSettings: strict),
