@@ -109,7 +109,7 @@ extension FerryConfig {
     }
 
     /// Every documented key, in table order.
-    public static let keys: [ConfigKey] = coreKeys + natsKeys
+    public static let keys: [ConfigKey] = coreKeys + natsKeys + relayKeys
 
     static let coreKeys: [ConfigKey] = [
         ConfigKey(default: "0", allowed: "0–1024", override: "`FERRY_WORKERS`, `--workers`", reload: .restart,

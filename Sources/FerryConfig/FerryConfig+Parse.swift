@@ -77,6 +77,7 @@ extension FerryConfig {
             if service == .forward && forwardTo == nil { l.report("forward_to", "is required when service = \"forward\"") }
             if service != .forward && forwardTo != nil { l.report("forward_to", "is only allowed when service = \"forward\"") }
             if transport != .udp && service == .forward { l.report("transport", "service \"forward\" needs transport \"udp\"") }
+            if transport != .udp && service == .relay { l.report("transport", "service \"relay\" needs transport \"udp\" (its stream side is the TLS listener's)") }
             l.finish()
             if let name, let address {
                 c.listeners.append(Listener(name: name, transport: transport, address: address, service: service, forwardTo: forwardTo))
@@ -222,20 +223,25 @@ extension FerryConfig {
             let urls = r.stringArray("urls", default: [])
             let secret = r.string("secret", default: nil)
             if region == nil { r.report("region", "is required") }
-            if urls.isEmpty { r.report("urls", "is required: turn: or turns: URLs") }
+            if urls.isEmpty { r.report("urls", "is required: turn:, turns: or wgrelay: URLs") }
             if secret == nil { r.report("secret", "is required: the relay's TURN REST shared secret") }
-            for (j, u) in urls.enumerated() where !(u.hasPrefix("turn:") || u.hasPrefix("turns:")) {
-                r.report("urls[\(j)]", "must start with turn: or turns:, got \"\(u)\"")
+            for (j, u) in urls.enumerated() where !FerryConfig.isRelayURL(u) {
+                r.report("urls[\(j)]", "must start with turn:, turns: or wgrelay:, got \"\(u)\"")
             }
             r.finish()
             _ = i
             if let region, let secret { c.signal.relays.append(SignalRelay(region: region, urls: urls, secret: secret)) }
         }
-        for (j, u) in c.signal.selfRelayURLs.enumerated() where !(u.hasPrefix("turn:") || u.hasPrefix("turns:")) {
-            sig.report("self_relay_urls[\(j)]", "must start with turn: or turns:, got \"\(u)\"")
+        for (j, u) in c.signal.selfRelayURLs.enumerated() where !FerryConfig.isRelayURL(u) {
+            sig.report("self_relay_urls[\(j)]", "must start with turn:, turns: or wgrelay:, got \"\(u)\"")
         }
         c.signal.nats = parseNATS(sig.table("nats"))
         sig.finish()
+        c.relay = parseRelay(root.table("relay"))
+        if c.relay.bandwidthBurst == 0 { c.relay.bandwidthBurst = c.relay.bandwidthPerSession }
+        if c.listeners.contains(where: { $0.service == .relay }) && c.turn.staticAuthSecrets.isEmpty {
+            turn.report("static_auth_secrets", "is required with a service = \"relay\" listener: native-relay credentials are minted and checked with it")
+        }
         if c.signal.enabled {
             if !c.listeners.contains(where: { $0.transport != .udp }) {
                 sink.issues.append(ConfigIssue(key: "signal.enabled", message: "signaling needs a listener with transport = \"tls\" (or \"tcp\")"))
@@ -282,6 +288,9 @@ extension FerryConfig {
         }
         if !issues.isEmpty { throw ConfigErrors(issues: issues) }
     }
+
+    /// A relay URL signaling may hand out: TURN (RFC 7065) or the native relay (`wgrelay:HOST:PORT`).
+    public static func isRelayURL(_ u: String) -> Bool { u.hasPrefix("turn:") || u.hasPrefix("turns:") || u.hasPrefix("wgrelay:") }
 
     static func parseNATS(_ t: ConfigReader) -> NATS {
         var n = NATS()

@@ -29,6 +29,8 @@ public struct FerryConfig: Sendable, Equatable {
         case turn
         /// Plain UDP forwarding of every datagram to `forward_to`: the engine benchmark mode.
         case forward
+        /// The native WireGuard relay (docs/relay-protocol.md): UDP only, served by one worker.
+        case relay
     }
 
     public struct Server: Sendable, Equatable {
@@ -233,6 +235,7 @@ public struct FerryConfig: Sendable, Equatable {
     public var tls = TLS()
     public var stream = Stream()
     public var signal = Signal()
+    public var relay = Relay()
 
     public init() {}
 
@@ -245,12 +248,13 @@ public struct FerryConfig: Sendable, Equatable {
             Listener(name: "turn-udp", transport: .udp, address: SocketAddress("127.0.0.1:3478")!, service: .turn, forwardTo: nil),
             Listener(name: "turn-tcp", transport: .tcp, address: SocketAddress("127.0.0.1:3478")!, service: .turn, forwardTo: nil),
             Listener(name: "turn-tls", transport: .tls, address: SocketAddress("127.0.0.1:5349")!, service: .turn, forwardTo: nil),
+            Listener(name: "relay-udp", transport: .udp, address: SocketAddress("127.0.0.1:3479")!, service: .relay, forwardTo: nil),
         ]
         c.tls.selfSigned = true
         c.signal.enabled = true
         c.signal.allowPlaintext = true
         c.signal.selfRelayURLs = ["turn:127.0.0.1:3478?transport=udp", "turn:127.0.0.1:3478?transport=tcp",
-                                  "turns:127.0.0.1:5349?transport=tcp"]
+                                  "turns:127.0.0.1:5349?transport=tcp", "wgrelay:127.0.0.1:3479"]
         c.turn.realm = "ferry.dev"
         c.turn.relayIPv4 = IPAddress("127.0.0.1")
         // Only local processes can reach a server on 127.0.0.1, and they can reach loopback

@@ -32,7 +32,7 @@ public enum BindResult: Int, CounterReason {
 /// request without a credential and a partner, or over the bind rate, gets no answer at all.
 public struct RelayControl {
     public var cookies: BindCookies
-    /// The relay's shared secrets (`turn.static_auth_secret`): any of them may have minted a credential.
+    /// The relay's shared secrets (`turn.static_auth_secrets`): any of them may have minted a credential.
     public let secrets: [[UInt8]]
     private var rate: TokenBucket
     private let ratePerSecond: Double
@@ -70,19 +70,24 @@ public struct RelayControl {
         case .success: break
         }
         let identity: RelayCredential
-        switch RelayCredential.verify(credential, secrets: secrets, now: wall) {
+        switch RelayCredential.parse(credential, now: wall) {
         case .failure(.expired): return (error(msg, .forbidden, reply), .expired)
         case .failure: return (error(msg, .forbidden, reply), .badCredential)
         case .success(let c): identity = c
         }
+        // The token is public; the integrity key only its holder and the relays have.
+        guard let key = secrets.lazy.map({ RelayCredential.integrityKey(secret: $0, token: credential) })
+            .first(where: { k in k.withUnsafeBytes { msg.verifyIntegritySHA256(key: $0) } }) else {
+            return (error(msg, .forbidden, reply), .badCredential)
+        }
         let partner = WireGuardKey(partnerBytes)
         if msg.uint32(STUN.Attribute.lifetime) == 0 {
             sessions.unbind(network: identity.network, key: identity.key, partner: partner)
-            return (success(msg, source, state: 0, lifetime: 0, reply), .unbound)
+            return (success(msg, source, state: 0, lifetime: 0, key: key, reply), .unbound)
         }
         switch sessions.bind(network: identity.network, key: identity.key, partner: partner, address: source, now: seconds) {
-        case .waiting: return (success(msg, source, state: 0, lifetime: sessions.limits.idleTimeout, reply), .waiting)
-        case .active: return (success(msg, source, state: 1, lifetime: sessions.limits.idleTimeout, reply), .active)
+        case .waiting: return (success(msg, source, state: 0, lifetime: sessions.limits.idleTimeout, key: key, reply), .waiting)
+        case .active: return (success(msg, source, state: 1, lifetime: sessions.limits.idleTimeout, key: key, reply), .active)
         case .refused(.samePeer): return (error(msg, .badRequest, reply), .malformed)
         case .refused: return (error(msg, .quota, reply), .quota)
         }
@@ -103,11 +108,14 @@ public struct RelayControl {
         return w.count
     }
 
-    private func success(_ msg: STUNMessage, _ source: SocketAddress, state: UInt32, lifetime: UInt32, _ reply: UnsafeMutableRawBufferPointer) -> Int {
+    /// A success, signed with the credential's key: the client knows the relay made it.
+    private func success(_ msg: STUNMessage, _ source: SocketAddress, state: UInt32, lifetime: UInt32, key: [UInt8],
+                         _ reply: UnsafeMutableRawBufferPointer) -> Int {
         var w = STUNWriter(into: reply, method: RelayProtocol.bindMethod, class: .success, transactionID: msg.transactionID)
         w.append(RelayProtocol.Attribute.xorMappedAddress, xorAddress: source)
         w.append(STUN.Attribute.lifetime, uint32: lifetime)
         w.append(RelayProtocol.Attribute.sessionState, uint32: state)
+        key.withUnsafeBytes { w.appendMessageIntegritySHA256(key: $0) }
         finish(&w)
         return w.count
     }

@@ -1,15 +1,18 @@
 import FerryCore
 import FerryWire
 
-/// A native-relay credential: what signaling hands an authenticated peer for each relay, minted
-/// with the secret that relay shares (`turn.static_auth_secret`, as TURN REST credentials are),
-/// so any relay holding the secret checks it alone, in any region, without asking anyone.
+/// A native-relay credential: what signaling hands an authenticated peer for each relay it hands
+/// out, derived from the secret that relay shares (`turn.static_auth_secrets`, as TURN REST
+/// credentials are), so any relay holding the secret checks it alone, in any region, without
+/// asking anyone (docs/relay-protocol.md, "Credentials").
 ///
-/// Wire form (docs/relay-protocol.md), carried opaque in the CREDENTIAL attribute:
-/// `version 1 (1 byte) ‖ expiry (u64, Unix seconds) ‖ public key (32) ‖ network length (1) ‖
-/// network (UTF-8, ≤ 255) ‖ MAC (32)`, the MAC being HMAC-SHA256(secret,
-/// "ferry-relay-credential-v1" ‖ every byte before the MAC). The label keeps a TURN REST
-/// password and a relay credential from ever standing in for each other.
+/// Two parts, like TURN REST's username and password:
+/// - the **token**, sent in every bind (CREDENTIAL attribute): `version 1 ‖ expiry (u64 BE, Unix
+///   seconds) ‖ WireGuard public key (32) ‖ network length (1) ‖ network (UTF-8, ≤ 255)`;
+/// - the **key**, HMAC-SHA256(secret, "ferry-relay-credential-v1" ‖ token), never sent: the bind
+///   carries MESSAGE-INTEGRITY-SHA256 made with it. So a token seen on the wire binds nothing,
+///   and a captured bind is tied to its source address by the relay's cookie.
+/// The label keeps a TURN REST password and a relay key from ever standing in for each other.
 public struct RelayCredential: Equatable, Sendable {
     public let expiry: UInt64
     public let key: WireGuardKey
@@ -22,36 +25,35 @@ public struct RelayCredential: Equatable, Sendable {
     }
 
     static let label = Array("ferry-relay-credential-v1".utf8)
-    static let macLength = 32
 
-    /// The credential's bytes, with its MAC under `secret`.
-    public func encoded(secret: String) -> [UInt8] {
+    /// The token's bytes.
+    public var token: [UInt8] {
         var out: [UInt8] = [1]
         withUnsafeBytes(of: expiry.bigEndian) { out.append(contentsOf: $0) }
         out.append(contentsOf: key.bytes)
         let net = Array(network.utf8.prefix(255))
         out.append(UInt8(net.count))
         out.append(contentsOf: net)
-        out.append(contentsOf: Crypto.hmacSHA256(key: Array(secret.utf8), data: RelayCredential.label + out))
         return out
     }
 
-    public enum Refusal: Error, Equatable, Sendable { case malformed, badMAC, expired }
+    /// The integrity key `secret` gives a token.
+    public static func integrityKey(secret: [UInt8], token: UnsafeRawBufferPointer) -> [UInt8] {
+        Crypto.hmacSHA256(key: secret, data: label + Array(token))
+    }
 
-    /// Parses and checks `bytes` against each of `secrets` (more than one while a secret rotates).
-    public static func verify(_ bytes: UnsafeRawBufferPointer, secrets: [[UInt8]], now: UInt64) -> Result<RelayCredential, Refusal> {
-        guard bytes.count >= 1 + 8 + 32 + 1 + macLength, bytes[0] == 1 else { return .failure(.malformed) }
-        let netLength = Int(bytes[41])
-        let body = 42 + netLength
-        guard bytes.count == body + macLength else { return .failure(.malformed) }
-        let signed = RelayCredential.label + Array(bytes[0..<body])
-        let mac = UnsafeRawBufferPointer(rebasing: bytes[body...])
-        guard secrets.contains(where: { s in Crypto.hmacSHA256(key: s, data: signed).withUnsafeBytes { Crypto.constantTimeEqual($0, mac) } }) else {
-            return .failure(.badMAC)
-        }
+    public static func integrityKey(secret: String, token: [UInt8]) -> [UInt8] {
+        token.withUnsafeBytes { integrityKey(secret: Array(secret.utf8), token: $0) }
+    }
+
+    public enum Refusal: Error, Equatable, Sendable { case malformed, expired }
+
+    /// Parses a token and checks its expiry; the integrity check is the caller's (`RelayControl`).
+    public static func parse(_ bytes: UnsafeRawBufferPointer, now: UInt64) -> Result<RelayCredential, Refusal> {
+        guard bytes.count >= 42, bytes[0] == 1, bytes.count == 42 + Int(bytes[41]) else { return .failure(.malformed) }
+        guard let network = String(validating: bytes[42...], as: UTF8.self) else { return .failure(.malformed) }
         let expiry = bytes.u64(1)
         guard expiry > now else { return .failure(.expired) }
-        guard let network = String(validating: bytes[42..<body], as: UTF8.self) else { return .failure(.malformed) }
         return .success(RelayCredential(expiry: expiry, key: WireGuardKey(UnsafeRawBufferPointer(rebasing: bytes[9..<41])), network: network))
     }
 }

@@ -42,6 +42,8 @@ public final class Server: @unchecked Sendable {
     var turnServices: [TURNService] = []
     lazy var sessionLog = SessionLog(enabled: config.log.sessions)
     var turnCounters: TURNCounters?
+    /// The native relay, on the worker that serves its port (nil without a relay listener).
+    var relay: RelayService?
     /// The TLS contexts in use (control thread); workers get their own reference on reload.
     var tlsContexts: TLSContextSet?
     let certificateExpiry = UnixSecondsBox()
@@ -184,8 +186,9 @@ public final class Server: @unchecked Sendable {
             // datagram, so its sockets read one datagram per slot.
             let options = Sockets.UDPOptions(reusePort: true, receiveBuffer: config.engine.udpReceiveBuffer,
                                              sendBuffer: config.engine.udpSendBuffer,
-                                             gro: config.engine.gro && listener.service == .forward)
-            let sockets = try registry.udpSockets(listener, workers: engine.loops.count, options: options)
+                                             gro: config.engine.gro && listener.service != .turn)
+            // The native relay's sessions live on one worker (RelayService says why).
+            let sockets = try registry.udpSockets(listener, workers: listener.service == .relay ? 1 : engine.loops.count, options: options)
             if let first = sockets.first { boundAddresses[listener.name] = try Sockets.localAddress(first.fd.raw) }
             for (worker, fd) in sockets {
                 // Each service registers for the first bytes it reads (DatagramDemux).
@@ -199,6 +202,9 @@ public final class Server: @unchecked Sendable {
                     let turn = turnServices[worker]
                     try workers[worker].addDatagramSocket(fd: fd, counters: counters, services: [(turn, TURNService.datagramRanges)],
                                                           fallback: turn)
+                case .relay:
+                    try workers[worker].addDatagramSocket(fd: fd, counters: counters, services: [(relayService(worker), RelayService.datagramRanges)],
+                                                          gro: config.engine.gro)
                 }
             }
             logger.info("listening", metadata: ["listener": "\(listener.name)", "service": "\(listener.service.rawValue)",

@@ -1,8 +1,11 @@
 import Foundation
 import FerryWire
 import FerryCore
+import FerryRelay
 
-/// A relay a peer may use, with short-lived TURN REST credentials made from its shared secret.
+/// A relay a peer may use, with short-lived TURN REST credentials made from its shared secret,
+/// and, when it has a native relay (`wgrelay:` URLs), a native-relay credential made from the
+/// same secret for this peer's key in its network (docs/relay-protocol.md).
 public struct RelayHandout: Sendable {
     public let region: String
     public let urls: [String]
@@ -14,11 +17,17 @@ public struct RelayHandout: Sendable {
         self.secret = secret
     }
 
-    func credentials(peer: String, now: UInt64, ttl: UInt64) -> JSONValue {
+    func credentials(peer: String, network: String, now: UInt64, ttl: UInt64) -> JSONValue {
         let username = "\(now + ttl):\(peer)"
-        return .object([("region", .string(region)), ("urls", .array(urls.map { .string($0) })), ("username", .string(username)),
-                        ("credential", .string(Crypto.restPassword(secret: secret, username: username))),
-                        ("expires", .number(Double(now + ttl)))])
+        var fields: [(String, JSONValue)] = [("region", .string(region)), ("urls", .array(urls.map { .string($0) })), ("username", .string(username)),
+                                             ("credential", .string(Crypto.restPassword(secret: secret, username: username))),
+                                             ("expires", .number(Double(now + ttl)))]
+        if urls.contains(where: { $0.hasPrefix("wgrelay:") }), let key = Base64.decode(peer), key.count == 32 {
+            let token = RelayCredential(expiry: now + ttl, key: WireGuardKey(key), network: network).token
+            fields.append(("relay_token", .string(Base64.std(token))))
+            fields.append(("relay_key", .string(Base64.std(RelayCredential.integrityKey(secret: secret, token: token)))))
+        }
+        return .object(fields)
     }
 }
 
@@ -222,7 +231,7 @@ public final class SignalSession {
         }
         state = .authenticated(peer: peer, network: identity.network)
         expiry = identity.expiry
-        let relays = policy.relays.map { $0.credentials(peer: peer, now: wallNow, ttl: policy.relayTTL) }
+        let relays = policy.relays.map { $0.credentials(peer: peer, network: identity.network, now: wallNow, ttl: policy.relayTTL) }
         let welcome = JSONValue.object([("v", .number(1)), ("type", .string("welcome")), ("peer_key", .string(peer)),
                                         ("network", .string(identity.network)), ("expires", .number(Double(identity.expiry))),
                                         ("relays", .array(relays))]).encoded()

@@ -18,8 +18,10 @@ import FerryWire
             sessions = RelaySessions(limits: limits)
         }
 
-        func credential(_ p: TestPeer, network: String = "acme", expiry: UInt64? = nil, secret: String? = nil) -> [UInt8] {
-            RelayCredential(expiry: expiry ?? wall + 3600, key: p.wg, network: network).encoded(secret: secret ?? self.secret)
+        /// A token and the key signaling would hand out with it.
+        func credential(_ p: TestPeer, network: String = "acme", expiry: UInt64? = nil, secret: String? = nil) -> Credential {
+            let token = RelayCredential(expiry: expiry ?? wall + 3600, key: p.wg, network: network).token
+            return Credential(token: token, key: RelayCredential.integrityKey(secret: secret ?? self.secret, token: token))
         }
 
         func send(_ m: [UInt8], from: SocketAddress) -> ([UInt8], BindResult) {
@@ -30,17 +32,18 @@ import FerryWire
             return (Array(reply[0..<n]), result)
         }
 
-        func bindRequest(credential: [UInt8]?, partner: [UInt8]?, cookie: [UInt8]? = nil, lifetime: UInt32? = nil) -> [UInt8] {
+        func bindRequest(credential: Credential?, partner: [UInt8]?, cookie: [UInt8]? = nil, lifetime: UInt32? = nil) -> [UInt8] {
             STUNWriter.build(method: RelayProtocol.bindMethod, class: .request) { w in
-                credential?.withUnsafeBytes { w.append(RelayProtocol.Attribute.credential, bytes: $0) }
+                credential?.token.withUnsafeBytes { w.append(RelayProtocol.Attribute.credential, bytes: $0) }
                 partner?.withUnsafeBytes { w.append(RelayProtocol.Attribute.partner, bytes: $0) }
                 cookie?.withUnsafeBytes { w.append(RelayProtocol.Attribute.cookie, bytes: $0) }
                 if let lifetime { w.append(STUN.Attribute.lifetime, uint32: lifetime) }
+                credential?.key.withUnsafeBytes { w.appendMessageIntegritySHA256(key: $0) }
             }
         }
 
         /// The client's two steps: ask, take the cookie, ask again.
-        func bind(_ p: TestPeer, to partner: TestPeer, from: SocketAddress? = nil, credential: [UInt8]? = nil, lifetime: UInt32? = nil) -> (BindResult, STUNFields?) {
+        func bind(_ p: TestPeer, to partner: TestPeer, from: SocketAddress? = nil, credential: Credential? = nil, lifetime: UInt32? = nil) -> (BindResult, STUNFields?) {
             let from = from ?? p.address
             let cred = credential ?? self.credential(p)
             let (challenge, r1) = send(bindRequest(credential: cred, partner: partner.key), from: from)
@@ -48,6 +51,11 @@ import FerryWire
             let (answer, r2) = send(bindRequest(credential: cred, partner: partner.key, cookie: cookie, lifetime: lifetime), from: from)
             return (r2, STUNFields(answer))
         }
+    }
+
+    struct Credential {
+        let token: [UInt8]
+        let key: [UInt8]
     }
 
     /// The fields of a reply the tests look at.
@@ -96,6 +104,9 @@ import FerryWire
         let spoofer = SocketAddress("192.0.2.66:51820")!
         let (again, r) = relay.send(relay.bindRequest(credential: cred, partner: b.key, cookie: cookie), from: spoofer)
         #expect(r == .wrongSource && STUNFields(again)?.code == 401 && STUNFields(again)?.cookie != nil)
+        // With the cookie it now got, the spoofer still lacks the key to sign a bind.
+        let stolen = Credential(token: cred.token, key: Crypto.randomBytes(32))
+        #expect(relay.send(relay.bindRequest(credential: stolen, partner: b.key, cookie: STUNFields(again)!.cookie!), from: spoofer).1 == .badCredential)
         relay.now += UInt64(RelayProtocol.cookieLifetime + 1) * 1_000_000_000
         #expect(relay.send(relay.bindRequest(credential: cred, partner: b.key, cookie: cookie), from: a.address).1 == .staleCookie)
         #expect(relay.sessions.sessionCount == 0)
@@ -107,8 +118,10 @@ import FerryWire
         #expect(relay.bind(a, to: b, credential: relay.credential(a, expiry: relay.wall)).0 == .expired)
         // Someone else's credential binds someone else's key: b's credential cannot bind a's side.
         #expect(relay.bind(a, to: b, credential: relay.credential(b)).0 == .malformed)  // b to b
-        let (r, f) = relay.bind(a, to: b, credential: [1, 2, 3])
+        let (r, f) = relay.bind(a, to: b, credential: Credential(token: [1, 2, 3], key: []))
         #expect(r == .badCredential && f?.code == 403)
+        // A token alone (its key unknown, or the wrong one) binds nothing.
+        #expect(relay.bind(a, to: b, credential: Credential(token: relay.credential(a).token, key: Crypto.randomBytes(32))).0 == .badCredential)
         #expect(relay.sessions.sessionCount == 0)
     }
 
@@ -116,6 +129,7 @@ import FerryWire
         let relay = Relay(bindsPerSecond: 5)
         #expect(relay.send(relay.bindRequest(credential: nil, partner: b.key), from: a.address) == ([], .malformed))
         #expect(relay.send(relay.bindRequest(credential: relay.credential(a), partner: [1, 2]), from: a.address) == ([], .malformed))
+        #expect(relay.send(STUNWriter.build(method: RelayProtocol.bindMethod, class: .indication) { _ in }, from: a.address) == ([], .malformed))
         #expect(relay.send([0, 0, 0, 0], from: a.address) == ([], .malformed))
         var results: [BindResult] = []
         for _ in 0..<8 { results.append(relay.send(relay.bindRequest(credential: relay.credential(a), partner: b.key), from: a.address).1) }

@@ -1,0 +1,262 @@
+"""The native WireGuard relay (docs/relay-protocol.md) against the real ferryd over real sockets,
+spoken by wgrelay.py, a client written from the document alone; and stock wireguard-go behind
+symmetric NATs relayed through it with no Ferry process on either peer."""
+import asyncio
+import base64
+import os
+import shutil
+import socket
+import subprocess
+
+import pytest
+
+from conftest import free_port, listener, turn_base, wait_until, binary
+import wgrelay
+from wgrelay import UDPPort, bind, credential, data, initiation, response
+
+SECRET = "relay-secret-for-tests-0123"
+
+
+def relay_config(port, extra="", secrets=(SECRET,)):
+    listed = ", ".join(f'"{s}"' for s in secrets)
+    return turn_base(workers=2).replace('relay_ipv4 = "127.0.0.1"\n', f'relay_ipv4 = "127.0.0.1"\nstatic_auth_secrets = [{listed}]\n') \
+        + extra + listener("relay-udp", port, service="relay")
+
+
+class Pair:
+    """Two bound peers a and b with a completed handshake: a's index ia, b's index ib."""
+
+    def __init__(self, relay, network="acme", secret=SECRET):
+        self.relay = relay
+        self.ka, self.kb = os.urandom(32), os.urandom(32)
+        self.a, self.b = UDPPort(), UDPPort()
+        self.ca, self.cb = credential(secret, self.ka, network), credential(secret, self.kb, network)
+        self.first = bind(self.a, relay, self.ca, self.kb)
+        self.second = bind(self.b, relay, self.cb, self.ka)
+        self.ia, self.ib = 0x1111, 0x2222
+
+    def handshake(self):
+        ini = initiation(self.ia, self.kb)
+        self.a.send(ini, self.relay)
+        got, src = self.b.recv()
+        assert got == ini and src == self.relay, "the initiation arrives as it was sent, from the relay's port"
+        resp = response(self.ib, self.ia, self.ka)
+        self.b.send(resp, self.relay)
+        assert self.a.recv()[0] == resp
+
+    def close(self):
+        self.a.close()
+        self.b.close()
+
+
+def nothing_arrives(port, timeout=0.3):
+    try:
+        port.recv(timeout)
+    except socket.timeout:
+        return True
+    return False
+
+
+@pytest.fixture
+def relay(ferryd_factory):
+    port = free_port(socket.SOCK_DGRAM)
+    f = ferryd_factory(relay_config(port))
+    f.addr = ("127.0.0.1", port)
+    return f
+
+
+def test_two_peers_bind_and_wireguard_messages_pass_as_they_are(relay):
+    p = Pair(relay.addr)
+    assert p.first.success and p.first.state == 0 and p.first.mapped == p.a.address
+    assert p.first.signed_by(p.ca[1]), "a success is signed with the credential's key"
+    assert p.second.success and p.second.state == 1
+    p.handshake()
+    for size in (0, 100, 1388):
+        m = data(p.ib, os.urandom(size))
+        p.a.send(m, relay.addr)
+        assert p.b.recv()[0] == m
+        back = data(p.ia, os.urandom(size))
+        p.b.send(back, relay.addr)
+        assert p.a.recv()[0] == back
+    wait_until(lambda: relay.metric("ferry_relay_packets_total") == 8)
+    wait_until(lambda: relay.metric("ferry_relay_sessions_active") == 1 and relay.metric("ferry_relay_indices") == 2)
+    assert relay.metric("ferry_relay_binds_total", {"result": "challenged"}) == 2
+    assert relay.metric("ferry_relay_binds_total", {"result": "waiting"}) == 1
+    assert relay.metric("ferry_relay_binds_total", {"result": "active"}) == 1
+    # LIFETIME 0 from both sides ends the session.
+    assert bind(p.a, relay.addr, p.ca, p.kb, lifetime=0).success
+    assert bind(p.b, relay.addr, p.cb, p.ka, lifetime=0).success
+    wait_until(lambda: relay.metric("ferry_relay_sessions") == 0)
+    p.a.send(data(p.ib), relay.addr)
+    assert nothing_arrives(p.b)
+    p.close()
+
+
+def test_spoofed_and_unbound_sources_get_nothing_through(relay):
+    p = Pair(relay.addr)
+    p.handshake()
+    c = UDPPort()
+    # An outsider that learned b's index (an on-path observer would) and a's token.
+    c.send(data(p.ib), relay.addr)
+    c.send(initiation(0x3333, p.kb), relay.addr)
+    assert nothing_arrives(p.b) and nothing_arrives(p.a)
+    wait_until(lambda: relay.metric("ferry_relay_drops_total", {"reason": "unknown_index"}) == 1
+               and relay.metric("ferry_relay_drops_total", {"reason": "unbound_source"}) == 1)
+    # a's own challenge replayed from c's address is refused; c's own cookie needs a's key.
+    p.a.send(wgrelay.bind_request(p.ca, p.kb), relay.addr)
+    cookie = wgrelay.BindResult(p.a.recv()[0]).cookie
+    c.send(wgrelay.bind_request(p.ca, p.kb, cookie), relay.addr)
+    again = wgrelay.BindResult(c.recv()[0])
+    assert again.code == 401 and again.cookie != cookie
+    stolen = (p.ca[0], os.urandom(32))
+    r = bind(c, relay.addr, stolen, p.kb)
+    assert r.code == 403
+    # Expired, and minted with another secret.
+    assert bind(c, relay.addr, credential(SECRET, p.ka, "acme", expiry=1), p.kb).code == 403
+    assert bind(c, relay.addr, credential("another-secret-0123456789", p.ka, "acme"), p.kb).code == 403
+    assert relay.metric("ferry_relay_binds_total", {"result": "wrong_source"}) == 1
+    assert relay.metric("ferry_relay_binds_total", {"result": "bad_credential"}) == 2
+    assert relay.metric("ferry_relay_binds_total", {"result": "expired"}) == 1
+    # The session is untouched: a and b still reach each other, and c still nothing.
+    m = data(p.ib, b"still here")
+    p.a.send(m, relay.addr)
+    assert p.b.recv()[0] == m and nothing_arrives(c)
+    c.close()
+    p.close()
+
+
+def test_a_nat_rebinding_is_a_fresh_bind_from_the_new_address(relay):
+    p = Pair(relay.addr)
+    p.handshake()
+    moved = UDPPort()
+    moved.send(data(p.ib), relay.addr)
+    assert nothing_arrives(p.b)
+    r = bind(moved, relay.addr, p.ca, p.kb)
+    assert r.success and r.state == 1 and r.mapped == moved.address
+    m = data(p.ib, b"from the new port")
+    moved.send(m, relay.addr)
+    assert p.b.recv()[0] == m
+    back = data(p.ia, b"to the new port")
+    p.b.send(back, relay.addr)
+    assert moved.recv()[0] == back and nothing_arrives(p.a)
+    moved.close()
+    p.close()
+
+
+def test_networks_are_apart_and_limits_are_counted(ferryd_factory):
+    port = free_port(socket.SOCK_DGRAM)
+    f = ferryd_factory(relay_config(port, extra="[relay]\nsessions_per_peer = 1\n"))
+    addr = ("127.0.0.1", port)
+    ka, kb, kc = os.urandom(32), os.urandom(32), os.urandom(32)
+    a, b = UDPPort(), UDPPort()
+    assert bind(a, addr, credential(SECRET, ka, "one"), kb).state == 0
+    # b binds the same pair of keys in another network: nothing joins.
+    assert bind(b, addr, credential(SECRET, kb, "two"), ka).state == 0
+    a.send(initiation(1, kb), addr)
+    assert nothing_arrives(b)
+    # a's second partner is over relay.sessions_per_peer.
+    assert bind(a, addr, credential(SECRET, ka, "one"), kc).code == 486
+    wait_until(lambda: f.metric("ferry_relay_binds_total", {"result": "quota"}) == 1
+               and f.metric("ferry_relay_drops_total", {"reason": "partner_unbound"}) == 1
+               and f.metric("ferry_relay_sessions") == 2 and f.metric("ferry_relay_sessions_active") == 0)
+    a.close()
+    b.close()
+
+
+def test_malformed_datagrams_are_dropped_and_counted(relay):
+    s = UDPPort()
+    s.send(bytes([4, 0, 0, 0]) + os.urandom(10), relay.addr)       # data shorter than a keepalive
+    s.send(bytes([1, 0, 0, 0]) + os.urandom(100), relay.addr)      # an initiation of the wrong size
+    s.send(bytes([0]) + os.urandom(40), relay.addr)                # control, but no magic cookie
+    s.send(bytes([9]) + os.urandom(40), relay.addr)                # nobody's first byte
+    s.send(wgrelay.message(wgrelay.BIND_METHOD, 0, []), relay.addr)  # a bind with nothing in it
+    assert nothing_arrives(s)
+    wait_until(lambda: relay.metric("ferry_relay_drops_total", {"reason": "malformed"}) == 2
+               and relay.metric("ferry_relay_binds_total", {"result": "malformed"}) == 2
+               and relay.metric("ferry_udp_drops_total", {"listener": "relay-udp", "reason": "unclaimed"}) == 1)
+    # And STUN Binding on the same port tells a peer its address.
+    s.send(wgrelay.message(0x001, 0, []), relay.addr)
+    t, tid, attrs = wgrelay.parse(s.recv()[0])
+    assert t == 0x0101 and wgrelay.xor_address(attrs[wgrelay.ATTR_XOR_MAPPED], tid) == s.address
+    s.close()
+
+
+def test_signaling_hands_out_relay_credentials_this_relay_accepts(ferryd_factory):
+    from test_signal import connect, token
+    from conftest import loopback_signal_config
+    tcp, relay_port = free_port(), free_port(socket.SOCK_DGRAM)
+    config = loopback_signal_config(tcp, "token-secret-0123456789", SECRET).replace(
+        'self_relay_urls = [', f'self_relay_urls = ["wgrelay:127.0.0.1:{relay_port}", ') + listener("relay-udp", relay_port, service="relay")
+    f = ferryd_factory(config)
+    url = f"ws://127.0.0.1:{tcp}/v1/signal"
+
+    async def handouts():
+        peers = [await connect(url, make_token=lambda pub: token(pub, network="lab", secret="token-secret-0123456789")) for _ in range(2)]
+        out = []
+        for p in peers:
+            me = next(r for r in p.welcome["relays"] if r["region"] == "self")
+            out.append((base64.b64decode(p.key), base64.b64decode(me["relay_token"]), base64.b64decode(me["relay_key"])))
+            await p.ws.close()
+        return out
+    (ka, ta, kya), (kb, tb, kyb) = asyncio.run(handouts())
+    assert ta[9:41] == ka and ta[42:] == b"lab", "the token names the peer's key and network"
+    a, b = UDPPort(), UDPPort()
+    addr = ("127.0.0.1", relay_port)
+    assert bind(a, addr, (ta, kya), kb).state == 0
+    assert bind(b, addr, (tb, kyb), ka).state == 1
+    # a's token with b's key is no credential.
+    assert bind(a, addr, (ta, kyb), kb).code == 403
+    a.close()
+    b.close()
+
+
+needs_lab = pytest.mark.skipif(not (shutil.which("wireguard-go") and shutil.which("wg") and shutil.which("nft")),
+                               reason="needs root, wireguard-go, wireguard-tools and nftables (scripts/setup.sh test)")
+
+
+@needs_lab
+def test_stock_wireguard_behind_symmetric_nats_through_the_native_relay(ferryd_factory, tmpdir_path):
+    """(a) of issue 21 without any agent: both peers bind from WireGuard's own port (a raw socket,
+    as the agent will), then wireguard-go's endpoint is the relay. No Ferry process runs on either
+    peer, so nothing of ours touches a WireGuard packet there; ferryd's counters carry them."""
+    from lab import ADMIN_IP, FERRY_IP, Lab, WireGuard
+    from netns import available
+    if not available():
+        pytest.skip("ip netns needs root")
+    lab = Lab(nat_a="symmetric", nat_b="symmetric")
+    try:
+        config = f"""
+[admin]
+address = "{ADMIN_IP}:9100"
+[server]
+workers = 2
+drain_seconds = 0
+[turn]
+realm = "lab"
+static_auth_secrets = ["{SECRET}"]
+""" + listener("relay-udp", 3479, service="relay", host=FERRY_IP)
+        f = ferryd_factory(config, prefix=lab.ferry.prefix(), admin_host=ADMIN_IP, admin_port=9100)
+        tag = str(os.getpid() % 10000)
+        wa = WireGuard(lab.peer_a, f"wna{tag}", "10.99.0.1", tmpdir_path)
+        wb = WireGuard(lab.peer_b, f"wnb{tag}", "10.99.0.2", tmpdir_path)
+        here = os.path.dirname(os.path.abspath(__file__))
+        for ns, me, other in ((lab.peer_a, wa, wb), (lab.peer_b, wb, wa)):
+            r = ns.exec("python3", os.path.join(here, "wgrelay.py"), "bind", f"{FERRY_IP}:3479", "--secret", SECRET,
+                        "--network", "lab", "--key", me.public, "--partner", other.public, "--raw-port", "51820")
+            assert "success=True" in r.stdout and "signed=True" in r.stdout, r.stdout + r.stderr
+            # The relay saw the NAT's address, with a port the NAT picked at random.
+            assert "mapped=('203.0.113." in r.stdout, r.stdout
+        for ns, me, other in ((lab.peer_a, wa, wb), (lab.peer_b, wb, wa)):
+            ns.exec("wg", "set", me.name, "peer", other.public, "allowed-ips", f"{other.address}/32",
+                    "endpoint", f"{FERRY_IP}:3479", "persistent-keepalive", "5")
+        r = lab.peer_a.exec("ping", "-c", "5", "-i", "0.2", "-W", "5", wb.address, check=False)
+        assert r.returncode == 0, r.stdout + f.output()
+        assert f.metric("ferry_relay_packets_total") >= 12  # handshake, 5 pings and their replies
+        assert f.metric("ferry_relay_sessions_active") == 1
+        # A bulk transfer through it, checked end to end by WireGuard's own authentication.
+        r = lab.peer_b.exec("ping", "-c", "20", "-i", "0.05", "-s", "1300", wa.address, check=False)
+        assert r.returncode == 0 and " 0% packet loss" in r.stdout, r.stdout
+        wa.close()
+        wb.close()
+    finally:
+        lab.close()
