@@ -3,9 +3,10 @@ import FerryWire
 
 /// A server a client talks to, from the URLs operators and `welcome` hand out: ICE server URIs
 /// (RFC 7064 `stun:`, RFC 7065 `turn:`/`turns:` with `?transport=udp|tcp`) and signaling
-/// WebSocket URLs (`ws://`, `wss://`).
+/// WebSocket URLs (`ws://`, `wss://`), and Ferry's native WireGuard relay (`wgrelay:HOST[:PORT]`,
+/// UDP, docs/relay-protocol.md).
 public struct ServerURL: Equatable, Sendable, CustomStringConvertible {
-    public enum Kind: String, Sendable { case stun, turn, signal }
+    public enum Kind: String, Sendable { case stun, turn, signal, native }
     public enum Transport: String, Sendable { case udp, tcp, tls }
 
     public let kind: Kind
@@ -30,6 +31,9 @@ public struct ServerURL: Equatable, Sendable, CustomStringConvertible {
             kind = .turn
             secure = text.hasPrefix("turns:")
             rest = text.dropFirst(secure ? 6 : 5)
+        } else if text.hasPrefix("wgrelay:") {
+            kind = .native
+            rest = text.dropFirst(8)
         } else if text.hasPrefix("ws://") || text.hasPrefix("wss://") {
             kind = .signal
             secure = text.hasPrefix("wss://")
@@ -70,7 +74,7 @@ public struct ServerURL: Equatable, Sendable, CustomStringConvertible {
             }
         }
         self.transport = transport
-        let defaultPort: UInt16 = kind == .signal ? (secure ? 443 : 80) : (secure ? 5349 : 3478)
+        let defaultPort: UInt16 = kind == .signal ? (secure ? 443 : 80) : kind == .native ? 3479 : (secure ? 5349 : 3478)
         if let portText {
             guard let v = UInt16(portText), v > 0 else { return nil }
             port = v

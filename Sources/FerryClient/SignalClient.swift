@@ -15,6 +15,20 @@ public struct SignalClient {
         public var username: String
         public var credential: String
         public var expires: UInt64
+        /// The native-relay credential for `wgrelay:` URLs (empty when none are handed out).
+        public var relayToken: [UInt8] = []
+        public var relayKey: [UInt8] = []
+
+        public init(region: String, urls: [String], username: String, credential: String, expires: UInt64,
+                    relayToken: [UInt8] = [], relayKey: [UInt8] = []) {
+            self.region = region
+            self.urls = urls
+            self.username = username
+            self.credential = credential
+            self.expires = expires
+            self.relayToken = relayToken
+            self.relayKey = relayKey
+        }
     }
 
     public enum Ending: Equatable, Sendable {
@@ -197,7 +211,9 @@ public struct SignalClient {
             let relays = (m["relays"]?.array ?? []).map { r in
                 Relay(region: r["region"]?.string ?? "", urls: (r["urls"]?.array ?? []).compactMap(\.string),
                       username: r["username"]?.string ?? "", credential: r["credential"]?.string ?? "",
-                      expires: UInt64(r["expires"]?.number ?? 0))
+                      expires: UInt64(r["expires"]?.number ?? 0),
+                      relayToken: r["relay_token"]?.string.flatMap(Base64.decode) ?? [],
+                      relayKey: r["relay_key"]?.string.flatMap(Base64.decode) ?? [])
             }
             return ([.welcome(network: m["network"]?.string ?? "", expires: UInt64(m["expires"]?.number ?? 0), relays: relays)], [])
         case "peer_online", "peer_offline":

@@ -165,7 +165,7 @@ extension FerryConfig {
             .field("engine.udp_send_buffer", \.engine.udpSendBuffer, example: [("engine.udp_send_buffer", "0")]),
         ]),
         ConfigKey(default: "true", allowed: "bool", override: "", reload: .restart,
-                  meaning: "forward service: read GSO trains coalesced (UDP_GRO), forward with UDP_SEGMENT", [
+                  meaning: "forward and relay services: read GSO trains coalesced (UDP_GRO), forward a train bound for one destination with UDP_SEGMENT", [
             .field("engine.gro", \.engine.gro, example: [("engine.gro", "false")]),
         ]),
         ConfigKey(default: "true", allowed: "bool", override: "", reload: .restart,
@@ -212,8 +212,8 @@ extension FerryConfig {
                   meaning: "bound with SO_REUSEPORT, one socket per worker", [
             .field("listener[].address", \.listeners, { $0.map(\.address) }, example: [("listener[].address", "\"127.0.0.1:3479\"")]),
         ]),
-        ConfigKey(default: "\"turn\"", allowed: "turn, forward", override: "", reload: .restart,
-                  meaning: "turn: STUN and TURN; forward: every datagram to `forward_to` (benchmark mode)", [
+        ConfigKey(default: "\"turn\"", allowed: "turn, forward, relay", override: "", reload: .restart,
+                  meaning: "turn: STUN and TURN; relay: the native WireGuard relay (UDP, served by one worker; docs/relay-protocol.md); forward: every datagram to `forward_to` (benchmark mode)", [
             .field("listener[].service", \.listeners, { $0.map(\.service) }, example: [("listener[].service", "\"forward\""), ("listener[].forward_to", "\"127.0.0.1:9\"")]),
         ]),
         ConfigKey(default: "—", allowed: "address", override: "", reload: .restart,

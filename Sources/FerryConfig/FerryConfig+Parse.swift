@@ -238,7 +238,6 @@ extension FerryConfig {
         c.signal.nats = parseNATS(sig.table("nats"))
         sig.finish()
         c.relay = parseRelay(root.table("relay"))
-        if c.relay.bandwidthBurst == 0 { c.relay.bandwidthBurst = c.relay.bandwidthPerSession }
         if c.listeners.contains(where: { $0.service == .relay }) && c.turn.staticAuthSecrets.isEmpty {
             turn.report("static_auth_secrets", "is required with a service = \"relay\" listener: native-relay credentials are minted and checked with it")
         }

@@ -104,7 +104,10 @@ public struct Prober {
     public let options: ProbeOptions
     /// TURN credentials handed out by `welcome`, by relay host (used where none were given).
     private var handedOut: [String: TURNClient.Credentials] = [:]
-    private let key: [UInt8]
+    /// Native-relay credentials handed out by `welcome` to two keys of the probe's, by host
+    /// (Probe+Native.swift: the echo needs both ends of a session).
+    var nativeHandedOut: [String: [NativeCredential]] = [:]
+    let key: [UInt8]
 
     public init(options: ProbeOptions) {
         self.options = options
@@ -116,17 +119,17 @@ public struct Prober {
     public mutating func run(_ urls: [ServerURL]) -> ProbeReport {
         var targets: [ProbeTarget] = []
         for u in urls where u.kind == .signal { targets.append(probeSignal(u)) }
-        for u in urls where u.kind != .signal { targets.append(probeRelay(u)) }
+        for u in urls where u.kind != .signal { targets.append(u.kind == .native ? probeNative(u) : probeRelay(u)) }
         let position = Dictionary(urls.enumerated().map { ($1.text, $0) }, uniquingKeysWith: { a, _ in a })
         return ProbeReport(targets: targets.sorted { position[$0.url, default: 0] < position[$1.url, default: 0] })
     }
 
     /// `rtt` in microseconds.
-    private func step(_ name: String, ok: Bool, _ detail: String, rtt: UInt64? = nil, _ data: [(String, JSONValue)] = []) -> ProbeStep {
+    func step(_ name: String, ok: Bool, _ detail: String, rtt: UInt64? = nil, _ data: [(String, JSONValue)] = []) -> ProbeStep {
         ProbeStep(name: name, ok: ok, detail: detail, rtt: rtt.map { Double($0) }, data: data)
     }
 
-    private func connect(_ u: ServerURL, alpn: [String], into t: inout ProbeTarget) -> ClientConnection? {
+    func connect(_ u: ServerURL, alpn: [String], into t: inout ProbeTarget) -> ClientConnection? {
         let address: SocketAddress
         do {
             address = try Resolver.resolve(u.host, port: u.port)[0]
@@ -215,7 +218,7 @@ public struct Prober {
         return handedOut[u.host]
     }
 
-    private func binding(_ c: ClientConnection, into t: inout ProbeTarget) {
+    func binding(_ c: ClientConnection, into t: inout ProbeTarget) {
         let tid = TransactionID.random()
         let request = STUNBinding.request(tid)
         let start = monotonicNanos()
@@ -307,6 +310,8 @@ public struct Prober {
                                 if let s = ServerURL(url) { handedOut[s.host] = .init(username: r.username, password: r.credential) }
                             }
                         }
+                        noteNativeCredentials(relays, publicKey: Base64.decode(client.publicKey) ?? [])
+                        if relays.contains(where: { !$0.relayToken.isEmpty }) { secondIdentity(u, token: token) }
                         let regions = relays.map { "\($0.region) (\($0.urls.count) url\($0.urls.count == 1 ? "" : "s"))" }
                         t.steps.append(step("signal", ok: true,
                                             "authenticated as \(client.publicKey.prefix(8))…, network \(network), relays handed out: \(regions.isEmpty ? "none" : regions.joined(separator: ", "))",

@@ -13,7 +13,7 @@ extension Server {
         limits.sessionsPerNetwork = r.sessionsPerNetwork
         limits.idleTimeout = UInt32(r.idleTimeoutSeconds)
         limits.bandwidth = Double(r.bandwidthPerSession)
-        limits.burst = Double(r.bandwidthBurst)
+        limits.burst = Double(r.bandwidthBurst > 0 ? r.bandwidthBurst : r.bandwidthPerSession)
         let service = RelayService(worker: workers[worker], limits: limits, secrets: config.turn.staticAuthSecrets,
                                    bindsPerSecond: Double(r.bindsPerSecond), counters: RelayCounters(registering: metrics))
         relay = service

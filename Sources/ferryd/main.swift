@@ -86,9 +86,10 @@ struct Ferryd: ParsableCommand {
               shared secret (TURN REST, coturn's static-auth-secret)  \(secret)
               admin      http://\(cfg.admin.address.map { "\($0)" } ?? "disabled")/  (status page; /metrics, /v1/status)
               admin token  \(adminToken)   (ferry status; curl -H 'Authorization: Bearer \(adminToken)' …/v1/allocations)
+              native relay  wgrelay:127.0.0.1:3479   (stock WireGuard packets; credentials come with signaling's welcome)
               signaling  ws://127.0.0.1:3478/v1/signal, wss://127.0.0.1:5349/v1/signal
               token secret  \(signalSecret)   (ferry token --secret \(signalSecret) --network dev --peer KEY)
-              check it   ferry probe --insecure --token-secret \(signalSecret) --network dev ws://127.0.0.1:3478/v1/signal turn:127.0.0.1:3478 'turn:127.0.0.1:3478?transport=tcp' 'turns:127.0.0.1:5349?transport=tcp'
+              check it   ferry probe --insecure --token-secret \(signalSecret) --network dev ws://127.0.0.1:3478/v1/signal turn:127.0.0.1:3478 'turn:127.0.0.1:3478?transport=tcp' 'turns:127.0.0.1:5349?transport=tcp' wgrelay:127.0.0.1:3479
             """)
         fflush(nil)
     }

@@ -187,8 +187,10 @@ import Foundation
 
     @Test func developmentDefaultServesTURNOnLoopback() {
         let c = FerryConfig.development
-        #expect(c.listeners.map(\.transport) == [.udp, .tcp, .tls])
-        #expect(c.listeners.allSatisfy { $0.service == .turn && $0.address.ip == IPAddress("127.0.0.1") })
+        #expect(c.listeners.map(\.transport) == [.udp, .tcp, .tls, .udp])
+        #expect(c.listeners.map(\.service) == [.turn, .turn, .turn, .relay])
+        #expect(c.listeners.allSatisfy { $0.address.ip == IPAddress("127.0.0.1") })
+        #expect(c.signal.selfRelayURLs.contains("wgrelay:127.0.0.1:3479"), "signaling hands out the native relay too")
         #expect(c.tls.selfSigned, "the TLS listener gets a certificate generated at start")
         #expect(c.turn.relayIPv4 == IPAddress("127.0.0.1"))
         #expect(c.admin.address?.ip == IPAddress("127.0.0.1"))
@@ -264,7 +266,7 @@ import Foundation
         #expect(issues("[signal]\nserver_key = \"abc\"")
                 == ["signal.server_key: must be 64 lower-case hex digits (an X25519 private key), or \"\" to keep one in server.state_directory"])
         #expect(issues("[[signal.relay]]\nregion = \"eu\"\nurls = [\"http://x\"]\nsecret = \"s\"")
-                == ["signal.relay[0].urls[0]: must start with turn: or turns:, got \"http://x\""])
+                == ["signal.relay[0].urls[0]: must start with turn:, turns: or wgrelay:, got \"http://x\""])
     }
 
     @Test func everyProblemIsReportedAtOnce() {

@@ -260,3 +260,16 @@ static_auth_secrets = ["{SECRET}"]
         wb.close()
     finally:
         lab.close()
+
+
+def test_probe_binds_both_ends_and_echoes_through_the_native_relay(relay):
+    url = f"wgrelay:127.0.0.1:{relay.addr[1]}"
+    ok = subprocess.run([binary("ferry"), "probe", "--json", "--secret", SECRET, url], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    import json
+    steps = {s["name"]: s for s in json.loads(ok.stdout)["targets"][0]["steps"]}
+    assert steps["stun binding"]["ok"] and steps["relay bind"]["ok"] and steps["relay echo"]["ok"]
+    assert steps["relay echo"]["rtt_us"] > 0
+    wait_until(lambda: relay.metric("ferry_relay_packets_total") == 1 and relay.metric("ferry_relay_binds_total", {"result": "unbound"}) == 2)
+    bad = subprocess.run([binary("ferry"), "probe", "--secret", "not-the-relay-secret-0123", url], capture_output=True, text=True)
+    assert bad.returncode == 1 and "403" in bad.stdout, bad.stdout

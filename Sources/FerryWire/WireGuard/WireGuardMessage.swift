@@ -55,6 +55,21 @@ public enum WireGuardMessage {
 
     public static func mac1Key(publicKey: [UInt8]) -> [UInt8] { publicKey.withUnsafeBytes { mac1Key(publicKey: $0) } }
 
+    /// A handshake initiation from `sender` whose mac1 names `responder` (its public key), the
+    /// rest random: what `ferry probe` and `ferry bench` send through a native relay, which reads
+    /// only the type, the index and mac1.
+    public static func initiation(sender: UInt32, responder: [UInt8]) -> [UInt8] {
+        var m = [UInt8](repeating: 0, count: initiationLength)
+        m[0] = 1
+        withUnsafeBytes(of: sender.littleEndian) { for i in 0..<4 { m[4 + i] = $0[i] } }
+        m.replaceSubrange(8..<116, with: Crypto.randomBytes(108))
+        let key = mac1Key(publicKey: responder)
+        m.withUnsafeMutableBytes { b in
+            key.withUnsafeBytes { Crypto.blake2sMAC16(key: $0, data: UnsafeRawBufferPointer(rebasing: b[0..<116]), into: b.baseAddress! + 116) }
+        }
+        return m
+    }
+
     /// Whether an initiation's or response's mac1 was made for `mac1Key`'s owner (constant time).
     public static func mac1Matches(_ p: UnsafeRawPointer, _ kind: Kind, mac1Key: UnsafeRawBufferPointer) -> Bool {
         var mac = (UInt64(0), UInt64(0))
