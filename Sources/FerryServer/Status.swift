@@ -143,7 +143,7 @@ extension Server {
     /// Every drop counted anywhere: TURN's, the UDP listeners', signaling's messages.
     static func drops(_ m: MetricsSnapshot) -> Double {
         m.sum("ferry_turn_drops_total") + m.sum("ferry_udp_drops_total") + m.sum("ferry_signal_messages_dropped_total")
-            + m.sum("ferry_signal_queue_dropped_total")
+            + m.sum("ferry_signal_queue_dropped_total") + m.sum("ferry_relay_drops_total")
     }
 
     /// `/v1/status` (and, rendered, the status page): docs/admin-api.md.
@@ -179,10 +179,20 @@ extension Server {
             return .object(detailed ? [("names", .array(c.names.map { .string($0) })), ("source", .string(c.source))] + expiry : expiry)
         }
         func series(_ rates: [Double]) -> JSONValue { .array(rates.map { n(($0 * 10).rounded() / 10) }) }
-        let drops = m.by("ferry_turn_drops_total", "reason").filter { $0.1 > 0 }.map { ($0.0, n($0.1)) }
-            + m.by("ferry_udp_drops_total", "reason").filter { $0.1 > 0 }.map { ("udp_" + $0.0, n($0.1)) }
-            + m.by("ferry_signal_messages_dropped_total", "reason").filter { $0.1 > 0 }.map { ("signal_" + $0.0, n($0.1)) }
-            + [("signal_queue_full", n(m.sum("ferry_signal_queue_dropped_total")))].filter { $0.1 != .number(0) }
+        func reasons(_ name: String, _ label: String, prefix: String) -> [(String, JSONValue)] {
+            m.by(name, label).filter { $0.1 > 0 }.map { (prefix + $0.0, n($0.1)) }
+        }
+        var drops = reasons("ferry_turn_drops_total", "reason", prefix: "")
+        drops += reasons("ferry_udp_drops_total", "reason", prefix: "udp_")
+        drops += reasons("ferry_signal_messages_dropped_total", "reason", prefix: "signal_")
+        drops += [("signal_queue_full", n(m.sum("ferry_signal_queue_dropped_total")))].filter { $0.1 != .number(0) }
+        drops += reasons("ferry_relay_drops_total", "reason", prefix: "relay_")
+        let nativeRelay: JSONValue = relay == nil ? .null : .object([
+            ("sessions", n(m.sum("ferry_relay_sessions"))), ("active", n(m.sum("ferry_relay_sessions_active"))),
+            ("max", n(Double(config.relay.maxSessions))), ("indices", n(m.sum("ferry_relay_indices"))),
+            ("packets_total", n(m.sum("ferry_relay_packets_total"))), ("bytes_total", n(m.sum("ferry_relay_bytes_total"))),
+            ("binds_by_result", .object(reasons("ferry_relay_binds_total", "result", prefix: ""))),
+        ])
         return .object([
             ("version", .string(FerryVersion.string)),
             ("started", .string(SessionLog.iso(UInt64(started)))),
@@ -209,7 +219,7 @@ extension Server {
                                        ("forwarded_total", n(m.sum("ferry_signal_messages_forwarded_total"))),
                                        ("delivered_total", n(m.sum("ferry_signal_nats_delivered_total"))),
                                        ("dropped_total", n(m.sum("ferry_signal_nats_dropped_total")))]) } ?? .null)])),
-            ("native_sessions", .null),
+            ("native_relay", nativeRelay),
             ("descriptors", .object([("open", n(Double(DescriptorLimit.openCount()))), ("limit", n(Double(DescriptorLimit.limit()))),
                                      ("at_limit", .bool(DescriptorLimit.recentlyHit(now: monotonicNanos()))),
                                      ("last_at_limit_seconds_ago", DescriptorLimit.sinceLastHit(now: monotonicNanos()).map { n(Double($0 / 1_000_000_000)) } ?? .null)])),

@@ -43,6 +43,9 @@ enum StatusPage {
                       up ? "NATS, \(int(nats["instances_seen"])) other instance(s) heard" : "NATS unreachable: signaling reaches only this instance's peers",
                       bad: !up)
         }
+        if let relay = s["native_relay"], case .object = relay {
+            h += tile(id: "native-relay", "\(int(relay["active"]))", "native-relay sessions forwarding (\(int(relay["sessions"])) with an end bound, of \(int(relay["max"])))")
+        }
         h += tile(id: "connections", "\(int(s["connections"]?["active"]))", "stream connections")
         h += tile(id: "relayed", HumanUnits.bytes(num(s["relayed"]?["bytes_to_peer_total"]) + num(s["relayed"]?["bytes_to_client_total"])), "relayed in all")
         h += tile(id: "drops", "\(int(s["drops_total"]))", "drops in all")

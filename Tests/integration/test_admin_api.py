@@ -88,7 +88,7 @@ def test_status_matches_metrics_and_ferry_status_prints_it(ferryd_factory):
     assert status["drops_by_reason"].get("no_permission") == m['ferry_turn_drops_total{reason="no_permission"}']
     assert status["uptime_seconds"] >= 0 and status["version"]
     assert {"name": "turn-udp", "service": "turn", "transport": "udp", "address": f"127.0.0.1:{f.udp}"} in status["listeners"]
-    assert status["reload"]["last"] is None and status["native_sessions"] is None
+    assert status["reload"]["last"] is None and status["native_relay"] is None
 
     out = subprocess.run([binary("ferry"), "status", f"http://127.0.0.1:{f.admin_port}"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr

@@ -27,7 +27,7 @@ def exported(port):
 
 
 def test_every_documented_series_exists_on_every_listener(ferryd_factory, tmpdir_path):
-    udp, fwd, tcp, tls, sink = free_port(), free_port(), free_port(), free_port(), free_port(socket.SOCK_DGRAM)
+    udp, fwd, tcp, tls, sink, native = free_port(), free_port(), free_port(), free_port(), free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_DGRAM)
     cert, key = make_cert(tmpdir_path, "a.test")
     f = ferryd_factory(f"""
 [server]
@@ -36,6 +36,7 @@ workers = 2
 max_datagram = 600
 [turn]
 relay_ipv4 = "127.0.0.1"
+static_auth_secrets = ["metrics-doc-secret-0123"]
 [[turn.user]]
 name = "test"
 password = "pass"
@@ -48,7 +49,8 @@ token_secrets = ["signal-secret-0123456789"]
 [signal.nats]
 servers = ["nats://127.0.0.1:{free_port()}"]
 {turn_listeners(udp=udp, tcp=tcp, tls=tls)}
-{listener("fwd-udp", fwd, service="forward", forward_to=sink)}""", env=nats_env())
+{listener("fwd-udp", fwd, service="forward", forward_to=sink)}
+{listener("relay-udp", native, service="relay")}""", env=nats_env())
     # Something on each UDP listener, and one datagram over engine.max_datagram on the TURN one.
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.sendto(b"\x00\x01\x00\x00\x21\x12\xa4\x42" + os.urandom(12), ("127.0.0.1", udp))

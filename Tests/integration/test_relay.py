@@ -10,7 +10,9 @@ import subprocess
 
 import pytest
 
-from conftest import free_port, listener, turn_base, wait_until, binary
+import json
+
+from conftest import free_port, http_get, listener, turn_base, wait_until, binary
 import wgrelay
 from wgrelay import UDPPort, bind, credential, data, initiation, response
 
@@ -83,6 +85,10 @@ def test_two_peers_bind_and_wireguard_messages_pass_as_they_are(relay):
     assert relay.metric("ferry_relay_binds_total", {"result": "challenged"}) == 2
     assert relay.metric("ferry_relay_binds_total", {"result": "waiting"}) == 1
     assert relay.metric("ferry_relay_binds_total", {"result": "active"}) == 1
+    status = json.loads(http_get(relay.admin_port, "/v1/status")[1])["native_relay"]
+    assert status["active"] == 1 and status["packets_total"] == 8 and status["binds_by_result"]["challenged"] == 2
+    page = http_get(relay.admin_port, "/")[1]
+    assert 'id="native-relay"' in page or "id=native-relay" in page
     # LIFETIME 0 from both sides ends the session.
     assert bind(p.a, relay.addr, p.ca, p.kb, lifetime=0).success
     assert bind(p.b, relay.addr, p.cb, p.ka, lifetime=0).success
@@ -266,7 +272,6 @@ def test_probe_binds_both_ends_and_echoes_through_the_native_relay(relay):
     url = f"wgrelay:127.0.0.1:{relay.addr[1]}"
     ok = subprocess.run([binary("ferry"), "probe", "--json", "--secret", SECRET, url], capture_output=True, text=True)
     assert ok.returncode == 0, ok.stdout + ok.stderr
-    import json
     steps = {s["name"]: s for s in json.loads(ok.stdout)["targets"][0]["steps"]}
     assert steps["stun binding"]["ok"] and steps["relay bind"]["ok"] and steps["relay echo"]["ok"]
     assert steps["relay echo"]["rtt_us"] > 0
