@@ -84,7 +84,7 @@ let package = Package(
         // Fuzz targets (docs/testing.md): a library the unit tests replay corpora through, and the
         // executable scripts/fuzz.sh builds with libFuzzer (a plain build replays files).
         .target(name: "FerryFuzz",
-                dependencies: ["FerryCore", "FerrySystem", "FerryWire", "FerryTLS", "FerryTURN", "FerrySignal", "FerryConfig", "FerryClient", "COpenSSL"],
+                dependencies: ["FerryCore", "FerrySystem", "FerryWire", "FerryTLS", "FerryTURN", "FerryRelay", "FerrySignal", "FerryConfig", "FerryClient", "COpenSSL"],
                 swiftSettings: strict),
         .executableTarget(name: "ferry-fuzz", dependencies: ["FerryFuzz"], swiftSettings: strict),
         .testTarget(name: "FerrySystemTests", dependencies: ["FerrySystem", "FerryCore", "CFerryLinux"], swiftSettings: strict),

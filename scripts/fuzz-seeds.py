@@ -194,6 +194,13 @@ def main():
     write("cluster", "holds", f"\1h us-2 {key} {key}".encode())
     write("cluster", "presence", b"\x011 eu-1")
     write("cluster", "query", f"\x02{key} junk {key}".encode())
+    # The native relay's script (Sources/FerryFuzz/RelayTarget.swift): op bytes and their operands.
+    # Two peers bind to each other (each bind twice: challenge, then the cookie), a handshake and data.
+    bind = lambda frm, me, partner: bytes([frm, 0, 1, me, 100, 0, 0, 1, 1, 1, partner])
+    write("relay", "bind-pair", b"\x20" + bind(0, 0, 1) + bind(0, 0, 1) + bind(1, 1, 0) + bind(1, 1, 0)
+          + bytes([0, 2, 0, 0, 1]) + bytes([1, 2, 1, 0]) + bytes([0, 2, 2, 1, 60]) + bytes([0, 5, 40]))
+    write("relay", "raw-control", b"\0" + bytes([2, 0, 0, 20]) + stun(0x070, 0) + bytes([1, 0, 0, 20]) + stun(0x001, 0))
+    write("relay", "raw-wireguard", b"\0" + bytes([3, 2, 3, 40]) + b"\x04\0\0\0" + bytes(36))
     return 0
 
 

@@ -43,6 +43,8 @@ public enum FuzzTargets {
                    run: ClientTargets.turn),
         FuzzTarget(name: "cluster", summary: "NATS subjects and payloads between instances (signaling across ferryds)",
                    run: ClusterTarget.run),
+        FuzzTarget(name: "relay", summary: "the native relay: signed binds and their challenges, raw control messages, WireGuard messages, time",
+                   run: RelayTarget.run),
         FuzzTarget(name: "sealed", summary: "sealed signaling payloads: forged envelopes never open, sealed ones open once",
                    run: ClientTargets.sealed),
     ]

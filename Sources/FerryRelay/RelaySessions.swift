@@ -35,7 +35,7 @@ public struct RelaySessions {
     public static let indexLifetime: UInt32 = 300
     /// Indices kept per direction: WireGuard's previous, current and next keypairs, and one more
     /// for an initiation retransmitted (with a fresh index) while the current one is in use.
-    static let ringSize = 4
+    public static let ringSize = 4
     static let none = UInt32.max
 
     struct IndexRing {
@@ -180,6 +180,9 @@ public struct RelaySessions {
 
     /// The number of learned receiver indices (for tests and the status page).
     public var indexCount: Int { byIndex.count }
+
+    /// Every address an end is bound at (tests and fuzzing).
+    public var boundAddresses: [SocketAddress] { Array(byAddress.keys) }
 
     // MARK: Internals
 
