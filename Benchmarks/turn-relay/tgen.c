@@ -6,7 +6,10 @@
 // With GSO > 1 each send is a UDP_SEGMENT train of GSO ChannelData messages: the server still
 // receives separate datagrams, but the generator's own cost per datagram falls, so one core can
 // offer more than a relay can take.
-// Usage: tgen FIRST_FD N CHANNEL SIZE RATE SECONDS [GSO]
+// With the word `wg` after GSO, each datagram is a WireGuard transport-data message instead (the
+// native relay's load, Benchmarks/native-relay): type 4, receiver index CHANNEL, a counter, then
+// SIZE bytes; a datagram is 16 + SIZE bytes rather than 4 + SIZE.
+// Usage: tgen FIRST_FD N CHANNEL SIZE RATE SECONDS [GSO [wg]]
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <stdio.h>
@@ -28,19 +31,29 @@ static double now(void) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 7 && argc != 8) { fprintf(stderr, "usage: tgen FIRST_FD N CHANNEL SIZE RATE SECONDS [GSO]\n"); return 2; }
-    int gso = argc == 8 ? atoi(argv[7]) : 1;
-    int first = atoi(argv[1]), n = atoi(argv[2]), channel = atoi(argv[3]), size = atoi(argv[4]);
+    if (argc < 7 || argc > 9) { fprintf(stderr, "usage: tgen FIRST_FD N CHANNEL SIZE RATE SECONDS [GSO [wg]]\n"); return 2; }
+    int gso = argc >= 8 ? atoi(argv[7]) : 1;
+    int wg = argc == 9 && strcmp(argv[8], "wg") == 0;
+    int first = atoi(argv[1]), n = atoi(argv[2]), size = atoi(argv[4]);
+    unsigned long channel = strtoul(argv[3], NULL, 0);
     double rate = atof(argv[5]), seconds = atof(argv[6]);
     static unsigned char msg[65536];
-    unsigned short hdr[2] = {htons(channel), htons(size)};
-    if (gso < 1) gso = 1;
-    if (gso * (4 + size) > 65000) gso = 65000 / (4 + size);
-    for (int g = 0; g < gso; g++) {
-        memcpy(msg + g * (4 + size), hdr, 4);
-        memset(msg + g * (4 + size) + 4, 0x5a, size);
+    unsigned char hdr[16] = {0};
+    int hlen = wg ? 16 : 4;
+    if (wg) {  /* little-endian type 4 and receiver index; the counter stays 0 */
+        hdr[0] = 4;
+        for (int b = 0; b < 4; b++) hdr[4 + b] = (unsigned char)(channel >> (8 * b));
+    } else {
+        unsigned short cd[2] = {htons((unsigned short)channel), htons(size)};
+        memcpy(hdr, cd, 4);
     }
-    struct iovec iov = {.iov_base = msg, .iov_len = (size_t)gso * (4 + size)};
+    if (gso < 1) gso = 1;
+    if (gso * (hlen + size) > 65000) gso = 65000 / (hlen + size);
+    for (int g = 0; g < gso; g++) {
+        memcpy(msg + g * (hlen + size), hdr, hlen);
+        memset(msg + g * (hlen + size) + hlen, 0x5a, size);
+    }
+    struct iovec iov = {.iov_base = msg, .iov_len = (size_t)gso * (hlen + size)};
     struct mmsghdr msgs[BATCH];
     static char control[BATCH][CMSG_SPACE(sizeof(unsigned short))];
     memset(msgs, 0, sizeof msgs);
@@ -54,7 +67,7 @@ int main(int argc, char **argv) {
             cm->cmsg_level = SOL_UDP;
             cm->cmsg_type = UDP_SEGMENT;
             cm->cmsg_len = CMSG_LEN(sizeof(unsigned short));
-            unsigned short seg = 4 + size;
+            unsigned short seg = hlen + size;
             memcpy(CMSG_DATA(cm), &seg, sizeof seg);
         }
     }

@@ -8,7 +8,8 @@ import FerryCore
 /// own key's holder (from the address the relay then forwards to), naming the other as partner;
 /// packets flow once both ends are bound. Tables, all keyed by plain values (no allocation per
 /// lookup):
-/// - `byPair` (network, lower key, higher key) → slot;
+/// - `byPair` a hash of (network, lower key, higher key) → slot, checked against the slot's keys
+///   (8-byte keys rather than 68: the tables are most of a session's memory);
 /// - `byAddress` source address → the first end bound there, the rest chained through the slots
 ///   (one WireGuard port talks to many partners);
 /// - `byIndex` (receiver index, source address) → the end a packet goes to. WireGuard's
@@ -77,21 +78,30 @@ public struct RelaySessions {
 
     struct PairKey: Hashable { var network: UInt32; var low: WireGuardKey; var high: WireGuardKey }
     struct PeerKey: Hashable { var network: UInt32; var key: WireGuardKey }
+
+    /// Swift's per-process seeded hash, so nobody outside picks keys that collide; a collision
+    /// of two live pairs refuses the second (`.sessions`), a count only shares a limit.
+    static func digest<T: Hashable>(_ v: T) -> Int { v.hashValue }
     struct IndexKey: Hashable { var index: UInt32; var source: SocketAddress }
 
     public let limits: Limits
     var slots: [Session] = []
     var free: [UInt32] = []
-    var byPair: [PairKey: UInt32] = [:]
+    var byPair: [Int: UInt32] = [:]
     var byAddress: [SocketAddress: UInt32] = [:]
     var byIndex: [IndexKey: UInt32] = [:]
-    var perPeer: [PeerKey: UInt16] = [:]
+    var perPeer: [Int: UInt16] = [:]
     var networkIDs: [String: UInt32] = [:]
     var networkSessions: [UInt32: Int] = [:]
     public private(set) var sessionCount = 0
     public private(set) var activeCount = 0
 
-    public init(limits: Limits) { self.limits = limits }
+    public init(limits: Limits) {
+        self.limits = limits
+        // Address space, not memory: pages are touched as slots are used, and the table never
+        // copies itself while growing.
+        slots.reserveCapacity(min(limits.maxSessions, 1 << 20))
+    }
 
     static func ref(_ slot: UInt32, _ end: Int) -> UInt32 { slot << 1 | UInt32(end) }
 
@@ -112,21 +122,24 @@ public struct RelaySessions {
         let pair = PairKey(network: net, low: min(key, partner), high: max(key, partner))
         let end = key == pair.low ? 0 : 1
         let slot: UInt32
-        if let s = byPair[pair] {
+        if let s = byPair[RelaySessions.digest(pair)] {
+            guard slots[Int(s)].network == net && slots[Int(s)].ends.0.key == pair.low && slots[Int(s)].ends.1.key == pair.high else {
+                return .refused(.sessions)
+            }
             slot = s
         } else {
             guard sessionCount < limits.maxSessions else { return .refused(.sessions) }
             guard networkSessions[net, default: 0] < limits.sessionsPerNetwork else { return .refused(.perNetwork) }
-            guard perPeer[PeerKey(network: net, key: key), default: 0] < limits.sessionsPerPeer else { return .refused(.perPeer) }
+            guard perPeer[RelaySessions.digest(PeerKey(network: net, key: key)), default: 0] < limits.sessionsPerPeer else { return .refused(.perPeer) }
             slot = allocate(Session(network: net, ends: (End(key: pair.low), End(key: pair.high)),
                                     bucket: TokenBucket(capacity: limits.burst, now: UInt64(now) * 1_000_000_000)))
-            byPair[pair] = slot
+            byPair[RelaySessions.digest(pair)] = slot
             networkSessions[net, default: 0] += 1
             sessionCount += 1
         }
         var e = slots[Int(slot)][end]
         if !e.bound {
-            let peer = PeerKey(network: net, key: key)
+            let peer = RelaySessions.digest(PeerKey(network: net, key: key))
             guard perPeer[peer, default: 0] < limits.sessionsPerPeer else {
                 if !slots[Int(slot)][1 - end].bound { release(slot) }
                 return .refused(.perPeer)
@@ -151,7 +164,8 @@ public struct RelaySessions {
     public mutating func unbind(network: String, key: WireGuardKey, partner: WireGuardKey) -> Bool {
         guard let net = networkIDs[network] else { return false }
         let pair = PairKey(network: net, low: min(key, partner), high: max(key, partner))
-        guard let slot = byPair[pair] else { return false }
+        guard let slot = byPair[RelaySessions.digest(pair)], slots[Int(slot)].ends.0.key == pair.low,
+              slots[Int(slot)].ends.1.key == pair.high, slots[Int(slot)].network == net else { return false }
         let end = key == pair.low ? 0 : 1
         guard slots[Int(slot)][end].bound else { return false }
         unbindEnd(slot, end)
@@ -204,7 +218,7 @@ public struct RelaySessions {
 
     private mutating func release(_ slot: UInt32) {
         let s = slots[Int(slot)]
-        byPair[PairKey(network: s.network, low: s.ends.0.key, high: s.ends.1.key)] = nil
+        byPair[RelaySessions.digest(PairKey(network: s.network, low: s.ends.0.key, high: s.ends.1.key))] = nil
         if let n = networkSessions[s.network] { networkSessions[s.network] = n > 1 ? n - 1 : nil }
         slots[Int(slot)].live = false
         free.append(slot)
@@ -217,7 +231,7 @@ public struct RelaySessions {
         forgetIndices(slot, 1 - end)
         unlink(slot, end)
         let s = slots[Int(slot)]
-        let peer = PeerKey(network: s.network, key: s[end].key)
+        let peer = RelaySessions.digest(PeerKey(network: s.network, key: s[end].key))
         if let n = perPeer[peer] { perPeer[peer] = n > 1 ? n - 1 : nil }
         slots[Int(slot)][end].bound = false
         slots[Int(slot)][end].address = SocketAddress(ip: .ipv4Any, port: 0)

@@ -152,3 +152,11 @@ import FerryWire
         #expect(forwarded == (1000 - 240) / 80 && dropped == 20 - forwarded)
     }
 }
+
+@Suite struct SessionMemory {
+    /// What an idle session costs in its slot (docs/benchmarks.md has the whole figure: the slot
+    /// plus its entries in the tables).
+    @Test func aSessionSlotStaysSmall() {
+        #expect(MemoryLayout<RelaySessions.Session>.stride <= 256, "\(MemoryLayout<RelaySessions.Session>.stride) bytes")
+    }
+}

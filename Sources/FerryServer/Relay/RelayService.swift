@@ -25,7 +25,8 @@ import FerryRelay
 ///
 /// Ownership: the worker's loop thread; static after set-up except `sessions` and `control`.
 final class RelayService: DatagramService {
-    private var sessions: RelaySessions
+    /// Taken out for each batch (so the batch's accesses are a local's), put back after.
+    private var sessions: RelaySessions?
     private var control: RelayControl
     private let counters: RelayCounters
     private let metrics: CounterBlock
@@ -63,8 +64,7 @@ final class RelayService: DatagramService {
 
     func receive(_ batch: UDPReceiveBatch, count n: Int, routes: UnsafePointer<DatagramDemux.Route>,
                  route: DatagramDemux.Route, socket: DatagramSocket, now: UInt64) {
-        var table = sessions
-        sessions = RelaySessions(limits: table.limits)
+        var table = sessions.take()!
         defer { sessions = table }
         let queue = socket.toClient
         let metrics = self.metrics
@@ -151,10 +151,12 @@ final class RelayService: DatagramService {
     }
 
     private func sweep(now: UInt64) {
-        let expired = sessions.sweep(now: UInt32(truncatingIfNeeded: now / 1_000_000_000))
+        guard var table = sessions.take() else { return }
+        defer { sessions = table }
+        let expired = table.sweep(now: UInt32(truncatingIfNeeded: now / 1_000_000_000))
         if expired > 0 { metrics.add(counters.expired, UInt64(expired)) }
-        metrics.set(counters.sessions, UInt64(sessions.sessionCount))
-        metrics.set(counters.sessionsActive, UInt64(sessions.activeCount))
-        metrics.set(counters.indices, UInt64(sessions.indexCount))
+        metrics.set(counters.sessions, UInt64(table.sessionCount))
+        metrics.set(counters.sessionsActive, UInt64(table.activeCount))
+        metrics.set(counters.indices, UInt64(table.indexCount))
     }
 }
