@@ -6,6 +6,9 @@
 #include <unistd.h>
 #include <netinet/udp.h>
 #include <sys/socket.h>
+#include <linux/filter.h>
+#include <errno.h>
+#include <netinet/in.h>
 
 _Static_assert(sizeof(struct ferry_mmsghdr) == sizeof(struct mmsghdr), "mmsghdr layout");
 _Static_assert(offsetof(struct ferry_mmsghdr, msg_len) == offsetof(struct mmsghdr, msg_len), "mmsghdr layout");
@@ -120,4 +123,32 @@ int ferry_peer_credentials(int fd, int *pid, unsigned int *uid, unsigned int *gi
     *uid = cred.uid;
     *gid = cred.gid;
     return 0;
+}
+
+int ferry_stun_port_socket(uint16_t port) {
+    int fd = socket(AF_INET, SOCK_RAW | SOCK_NONBLOCK | SOCK_CLOEXEC, IPPROTO_UDP);
+    if (fd < 0) return -1;
+    struct sock_filter code[] = {
+        // Not a fragment past the first (offset bits), else drop.
+        BPF_STMT(BPF_LD | BPF_H | BPF_ABS, 6),
+        BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, 0x1fff, 6, 0),
+        // X = the IPv4 header's length.
+        BPF_STMT(BPF_LDX | BPF_B | BPF_MSH, 0),
+        // UDP destination port.
+        BPF_STMT(BPF_LD | BPF_H | BPF_IND, 2),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, port, 0, 3),
+        // STUN's magic cookie at payload bytes 4-7 (UDP header 8 + 4).
+        BPF_STMT(BPF_LD | BPF_W | BPF_IND, 12),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 0x2112A442, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, 65535),
+        BPF_STMT(BPF_RET | BPF_K, 0),
+    };
+    struct sock_fprog prog = {.len = sizeof code / sizeof code[0], .filter = code};
+    if (setsockopt(fd, SOL_SOCKET, SO_ATTACH_FILTER, &prog, sizeof prog) < 0) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        return -1;
+    }
+    return fd;
 }

@@ -84,4 +84,10 @@ static inline uint64_t ferry_counter_load(const uint64_t *slot) {
 
 static inline uint16_t ferry_htons(uint16_t v) { return __builtin_bswap16(v); }
 
+// A raw IPv4 UDP socket (SOCK_RAW, IPPROTO_UDP) that keeps only what arrives for UDP port `port`
+// with STUN's magic cookie at bytes 4-7 of the payload: a classic-BPF filter attached with
+// SO_ATTACH_FILTER, so the kernel copies nothing else (WireGuard's own packets on that port stay
+// WireGuard's). Non-blocking, close-on-exec. Needs CAP_NET_RAW: -1 with errno set otherwise.
+int ferry_stun_port_socket(uint16_t port);
+
 #endif
