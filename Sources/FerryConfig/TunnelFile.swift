@@ -8,6 +8,7 @@
 /// ca = "/etc/ferry/ca.pem"              # optional
 /// port = 51900                          # optional: the ICE socket's UDP port
 /// relay_only = false
+/// proxy = false                                    # true: no shared port, no native relay
 /// status_file = "/run/ferry/tunnel-wg0.json"
 /// state_file = "/var/lib/ferry/tunnel-wg0.state"
 /// private_key_file = "/etc/wireguard/wg0.key"   # only with [[peer]] (WireGuard mode reads the interface's)
@@ -34,6 +35,7 @@ public struct TunnelFile: Sendable, Equatable {
     public var insecure = false
     public var port = 0
     public var relayOnly = false
+    public var proxy = false
     public var statusFile: String?
     public var stateFile: String?
     public var privateKeyFile: String?
@@ -53,6 +55,7 @@ public struct TunnelFile: Sendable, Equatable {
         f.insecure = root.bool("insecure", default: false)
         f.port = root.int("port", default: 0, range: 0...65535)
         f.relayOnly = root.bool("relay_only", default: false)
+        f.proxy = root.bool("proxy", default: false)
         f.statusFile = root.string("status_file", default: nil)
         f.stateFile = root.string("state_file", default: nil)
         f.privateKeyFile = root.string("private_key_file", default: nil)

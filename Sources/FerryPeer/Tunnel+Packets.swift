@@ -67,6 +67,13 @@ extension Tunnel {
             return
         }
         guard let i = byRemote[from] ?? linkKnowing(from) else { return }
+        // WireGuard talks to the peer through the native relay now: a packet the peer's side sent
+        // the old way would make WireGuard roam back to the agent (and it reaches WireGuard anyway
+        // by the relay once both ends are bound).
+        if links[i].native?.bound == true {
+            links[i].dropped &+= 1
+            return
+        }
         links[i].rxPackets &+= 1
         links[i].rxBytes &+= UInt64(p.count)
         if links[i].out.isFull { flushLink(i) }

@@ -26,8 +26,10 @@ extension Tunnel {
                     turn = t
                 }
                 sendHeld(i, on: route)
+                updateNative(i)
                 handOff(i)
             case .failed(let reason):
+                if links[i].native != nil { links[i].native = nil }
                 takeBack(i, because: "ICE failed")
                 log("peer \(short(links[i].key)): ICE failed (\(reason)); restarting")
                 if let old = links[i].route { byRemote[old.remote] = nil }
@@ -72,8 +74,9 @@ extension Tunnel {
         guard let wg = wireGuard, let route = links[i].route else { return }
         // The signalled kind (a pair first learned as peer-reflexive may be a host candidate).
         let kind = links[i].ice?.remotes.first { $0.address == route.remote }?.kind ?? route.remoteKind
-        let wanted: SocketAddress? = route.via == .direct && kind == .host && !links[i].handoffRefused
+        var wanted: SocketAddress? = route.via == .direct && kind == .host && !links[i].handoffRefused
             ? links[i].remoteWireGuardPort.map { SocketAddress(ip: route.remote.ip, port: $0) } : nil
+        if let n = links[i].native, n.bound, !links[i].handoffRefused { wanted = n.relay.address }
         guard wanted != links[i].handedOff else { return }
         guard let endpoint = wanted else { return takeBack(i, because: "the path changed") }
         links[i].handedOff = endpoint
@@ -120,6 +123,12 @@ extension Tunnel {
                         links[i].handoffTransfer = (t.rx, t.tx, loop.now)  // works: measure from here
                     } else if t.tx > before.tx && loop.now > before.at + 5_000_000_000 {
                         links[i].handoffRefused = true
+                        if links[i].native != nil {
+                            log("peer \(short(links[i].key)): WireGuard heard nothing back through the native relay in 5 s; back to TURN")
+                            links[i].nativeRefused = true
+                            endNative(i)
+                            continue
+                        }
                         takeBack(i, because: "WireGuard sent \(t.tx - before.tx) bytes to the peer directly and got nothing back in 5 s")
                     }
                 }

@@ -27,6 +27,7 @@ extension Tunnel {
                     relayCredentials[s.text] = .init(username: r.username, password: r.credential)
                 }
             }
+            noteNativeRelays(relays)
             for i in links.indices { links[i].online = false }
             signal.post(.subscribe(links.map(\.key)))
             // A (re)connection means the server may have restarted: gather again, restart ICE.
@@ -84,6 +85,7 @@ extension Tunnel {
                                              ("candidates", .array(agent.locals.map { .string($0.sdp) }))]
         if let answering { members.append(("offer", .string(answering))) }
         if let wg = wireGuard { members.append(("wg_port", .number(Double(wg.listenPort)))) }
+        if let native = nativeOffer { members.append(("native", .string(native))) }
         return .object(members)
     }
 
@@ -111,6 +113,7 @@ extension Tunnel {
         }
         let remotes = (body["candidates"]?.array ?? []).compactMap { $0.string.flatMap(ICECandidate.init(sdp:)) }
         if let port = body["wg_port"]?.number, port >= 1, port <= 65535 { links[i].remoteWireGuardPort = UInt16(port) }
+        links[i].remoteNative = body["native"]?.string
         switch type {
         case "offer":
             guard gathered else { return }  // we answer once gathered; the offerer retries

@@ -26,13 +26,17 @@ extension Tunnel {
             ("relay", .string(relayTransport)),
             ("relayed_address", relayCandidate.map { .string("\($0.address)") } ?? .null),
             ("ice_port", .number(Double(icePort))),
+            ("shared_port", .string(sharedPortState)),
+            ("native_relays", .array(nativeRelays.map { .string($0.url) })),
             ("uptime_seconds", .number(Double((now - started) / 1_000_000_000))),
             ("peers", .array(links.map { l in
-                let path: String = l.route.map { $0.throughRelay ? "relayed" : "direct" } ?? (l.online ? "connecting" : "offline")
+                var path: String = l.route.map { $0.throughRelay ? "relayed" : "direct" } ?? (l.online ? "connecting" : "offline")
+                if l.native?.bound == true && l.handedOff != nil { path = "native-relay" }
                 let handedOff: JSONValue = l.handedOff.map { .string("\($0)") } ?? .null
                 var m: [(String, JSONValue)] = [("key", .string(l.key)), ("path", .string(path)),
                                                 ("local_endpoint", .string("127.0.0.1:\(l.proxyPort)")), ("online", .bool(l.online)),
-                                                ("wireguard_endpoint", handedOff)]
+                                                ("wireguard_endpoint", handedOff),
+                                                ("native_relay", l.native.map { .string($0.relay.url) } ?? .null)]
                 if let r = l.route {
                     m.append(("route", .string("\(r)")))
                     m.append(("remote", .string("\(r.remote)")))

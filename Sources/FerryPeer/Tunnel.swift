@@ -33,6 +33,8 @@ public struct TunnelConfig: Sendable {
     public var port: UInt16 = 0
     /// Only relayed candidates (as WebRTC's iceTransportPolicy "relay").
     public var relayOnly = false
+    /// Keep every packet on the agent's local endpoints: no shared port, no native relay.
+    public var proxy = false
     public var statusFile: String?
     /// What must survive a restart: the newest sealed message accepted per peer and type
     /// (`SealedEnvelope.highWater`), so an envelope opened before the restart is not opened again.
@@ -81,6 +83,11 @@ public final class Tunnel: EventHandler, @unchecked Sendable {
         var handedOff: SocketAddress?
         var handoffTransfer: (rx: UInt64, tx: UInt64, at: UInt64)?
         var handoffRefused = false
+        /// The native relay the peer offered (its offer's or answer's `native`).
+        var remoteNative: String?
+        /// This link's end of a native-relay session (Tunnel+Native).
+        var native: NativeBinding?
+        var nativeRefused = false
     }
 
     enum Relay { case none, udp(SocketAddress), stream(ClientConnection) }
@@ -102,6 +109,12 @@ public final class Tunnel: EventHandler, @unchecked Sendable {
     var iceRegistration: Registration?
     let batch = UDPReceiveBatch(capacity: 64, slotSize: 2048, headroom: ChannelData.headerLength)
     let iceOut = UDPSendQueue(capacity: 128)
+
+    /// WireGuard's port, shared for native-relay binds (Tunnel+Native); nil in proxy mode.
+    var shared: SharedPort?
+    var sharedRegistration: Registration?
+    var sharedPortState = "off"
+    var nativeRelays: [NativeRelay] = []
 
     var links: [Link] = []
     var byKey: [String: Int] = [:]
@@ -253,6 +266,7 @@ public final class Tunnel: EventHandler, @unchecked Sendable {
         } catch {
             log("tunnel: cannot register sockets: \(error)")
         }
+        openSharedPort()
         loop.onIterationEnd { [self] in flush() }
         scheduleTick()
     }
@@ -296,6 +310,7 @@ public final class Tunnel: EventHandler, @unchecked Sendable {
                 offer(i)
             }
         }
+        tickNative(now: now)
         if now > lastHandoffCheck + 2_000_000_000 {
             lastHandoffCheck = now
             checkHandoffs()

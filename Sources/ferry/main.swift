@@ -135,6 +135,7 @@ struct Ferry: ParsableCommand {
             @Flag(help: "Accept unverified server certificates (development only).") var insecure = false
             @Option(help: "UDP port of the agent's ICE socket (default: any).") var port: UInt16?
             @Flag(name: .customLong("relay-only"), help: "Use relayed candidates only (never reveal host addresses).") var relayOnly = false
+            @Flag(help: "Keep WireGuard's packets on the agent's local endpoints (no shared port, no native relay).") var proxy = false
             @Option(name: .customLong("status-file"), help: "Where the agent writes its status (default: /run/ferry/tunnel-IFACE.json).") var statusFile: String?
             @Option(name: .customLong("state-file"), help: "Where the agent keeps the newest sealed message accepted from each peer, so none opens twice across a restart (default: /var/lib/ferry/tunnel-IFACE.state).") var stateFile: String?
 
@@ -175,6 +176,7 @@ struct Ferry: ParsableCommand {
                 cfg.insecure = insecure || file.insecure
                 cfg.port = port ?? UInt16(file.port)
                 cfg.relayOnly = relayOnly || file.relayOnly
+                cfg.proxy = proxy || file.proxy
                 cfg.statusFile = statusFile ?? file.statusFile
                 cfg.stateFile = stateFile ?? file.stateFile
                 var peers: [(String, String)] = file.peers.map { ($0.key, $0.deliverTo) }

@@ -64,7 +64,8 @@ transport = "tls"
 
 
 class Setup:
-    def __init__(self, ferryd_factory, directory, nat="symmetric", block_b=False, static_endpoints=False, relay_only=False):
+    def __init__(self, ferryd_factory, directory, nat="symmetric", block_b=False, static_endpoints=False, relay_only=False,
+                 extra_args=()):
         self.directory = directory
         self.lab = Lab(nat_a=nat, nat_b=nat, block_b=block_b)
         self.cert, self.key = lab_certificate(directory)
@@ -99,6 +100,7 @@ class Setup:
                 args = ["--config", config]
             if relay_only:
                 args.append("--relay-only")
+            args += list(extra_args)
             p = subprocess.Popen(["ip", "netns", "exec", ns.name, binary("ferry"), "tunnel", "run", *args],
                                  stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
             self.agents.append((p, log, status, name))

@@ -1,0 +1,77 @@
+"""`ferry tunnel` on the native relay: wireguard-go behind symmetric NATs in network namespaces
+(lab.py), ferryd handing out its native relay (`wgrelay:`) next to TURN. ICE settles on the TURN
+pair, then both agents bind from WireGuard's own port and point WireGuard at the relay: the
+pings cross ferryd's native relay and no agent touches a WireGuard packet after the switch."""
+import os
+
+import pytest
+
+from conftest import wait_until
+from lab import FERRY_IP
+from test_tunnel_e2e import Setup, ferryd_config, pytestmark  # noqa: F401  (the same skip conditions)
+
+
+class NativeSetup(Setup):
+    def start_ferryd(self):
+        config = ferryd_config(self.cert, self.key).replace(
+            'self_relay_urls = [', f'self_relay_urls = ["wgrelay:{FERRY_IP}:3479", ') + f"""
+[[listener]]
+name = "relay-udp"
+address = "{FERRY_IP}:3479"
+service = "relay"
+"""
+        from lab import ADMIN_IP
+        return self.ferryd_factory(config, prefix=self.lab.ferry.prefix(), admin_host=ADMIN_IP, admin_port=9100)
+
+
+@pytest.fixture
+def native_setup(ferryd_factory, tmpdir_path):
+    made = []
+
+    def make(**kw):
+        s = NativeSetup.__new__(NativeSetup)
+        made.append(s)
+        s.__init__(ferryd_factory, tmpdir_path, **kw)
+        return s
+
+    yield make
+    for s in made:
+        s.close()
+
+
+def agent_packets(s, name):
+    st = s.status(name)
+    p = st["peers"][0]
+    return p["rx_packets"] + p["tx_packets"]
+
+
+def test_symmetric_nats_move_onto_the_native_relay_and_the_agents_leave_the_path(native_setup):
+    s = native_setup(nat="symmetric")
+    s.wait_for_ping()
+    wait_until(lambda: s.path("a") == "native-relay" and s.path("b") == "native-relay", timeout=20, what=s.logs)
+    for name in ("a", "b"):
+        st = s.status(name)
+        assert st["shared_port"] == "udp 51820" and st["native_relays"] == [f"wgrelay:{FERRY_IP}:3479"], st
+        assert st["peers"][0]["wireguard_endpoint"] == f"{FERRY_IP}:3479", st
+    before = {n: agent_packets(s, n) for n in ("a", "b")}
+    native_before = s.ferryd.metric("ferry_relay_packets_total") or 0
+    turn_before = s.relayed_packets()
+    r = s.ping(count=50, interval=0.02)
+    assert " 0% packet loss" in r.stdout, r.stdout + s.logs()
+    wait_until(lambda: s.status("a") and s.status("b"), timeout=3)
+    # The agents' sockets carried none of it; ferryd's native relay carried all 100 packets; TURN
+    # carried only ICE's consent checks, which go on between the agents.
+    assert {n: agent_packets(s, n) for n in ("a", "b")} == before, s.logs()
+    assert (s.ferryd.metric("ferry_relay_packets_total") or 0) - native_before >= 100
+    assert s.relayed_packets() - turn_before < 40
+    assert s.ferryd.metric("ferry_relay_sessions_active") == 1
+
+
+def test_proxy_mode_keeps_the_agents_on_the_path(native_setup, tmpdir_path):
+    s = native_setup(nat="symmetric", extra_args=["--proxy"])
+    s.wait_for_ping()
+    wait_until(lambda: s.path("a") == "relayed" and s.path("b") == "relayed", timeout=20, what=s.logs)
+    assert s.status("a")["shared_port"] == "off (--proxy)"
+    r = s.ping(count=10, interval=0.05)
+    assert " 0% packet loss" in r.stdout, r.stdout + s.logs()
+    assert not s.ferryd.metric("ferry_relay_packets_total")
