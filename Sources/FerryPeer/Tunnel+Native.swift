@@ -138,6 +138,18 @@ extension Tunnel {
         statusDirty = true
     }
 
+    /// After signaling came back (ferryd may have restarted, its relay with it): bound sessions
+    /// bind again at once rather than at the next refresh, and a link that gave up on the native
+    /// relay may try it again when ICE settles anew.
+    func rebindNative() {
+        for i in links.indices {
+            links[i].nativeRefused = false
+            guard links[i].native != nil else { continue }
+            links[i].native?.tries = 0
+            sendBind(i)
+        }
+    }
+
     /// Retries unanswered binds (1 s apart, 5 times, then TURN it is) and refreshes bound ones.
     func tickNative(now: UInt64) {
         for i in links.indices {

@@ -82,10 +82,11 @@ extension Tunnel {
         links[i].handedOff = endpoint
         links[i].handoffTransfer = nil
         let key = links[i].key, log = self.log
+        let what = links[i].native?.bound == true ? "NATIVE-RELAY" : "DIRECT"
         runInBackground { [self] in
             do {
                 try wg.setEndpoint(peer: key, endpoint)
-                log("peer \(short(key)): path DIRECT handed to WireGuard (endpoint \(endpoint))")
+                log("peer \(short(key)): path \(what) handed to WireGuard (endpoint \(endpoint))")
                 let t = WireGuardInterface.transfer(wg.name)?[key]
                 loop.execute { [self] _ in
                     guard let j = byKey[key], links[j].handedOff == endpoint, let t else { return }

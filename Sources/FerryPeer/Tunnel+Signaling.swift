@@ -29,6 +29,7 @@ extension Tunnel {
             }
             noteNativeRelays(relays)
             for i in links.indices { links[i].online = false }
+            rebindNative()
             signal.post(.subscribe(links.map(\.key)))
             // A (re)connection means the server may have restarted: gather again, restart ICE.
             startGathering()

@@ -55,7 +55,8 @@ extension RelaySessions {
             // The responder's packets will carry the initiator's sender index back.
             learn(slot, from: toEnd, index: WireGuardMessage.senderIndex(p), now: seconds)
         case .response, .cookieReply, .transportData:
-            guard let dest = byIndex[IndexKey(index: WireGuardMessage.receiverIndex(p, kind), source: source)] else {
+            let index = WireGuardMessage.receiverIndex(p, kind)
+            guard let dest = byIndex[IndexKey(index: index, source: source)] ?? soleSession(of: source, kind: kind, index: index, now: seconds) else {
                 return .drop(.unknownIndex)
             }
             (slot, toEnd) = (dest >> 1, Int(dest & 1))
@@ -78,6 +79,20 @@ extension RelaySessions {
         slots[Int(slot)].bytes &+= UInt64(n)
         slots[Int(slot)][1 - toEnd].lastSeen = seconds
         return .forward(slots[Int(slot)][toEnd].address)
+    }
+
+    /// Data under an index the relay never saw a handshake for (it restarted, or forgot): when
+    /// `source` is bound in exactly one session and that session forwards, there is only one
+    /// place the packet can go, so the index is learned from it. WireGuard keeps using its
+    /// keypair for up to two minutes and only handshakes again when it hears nothing for 15 s;
+    /// without this a restarted relay would carry nothing for that long. With several sessions at
+    /// one address the packet waits for WireGuard's next handshake (dropped as `unknown_index`).
+    private mutating func soleSession(of source: SocketAddress, kind: WireGuardMessage.Kind, index: UInt32, now: UInt32) -> UInt32? {
+        guard kind == .transportData, let r = byAddress[source] else { return nil }
+        let slot = r >> 1, end = Int(r & 1)
+        guard slots[Int(slot)][end].next == RelaySessions.none, slots[Int(slot)].active else { return nil }
+        learn(slot, from: end, index: index, now: now)
+        return RelaySessions.ref(slot, 1 - end)
     }
 
     /// The end an initiation from `source` is for: the partner, among every session end bound

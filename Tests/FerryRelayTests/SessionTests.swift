@@ -33,16 +33,20 @@ import FerryWire
         var cookie = [UInt8](repeating: 0, count: 64); cookie[0] = 3
         withUnsafeBytes(of: ia.littleEndian) { for i in 0..<4 { cookie[4 + i] = $0[i] } }
         #expect(s.route(cookie, from: b.address, at: 101) == .forward(a.address))
-        // An index a never learned, and a's index sent by a itself (it leads to a, not from a).
-        #expect(s.route(WG.data(receiver: ib &+ 1), from: a.address, at: 101) == .drop(.unknownIndex))
-        #expect(s.route(WG.data(receiver: ia), from: a.address, at: 101) == .drop(.unknownIndex))
+        // An index b never sent from b's port with two sessions on it: nowhere to go.
+        var two = bound([(a, b), (c, b)])
+        let (_, ib2) = handshake(&two, a, b)
+        #expect(two.route(WG.data(receiver: ib2 &+ 1), from: b.address, at: 101) == .drop(.unknownIndex))
+        #expect(two.route(WG.data(receiver: ib2), from: b.address, at: 101) == .drop(.unknownIndex), "b's own index leads to b, not from b")
     }
 
     @Test func aSpoofedSourceCannotInjectOrSteer() {
         var s = bound([(a, b), (c, b)])
         let (_, ib) = handshake(&s, a, b)
-        // c knows b's index (an on-path observer would) but sends from its own bound address.
-        #expect(s.route(WG.data(receiver: ib), from: c.address, at: 101) == .drop(.unknownIndex))
+        // c knows b's index (an on-path observer would) but sends from its own bound address: it
+        // reaches c's own partner at most (c's only session), never a's session.
+        #expect(s.route(WG.data(receiver: ib), from: c.address, at: 101) == .forward(b.address))
+        #expect(s.route(WG.data(receiver: ib), from: a.address, at: 101) == .forward(b.address))
         // An unbound address gets nothing through, whatever it sends.
         let stranger = SocketAddress("192.0.2.99:1234")!
         #expect(s.route(WG.data(receiver: ib), from: stranger, at: 101) == .drop(.unknownIndex))
@@ -70,6 +74,20 @@ import FerryWire
         #expect(s.route(WG.initiation(sender: 1, to: b.key), from: a.address, at: 100) == .forward(b.address))
     }
 
+    @Test func dataWithoutAHandshakeFollowsTheSourcesOnlySession() {
+        var s = bound([(a, b)])
+        // No handshake seen (the relay restarted): each side's data goes to its one partner.
+        #expect(s.route(WG.data(receiver: 77), from: a.address, at: 100) == .forward(b.address))
+        #expect(s.route(WG.data(receiver: 88), from: b.address, at: 100) == .forward(a.address))
+        #expect(s.indexCount == 2)
+        // Not handshakes, not cookie replies (they carry mac1 or are answers), not half-bound sessions.
+        var cookie = [UInt8](repeating: 0, count: 64); cookie[0] = 3
+        #expect(s.route(cookie, from: a.address, at: 100) == .drop(.unknownIndex))
+        var half = RelaySessions(limits: RelaySessions.Limits())
+        _ = half.bind(network: "acme", key: a.wg, partner: b.wg, address: a.address, now: 100)
+        #expect(half.route(WG.data(receiver: 77), from: a.address, at: 100) == .drop(.unknownIndex))
+    }
+
     @Test func aNATRebindingIsAFreshBindThatKeepsTheIndices() {
         var s = bound([(a, b)])
         let (ia, ib) = handshake(&s, a, b)
@@ -83,7 +101,8 @@ import FerryWire
     }
 
     @Test func indicesExpireAndTheRingKeepsTheNewest() {
-        var s = bound([(a, b)])
+        // a's port has two sessions, so an index the relay does not know has nowhere to go.
+        var s = bound([(a, b), (a, c)])
         let first = handshake(&s, a, b)
         var later: (UInt32, UInt32) = (0, 0)
         for _ in 0..<RelaySessions.ringSize { later = handshake(&s, a, b) }
@@ -94,9 +113,11 @@ import FerryWire
         for t in [150, 250, 350, 100 + RelaySessions.indexLifetime + 1] as [UInt32] {
             _ = s.bind(network: "acme", key: a.wg, partner: b.wg, address: a.address, now: t)
             _ = s.bind(network: "acme", key: b.wg, partner: a.wg, address: b.address, now: t)
+            _ = s.bind(network: "acme", key: a.wg, partner: c.wg, address: a.address, now: t)
+            _ = s.bind(network: "acme", key: c.wg, partner: a.wg, address: c.address, now: t)
             s.sweep(now: t)
         }
-        #expect(s.indexCount == 0 && s.activeCount == 1)
+        #expect(s.indexCount == 0 && s.activeCount == 2)
         #expect(s.route(WG.data(receiver: later.1), from: a.address, at: 500) == .drop(.unknownIndex))
     }
 
