@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
 """WireGuard through `ferry tunnel`, against WireGuard alone, in one run, in the namespaces of
-Tests/integration/lab.py with routed (untranslated) LANs so that WireGuard's own endpoints work:
+Tests/integration/lab.py: with routed (untranslated) LANs (--nat none, the default), or behind
+port-preserving NATs (--nat preserving), so that WireGuard's own endpoints work either way:
 
-  1. plain: WireGuard with each other's address as endpoint (no agent): the baseline, measured
-     before and after the agents' runs (their mean is the baseline);
-  2. direct: the agents find the direct path to each other's host address and hand it to
-     WireGuard (the agent steps off the path);
-  3. relayed: the agents with --relay-only carry WireGuard through ferryd's TURN.
+  1. plain: WireGuard with each other's address (or NAT's address) as endpoint (no agent): the
+     baseline, measured before and after the agents' runs (their mean is the baseline);
+  2. direct: the agents find the direct path (routed: to each other's host address, handed to
+     WireGuard, the agent steps off the path; behind NAT: hole punched, through the agents);
+  3. relayed: the agents with --relay-only --proxy carry WireGuard through ferryd's TURN;
+  4. native: the agents with --relay-only move WireGuard onto ferryd's native relay (bound from
+     WireGuard's port; no agent on the path).
 
 For each: the median and p90 round trip of `ping` across the WireGuard interfaces, and TCP
 throughput with iperf3 (A to B). Goals (docs/benchmarks.md): relayed throughput >= 0.8 x direct;
@@ -45,6 +48,24 @@ def ping_stats(lab, wg_b, count):
             "received": len(rtts), "sent": count}
 
 
+def connect(lab, wg_b, seconds=40):
+    """Pings until one answer comes back: a handshake, which behind NATs may need a few of
+    WireGuard's 5-second retries for both sides' mappings to exist (a simultaneous open)."""
+    deadline = time.time() + seconds
+    while True:
+        # Both sides send, so both NATs hold a mapping (B alone would never start a handshake).
+        back = subprocess.Popen(["ip", "netns", "exec", lab.peer_b.name, "ping", "-n", "-c", "1", "-W", "1", "10.99.0.1"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        ok = subprocess.run(["ip", "netns", "exec", lab.peer_a.name, "ping", "-n", "-c", "1", "-W", "1", wg_b.address],
+                            capture_output=True).returncode == 0
+        back.wait()
+        if ok:
+            break
+        if time.time() > deadline:
+            raise RuntimeError("WireGuard did not connect")
+    ping_stats(lab, wg_b, 20)
+
+
 def pids(pattern):
     out = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout
     return [int(p) for p in out.split()]
@@ -74,7 +95,7 @@ def iperf_run(lab, wg_b, seconds):
         return None
 
 
-def agents(lab, wg_a, wg_b, directory, cert, relay_only):
+def agents(lab, wg_a, wg_b, directory, cert, relay_only, proxy=False, want=None, handed=True):
     procs = []
     for ns, wg, name in ((lab.peer_a, wg_a, "a"), (lab.peer_b, wg_b, "b")):
         token = subprocess.run([conftest.binary("ferry"), "token", "--secret", TOKEN_SECRET, "--network", "lab", "--peer", wg.public],
@@ -83,15 +104,15 @@ def agents(lab, wg_a, wg_b, directory, cert, relay_only):
         args = ["ip", "netns", "exec", ns.name, *PEERS_CPU, conftest.binary("ferry"), "tunnel", "run", "--interface", wg.name,
                 "--signal", f"wss://{FERRY_IP}:443/v1/signal", "--token", token, "--ca", cert, "--status-file", status,
                 "--state-file", status + ".state"]
-        procs.append(subprocess.Popen(args + (["--relay-only"] if relay_only else []), stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.DEVNULL, start_new_session=True))
-    want = "relayed" if relay_only else "direct"
+        procs.append(subprocess.Popen(args + (["--relay-only"] if relay_only else []) + (["--proxy"] if proxy else []),
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
+    want = want or ("relayed" if relay_only else "direct")
 
     def path(name):
         try:
             p = json.load(open(os.path.join(directory, f"status-{name}.json")))["peers"][0]
             # A direct path to a host address is handed to WireGuard: wait for that too.
-            return p["path"] if relay_only or p.get("wireguard_endpoint") else None
+            return p["path"] if relay_only or not handed or p.get("wireguard_endpoint") else None
         except (OSError, ValueError, IndexError, KeyError):
             return None
     deadline = time.time() + 40
@@ -113,6 +134,7 @@ def main():
     ap.add_argument("--bindir", default=os.path.join(HERE, "..", "..", ".build", "release"))
     ap.add_argument("--pings", type=int, default=500)
     ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--nat", choices=["none", "preserving"], default="none")
     ap.add_argument("--pin", action="store_true",
                     help="ferryd alone on CPU 1, the peers (WireGuard, agents, ping, iperf3) on CPU 0: the relay "
                          "as on a machine of its own, not competing with the peers for the same two cores")
@@ -123,9 +145,13 @@ def main():
     conftest.BIN = os.path.abspath(args.bindir)
     results = {}
     with tempfile.TemporaryDirectory(prefix="ferry-tunnel-bench-") as d:
-        lab = Lab(nat_a="none", nat_b="none")
+        lab = Lab(nat_a=args.nat, nat_b=args.nat)
         cert, key = lab_certificate(d)
-        ferryd = conftest.Ferryd(ferryd_config(cert, key), d, prefix=lab.ferry.prefix() + (["taskset", "-c", "1"] if args.pin else []),
+        config = ferryd_config(cert, key).replace('self_relay_urls = [', f'self_relay_urls = ["wgrelay:{FERRY_IP}:3479", ') \
+            + f'[[listener]]\nname = "relay-udp"\naddress = "{FERRY_IP}:3479"\nservice = "relay"\n'
+        # Plain WireGuard aims at the other LAN's host, or at the other NAT (which keeps port 51820).
+        ends = ("10.2.0.2", "10.1.0.2") if args.nat == "none" else ("203.0.113.6", "203.0.113.2")
+        ferryd = conftest.Ferryd(config, d, prefix=lab.ferry.prefix() + (["taskset", "-c", "1"] if args.pin else []),
                                  admin_host=ADMIN_IP, admin_port=9100)
         cpu = 0 if args.pin else None
         wg_a = WireGuard(lab.peer_a, "wbencha", "10.99.0.1", d, cpu=cpu)
@@ -133,33 +159,40 @@ def main():
         wg_a.add_peer(wg_b)
         wg_b.add_peer(wg_a)
         try:
-            lab.peer_a.exec("wg", "set", wg_a.name, "peer", wg_b.public, "endpoint", "10.2.0.2:51820")
-            lab.peer_b.exec("wg", "set", wg_b.name, "peer", wg_a.public, "endpoint", "10.1.0.2:51820")
-            ping_stats(lab, wg_b, 20)  # handshake
+            lab.peer_a.exec("wg", "set", wg_a.name, "peer", wg_b.public, "endpoint", f"{ends[0]}:51820")
+            lab.peer_b.exec("wg", "set", wg_b.name, "peer", wg_a.public, "endpoint", f"{ends[1]}:51820")
+            connect(lab, wg_b)
             watch = {"wireguard-go": pids("wireguard-go wbench"), "ferryd": [ferryd.proc.pid]}
             mbps, cpu = iperf(lab, wg_b, args.seconds, watch)
             results["plain"] = {"ping": ping_stats(lab, wg_b, args.pings), "iperf_mbps": mbps, "cpu_per_second": cpu}
-            for name, relay_only in (("direct", False), ("relayed", True)):
-                procs = agents(lab, wg_a, wg_b, d, cert, relay_only)
+            for name, relay_only, proxy, want in (("direct", False, False, "direct"), ("relayed", True, True, "relayed"),
+                                                  ("native", True, False, "native-relay")):
+                procs = agents(lab, wg_a, wg_b, d, cert, relay_only, proxy, want, handed=args.nat == "none")
                 try:
-                    ping_stats(lab, wg_b, 20)
+                    connect(lab, wg_b)
                     mbps, cpu = iperf(lab, wg_b, args.seconds, dict(watch, agents=[p.pid for p in procs]))
                     results[name] = {"ping": ping_stats(lab, wg_b, args.pings), "iperf_mbps": mbps, "cpu_per_second": cpu}
                 finally:
                     stop(procs)
             # Plain WireGuard again, to bracket the agents' runs against the VM's drift.
-            lab.peer_a.exec("wg", "set", wg_a.name, "peer", wg_b.public, "endpoint", "10.2.0.2:51820")
-            lab.peer_b.exec("wg", "set", wg_b.name, "peer", wg_a.public, "endpoint", "10.1.0.2:51820")
-            ping_stats(lab, wg_b, 20)
+            lab.peer_a.exec("wg", "set", wg_a.name, "peer", wg_b.public, "endpoint", f"{ends[0]}:51820")
+            lab.peer_b.exec("wg", "set", wg_b.name, "peer", wg_a.public, "endpoint", f"{ends[1]}:51820")
+            connect(lab, wg_b)
             mbps, cpu = iperf(lab, wg_b, args.seconds, watch)
             results["plain_again"] = {"ping": ping_stats(lab, wg_b, args.pings), "iperf_mbps": mbps, "cpu_per_second": cpu}
             results["relayed_packets_at_ferryd"] = ferryd.metric("ferry_turn_relayed_packets_total", {"direction": "to_peer"})
+            results["native_packets_at_ferryd"] = ferryd.metric("ferry_relay_packets_total")
         finally:
             wg_a.close()
             wg_b.close()
             ferryd.stop()
             lab.close()
     p, dr, rl, p2 = results["plain"], results["direct"], results["relayed"], results["plain_again"]
+    nv = results["native"]
+    if p["iperf_mbps"] and p2["iperf_mbps"] and nv["iperf_mbps"]:
+        results["native_over_plain_throughput"] = round(nv["iperf_mbps"] / ((p["iperf_mbps"] + p2["iperf_mbps"]) / 2), 3)
+    if p["iperf_mbps"] and p2["iperf_mbps"] and rl["iperf_mbps"]:
+        results["relayed_over_plain_throughput"] = round(rl["iperf_mbps"] / ((p["iperf_mbps"] + p2["iperf_mbps"]) / 2), 3)
     plain_rtt = (p["ping"]["median_us"] + p2["ping"]["median_us"]) / 2
     results["agent_added_median_rtt_us"] = round(dr["ping"]["median_us"] - plain_rtt, 1)
     if dr["iperf_mbps"] and rl["iperf_mbps"]:
@@ -167,6 +200,7 @@ def main():
     if p["iperf_mbps"] and dr["iperf_mbps"]:
         results["direct_over_plain_throughput"] = round(dr["iperf_mbps"] / p["iperf_mbps"], 3)
     results["pinned"] = args.pin
+    results["nat"] = args.nat
     print(json.dumps(results, indent=2))
 
 
