@@ -15,9 +15,14 @@ import Glibc
 /// all (sendmmsg batches, paced every millisecond), and a receiver thread takes what arrives
 /// (recvmmsg) and reads the sequence number and send time in each payload: relayed packets/s,
 /// loss, and the one-way latency through the relay (both ends are this process's clock).
+/// Against a native relay (`wgrelay:`, Bench+Native.swift) the sockets bind sessions in pairs
+/// instead, and the packets are WireGuard transport-data messages.
 public struct BenchOptions: Sendable {
     public var server: ServerURL
     public var credentials: TURNClient.Credentials
+    /// Native relay: the shared secret credentials are minted with, and their network.
+    public var nativeSecret: String?
+    public var network = "bench"
     public var allocations = 16
     public var rate = 10_000
     public var size = 200
@@ -70,6 +75,8 @@ struct LatencyHistogram {
 
 public struct BenchResult: Sendable {
     public var allocations = 0
+    /// Native relay: the sockets bound sessions in pairs (no allocations).
+    public var native = false
     public var seconds = 0.0
     public var sent: UInt64 = 0
     public var received: UInt64 = 0
@@ -81,7 +88,8 @@ public struct BenchResult: Sendable {
     public var json: JSONValue {
         let latency: JSONValue = .object([("p50", .number(Double(p50) / 1000)), ("p99", .number(Double(p99) / 1000)),
                                           ("p99.9", .number(Double(p999) / 1000)), ("max", .number(Double(max) / 1000))])
-        var members: [(String, JSONValue)] = [("allocations", .number(Double(allocations))), ("seconds", .number(seconds))]
+        var members: [(String, JSONValue)] = [(native ? "sessions" : "allocations", .number(Double(native ? allocations / 2 : allocations))),
+                                              ("seconds", .number(seconds))]
         members.append(("sent", .number(Double(sent))))
         members.append(("received", .number(Double(received))))
         members.append(("offered_pps", .number(offeredRate.rounded())))
@@ -94,7 +102,7 @@ public struct BenchResult: Sendable {
     public var human: String {
         func us(_ n: UInt64) -> String { "\((Double(n) / 100).rounded() / 10) µs" }
         return """
-            \(allocations) allocations, \(Int(seconds.rounded())) s: offered \(Int(offeredRate.rounded())) packets/s, relayed \(Int(relayedRate.rounded())) packets/s, loss \((loss * 10000).rounded() / 100) %
+            \(native ? "\(allocations / 2) native-relay sessions" : "\(allocations) allocations"), \(Int(seconds.rounded())) s: offered \(Int(offeredRate.rounded())) packets/s, relayed \(Int(relayedRate.rounded())) packets/s, loss \((loss * 10000).rounded() / 100) %
             latency through the relay: p50 \(us(p50)), p99 \(us(p99)), p99.9 \(us(p999)), max \(us(max))
             """
     }
@@ -105,6 +113,9 @@ public final class Bench: @unchecked Sendable {
     var sockets: [ClientConnection] = []
     var clients: [TURNClient] = []
     var channels: [UInt16] = []
+    /// Native relay: each socket's receiver index towards its partner, and the pairs' keys.
+    var indices: [UInt32] = []
+    var binders: [RelayBinder] = []
     var server = SocketAddress(ip: .ipv4Any, port: 0)
     let received = Atomic<UInt64>(0)
     let receiverDone = Atomic<Bool>(false)
@@ -118,18 +129,8 @@ public final class Bench: @unchecked Sendable {
     /// Allocates and pairs every socket (blocking; before the clock starts).
     public func setUp() throws(Failure) {
         guard options.server.transport == .udp else { throw Failure(description: "ferry bench measures TURN over UDP (turn:HOST[:PORT])") }
-        guard options.allocations >= 2, options.allocations % 2 == 0 else { throw Failure(description: "--allocations must be even and at least 2") }
-        guard options.size >= 16, options.size <= 1400 else { throw Failure(description: "--size must be 16 to 1400 bytes") }
-        do {
-            guard let v4 = try Resolver.resolve(options.server.host, port: options.server.port).first(where: { $0.ip.isIPv4 }) else {
-                throw Failure(description: "\(options.server.host): no IPv4 address")
-            }
-            server = v4
-        } catch let e as Failure {
-            throw e
-        } catch {
-            throw Failure(description: "\(error)")
-        }
+        if options.server.kind == .native { return try setUpNative() }
+        try resolveServer()
         var relayed: [SocketAddress] = []
         var mismatches = 0
         while sockets.count < options.allocations {
@@ -164,6 +165,21 @@ public final class Bench: @unchecked Sendable {
         }
     }
 
+    func resolveServer() throws(Failure) {
+        guard options.allocations >= 2, options.allocations % 2 == 0 else { throw Failure(description: "--allocations must be even and at least 2") }
+        guard options.size >= 16, options.size <= 1400 else { throw Failure(description: "--size must be 16 to 1400 bytes") }
+        do {
+            guard let v4 = try Resolver.resolve(options.server.host, port: options.server.port).first(where: { $0.ip.isIPv4 }) else {
+                throw Failure(description: "\(options.server.host): no IPv4 address")
+            }
+            server = v4
+        } catch let e as Failure {
+            throw e
+        } catch {
+            throw Failure(description: "\(error)")
+        }
+    }
+
     /// One request to completion: the event, an error response thrown as "CODE reason".
     private func transact(_ conn: ClientConnection, _ c: inout TURNClient, _ first: [UInt8]) throws(Failure) -> TURNClient.Event? {
         let e: TURNClient.Event?
@@ -188,8 +204,11 @@ public final class Bench: @unchecked Sendable {
             throw Failure(description: "\(error)")
         }
         let n = sockets.count, size = options.size
+        let native = options.server.kind == .native
+        // ChannelData's 4-byte header, or WireGuard transport data's 16 (type, receiver, counter).
+        let header = native ? 16 : 4
         // One frame per socket, rewritten in place: header, then sequence and send time.
-        let frames = UnsafeMutableRawPointer.allocate(byteCount: n * 64 * (size + 4), alignment: 64)
+        let frames = UnsafeMutableRawPointer.allocate(byteCount: n * 64 * (size + header), alignment: 64)
         defer { frames.deallocate() }
         let queues = (0..<n).map { _ in UDPSendQueue(capacity: 64) }
         let start = monotonicNanos()
@@ -208,11 +227,17 @@ public final class Bench: @unchecked Sendable {
                 turn += 1
                 let count = Int(min(budget, 64))
                 for k in 0..<count {
-                    let frame = frames + (s * 64 + k) * (size + 4)
-                    ChannelData.writeHeader(channel: channels[s], length: size, at: frame)
-                    (frame + 4).storeBytes(of: sent.bigEndian, toByteOffset: 0, as: UInt64.self)
-                    (frame + 4).storeBytes(of: monotonicNanos().bigEndian, toByteOffset: 8, as: UInt64.self)
-                    queues[s].append(frame, size + 4, to: server)
+                    let frame = frames + (s * 64 + k) * (size + header)
+                    if native {
+                        frame.storeBytes(of: UInt32(4).littleEndian, toByteOffset: 0, as: UInt32.self)
+                        frame.storeBytes(of: indices[s].littleEndian, toByteOffset: 4, as: UInt32.self)
+                        frame.storeBytes(of: sent.littleEndian, toByteOffset: 8, as: UInt64.self)
+                    } else {
+                        ChannelData.writeHeader(channel: channels[s], length: size, at: frame)
+                    }
+                    (frame + header).storeBytes(of: sent.bigEndian, toByteOffset: 0, as: UInt64.self)
+                    (frame + header).storeBytes(of: monotonicNanos().bigEndian, toByteOffset: 8, as: UInt64.self)
+                    queues[s].append(frame, size + header, to: server)
                     sent += 1
                 }
                 queues[s].flush(sockets[s].fdRaw)
@@ -229,7 +254,8 @@ public final class Bench: @unchecked Sendable {
         usleep(500_000)
         loop.stop()
         while !receiverDone.load(ordering: .acquiring) { usleep(1000) }
-        // Release the allocations (Refresh with lifetime 0), so the next run starts clean.
+        // Release the allocations (Refresh with lifetime 0) or unbind, so the next run starts clean.
+        if native { releaseNative() }
         for i in clients.indices {
             if let bye = clients[i].deallocate(now: monotonicNanos()) { _ = try? transact(sockets[i], &clients[i], bye) }
         }
@@ -239,6 +265,7 @@ public final class Bench: @unchecked Sendable {
     private func snapshot(sent: UInt64, seconds: Double) -> BenchResult {
         var r = BenchResult()
         r.allocations = sockets.count
+        r.native = options.server.kind == .native
         r.seconds = seconds
         r.sent = sent
         r.received = received.load(ordering: .relaxed)
@@ -294,8 +321,11 @@ public final class Bench: @unchecked Sendable {
                 for j in 0..<n {
                     let len = batch.length(j)
                     let p = batch.data(j)
-                    guard len >= 20, p.load(as: UInt8.self) & 0xC0 == 0x40 else { continue }
-                    let sentAt = UInt64(bigEndian: (p + 12).loadUnaligned(as: UInt64.self))
+                    // ChannelData (4-byte header) or WireGuard transport data (16).
+                    let first = p.load(as: UInt8.self)
+                    let header = first & 0xC0 == 0x40 ? 4 : first == 4 ? 16 : 0
+                    guard header > 0, len >= header + 16 else { continue }
+                    let sentAt = UInt64(bigEndian: (p + header + 8).loadUnaligned(as: UInt64.self))
                     let latency = now > sentAt ? now - sentAt : 0
                     histogram.record(latency)
                     worst = max(worst, latency)

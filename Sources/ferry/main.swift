@@ -22,16 +22,17 @@ struct Ferry: ParsableCommand {
 
     struct Bench: ParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Load any TURN server (paired allocations through it), or ferryd's signaling (many peers routing offers).",
+            abstract: "Load any TURN server (paired allocations through it), ferryd's native relay, or its signaling (many peers routing offers).",
             discussion: """
             TURN (turn:HOST[:PORT]): works the same against ferryd and coturn (standard requests only); the peer policy must \
-            let relayed addresses reach each other (ferryd does for its own). Signaling (ws://HOST[:PORT]/v1/signal, one or \
+            let relayed addresses reach each other (ferryd does for its own). A native relay (wgrelay:HOST[:PORT], with --secret): \
+            the sockets bind sessions in pairs and send WireGuard transport data. Signaling (ws://HOST[:PORT]/v1/signal, one or \
             several instances of one network): --peers peers authenticate with tokens from --token-secret, spread over the \
             URLs in turn, and --senders of them send offers to the next peer (at another instance when there are several) \
             at --rate messages/s in all; it reports delivered messages/s and latency percentiles.
             """)
 
-        @Argument(help: "The TURN server, turn:HOST[:PORT]; or signaling URLs, ws://HOST[:PORT]/v1/signal.") var urls: [String]
+        @Argument(help: "The TURN server, turn:HOST[:PORT]; a native relay, wgrelay:HOST[:PORT]; or signaling URLs, ws://HOST[:PORT]/v1/signal.") var urls: [String]
         @Option(help: "TURN long-term user.") var user: String?
         @Option(help: "TURN long-term password.") var password: String?
         @Option(help: "TURN REST shared secret.") var secret: String?
@@ -54,8 +55,8 @@ struct Ferry: ParsableCommand {
                 throw ExitCode(2)
             }
             if parsed.allSatisfy({ $0.kind == ServerURL.Kind.signal }) { return try signaling(parsed) }
-            guard parsed.count == 1, let u = parsed.first, u.kind == ServerURL.Kind.turn else {
-                printError("\(urls.joined(separator: " ")): want one turn:HOST[:PORT], or ws:// signaling URLs")
+            guard parsed.count == 1, let u = parsed.first, u.kind == ServerURL.Kind.turn || u.kind == ServerURL.Kind.native else {
+                printError("\(urls.joined(separator: " ")): want one turn:HOST[:PORT] or wgrelay:HOST[:PORT], or ws:// signaling URLs")
                 throw ExitCode(2)
             }
             let creds: TURNClient.Credentials
@@ -68,6 +69,8 @@ struct Ferry: ParsableCommand {
                 throw ExitCode(2)
             }
             var options = BenchOptions(server: u, credentials: creds)
+            options.nativeSecret = secret
+            options.network = network
             options.allocations = allocations
             options.rate = max(1, rate)
             options.size = size

@@ -278,3 +278,14 @@ def test_probe_binds_both_ends_and_echoes_through_the_native_relay(relay):
     wait_until(lambda: relay.metric("ferry_relay_packets_total") == 1 and relay.metric("ferry_relay_binds_total", {"result": "unbound"}) == 2)
     bad = subprocess.run([binary("ferry"), "probe", "--secret", "not-the-relay-secret-0123", url], capture_output=True, text=True)
     assert bad.returncode == 1 and "403" in bad.stdout, bad.stdout
+
+
+def test_bench_loads_the_native_relay(relay):
+    r = subprocess.run([binary("ferry"), "bench", "--quiet", "--json", "--secret", SECRET, "--allocations", "4", "--rate", "2000",
+                        "--duration", "1", f"wgrelay:127.0.0.1:{relay.addr[1]}"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = json.loads(r.stdout)
+    assert out["sessions"] == 2 and out["sent"] >= 1500 and out["loss"] <= 0.01, out
+    # Every packet the bench counted crossed the relay (plus the two handshakes).
+    wait_until(lambda: relay.metric("ferry_relay_packets_total") >= out["received"] + 4)
+    wait_until(lambda: relay.metric("ferry_relay_sessions") == 0, what=lambda: "the bench unbinds its sessions")

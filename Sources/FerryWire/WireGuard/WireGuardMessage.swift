@@ -63,11 +63,27 @@ public enum WireGuardMessage {
         m[0] = 1
         withUnsafeBytes(of: sender.littleEndian) { for i in 0..<4 { m[4 + i] = $0[i] } }
         m.replaceSubrange(8..<116, with: Crypto.randomBytes(108))
-        let key = mac1Key(publicKey: responder)
-        m.withUnsafeMutableBytes { b in
-            key.withUnsafeBytes { Crypto.blake2sMAC16(key: $0, data: UnsafeRawBufferPointer(rebasing: b[0..<116]), into: b.baseAddress! + 116) }
-        }
+        sealMAC1(&m, .initiation, key: responder)
         return m
+    }
+
+    /// A handshake response from `sender` to the initiator's index `receiver`, mac1 for the
+    /// initiator's public key (the same use as `initiation`).
+    public static func response(sender: UInt32, receiver: UInt32, initiator: [UInt8]) -> [UInt8] {
+        var m = [UInt8](repeating: 0, count: responseLength)
+        m[0] = 2
+        withUnsafeBytes(of: sender.littleEndian) { for i in 0..<4 { m[4 + i] = $0[i] } }
+        withUnsafeBytes(of: receiver.littleEndian) { for i in 0..<4 { m[8 + i] = $0[i] } }
+        m.replaceSubrange(12..<60, with: Crypto.randomBytes(48))
+        sealMAC1(&m, .response, key: initiator)
+        return m
+    }
+
+    static func sealMAC1(_ m: inout [UInt8], _ kind: Kind, key publicKey: [UInt8]) {
+        let key = mac1Key(publicKey: publicKey), offset = mac1Offset(kind)
+        m.withUnsafeMutableBytes { b in
+            key.withUnsafeBytes { Crypto.blake2sMAC16(key: $0, data: UnsafeRawBufferPointer(rebasing: b[0..<offset]), into: b.baseAddress! + offset) }
+        }
     }
 
     /// Whether an initiation's or response's mac1 was made for `mac1Key`'s owner (constant time).
