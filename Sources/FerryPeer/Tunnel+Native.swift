@@ -100,10 +100,32 @@ extension Tunnel {
         statusDirty = true
     }
 
-    /// Answers on the shared port: the relay's, to the link whose transaction it is.
+    /// STUN on the shared port: WireGuard's own mapping, ICE's checks and answers, and the native
+    /// relay's answers to binds.
     func readShared() {
         guard let s = shared else { return }
         while let (payload, from) = (try? s.receive()) ?? nil {
+            // Decided inside: a parsed message points into `payload`.
+            enum Kind { case reflexive(SocketAddress), ice, other }
+            let tid = sharedSTUN
+            let kind: Kind = payload.withUnsafeBytes { b in
+                guard case .success(let m) = STUNMessage.parse(b), m.method == STUN.Method.binding else { return .other }
+                if let tid, let mapped = STUNBinding.mappedAddress(m, tid: tid) { return .reflexive(mapped) }
+                return m.fingerprintOffset >= 0 ? .ice : .other
+            }
+            switch kind {
+            case .reflexive(let mapped):
+                sharedSTUN = nil
+                sharedReflexive = ICECandidate(kind: .srflx, address: mapped, base: SocketAddress(ip: .ipv4Any, port: s.port))
+                completeGathering()
+                continue
+            case .ice:
+                var copy = payload
+                copy.withUnsafeMutableBytes { fromPeer($0, from: from, via: .direct) }
+                continue
+            case .other:
+                break
+            }
             for i in links.indices {
                 guard var n = links[i].native, from == n.relay.address else { continue }
                 let answer = payload.withUnsafeBytes { n.binder.answer($0, tid: n.tid) }

@@ -45,7 +45,11 @@ extension Tunnel {
     func sendICE(_ s: ICEAgent.Send) {
         switch s.via {
         case .direct:
-            _ = try? s.bytes.withUnsafeBytes { b throws(SystemError) in try Sockets.sendDatagram(ice.raw, b, to: s.to) }
+            if let shared {
+                try? shared.send(s.bytes, to: s.to)
+            } else {
+                _ = try? s.bytes.withUnsafeBytes { b throws(SystemError) in try Sockets.sendDatagram(ice.raw, b, to: s.to) }
+            }
         case .relayed:
             guard let t = turn, t.phase == .allocated else { return }
             if let n = t.channel(for: s.to) {
@@ -76,6 +80,9 @@ extension Tunnel {
         let kind = links[i].ice?.remotes.first { $0.address == route.remote }?.kind ?? route.remoteKind
         var wanted: SocketAddress? = route.via == .direct && kind == .host && !links[i].handoffRefused
             ? links[i].remoteWireGuardPort.map { SocketAddress(ip: route.remote.ip, port: $0) } : nil
+        // On the shared port ICE checked this very pair from WireGuard's port, through whatever
+        // NAT is between: WireGuard can use it as it is.
+        if shared != nil && route.via == .direct && !links[i].handoffRefused { wanted = route.remote }
         if let n = links[i].native, n.bound, !links[i].handoffRefused { wanted = n.relay.address }
         guard wanted != links[i].handedOff else { return }
         guard let endpoint = wanted else { return takeBack(i, because: "the path changed") }

@@ -17,6 +17,8 @@ extension Tunnel {
         gathered = false
         relayCandidate = nil
         reflexive = nil
+        sharedReflexive = nil
+        sharedSTUN = nil
         closeRelay()
         relayAttempt = 0
         rankRelays()
@@ -145,7 +147,30 @@ extension Tunnel {
         sendTURN(request)
     }
 
+    /// Gathering ends once the relay is allocated and, with the shared port, WireGuard's own
+    /// mapping is known: a STUN binding from WireGuard's port to the relay server, answered on
+    /// the shared port (or not within 500 ms: no server-reflexive candidate then).
     func finishGathering() {
+        guard !gathered else { return }
+        if let s = shared, !config.relayOnly, sharedReflexive == nil, sharedSTUN == nil {
+            var server: SocketAddress?
+            if case .udp(let a) = relay { server = a }
+            if let a = server ?? nativeRelays.first?.address {
+                let tid = TransactionID.random()
+                sharedSTUN = tid
+                try? s.send(STUNBinding.request(tid), to: a)
+                loop.schedule(after: 500_000_000) { [self] in
+                    guard sharedSTUN == tid else { return }
+                    log("no answer to WireGuard's port's STUN binding within 500 ms: no server-reflexive candidate on it")
+                    completeGathering()
+                }
+                return
+            }
+        }
+        completeGathering()
+    }
+
+    func completeGathering() {
         guard !gathered else { return }
         gathered = true
         let n = localCandidates().count

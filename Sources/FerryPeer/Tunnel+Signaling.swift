@@ -59,9 +59,13 @@ extension Tunnel {
     func localCandidates() -> [ICECandidate] {
         var out: [ICECandidate] = []
         if !config.relayOnly {
+            // With the shared port, ICE runs on WireGuard's own port: the pair it finds is one
+            // WireGuard can use itself (Tunnel+Native). Otherwise on the agent's ICE socket.
+            let port = shared != nil ? wireGuard?.listenPort ?? icePort : icePort
+            let srflx = shared != nil ? sharedReflexive : reflexive
             // Never the WireGuard interface's own addresses: the tunnel must not run over itself.
-            for ip in Interfaces.ipv4Addresses(excluding: config.interface) { out.append(ICECandidate(kind: .host, address: SocketAddress(ip: ip, port: icePort))) }
-            if let reflexive, !out.contains(where: { $0.address == reflexive.address }) { out.append(reflexive) }
+            for ip in Interfaces.ipv4Addresses(excluding: config.interface) { out.append(ICECandidate(kind: .host, address: SocketAddress(ip: ip, port: port))) }
+            if let srflx, !out.contains(where: { $0.address == srflx.address }) { out.append(srflx) }
         }
         if let relayCandidate { out.append(relayCandidate) }
         return out

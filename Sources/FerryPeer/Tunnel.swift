@@ -114,6 +114,10 @@ public final class Tunnel: EventHandler, @unchecked Sendable {
     var shared: SharedPort?
     var sharedRegistration: Registration?
     var sharedPortState = "off"
+    /// WireGuard's own server-reflexive address (a STUN binding from the shared port), and the
+    /// binding that asks for it.
+    var sharedReflexive: ICECandidate?
+    var sharedSTUN: TransactionID?
     var nativeRelays: [NativeRelay] = []
 
     var links: [Link] = []
