@@ -5,8 +5,8 @@ port-preserving NATs (--nat preserving), so that WireGuard's own endpoints work 
 
   1. plain: WireGuard with each other's address (or NAT's address) as endpoint (no agent): the
      baseline, measured before and after the agents' runs (their mean is the baseline);
-  2. direct: the agents find the direct path (routed: to each other's host address, handed to
-     WireGuard, the agent steps off the path; behind NAT: hole punched, through the agents);
+  2. direct: the agents find the direct path from WireGuard's own port (routed: to each other's
+     host address; behind NAT: hole punched) and hand it to WireGuard (the agents step off it);
   3. relayed: the agents with --relay-only --proxy carry WireGuard through ferryd's TURN;
   4. native: the agents with --relay-only move WireGuard onto ferryd's native relay (bound from
      WireGuard's port; no agent on the path).
@@ -167,7 +167,7 @@ def main():
             results["plain"] = {"ping": ping_stats(lab, wg_b, args.pings), "iperf_mbps": mbps, "cpu_per_second": cpu}
             for name, relay_only, proxy, want in (("direct", False, False, "direct"), ("relayed", True, True, "relayed"),
                                                   ("native", True, False, "native-relay")):
-                procs = agents(lab, wg_a, wg_b, d, cert, relay_only, proxy, want, handed=args.nat == "none")
+                procs = agents(lab, wg_a, wg_b, d, cert, relay_only, proxy, want)
                 try:
                     connect(lab, wg_b)
                     mbps, cpu = iperf(lab, wg_b, args.seconds, dict(watch, agents=[p.pid for p in procs]))
