@@ -289,3 +289,82 @@ def test_bench_loads_the_native_relay(relay):
     # Every packet the bench counted crossed the relay (plus the two handshakes).
     wait_until(lambda: relay.metric("ferry_relay_packets_total") >= out["received"] + 4)
     wait_until(lambda: relay.metric("ferry_relay_sessions") == 0, what=lambda: "the bench unbinds its sessions")
+
+
+def spoofed(src, dst, payload):
+    """An IPv4 UDP datagram from any source address, as a raw IP_HDRINCL socket sends it."""
+    import struct as st
+    udp = st.pack(">HHHH", src[1], dst[1], 8 + len(payload), 0) + payload
+    ip = st.pack(">BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0, socket.inet_aton(src[0]), socket.inet_aton(dst[0]))
+    return ip + udp
+
+
+SPOOF = """
+import socket, sys
+sys.path.insert(0, {here!r})
+from test_relay import spoofed
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+for payload in [bytes.fromhex(h) for h in {payloads!r}]:
+    s.sendto(spoofed(({src!r}, {sport}), ({dst!r}, 3479), payload), ({dst!r}, 0))
+"""
+
+
+@needs_lab
+def test_a_spoofer_on_the_path_cannot_take_over_receive_or_break_a_session(ferryd_factory, tmpdir_path):
+    """(e) of issue 21: from the router between the NATs and ferryd (on the path: it sees every
+    packet), an attacker sends binds and WireGuard packets with a bound peer's source address,
+    and binds from its own address with the token it saw. It gets no cookie for the peer's
+    address, no bind for its own, nothing of the session's traffic; WireGuard drops what it
+    injects, and the pings go on."""
+    import re
+    from lab import ADMIN_IP, FERRY_IP, Lab, WireGuard
+    from netns import available
+    if not available():
+        pytest.skip("ip netns needs root")
+    lab = Lab(nat_a="symmetric", nat_b="symmetric")
+    try:
+        config = f'[admin]\naddress = "{ADMIN_IP}:9100"\n[server]\nworkers = 2\ndrain_seconds = 0\n[turn]\nrealm = "lab"\n' \
+                 f'static_auth_secrets = ["{SECRET}"]\n' + listener("relay-udp", 3479, service="relay", host=FERRY_IP)
+        f = ferryd_factory(config, prefix=lab.ferry.prefix(), admin_host=ADMIN_IP, admin_port=9100)
+        tag = str(os.getpid() % 10000)
+        wa = WireGuard(lab.peer_a, f"wsa{tag}", "10.99.0.1", tmpdir_path)
+        wb = WireGuard(lab.peer_b, f"wsb{tag}", "10.99.0.2", tmpdir_path)
+        here = os.path.dirname(os.path.abspath(__file__))
+        mapped = {}
+        for ns, me, other, name in ((lab.peer_a, wa, wb, "a"), (lab.peer_b, wb, wa, "b")):
+            r = ns.exec("python3", os.path.join(here, "wgrelay.py"), "bind", f"{FERRY_IP}:3479", "--secret", SECRET,
+                        "--network", "lab", "--key", me.public, "--partner", other.public, "--raw-port", "51820")
+            m = re.search(r"mapped=\('([\d.]+)', (\d+)\)", r.stdout)
+            assert m and "success=True" in r.stdout, r.stdout + r.stderr
+            mapped[name] = (m.group(1), int(m.group(2)))
+            ns.exec("wg", "set", me.name, "peer", other.public, "allowed-ips", f"{other.address}/32",
+                    "endpoint", f"{FERRY_IP}:3479", "persistent-keepalive", "5")
+        assert lab.peer_a.exec("ping", "-c", "3", "-i", "0.2", "-W", "5", wb.address, check=False).returncode == 0
+        # What the attacker saw on the wire: a's token (not its key).
+        token_a, _ = credential(SECRET, base64.b64decode(wa.public), "lab")
+        kb = base64.b64decode(wb.public)
+        fake = (token_a, os.urandom(32))
+        junk = [data(i, os.urandom(64)) for i in range(200)] + [initiation(7, kb)]
+        payloads = [wgrelay.bind_request(fake, kb).hex()] + [p.hex() for p in junk]
+        pinger = subprocess.Popen(["ip", "netns", "exec", lab.peer_a.name, "ping", "-n", "-c", "30", "-i", "0.1", "-W", "2", wb.address],
+                                  stdout=subprocess.PIPE, text=True)
+        r = lab.inet.exec("python3", "-c", SPOOF.format(here=here, payloads=payloads, src=mapped["a"][0], sport=mapped["a"][1], dst=FERRY_IP),
+                          check=False)
+        assert r.returncode == 0, r.stderr
+        # From its own address, with the token it saw: a challenge, then 403 without the key.
+        spoofer = lab.inet.exec("python3", os.path.join(here, "wgrelay.py"), "bind", f"{FERRY_IP}:3479", "--secret",
+                                "not-the-secret-0123456789", "--network", "lab", "--key", wa.public, "--partner", wb.public, check=False)
+        assert "code=403" in spoofer.stdout, spoofer.stdout + spoofer.stderr
+        out, _ = pinger.communicate(timeout=30)
+        assert " 0% packet loss" in out, out
+        assert f.metric("ferry_relay_binds_total", {"result": "bad_credential"}) >= 1
+        assert f.metric("ferry_relay_sessions") == 1 and f.metric("ferry_relay_sessions_active") == 1
+        # The injected data did reach b through the relay (a forged source is indistinguishable
+        # from a's own, docs/relay-protocol.md, "Security"), and b's WireGuard dropped all of it.
+        assert f.metric("ferry_relay_packets_total") >= 200
+        # The spoofed bind's challenge went to a's real address, never to the attacker.
+        assert f.metric("ferry_relay_binds_total", {"result": "challenged"}) >= 4
+        wa.close()
+        wb.close()
+    finally:
+        lab.close()
