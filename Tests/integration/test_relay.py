@@ -368,3 +368,36 @@ def test_a_spoofer_on_the_path_cannot_take_over_receive_or_break_a_session(ferry
         wb.close()
     finally:
         lab.close()
+
+
+def test_a_bind_flood_is_answered_at_the_configured_rate_and_counted(ferryd_factory):
+    port = free_port(socket.SOCK_DGRAM)
+    f = ferryd_factory(relay_config(port, extra="[relay]\nbinds_per_second = 50\n"))
+    addr = ("127.0.0.1", port)
+    ka, kb = os.urandom(32), os.urandom(32)
+    cred = credential(SECRET, ka, "acme")
+    socks = [UDPPort() for _ in range(4)]
+    request = wgrelay.bind_request(cred, kb)
+    for _ in range(500):
+        for s in socks:
+            s.send(request, addr)
+    answered = 0
+    for s in socks:
+        while True:
+            try:
+                s.recv(0.2)
+                answered += 1
+            except socket.timeout:
+                break
+    # At most the bucket (one second's worth) and what refilled meanwhile; the rest unanswered.
+    assert 40 <= answered <= 150, answered
+    wait_until(lambda: f.metric("ferry_relay_binds_total", {"result": "rate_limited"}) >= 2000 - 150)
+    assert f.metric("ferry_relay_binds_total", {"result": "challenged"}) == answered
+    # STUN Binding is not a bind: still answered; and a bind goes through once the second is over.
+    socks[0].send(wgrelay.message(0x001, 0, []), addr)
+    assert wgrelay.parse(socks[0].recv()[0])[0] == 0x0101
+    import time
+    time.sleep(1.1)
+    assert bind(socks[1], addr, cred, kb).success
+    for s in socks:
+        s.close()
