@@ -93,7 +93,7 @@ let package = Package(
         .testTarget(name: "FerrySignalTests", dependencies: ["FerrySignal", "FerrySystem", "FerryCore"], swiftSettings: strict),
         .testTarget(name: "FerryRelayTests", dependencies: ["FerryRelay", "FerryCore", "FerryWire", "FerrySystem"], exclude: ["Vectors"], swiftSettings: strict),
         .testTarget(name: "FerryTURNTests", dependencies: ["FerryTURN", "FerryCore", "FerryClient"], swiftSettings: strict),
-        .testTarget(name: "FerryClientTests", dependencies: ["FerryClient", "FerryCore", "FerryWire", "FerryTLS", "FerrySignal"], swiftSettings: strict),
+        .testTarget(name: "FerryClientTests", dependencies: ["FerryClient", "FerryCore", "FerryWire", "FerryTLS", "FerrySignal", "FerryRelay"], swiftSettings: strict),
         .testTarget(name: "FerryConfigTests", dependencies: ["FerryConfig", "FerryCore", "FerrySystem", "FerryPreflight"], swiftSettings: strict),
         .testTarget(name: "FerryServerTests", dependencies: ["FerryServer", "FerryCore"], swiftSettings: strict),
         .testTarget(name: "FerryFuzzTests", dependencies: ["FerryFuzz"], exclude: ["Corpus", "Crashes"], swiftSettings: strict),

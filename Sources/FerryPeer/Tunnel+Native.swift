@@ -4,25 +4,6 @@ import FerrySignal
 import FerrySystem
 import FerryWire
 
-/// A native relay `welcome` handed out, with this peer's credential for it.
-struct NativeRelay {
-    let url: String
-    let address: SocketAddress
-    let token: [UInt8]
-    let key: [UInt8]
-}
-
-/// One link's end of a native-relay session, bound from WireGuard's own port.
-struct NativeBinding {
-    let relay: NativeRelay
-    var binder: RelayBinder
-    var tid = TransactionID.random()
-    var sentAt: UInt64 = 0
-    var tries = 0
-    var bound = false
-    var lastBound: UInt64 = 0
-}
-
 /// ferry tunnel's native-relay path (docs/relay-protocol.md): when ICE settles on a relayed pair
 /// and both agents offered the same native relay, each binds its end of the session from
 /// WireGuard's port (the shared port) and points WireGuard at the relay. From then on the
@@ -30,8 +11,6 @@ struct NativeBinding {
 /// refresh the binds (every 60 s) and watch. A refusal, silence, or WireGuard hearing nothing
 /// back for 5 s (`checkHandoffs`) falls back to the agent's TURN path.
 extension Tunnel {
-    static let nativeRefresh: UInt64 = 60_000_000_000
-
     /// The shared port, unless proxy mode was asked for; without CAP_NET_RAW, proxy mode it is.
     func openSharedPort() {
         guard let wg = wireGuard else { return sharedPortState = "off (no WireGuard interface)" }
@@ -71,32 +50,39 @@ extension Tunnel {
             return
         }
         guard links[i].native == nil, let relay = nativeRelays.first else { return }
-        links[i].native = NativeBinding(relay: relay, binder: RelayBinder(token: relay.token, key: relay.key, partner: links[i].keyBytes))
+        var n = NativeBinding(relay: relay, partner: links[i].keyBytes)
         log("peer \(short(links[i].key)): binding a native-relay session at \(relay.url) from WireGuard's port")
-        sendBind(i)
-    }
-
-    func sendBind(_ i: Int, lifetime: UInt32? = nil) {
-        guard let s = shared, var n = links[i].native else { return }
-        n.tid = TransactionID.random()
-        n.sentAt = loop.now
-        n.tries += 1
+        let actions = n.start(now: loop.now)
         links[i].native = n
-        do {
-            try s.send(n.binder.request(n.tid, lifetime: lifetime), to: n.relay.address)
-        } catch {
-            log("peer \(short(links[i].key)): native bind not sent: \(error)")
-        }
+        perform(actions, link: i)
     }
 
     /// Ends the link's native session: the relay is told (LIFETIME 0), WireGuard is taken back.
     func endNative(_ i: Int) {
-        guard let n = links[i].native else { return }
-        if n.bound, let s = shared {
-            try? s.send(n.binder.request(TransactionID.random(), lifetime: 0), to: n.relay.address)
-        }
+        guard var n = links[i].native else { return }
+        let actions = n.end()
         links[i].native = nil
+        perform(actions, link: i, relay: n.relay.address)
         handOff(i)
+        statusDirty = true
+    }
+
+    /// Carries out what a link's `NativeBinding` asks for.
+    func perform(_ actions: [NativeBinding.Action], link i: Int, relay: SocketAddress? = nil) {
+        guard let to = relay ?? links[i].native?.relay.address else { return }
+        for a in actions {
+            switch a {
+            case .send(let bytes):
+                do { try shared?.send(bytes, to: to) } catch { log("peer \(short(links[i].key)): native bind not sent: \(error)") }
+            case .bound(let active, let mapped):
+                log("peer \(short(links[i].key)): native relay bound (\(active ? "both ends" : "waiting for the peer's"); the relay sees WireGuard's port as \(mapped))")
+                handOff(i)
+            case .failed(let why):
+                log("peer \(short(links[i].key)): \(why); staying on TURN")
+                links[i].nativeRefused = true
+                endNative(i)
+            }
+        }
         statusDirty = true
     }
 
@@ -128,36 +114,13 @@ extension Tunnel {
             }
             for i in links.indices {
                 guard var n = links[i].native, from == n.relay.address else { continue }
-                let answer = payload.withUnsafeBytes { n.binder.answer($0, tid: n.tid) }
+                let actions = payload.withUnsafeBytes { n.receive($0, now: loop.now) }
                 links[i].native = n
-                guard let answer else { continue }
-                nativeAnswer(answer, link: i)
+                guard let actions else { continue }
+                perform(actions, link: i)
                 break
             }
         }
-    }
-
-    func nativeAnswer(_ a: RelayBinder.Answer, link i: Int) {
-        switch a {
-        case .challenged:
-            sendBind(i)
-        case .bound(let active, let mapped, _):
-            let first = links[i].native?.bound == false
-            links[i].native?.bound = true
-            links[i].native?.tries = 0
-            links[i].native?.lastBound = loop.now
-            if first {
-                log("peer \(short(links[i].key)): native relay bound (\(active ? "both ends" : "waiting for the peer's"); the relay sees WireGuard's port as \(mapped))")
-                handOff(i)
-            }
-        case .refused(let code, let reason):
-            log("peer \(short(links[i].key)): native relay refused the bind (\(code) \(reason)); staying on TURN")
-            links[i].nativeRefused = true
-            endNative(i)
-        case .unbound:
-            break
-        }
-        statusDirty = true
     }
 
     /// After signaling came back (ferryd may have restarted, its relay with it): bound sessions
@@ -166,27 +129,20 @@ extension Tunnel {
     func rebindNative() {
         for i in links.indices {
             links[i].nativeRefused = false
-            guard links[i].native != nil else { continue }
-            links[i].native?.tries = 0
-            sendBind(i)
+            guard var n = links[i].native else { continue }
+            let actions = n.rebind(now: loop.now)
+            links[i].native = n
+            perform(actions, link: i)
         }
     }
 
-    /// Retries unanswered binds (1 s apart, 5 times, then TURN it is) and refreshes bound ones.
+    /// Retries unanswered binds and refreshes bound ones.
     func tickNative(now: UInt64) {
         for i in links.indices {
-            guard let n = links[i].native else { continue }
-            if !n.bound && now > n.sentAt + 1_000_000_000 {
-                if n.tries >= 5 {
-                    log("peer \(short(links[i].key)): no answer from the native relay; staying on TURN")
-                    links[i].nativeRefused = true
-                    endNative(i)
-                } else {
-                    sendBind(i)
-                }
-            } else if n.bound && now > n.lastBound + Tunnel.nativeRefresh && now > n.sentAt + 1_000_000_000 {
-                sendBind(i)
-            }
+            guard var n = links[i].native else { continue }
+            let actions = n.tick(now: now)
+            links[i].native = n
+            perform(actions, link: i)
         }
     }
 }

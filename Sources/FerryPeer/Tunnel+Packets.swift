@@ -70,7 +70,7 @@ extension Tunnel {
         // WireGuard talks to the peer through the native relay now: a packet the peer's side sent
         // the old way would make WireGuard roam back to the agent (and it reaches WireGuard anyway
         // by the relay once both ends are bound).
-        if links[i].native?.bound == true {
+        if links[i].native?.isBound == true {
             links[i].dropped &+= 1
             return
         }

@@ -83,13 +83,13 @@ extension Tunnel {
         // On the shared port ICE checked this very pair from WireGuard's port, through whatever
         // NAT is between: WireGuard can use it as it is.
         if shared != nil && route.via == .direct && !links[i].handoffRefused { wanted = route.remote }
-        if let n = links[i].native, n.bound, !links[i].handoffRefused { wanted = n.relay.address }
+        if let n = links[i].native, n.isBound, !links[i].handoffRefused { wanted = n.relay.address }
         guard wanted != links[i].handedOff else { return }
         guard let endpoint = wanted else { return takeBack(i, because: "the path changed") }
         links[i].handedOff = endpoint
         links[i].handoffTransfer = nil
         let key = links[i].key, log = self.log
-        let what = links[i].native?.bound == true ? "NATIVE-RELAY" : "DIRECT"
+        let what = links[i].native?.isBound == true ? "NATIVE-RELAY" : "DIRECT"
         runInBackground { [self] in
             do {
                 try wg.setEndpoint(peer: key, endpoint)

@@ -31,7 +31,7 @@ extension Tunnel {
             ("uptime_seconds", .number(Double((now - started) / 1_000_000_000))),
             ("peers", .array(links.map { l in
                 var path: String = l.route.map { $0.throughRelay ? "relayed" : "direct" } ?? (l.online ? "connecting" : "offline")
-                if l.native?.bound == true && l.handedOff != nil { path = "native-relay" }
+                if l.native?.isBound == true && l.handedOff != nil { path = "native-relay" }
                 let handedOff: JSONValue = l.handedOff.map { .string("\($0)") } ?? .null
                 var m: [(String, JSONValue)] = [("key", .string(l.key)), ("path", .string(path)),
                                                 ("local_endpoint", .string("127.0.0.1:\(l.proxyPort)")), ("online", .bool(l.online)),
