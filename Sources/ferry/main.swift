@@ -140,13 +140,17 @@ struct Ferry: ParsableCommand {
                 let relay: String = status["relay"]?.string ?? "?"
                 let relayed: String = status["relayed_address"]?.string.map { " (relayed address \($0))" } ?? ""
                 print("  signaling \(signaling), relay \(relay)\(relayed)")
+                let shared: String = status["shared_port"]?.string ?? "?"
+                let natives = (status["native_relays"]?.array ?? []).compactMap(\.string)
+                print("  WireGuard's port shared: \(shared); native relays: \(natives.isEmpty ? "none handed out" : natives.joined(separator: ", "))")
                 for p in status["peers"]?.array ?? [] {
                     let key = p["key"]?.string ?? "?"
                     let route = p["route"]?.string.map { " \($0)" } ?? ""
                     let rtt = p["rtt_ms"]?.number.map { ", rtt \($0) ms" } ?? ""
                     let rx: Int = Int(p["rx_packets"]?.number ?? 0)
                     let tx: Int = Int(p["tx_packets"]?.number ?? 0)
-                    let path: String = p["path"]?.string ?? "?"
+                    var path: String = p["path"]?.string ?? "?"
+                    if let endpoint = p["wireguard_endpoint"]?.string { path += " (WireGuard → \(endpoint) itself)" }
                     print("  \(key.prefix(8))…  \(path)\(route)\(rtt), \(tx) packets out, \(rx) in")
                 }
             }
