@@ -77,11 +77,14 @@ def test_the_dashboard_is_well_formed():
 
 
 def test_the_names_and_labels_are_what_ferryd_exports(ferryd_factory):
-    udp, tls = free_port(socket.SOCK_DGRAM), free_port()
-    # Signaling across instances too (its metrics exist whether NATS answers or not: none runs here).
-    f = ferryd_factory(turn_base() + "[tls]\nself_signed = true\n[signal]\nenabled = true\ntoken_secrets = [\"monitoring-secret-0123\"]\n"
+    udp, tls, native = free_port(socket.SOCK_DGRAM), free_port(), free_port(socket.SOCK_DGRAM)
+    # Signaling across instances too (its metrics exist whether NATS answers or not: none runs
+    # here), and the native relay.
+    base = turn_base().replace('relay_ipv4 = "127.0.0.1"\n', 'relay_ipv4 = "127.0.0.1"\nstatic_auth_secrets = ["monitoring-relay-secret-0123"]\n')
+    f = ferryd_factory(base + "[tls]\nself_signed = true\n[signal]\nenabled = true\ntoken_secrets = [\"monitoring-secret-0123\"]\n"
                        + f"[signal.nats]\nservers = [\"nats://127.0.0.1:{free_port()}\"]\n"
-                       + listener("turn-udp", udp) + listener("turn-tls", tls, "tls"), env=nats_env())
+                       + listener("turn-udp", udp) + listener("turn-tls", tls, "tls") + listener("relay-udp", native, service="relay"),
+                       env=nats_env())
     _, body = http_get(f.admin_port, "/metrics")
     exported = {}
     for line in body.splitlines():
