@@ -33,7 +33,7 @@ public enum BindResult: Int, CounterReason {
 public struct RelayControl {
     public var cookies: BindCookies
     /// The relay's shared secrets (`turn.static_auth_secrets`): any of them may have minted a credential.
-    public let secrets: [[UInt8]]
+    public var secrets: [[UInt8]]
     private var rate: TokenBucket
     private let ratePerSecond: Double
 

@@ -140,6 +140,11 @@ extension Server {
                     loop.execute { [self] l in self.turnServices[l.index].server.update(credentials: credentials, policy: policy) }
                 }
             }
+            if relay != nil {
+                // The native relay checks credentials with the same secrets, from its next bind.
+                let secrets = next.turn.staticAuthSecrets
+                engine.loops[0].execute { [self] _ in self.relay?.update(secrets: secrets) }
+            }
             warnIfRelayPortsAreEphemeral()
             if let set = prepared.tls { applyTLS(set) }
             if let policy = prepared.signal {

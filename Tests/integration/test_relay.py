@@ -401,3 +401,23 @@ def test_a_bind_flood_is_answered_at_the_configured_rate_and_counted(ferryd_fact
     assert bind(socks[1], addr, cred, kb).success
     for s in socks:
         s.close()
+
+
+def test_a_reload_rotates_the_secrets_native_credentials_are_checked_with(ferryd_factory):
+    import signal as sig
+    port = free_port(socket.SOCK_DGRAM)
+    new_secret = "rotated-relay-secret-0123"
+    f = ferryd_factory(relay_config(port))
+    addr = ("127.0.0.1", port)
+    ka, kb = os.urandom(32), os.urandom(32)
+    a = UDPPort()
+    assert bind(a, addr, credential(SECRET, ka, "acme"), kb).success
+    with open(f.config_path) as fh:
+        text = fh.read()
+    with open(f.config_path, "w") as fh:
+        fh.write(text.replace(f'static_auth_secrets = ["{SECRET}"]', f'static_auth_secrets = ["{new_secret}"]'))
+    f.signal(sig.SIGHUP)
+    wait_until(lambda: f.metric("ferry_reloads_total", {"result": "ok"}) == 1)
+    wait_until(lambda: bind(a, addr, credential(SECRET, ka, "acme"), kb).code == 403)
+    assert bind(a, addr, credential(new_secret, ka, "acme"), kb).success
+    a.close()

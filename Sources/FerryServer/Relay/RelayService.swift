@@ -59,6 +59,9 @@ final class RelayService: DatagramService {
         trainDestinations.deallocate()
     }
 
+    /// A reload's shared secrets (`turn.static_auth_secrets`): binds from now on are checked with them.
+    func update(secrets: [String]) { control.secrets = secrets.map { Array($0.utf8) } }
+
     /// Control (0) and WireGuard's four types (1–4); `RelayProtocol.classify` checks the rest.
     static let datagramRanges: [ClosedRange<UInt8>] = [0...4]
 
