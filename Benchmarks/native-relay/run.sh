@@ -4,10 +4,5 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
-out="$root/Benchmarks/out"
-mkdir -p "$out"
-command -v turnserver >/dev/null || "$root/scripts/setup.sh" test
-gcc -O2 -Wall -o "$out/tgen" "$root/Benchmarks/turn-relay/tgen.c"
-for p in cforward loadgen sink; do gcc -O2 -Wall -o "$out/$p" "$root/Benchmarks/udp-forward/$p.c"; done
-(cd "$root" && swift build -c release --product ferryd >/dev/null)
+. "$root/Benchmarks/relay-build.sh"
 exec python3 "$here/run.py" --ferryd "$root/.build/release/ferryd" --bindir "$out" "$@"

@@ -3,14 +3,15 @@ spoken by wgrelay.py, a client written from the document alone; and stock wiregu
 symmetric NATs relayed through it with no Ferry process on either peer."""
 import asyncio
 import base64
+import json
 import os
+import re
 import shutil
 import socket
 import subprocess
 
 import pytest
 
-import json
 
 from conftest import free_port, http_get, listener, turn_base, wait_until, binary
 import wgrelay
@@ -220,52 +221,68 @@ needs_lab = pytest.mark.skipif(not (shutil.which("wireguard-go") and shutil.whic
                                reason="needs root, wireguard-go, wireguard-tools and nftables (scripts/setup.sh test)")
 
 
-@needs_lab
-def test_stock_wireguard_behind_symmetric_nats_through_the_native_relay(ferryd_factory, tmpdir_path):
-    """(a) of issue 21 without any agent: both peers bind from WireGuard's own port (a raw socket,
-    as the agent will), then wireguard-go's endpoint is the relay. No Ferry process runs on either
-    peer, so nothing of ours touches a WireGuard packet there; ferryd's counters carry them."""
-    from lab import ADMIN_IP, FERRY_IP, Lab, WireGuard
+class StockPair:
+    """Lab.py's namespaces behind symmetric NATs, ferryd serving only the native relay, and two
+    stock wireguard-go peers that bound their ends from WireGuard's own port (a raw socket, as
+    the agent does: wgrelay.py --raw-port) and have the relay as each other's endpoint. No Ferry
+    process runs on either peer."""
+
+    def __init__(self, ferryd_factory, directory):
+        from lab import ADMIN_IP, FERRY_IP, Lab, WireGuard
+        self.lab = Lab(nat_a="symmetric", nat_b="symmetric")
+        self.wgs = []
+        try:
+            config = f'[admin]\naddress = "{ADMIN_IP}:9100"\n[server]\nworkers = 2\ndrain_seconds = 0\n[turn]\nrealm = "lab"\n' \
+                     f'static_auth_secrets = ["{SECRET}"]\n' + listener("relay-udp", 3479, service="relay", host=FERRY_IP)
+            self.ferryd = ferryd_factory(config, prefix=self.lab.ferry.prefix(), admin_host=ADMIN_IP, admin_port=9100)
+            tag = str(os.getpid() % 10000)
+            self.a = WireGuard(self.lab.peer_a, f"wna{tag}", "10.99.0.1", directory)
+            self.b = WireGuard(self.lab.peer_b, f"wnb{tag}", "10.99.0.2", directory)
+            self.wgs = [self.a, self.b]
+            self.mapped, self.outputs = {}, {}
+            here = os.path.dirname(os.path.abspath(__file__))
+            for ns, me, other, name in ((self.lab.peer_a, self.a, self.b, "a"), (self.lab.peer_b, self.b, self.a, "b")):
+                r = ns.exec("python3", os.path.join(here, "wgrelay.py"), "bind", f"{FERRY_IP}:3479", "--secret", SECRET,
+                            "--network", "lab", "--key", me.public, "--partner", other.public, "--raw-port", "51820")
+                m = re.search(r"mapped=\('([\d.]+)', (\d+)\)", r.stdout)
+                assert m and "success=True" in r.stdout and "signed=True" in r.stdout, r.stdout + r.stderr
+                self.mapped[name], self.outputs[name] = (m.group(1), int(m.group(2))), r.stdout
+                ns.exec("wg", "set", me.name, "peer", other.public, "allowed-ips", f"{other.address}/32",
+                        "endpoint", f"{FERRY_IP}:3479", "persistent-keepalive", "5")
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self):
+        for w in self.wgs:
+            w.close()
+        self.lab.close()
+
+
+@pytest.fixture
+def stock_pair(ferryd_factory, tmpdir_path):
     from netns import available
     if not available():
         pytest.skip("ip netns needs root")
-    lab = Lab(nat_a="symmetric", nat_b="symmetric")
-    try:
-        config = f"""
-[admin]
-address = "{ADMIN_IP}:9100"
-[server]
-workers = 2
-drain_seconds = 0
-[turn]
-realm = "lab"
-static_auth_secrets = ["{SECRET}"]
-""" + listener("relay-udp", 3479, service="relay", host=FERRY_IP)
-        f = ferryd_factory(config, prefix=lab.ferry.prefix(), admin_host=ADMIN_IP, admin_port=9100)
-        tag = str(os.getpid() % 10000)
-        wa = WireGuard(lab.peer_a, f"wna{tag}", "10.99.0.1", tmpdir_path)
-        wb = WireGuard(lab.peer_b, f"wnb{tag}", "10.99.0.2", tmpdir_path)
-        here = os.path.dirname(os.path.abspath(__file__))
-        for ns, me, other in ((lab.peer_a, wa, wb), (lab.peer_b, wb, wa)):
-            r = ns.exec("python3", os.path.join(here, "wgrelay.py"), "bind", f"{FERRY_IP}:3479", "--secret", SECRET,
-                        "--network", "lab", "--key", me.public, "--partner", other.public, "--raw-port", "51820")
-            assert "success=True" in r.stdout and "signed=True" in r.stdout, r.stdout + r.stderr
-            # The relay saw the NAT's address, with a port the NAT picked at random.
-            assert "mapped=('203.0.113." in r.stdout, r.stdout
-        for ns, me, other in ((lab.peer_a, wa, wb), (lab.peer_b, wb, wa)):
-            ns.exec("wg", "set", me.name, "peer", other.public, "allowed-ips", f"{other.address}/32",
-                    "endpoint", f"{FERRY_IP}:3479", "persistent-keepalive", "5")
-        r = lab.peer_a.exec("ping", "-c", "5", "-i", "0.2", "-W", "5", wb.address, check=False)
-        assert r.returncode == 0, r.stdout + f.output()
-        assert f.metric("ferry_relay_packets_total") >= 12  # handshake, 5 pings and their replies
-        assert f.metric("ferry_relay_sessions_active") == 1
-        # A bulk transfer through it, checked end to end by WireGuard's own authentication.
-        r = lab.peer_b.exec("ping", "-c", "20", "-i", "0.05", "-s", "1300", wa.address, check=False)
-        assert r.returncode == 0 and " 0% packet loss" in r.stdout, r.stdout
-        wa.close()
-        wb.close()
-    finally:
-        lab.close()
+    p = StockPair(ferryd_factory, tmpdir_path)
+    yield p
+    p.close()
+
+
+@needs_lab
+def test_stock_wireguard_behind_symmetric_nats_through_the_native_relay(stock_pair):
+    """(a) of issue 21 without any agent: nothing of ours runs on the peers, so nothing of ours
+    touches a WireGuard packet there; ferryd's counters carry them."""
+    p, f = stock_pair, stock_pair.ferryd
+    # The relay saw the NATs' addresses, with ports the NATs picked at random.
+    assert p.mapped["a"][0].startswith("203.0.113.") and p.mapped["b"][0].startswith("203.0.113."), p.outputs
+    r = p.lab.peer_a.exec("ping", "-c", "5", "-i", "0.2", "-W", "5", p.b.address, check=False)
+    assert r.returncode == 0, r.stdout + f.output()
+    assert f.metric("ferry_relay_packets_total") >= 12  # handshake, 5 pings and their replies
+    assert f.metric("ferry_relay_sessions_active") == 1
+    # A bulk transfer through it, checked end to end by WireGuard's own authentication.
+    r = p.lab.peer_b.exec("ping", "-c", "20", "-i", "0.05", "-s", "1300", p.a.address, check=False)
+    assert r.returncode == 0 and " 0% packet loss" in r.stdout, r.stdout
 
 
 def test_probe_binds_both_ends_and_echoes_through_the_native_relay(relay):
@@ -310,65 +327,40 @@ for payload in [bytes.fromhex(h) for h in {payloads!r}]:
 
 
 @needs_lab
-def test_a_spoofer_on_the_path_cannot_take_over_receive_or_break_a_session(ferryd_factory, tmpdir_path):
+def test_a_spoofer_on_the_path_cannot_take_over_receive_or_break_a_session(stock_pair):
     """(e) of issue 21: from the router between the NATs and ferryd (on the path: it sees every
     packet), an attacker sends binds and WireGuard packets with a bound peer's source address,
     and binds from its own address with the token it saw. It gets no cookie for the peer's
     address, no bind for its own, nothing of the session's traffic; WireGuard drops what it
     injects, and the pings go on."""
-    import re
-    from lab import ADMIN_IP, FERRY_IP, Lab, WireGuard
-    from netns import available
-    if not available():
-        pytest.skip("ip netns needs root")
-    lab = Lab(nat_a="symmetric", nat_b="symmetric")
-    try:
-        config = f'[admin]\naddress = "{ADMIN_IP}:9100"\n[server]\nworkers = 2\ndrain_seconds = 0\n[turn]\nrealm = "lab"\n' \
-                 f'static_auth_secrets = ["{SECRET}"]\n' + listener("relay-udp", 3479, service="relay", host=FERRY_IP)
-        f = ferryd_factory(config, prefix=lab.ferry.prefix(), admin_host=ADMIN_IP, admin_port=9100)
-        tag = str(os.getpid() % 10000)
-        wa = WireGuard(lab.peer_a, f"wsa{tag}", "10.99.0.1", tmpdir_path)
-        wb = WireGuard(lab.peer_b, f"wsb{tag}", "10.99.0.2", tmpdir_path)
-        here = os.path.dirname(os.path.abspath(__file__))
-        mapped = {}
-        for ns, me, other, name in ((lab.peer_a, wa, wb, "a"), (lab.peer_b, wb, wa, "b")):
-            r = ns.exec("python3", os.path.join(here, "wgrelay.py"), "bind", f"{FERRY_IP}:3479", "--secret", SECRET,
-                        "--network", "lab", "--key", me.public, "--partner", other.public, "--raw-port", "51820")
-            m = re.search(r"mapped=\('([\d.]+)', (\d+)\)", r.stdout)
-            assert m and "success=True" in r.stdout, r.stdout + r.stderr
-            mapped[name] = (m.group(1), int(m.group(2)))
-            ns.exec("wg", "set", me.name, "peer", other.public, "allowed-ips", f"{other.address}/32",
-                    "endpoint", f"{FERRY_IP}:3479", "persistent-keepalive", "5")
-        assert lab.peer_a.exec("ping", "-c", "3", "-i", "0.2", "-W", "5", wb.address, check=False).returncode == 0
-        # What the attacker saw on the wire: a's token (not its key).
-        token_a, _ = credential(SECRET, base64.b64decode(wa.public), "lab")
-        kb = base64.b64decode(wb.public)
-        fake = (token_a, os.urandom(32))
-        junk = [data(i, os.urandom(64)) for i in range(200)] + [initiation(7, kb)]
-        payloads = [wgrelay.bind_request(fake, kb).hex()] + [p.hex() for p in junk]
-        pinger = subprocess.Popen(["ip", "netns", "exec", lab.peer_a.name, "ping", "-n", "-c", "30", "-i", "0.1", "-W", "2", wb.address],
-                                  stdout=subprocess.PIPE, text=True)
-        r = lab.inet.exec("python3", "-c", SPOOF.format(here=here, payloads=payloads, src=mapped["a"][0], sport=mapped["a"][1], dst=FERRY_IP),
-                          check=False)
-        assert r.returncode == 0, r.stderr
-        # From its own address, with the token it saw: a challenge, then 403 without the key.
-        spoofer = lab.inet.exec("python3", os.path.join(here, "wgrelay.py"), "bind", f"{FERRY_IP}:3479", "--secret",
-                                "not-the-secret-0123456789", "--network", "lab", "--key", wa.public, "--partner", wb.public, check=False)
-        assert "code=403" in spoofer.stdout, spoofer.stdout + spoofer.stderr
-        out, _ = pinger.communicate(timeout=30)
-        assert " 0% packet loss" in out, out
-        assert f.metric("ferry_relay_binds_total", {"result": "bad_credential"}) >= 1
-        assert f.metric("ferry_relay_sessions") == 1 and f.metric("ferry_relay_sessions_active") == 1
-        # The injected data did reach b through the relay (a forged source is indistinguishable
-        # from a's own, docs/relay-protocol.md, "Security"), and b's WireGuard dropped all of it.
-        assert f.metric("ferry_relay_packets_total") >= 200
-        # The spoofed bind's challenge went to a's real address, never to the attacker.
-        assert f.metric("ferry_relay_binds_total", {"result": "challenged"}) >= 4
-        wa.close()
-        wb.close()
-    finally:
-        lab.close()
-
+    from lab import FERRY_IP
+    p, f = stock_pair, stock_pair.ferryd
+    here = os.path.dirname(os.path.abspath(__file__))
+    assert p.lab.peer_a.exec("ping", "-c", "3", "-i", "0.2", "-W", "5", p.b.address, check=False).returncode == 0
+    # What the attacker saw on the wire: a's token (not its key).
+    token_a, _ = credential(SECRET, base64.b64decode(p.a.public), "lab")
+    kb = base64.b64decode(p.b.public)
+    fake = (token_a, os.urandom(32))
+    junk = [data(i, os.urandom(64)) for i in range(200)] + [initiation(7, kb)]
+    payloads = [wgrelay.bind_request(fake, kb).hex()] + [j.hex() for j in junk]
+    pinger = subprocess.Popen(["ip", "netns", "exec", p.lab.peer_a.name, "ping", "-n", "-c", "30", "-i", "0.1", "-W", "2", p.b.address],
+                              stdout=subprocess.PIPE, text=True)
+    r = p.lab.inet.exec("python3", "-c", SPOOF.format(here=here, payloads=payloads, src=p.mapped["a"][0], sport=p.mapped["a"][1],
+                                                      dst=FERRY_IP), check=False)
+    assert r.returncode == 0, r.stderr
+    # From its own address, with the token it saw: a challenge, then 403 without the key.
+    spoofer = p.lab.inet.exec("python3", os.path.join(here, "wgrelay.py"), "bind", f"{FERRY_IP}:3479", "--secret",
+                              "not-the-secret-0123456789", "--network", "lab", "--key", p.a.public, "--partner", p.b.public, check=False)
+    assert "code=403" in spoofer.stdout, spoofer.stdout + spoofer.stderr
+    out, _ = pinger.communicate(timeout=30)
+    assert " 0% packet loss" in out, out
+    assert f.metric("ferry_relay_binds_total", {"result": "bad_credential"}) >= 1
+    assert f.metric("ferry_relay_sessions") == 1 and f.metric("ferry_relay_sessions_active") == 1
+    # The injected data did reach b through the relay (a forged source is indistinguishable
+    # from a's own, docs/relay-protocol.md, "Security"), and b's WireGuard dropped all of it.
+    assert f.metric("ferry_relay_packets_total") >= 200
+    # The spoofed bind's challenge went to a's real address, never to the attacker.
+    assert f.metric("ferry_relay_binds_total", {"result": "challenged"}) >= 4
 
 def test_a_bind_flood_is_answered_at_the_configured_rate_and_counted(ferryd_factory):
     port = free_port(socket.SOCK_DGRAM)

@@ -156,12 +156,12 @@ class Setup:
             self.lab.close()
 
 
-@pytest.fixture
-def setup(ferryd_factory, tmpdir_path):
+def setups(ferryd_factory, tmpdir_path, cls):
+    """A fixture's body: makes `cls` setups on demand, closes every one made (a half-built one too)."""
     made = []
 
     def make(**kw):
-        s = Setup.__new__(Setup)
+        s = cls.__new__(cls)
         made.append(s)
         s.__init__(ferryd_factory, tmpdir_path, **kw)
         return s
@@ -169,6 +169,11 @@ def setup(ferryd_factory, tmpdir_path):
     yield make
     for s in made:
         s.close()
+
+
+@pytest.fixture
+def setup(ferryd_factory, tmpdir_path):
+    yield from setups(ferryd_factory, tmpdir_path, Setup)
 
 
 def test_a_symmetric_nats_ping_through_the_relay(setup):

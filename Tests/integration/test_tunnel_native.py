@@ -8,7 +8,7 @@ import pytest
 
 from conftest import wait_until
 from lab import FERRY_IP
-from test_tunnel_e2e import Setup, ferryd_config, pytestmark  # noqa: F401  (the same skip conditions)
+from test_tunnel_e2e import Setup, ferryd_config, pytestmark, setups  # noqa: F401  (the same skip conditions)
 
 
 class NativeSetup(Setup):
@@ -26,17 +26,7 @@ service = "relay"
 
 @pytest.fixture
 def native_setup(ferryd_factory, tmpdir_path):
-    made = []
-
-    def make(**kw):
-        s = NativeSetup.__new__(NativeSetup)
-        made.append(s)
-        s.__init__(ferryd_factory, tmpdir_path, **kw)
-        return s
-
-    yield make
-    for s in made:
-        s.close()
+    yield from setups(ferryd_factory, tmpdir_path, NativeSetup)
 
 
 def agent_packets(s, name):
