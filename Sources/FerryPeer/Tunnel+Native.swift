@@ -147,7 +147,9 @@ extension Tunnel {
     }
 }
 
-/// The shared port's raw socket on the loop.
+/// The shared port's raw socket on the loop. `unowned`, as `ProxyHandler`: the tunnel lives as
+/// long as the process (`Tunnel.run` never returns, `stop` exits), so it outlives its loop and
+/// every handler registered there.
 final class SharedPortHandler: EventHandler {
     unowned let tunnel: Tunnel
     init(tunnel: Tunnel) { self.tunnel = tunnel }
