@@ -16,7 +16,7 @@ extension Tunnel {
             switch e {
             case .selected(let route):
                 if let old = links[i].route { byRemote[old.remote] = nil }
-                if links[i].route != route { links[i].handoffRefused = false }
+                if links[i].route != route { links[i].endpoint.routeChanged() }
                 links[i].route = route
                 links[i].routeSince = loop.now
                 byRemote[route.remote] = i
@@ -78,29 +78,30 @@ extension Tunnel {
         guard let wg = wireGuard, let route = links[i].route else { return }
         // The signalled kind (a pair first learned as peer-reflexive may be a host candidate).
         let kind = links[i].ice?.remotes.first { $0.address == route.remote }?.kind ?? route.remoteKind
-        var wanted: SocketAddress? = route.via == .direct && kind == .host && !links[i].handoffRefused
+        var wanted: SocketAddress? = route.via == .direct && kind == .host
             ? links[i].remoteWireGuardPort.map { SocketAddress(ip: route.remote.ip, port: $0) } : nil
         // On the shared port ICE checked this very pair from WireGuard's port, through whatever
         // NAT is between: WireGuard can use it as it is.
-        if shared != nil && route.via == .direct && !links[i].handoffRefused { wanted = route.remote }
-        if let n = links[i].native, n.isBound, !links[i].handoffRefused { wanted = n.relay.address }
-        guard wanted != links[i].handedOff else { return }
-        guard let endpoint = wanted else { return takeBack(i, because: "the path changed") }
-        links[i].handedOff = endpoint
-        links[i].handoffTransfer = nil
-        let key = links[i].key, log = self.log
-        let what = links[i].native?.isBound == true ? "NATIVE-RELAY" : "DIRECT"
-        runInBackground { [self] in
-            do {
-                try wg.setEndpoint(peer: key, endpoint)
-                log("peer \(short(key)): path \(what) handed to WireGuard (endpoint \(endpoint))")
-                let t = WireGuardInterface.transfer(wg.name)?[key]
-                loop.execute { [self] _ in
-                    guard let j = byKey[key], links[j].handedOff == endpoint, let t else { return }
-                    links[j].handoffTransfer = (t.rx, t.tx, loop.now)
+        if shared != nil && route.via == .direct { wanted = route.remote }
+        if let n = links[i].native, n.isBound { wanted = n.relay.address }
+        switch links[i].endpoint.want(wanted) {
+        case .none: return
+        case .takeBack: pointBack(i, because: "the path changed")
+        case .point(let endpoint):
+            let key = links[i].key, log = self.log
+            let what = links[i].native?.isBound == true ? "NATIVE-RELAY" : "DIRECT"
+            runInBackground { [self] in
+                do {
+                    try wg.setEndpoint(peer: key, endpoint)
+                    log("peer \(short(key)): path \(what) handed to WireGuard (endpoint \(endpoint))")
+                    let t = WireGuardInterface.transfer(wg.name)?[key]
+                    loop.execute { [self] _ in
+                        guard let j = byKey[key], links[j].handedOff == endpoint, let t else { return }
+                        _ = links[j].endpoint.observe(rx: t.rx, tx: t.tx, now: loop.now)
+                    }
+                } catch {
+                    log("peer \(short(key)): cannot hand the path to WireGuard: \(error)")
                 }
-            } catch {
-                log("peer \(short(key)): cannot hand the path to WireGuard: \(error)")
             }
         }
         statusDirty = true
@@ -108,9 +109,12 @@ extension Tunnel {
 
     /// Points WireGuard back at the agent's local endpoint for the peer.
     func takeBack(_ i: Int, because why: String) {
-        guard let wg = wireGuard, links[i].handedOff != nil else { return }
-        links[i].handedOff = nil
-        links[i].handoffTransfer = nil
+        guard links[i].endpoint.want(nil) == .takeBack else { return }
+        pointBack(i, because: why)
+    }
+
+    private func pointBack(_ i: Int, because why: String) {
+        guard let wg = wireGuard else { return }
         let key = links[i].key, local = SocketAddress(ip: IPAddress("127.0.0.1")!, port: links[i].proxyPort), log = self.log
         runInBackground {
             try? wg.setEndpoint(peer: key, local)
@@ -121,24 +125,19 @@ extension Tunnel {
 
     /// Checks handed-off paths (about every 2 s, from `tick`): WireGuard sent, nothing came back.
     func checkHandoffs() {
-        guard let wg = wireGuard, links.contains(where: { $0.handoffTransfer != nil }) else { return }
+        guard let wg = wireGuard, links.contains(where: { $0.handedOff != nil }) else { return }
         runInBackground { [self] in
             guard let now = WireGuardInterface.transfer(wg.name) else { return }
             loop.execute { [self] _ in
                 for i in links.indices {
-                    guard let before = links[i].handoffTransfer, let t = now[links[i].key] else { continue }
-                    if t.rx > before.rx {
-                        links[i].handoffTransfer = (t.rx, t.tx, loop.now)  // works: measure from here
-                    } else if t.tx > before.tx && loop.now > before.at + 5_000_000_000 {
-                        links[i].handoffRefused = true
-                        if links[i].native != nil {
-                            log("peer \(short(links[i].key)): WireGuard heard nothing back through the native relay in 5 s; back to TURN")
-                            links[i].nativeRefused = true
-                            endNative(i)
-                            continue
-                        }
-                        takeBack(i, because: "WireGuard sent \(t.tx - before.tx) bytes to the peer directly and got nothing back in 5 s")
+                    guard links[i].handedOff != nil, let t = now[links[i].key] else { continue }
+                    guard links[i].endpoint.observe(rx: t.rx, tx: t.tx, now: loop.now) == .takeBack else { continue }
+                    if links[i].native != nil {
+                        log("peer \(short(links[i].key)): WireGuard heard nothing back through the native relay in 5 s; back to TURN")
+                        links[i].nativeRefused = true
+                        endNative(i)
                     }
+                    pointBack(i, because: "WireGuard sent to the peer directly and got nothing back in 5 s")
                 }
             }
         }
@@ -155,9 +154,9 @@ extension Tunnel {
         runInBackground { [self] in
             guard let now = try? WireGuardInterface.read(wg.name) else { return }
             loop.execute { [self] _ in
-                for i in links.indices where links[i].handedOff == nil {
+                for i in links.indices {
                     let key = links[i].key, local = SocketAddress(ip: IPAddress("127.0.0.1")!, port: links[i].proxyPort)
-                    guard let at = now.endpoints[key], at != local else { continue }
+                    guard links[i].endpoint.roamed(now.endpoints[key], local: local), let at = now.endpoints[key] else { continue }
                     let log = self.log
                     runInBackground {
                         try? wg.setEndpoint(peer: key, local)

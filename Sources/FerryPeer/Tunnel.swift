@@ -79,10 +79,9 @@ public final class Tunnel: EventHandler, @unchecked Sendable {
         var sentToWireGuard = false
         /// The peer's WireGuard listen port (from its offer or answer).
         var remoteWireGuardPort: UInt16?
-        /// WireGuard talks to the peer itself at this endpoint (see `handOff`).
-        var handedOff: SocketAddress?
-        var handoffTransfer: (rx: UInt64, tx: UInt64, at: UInt64)?
-        var handoffRefused = false
+        /// Whether WireGuard talks to the peer itself, and at what endpoint (see `handOff`).
+        var endpoint = EndpointHandoff()
+        var handedOff: SocketAddress? { endpoint.handedOff }
         /// The native relay the peer offered (its offer's or answer's `native`).
         var remoteNative: String?
         /// This link's end of a native-relay session (Tunnel+Native).
