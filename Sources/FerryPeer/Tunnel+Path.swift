@@ -4,6 +4,7 @@ import FerrySignal
 import FerrySystem
 import FerryTLS
 import FerryWire
+import Dispatch
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -167,7 +168,10 @@ extension Tunnel {
         }
     }
 
+    /// Runs `wg` off the loop, in the order asked: one serial queue. A thread per call let an
+    /// earlier `wg set … endpoint` land after a later one (the hole-punched pair's endpoint after
+    /// the native relay's, seen in CI), leaving WireGuard where the agent no longer meant it.
     func runInBackground(_ body: @escaping @Sendable () -> Void) {
-        do { try Threads.detach(name: "ferry-wg", body) } catch { body() }
+        wireGuardQueue.async(execute: body)
     }
 }

@@ -4,6 +4,7 @@ import FerrySignal
 import FerrySystem
 import FerryTLS
 import FerryWire
+import Dispatch
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -102,6 +103,8 @@ public final class Tunnel: EventHandler, @unchecked Sendable {
     var stateWriteFailed = false
     let signal: SignalConnection
     let wireGuard: WireGuardInterface?
+    /// Every `wg` command, in the order the loop decided them (Tunnel+Path `runInBackground`).
+    let wireGuardQueue = DispatchQueue(label: "ferry-wg")
 
     let ice: FileDescriptor
     let icePort: UInt16
