@@ -4,7 +4,8 @@ import FerryWire
 /// A server a client talks to, from the URLs operators and `welcome` hand out: ICE server URIs
 /// (RFC 7064 `stun:`, RFC 7065 `turn:`/`turns:` with `?transport=udp|tcp`) and signaling
 /// WebSocket URLs (`ws://`, `wss://`), and Ferry's native WireGuard relay (`wgrelay:HOST[:PORT]`,
-/// UDP, docs/relay-protocol.md).
+/// UDP, and its stream side over TLS `wgrelays:HOST[:PORT]`, port 443 unless given;
+/// docs/relay-protocol.md).
 public struct ServerURL: Equatable, Sendable, CustomStringConvertible {
     public enum Kind: String, Sendable { case stun, turn, signal, native }
     public enum Transport: String, Sendable { case udp, tcp, tls }
@@ -31,9 +32,10 @@ public struct ServerURL: Equatable, Sendable, CustomStringConvertible {
             kind = .turn
             secure = text.hasPrefix("turns:")
             rest = text.dropFirst(secure ? 6 : 5)
-        } else if text.hasPrefix("wgrelay:") {
+        } else if text.hasPrefix("wgrelay:") || text.hasPrefix("wgrelays:") {
             kind = .native
-            rest = text.dropFirst(8)
+            secure = text.hasPrefix("wgrelays:")
+            rest = text.dropFirst(secure ? 9 : 8)
         } else if text.hasPrefix("ws://") || text.hasPrefix("wss://") {
             kind = .signal
             secure = text.hasPrefix("wss://")
@@ -74,7 +76,7 @@ public struct ServerURL: Equatable, Sendable, CustomStringConvertible {
             }
         }
         self.transport = transport
-        let defaultPort: UInt16 = kind == .signal ? (secure ? 443 : 80) : kind == .native ? 3479 : (secure ? 5349 : 3478)
+        let defaultPort: UInt16 = kind == .signal ? (secure ? 443 : 80) : kind == .native ? (secure ? 443 : 3479) : (secure ? 5349 : 3478)
         if let portText {
             guard let v = UInt16(portText), v > 0 else { return nil }
             port = v

@@ -223,17 +223,17 @@ extension FerryConfig {
             let urls = r.stringArray("urls", default: [])
             let secret = r.string("secret", default: nil)
             if region == nil { r.report("region", "is required") }
-            if urls.isEmpty { r.report("urls", "is required: turn:, turns: or wgrelay: URLs") }
+            if urls.isEmpty { r.report("urls", "is required: turn:, turns:, wgrelay: or wgrelays: URLs") }
             if secret == nil { r.report("secret", "is required: the relay's TURN REST shared secret") }
             for (j, u) in urls.enumerated() where !FerryConfig.isRelayURL(u) {
-                r.report("urls[\(j)]", "must start with turn:, turns: or wgrelay:, got \"\(u)\"")
+                r.report("urls[\(j)]", "must start with turn:, turns:, wgrelay: or wgrelays:, got \"\(u)\"")
             }
             r.finish()
             _ = i
             if let region, let secret { c.signal.relays.append(SignalRelay(region: region, urls: urls, secret: secret)) }
         }
         for (j, u) in c.signal.selfRelayURLs.enumerated() where !FerryConfig.isRelayURL(u) {
-            sig.report("self_relay_urls[\(j)]", "must start with turn:, turns: or wgrelay:, got \"\(u)\"")
+            sig.report("self_relay_urls[\(j)]", "must start with turn:, turns:, wgrelay: or wgrelays:, got \"\(u)\"")
         }
         c.signal.nats = parseNATS(sig.table("nats"))
         sig.finish()
@@ -289,7 +289,7 @@ extension FerryConfig {
     }
 
     /// A relay URL signaling may hand out: TURN (RFC 7065) or the native relay (`wgrelay:HOST:PORT`).
-    public static func isRelayURL(_ u: String) -> Bool { u.hasPrefix("turn:") || u.hasPrefix("turns:") || u.hasPrefix("wgrelay:") }
+    public static func isRelayURL(_ u: String) -> Bool { u.hasPrefix("turn:") || u.hasPrefix("turns:") || u.hasPrefix("wgrelay:") || u.hasPrefix("wgrelays:") }
 
     static func parseNATS(_ t: ConfigReader) -> NATS {
         var n = NATS()

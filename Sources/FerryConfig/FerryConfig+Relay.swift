@@ -11,6 +11,8 @@ extension FerryConfig {
         /// 0: one second's worth of `bandwidthPerSession`.
         public var bandwidthBurst = 0
         public var bindsPerSecond = 2000
+        /// Stream side: bytes in flight between the relay's worker and the stream ends' workers.
+        public var streamHandoffBytes = 4 << 20
     }
 
     static func parseRelay(_ t: ConfigReader) -> Relay {
@@ -22,6 +24,7 @@ extension FerryConfig {
         r.bandwidthPerSession = t.int("bandwidth_per_session", default: 0, range: 0...(1 << 40))
         r.bandwidthBurst = t.int("bandwidth_burst", default: 0, range: 0...(1 << 40))
         r.bindsPerSecond = t.int("binds_per_second", default: 2000, range: 1...1_000_000)
+        r.streamHandoffBytes = t.int("stream_handoff_bytes", default: 4 << 20, range: 65536...(1 << 30))
         t.finish()
         return r
     }
@@ -51,6 +54,10 @@ extension FerryConfig {
         ConfigKey(default: "2000", allowed: "1–1000000", override: "", reload: .restart,
                   meaning: "bind requests per second the relay answers, from everyone together; past it they get no answer and are counted (`rate_limited`)", [
             .field("relay.binds_per_second", \.relay.bindsPerSecond, example: [("relay.binds_per_second", "50")]),
+        ]),
+        ConfigKey(default: "4194304", allowed: "65536–1073741824", override: "", reload: .restart,
+                  meaning: "stream side (session ends bound over TCP or TLS): bytes of packets in flight each way between the relay's worker and the stream ends' workers; past it packets are dropped and counted (`handoff_full`)", [
+            .field("relay.stream_handoff_bytes", \.relay.streamHandoffBytes, example: [("relay.stream_handoff_bytes", "1048576")]),
         ]),
     ]
 }

@@ -254,7 +254,8 @@ public struct FerryConfig: Sendable, Equatable {
         c.signal.enabled = true
         c.signal.allowPlaintext = true
         c.signal.selfRelayURLs = ["turn:127.0.0.1:3478?transport=udp", "turn:127.0.0.1:3478?transport=tcp",
-                                  "turns:127.0.0.1:5349?transport=tcp", "wgrelay:127.0.0.1:3479"]
+                                  "turns:127.0.0.1:5349?transport=tcp", "wgrelay:127.0.0.1:3479",
+                                  "wgrelays:127.0.0.1:5349"]
         c.turn.realm = "ferry.dev"
         c.turn.relayIPv4 = IPAddress("127.0.0.1")
         // Only local processes can reach a server on 127.0.0.1, and they can reach loopback

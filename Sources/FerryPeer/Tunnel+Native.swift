@@ -32,7 +32,7 @@ extension Tunnel {
         nativeRelays = []
         for r in relays where !r.relayToken.isEmpty && r.relayKey.count == 32 {
             for u in r.urls {
-                guard let s = ServerURL(u), s.kind == .native, let a = try? Resolver.resolve(s.host, port: s.port).first(where: { $0.ip.isIPv4 }) else { continue }
+                guard let s = ServerURL(u), s.kind == .native, s.transport == .udp, let a = try? Resolver.resolve(s.host, port: s.port).first(where: { $0.ip.isIPv4 }) else { continue }
                 nativeRelays.append(NativeRelay(url: u, address: a, token: r.relayToken, key: r.relayKey))
             }
         }

@@ -18,6 +18,12 @@ public enum RelayDrop: Int, CounterReason, Error {
     case bandwidth
     /// The kernel refused the send (buffer full or an error).
     case sendFailed
+    /// Stream side: over `relay.stream_handoff_bytes` between the relay's worker and a stream's.
+    case handoffFull
+    /// Stream side: for a stream end whose write queue is full (`stream.write_buffer_bytes`).
+    case streamFull
+    /// Stream side: for a stream end whose connection has closed.
+    case streamClosed
 
     public var label: String {
         switch self {
@@ -28,6 +34,9 @@ public enum RelayDrop: Int, CounterReason, Error {
         case .unknownIndex: return "unknown_index"
         case .bandwidth: return "bandwidth"
         case .sendFailed: return "send_failed"
+        case .handoffFull: return "handoff_full"
+        case .streamFull: return "stream_full"
+        case .streamClosed: return "stream_closed"
         }
     }
 }

@@ -172,6 +172,17 @@ public struct RelaySessions {
         return true
     }
 
+    /// Unbinds every end bound at `address` (a stream end whose connection closed); returns how many.
+    @discardableResult
+    public mutating func unbindAll(at address: SocketAddress) -> Int {
+        var n = 0
+        while let r = byAddress[address] {
+            unbindEnd(r >> 1, Int(r & 1))
+            n += 1
+        }
+        return n
+    }
+
     /// Once a second: ends idle past `idleTimeout` are unbound, indices past `indexLifetime`
     /// forgotten, and sessions with no end left released. Returns how many ends timed out.
     @discardableResult

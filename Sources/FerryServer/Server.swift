@@ -265,6 +265,9 @@ public final class Server: @unchecked Sendable {
             }
             signalPolicy = try makeSignalPolicy()
         }
+        // The native relay's stream side, where TURN is framed on streams (RelayStreamSide).
+        let relayStreams = config.listeners.contains(where: { $0.service == .relay }) && !turnServices.isEmpty
+            ? RelayStreamHub(loops: engine.loops, relayWorker: 0, budget: config.relay.streamHandoffBytes) : nil
         for loop in engine.loops {
             let worker = self.workers[loop.index]
             let streamSettings = StreamSettings(
@@ -276,6 +279,11 @@ public final class Server: @unchecked Sendable {
                 handshakesPerSecond: config.tls.handshakesPerSecond, handshakeBurst: config.tls.handshakeBurst,
                 route: httpsRoute, counters: streamCounters)
             streamSettings.turn = turnServices.isEmpty ? nil : turnServices[loop.index]
+            if let relayStreams {
+                let side = RelayStreamSide(worker: worker, hub: relayStreams, counters: relayService(0).counters)
+                relayStreams.sides.append(side)
+                streamSettings.relay = side
+            }
             if let signalPolicy, let signalCounters {
                 let sw = SignalWorker(index: loop.index, loop: loop, hub: hub, policy: signalPolicy, counters: signalCounters,
                                       metrics: metrics.block(loop.index), queueLimit: config.signal.queueMessages,
@@ -291,6 +299,10 @@ public final class Server: @unchecked Sendable {
                 streamSettings.maxWebSocketMessage = config.signal.maxMessage
             }
             worker.configureStreams(streamSettings)
+        }
+        if let relayStreams {
+            relayStreams.relay = relayService(0)
+            relayService(0).attach(hub: relayStreams)
         }
     }
 

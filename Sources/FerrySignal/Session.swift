@@ -22,7 +22,7 @@ public struct RelayHandout: Sendable {
         var fields: [(String, JSONValue)] = [("region", .string(region)), ("urls", .array(urls.map { .string($0) })), ("username", .string(username)),
                                              ("credential", .string(Crypto.restPassword(secret: secret, username: username))),
                                              ("expires", .number(Double(now + ttl)))]
-        if urls.contains(where: { $0.hasPrefix("wgrelay:") }), let key = Base64.decode(peer), key.count == 32 {
+        if urls.contains(where: { $0.hasPrefix("wgrelay:") || $0.hasPrefix("wgrelays:") }), let key = Base64.decode(peer), key.count == 32 {
             let token = RelayCredential(expiry: now + ttl, key: WireGuardKey(key), network: network).token
             fields.append(("relay_token", .string(Base64.std(token))))
             fields.append(("relay_key", .string(Base64.std(RelayCredential.integrityKey(secret: secret, token: token)))))

@@ -11,13 +11,16 @@ import FerryClient
         ("wss://relay.example.org/v1/signal", .signal, .tls, "relay.example.org", 443, "/v1/signal"),
         ("ws://127.0.0.1:3478/v1/signal", .signal, .tcp, "127.0.0.1", 3478, "/v1/signal"),
         ("wss://[::1]:5349", .signal, .tls, "::1", 5349, "/v1/signal"),
+        ("wgrelay:relay.example.org", .native, .udp, "relay.example.org", 3479, ""),
+        ("wgrelays:relay.example.org", .native, .tls, "relay.example.org", 443, ""),
+        ("wgrelays:10.0.0.1:5349", .native, .tls, "10.0.0.1", 5349, ""),
     ])
     func parses(_ text: String, _ kind: ServerURL.Kind, _ transport: ServerURL.Transport, _ host: String, _ port: UInt16, _ path: String) {
         let u = ServerURL(text)
         #expect(u?.kind == kind && u?.transport == transport && u?.host == host && u?.port == port && u?.path == path, "\(text)")
     }
 
-    @Test(arguments: ["http://x", "turn:", "turn:host:0", "turn:host:99999", "turns:host?transport=udp", "turn:host?transport=sctp", "turn:[::1"])
+    @Test(arguments: ["http://x", "turn:", "turn:host:0", "turn:host:99999", "turns:host?transport=udp", "turn:host?transport=sctp", "turn:[::1", "wgrelays:host?transport=udp"])
     func refuses(_ text: String) {
         #expect(ServerURL(text) == nil, "\(text)")
     }

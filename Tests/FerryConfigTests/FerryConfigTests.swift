@@ -266,7 +266,7 @@ import Foundation
         #expect(issues("[signal]\nserver_key = \"abc\"")
                 == ["signal.server_key: must be 64 lower-case hex digits (an X25519 private key), or \"\" to keep one in server.state_directory"])
         #expect(issues("[[signal.relay]]\nregion = \"eu\"\nurls = [\"http://x\"]\nsecret = \"s\"")
-                == ["signal.relay[0].urls[0]: must start with turn:, turns: or wgrelay:, got \"http://x\""])
+                == ["signal.relay[0].urls[0]: must start with turn:, turns:, wgrelay: or wgrelays:, got \"http://x\""])
     }
 
     @Test func everyProblemIsReportedAtOnce() {

@@ -7,12 +7,20 @@ inside a network namespace:
                        [--raw-port 51820] [--lifetime 0]
 
 With --raw-port the bind leaves from that UDP port through a raw socket while another program
-(wireguard-go) owns the port, as `ferry tunnel` shares WireGuard's port."""
+(wireguard-go) owns the port, as `ferry tunnel` shares WireGuard's port.
+
+The stream side, for a peer whose UDP is blocked: bind over TLS, then carry WireGuard's packets
+between a local UDP port (WireGuard's endpoint for the partner) and the stream:
+
+    python3 wgrelay.py carry RELAY_IP:TLS_PORT --secret S --network N --key B64 --partner B64
+                       --listen 127.0.0.1:PORT --deliver 127.0.0.1:51820"""
 import base64
 import hashlib
 import hmac
 import os
+import select
 import socket
+import ssl
 import struct
 import sys
 import time
@@ -179,6 +187,98 @@ class RawPort:
         self.inp.close()
 
 
+class StreamPort:
+    """The stream side: a TLS connection to a TURN stream listener whose first message is a
+    bind. Control messages go as they are; WireGuard messages as ChannelData on channel 0x4000,
+    padded to 4 (RFC 8656 §12.5's framing)."""
+
+    CHANNEL = 0x4000
+
+    def __init__(self, relay, tls=True):
+        raw = socket.create_connection(relay, timeout=5)
+        if tls:
+            ctx = ssl.create_default_context()
+            ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+            raw = ctx.wrap_socket(raw, server_hostname=relay[0])
+        self.sock, self.buf, self.address = raw, b"", None
+
+    def send(self, data, addr=None):
+        self.sock.sendall(data)
+
+    def send_wg(self, data):
+        self.sock.sendall(struct.pack(">HH", self.CHANNEL, len(data)) + data + b"\0" * (-len(data) % 4))
+
+    def _frame(self):
+        """(kind, bytes) of a whole frame at the front of the buffer, or None."""
+        if len(self.buf) < 4:
+            return None
+        if self.buf[0] & 0xC0 == 0x40:
+            channel, n = struct.unpack(">HH", self.buf[:4])
+            end = 4 + n + (-n % 4)
+            if len(self.buf) < end:
+                return None
+            frame, self.buf = self.buf[4:4 + n], self.buf[end:]
+            assert channel == self.CHANNEL, channel
+            return "wg", frame
+        n = 20 + struct.unpack(">H", self.buf[2:4])[0]
+        if len(self.buf) < n:
+            return None
+        frame, self.buf = self.buf[:n], self.buf[n:]
+        return "control", frame
+
+    def frame(self, timeout=2.0):
+        deadline = time.monotonic() + timeout
+        while True:
+            got = self._frame()
+            if got:
+                return got
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise socket.timeout("no frame")
+            self.sock.settimeout(left)
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("closed by the relay")
+            self.buf += chunk
+
+    def recv(self, timeout=2.0):
+        kind, data = self.frame(timeout)
+        assert kind == "control", "a control message"
+        return data, None
+
+    def recv_wg(self, timeout=2.0):
+        kind, data = self.frame(timeout)
+        assert kind == "wg", "a WireGuard message"
+        return data
+
+    def close(self):
+        self.sock.close()
+
+
+def carry(stream, listen, deliver):
+    """WireGuard's packets between a local UDP socket and the stream, until either closes."""
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(listen)
+    stream.sock.setblocking(False)
+    while True:
+        ready, _, _ = select.select([udp, stream.sock], [], [], 30)
+        if udp in ready:
+            stream.sock.setblocking(True)
+            stream.send_wg(udp.recvfrom(65535)[0])
+            stream.sock.setblocking(False)
+        if stream.sock in ready or stream.sock.pending():
+            try:
+                chunk = stream.sock.recv(65536)
+            except (ssl.SSLWantReadError, BlockingIOError):
+                chunk = None
+            if chunk == b"":
+                return
+            stream.buf += chunk or b""
+            while (got := stream._frame()) is not None:
+                if got[0] == "wg":
+                    udp.sendto(got[1], deliver)
+
+
 # WireGuard messages (the WireGuard paper §5.4): enough to exercise the relay's routing.
 
 def mac1_key(public):
@@ -202,7 +302,7 @@ def data(receiver, payload=b""):
 def main(argv):
     import argparse
     p = argparse.ArgumentParser()
-    p.add_argument("command", choices=["bind"])
+    p.add_argument("command", choices=["bind", "carry"])
     p.add_argument("relay")
     p.add_argument("--secret", required=True)
     p.add_argument("--network", required=True)
@@ -210,8 +310,21 @@ def main(argv):
     p.add_argument("--partner", required=True)
     p.add_argument("--raw-port", type=int)
     p.add_argument("--lifetime", type=int)
+    p.add_argument("--listen")
+    p.add_argument("--deliver")
     a = p.parse_args(argv)
     host, port = a.relay.rsplit(":", 1)
+    if a.command == "carry":
+        stream = StreamPort((host, int(port)))
+        cred = credential(a.secret, base64.b64decode(a.key), a.network)
+        r = bind(stream, None, cred, base64.b64decode(a.partner))
+        print(f"success={r.success} code={r.code} state={r.state} mapped={r.mapped} signed={r.signed_by(cred[1])}", flush=True)
+        if not r.success:
+            return 1
+        lh, lp = a.listen.rsplit(":", 1)
+        dh, dp = a.deliver.rsplit(":", 1)
+        carry(stream, (lh, int(lp)), (dh, int(dp)))
+        return 0
     port_ = RawPort(a.raw_port) if a.raw_port else UDPPort("0.0.0.0")
     cred = credential(a.secret, base64.b64decode(a.key), a.network)
     r = bind(port_, (host, int(port)), cred, base64.b64decode(a.partner), lifetime=a.lifetime)

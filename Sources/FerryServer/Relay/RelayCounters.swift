@@ -13,6 +13,7 @@ struct RelayCounters {
     let sessionsActive: CounterID
     let indices: CounterID
     let expired: CounterID
+    let streams: CounterID
 
     init(registering r: some CounterRegistry) {
         binds = ReasonCounters { _, label in
@@ -26,6 +27,7 @@ struct RelayCounters {
         sessions = r.gauge("ferry_relay_sessions", "Native-relay sessions with at least one end bound.")
         sessionsActive = r.gauge("ferry_relay_sessions_active", "Native-relay sessions with both ends bound (forwarding).")
         indices = r.gauge("ferry_relay_indices", "WireGuard receiver indices the native relay has learned and not yet forgotten.")
+        streams = r.counter("ferry_relay_streams_total", "TCP and TLS connections that became native-relay stream ends (their first message a FERRY-BIND).")
         expired = r.counter("ferry_relay_ends_expired_total", "Session ends unbound after relay.idle_timeout_seconds without a bind or a packet.")
     }
 }

@@ -26,18 +26,25 @@ import FerryRelay
 /// Ownership: the worker's loop thread; static after set-up except `sessions` and `control`.
 final class RelayService: DatagramService {
     /// Taken out for each batch (so the batch's accesses are a local's), put back after.
-    private var sessions: RelaySessions?
-    private var control: RelayControl
-    private let counters: RelayCounters
-    private let metrics: CounterBlock
+    var sessions: RelaySessions?
+    var control: RelayControl
+    let counters: RelayCounters
+    let metrics: CounterBlock
     /// One reply slot per datagram of a batch; replies are under 100 bytes.
-    private let replies: UnsafeMutableRawPointer
-    private static let replySlot = 256
+    let replies: UnsafeMutableRawPointer
+    static let replySlot = 256
     private let batchSize: Int
     /// Per segment of the GRO train being routed: where it goes (`nowhere`: dropped).
     private let trainDestinations: UnsafeMutablePointer<SocketAddress>
     /// The kernel's UDP_MAX_SEGMENTS: a GRO train holds at most this many.
     static let maxSegments = 64
+    /// The stream side (RelayStreamSide), when a TCP or TLS listener serves it: stream ends'
+    /// packets arrive through `fromStreams`, and what goes to them leaves through `streamOutboxes`
+    /// (one per worker) at the end of the batch.
+    var hub: RelayStreamHub?
+    var streamOutboxes: [[UInt8]] = []
+    /// The socket UDP ends are reached through (the relay's port; the last one read).
+    var udpSocket: DatagramSocket?
     static let nowhere = SocketAddress(ip: .ipv4Any, port: 0)
 
     init(worker: Worker, limits: RelaySessions.Limits, secrets: [String], bindsPerSecond: Double, counters: RelayCounters) {
@@ -69,6 +76,7 @@ final class RelayService: DatagramService {
                  route: DatagramDemux.Route, socket: DatagramSocket, now: UInt64) {
         var table = sessions.take()!
         defer { sessions = table }
+        udpSocket = socket
         let queue = socket.toClient
         let metrics = self.metrics
         var packets: UInt64 = 0, bytes: UInt64 = 0
@@ -99,12 +107,17 @@ final class RelayService: DatagramService {
                     offset += size
                 }
                 if queue.isFull { _ = socket.flush(metrics: metrics) }
-                if whole && offset == length {
+                if whole && offset == length && trainDestinations[0].port != 0 {
                     queue.append(p, length, to: trainDestinations[0], segment: UInt16(segment))
                 } else {
                     for k in 0..<segments where trainDestinations[k] != RelayService.nowhere {
+                        let size = min(segment, length - k * segment)
+                        if trainDestinations[k].port == 0 {
+                            toStream(trainDestinations[k], .wireGuard, UnsafeRawBufferPointer(start: p + k * segment, count: size))
+                            continue
+                        }
                         if queue.isFull { _ = socket.flush(metrics: metrics) }
-                        queue.append(p + k * segment, min(segment, length - k * segment), to: trainDestinations[k])
+                        queue.append(p + k * segment, size, to: trainDestinations[k])
                     }
                 }
                 packets += UInt64(forwarded)
@@ -124,6 +137,13 @@ final class RelayService: DatagramService {
                 continue
             }
             if let dest = forward(p, length, from: source, now: now, table: &table) {
+                // Port 0: a stream end (RelayStreamEnd), reached through its worker.
+                if dest.port == 0 {
+                    toStream(dest, .wireGuard, UnsafeRawBufferPointer(start: p, count: length))
+                    packets += 1
+                    bytes += UInt64(length)
+                    continue
+                }
                 if queue.isFull { _ = socket.flush(metrics: metrics) }
                 queue.append(p, length, to: dest)
                 packets += 1
@@ -131,6 +151,7 @@ final class RelayService: DatagramService {
             }
         }
         _ = socket.flush(metrics: metrics)
+        flushStreams()
         if packets > 0 {
             metrics.add(counters.packets, packets)
             metrics.add(counters.bytes, bytes)
@@ -139,7 +160,7 @@ final class RelayService: DatagramService {
 
     /// Where one WireGuard message goes, or nil (dropped and counted).
     @inline(__always)
-    private func forward(_ p: UnsafeRawPointer, _ length: Int, from source: SocketAddress, now: UInt64,
+    func forward(_ p: UnsafeRawPointer, _ length: Int, from source: SocketAddress, now: UInt64,
                          table: inout RelaySessions) -> SocketAddress? {
         guard case .wireGuard(let kind) = RelayProtocol.classify(p, length: length) else {
             metrics.add(counters.drops[.malformed])

@@ -39,6 +39,9 @@ final class StreamConnection: EventHandler {
     var fragmenting = false
     /// Queued for the end-of-iteration flush.
     var dirty = false
+    /// A TURN-sniffed stream is the native relay's when its first message is a FERRY-BIND
+    /// (nil until two bytes tell).
+    private var relayEnd: Bool?
     var isTLS: Bool { tls != nil }
     /// Why it closed, once it has (for the session log).
     private(set) var closeReason: StreamCounters.Close?
@@ -240,10 +243,21 @@ final class StreamConnection: EventHandler {
         }
     }
 
-    /// TURN frames go to the worker's TURN service, which sends what it relays before returning.
+    /// TURN frames go to the worker's TURN service, which sends what it relays before returning;
+    /// a native-relay stream end's go to the relay's stream side.
     private func processTURN() {
         guard let turn = settings.turn else { return }
-        let used = input.withUnreadBytes { turn.consume($0, from: self) }
+        if relayEnd == nil, let relay = settings.relay {
+            relayEnd = input.withUnreadBytes { RelayStreamSide.claims($0) }
+            if relayEnd == true { relay.opened(self) }
+        }
+        let used: Int?
+        if relayEnd == true, let relay = settings.relay {
+            used = input.withUnreadBytes { relay.consume($0, from: self) }
+        } else {
+            if relayEnd == nil && settings.relay != nil { return }
+            used = input.withUnreadBytes { turn.consume($0, from: self) }
+        }
         guard !state.isClosed else { return }
         guard let used else {
             close(.protocolError)
@@ -388,6 +402,7 @@ final class StreamConnection: EventHandler {
         // The service learns of the close while the worker still knows the connection (the
         // session log names its transport), then the worker drops it.
         switch carried {
+        case .turn? where relayEnd == true: settings.relay?.connectionClosed(self)
         case .turn?: settings.turn?.connectionClosed(self)
         case .websocket?: settings.signal?.closed(self)
         case .http?, nil: break

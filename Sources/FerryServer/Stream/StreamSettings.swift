@@ -20,6 +20,8 @@ final class StreamSettings {
     var handshakes: RateLimiter<IPAddress>
     /// TURN over TCP and TLS on this worker (nil when no TURN listener is configured).
     var turn: StreamFrameHandler?
+    /// The native relay's stream side: a TURN-sniffed stream whose first message is a FERRY-BIND.
+    var relay: RelayStreamSide?
     /// Signaling on this worker (nil when `[signal]` is off), and whether plain ws:// is allowed.
     var signal: SignalWorker?
     var allowPlaintextSignal = false

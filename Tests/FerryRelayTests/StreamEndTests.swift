@@ -1,0 +1,45 @@
+import Testing
+import FerryCore
+import FerryWire
+@testable import FerryRelay
+
+/// The stream side's pure parts: stream ends' synthetic addresses, binds without a cookie, and a
+/// closed stream unbinding every end it held.
+@Suite struct StreamEnds {
+    @Test func synthetic_addresses_round_trip_and_no_real_address_decodes() {
+        let a = RelayStreamEnd.address(worker: 3, connection: ConnectionID(0xDEAD_BEEF))
+        #expect(a.port == 0 && !a.ip.isIPv4)
+        let d = RelayStreamEnd.decode(a)
+        #expect(d?.worker == 3 && d?.connection == ConnectionID(0xDEAD_BEEF))
+        #expect(RelayStreamEnd.address(worker: 0, connection: ConnectionID(1)) != RelayStreamEnd.address(worker: 1, connection: ConnectionID(1)))
+        for real in ["203.0.113.9:0", "203.0.113.9:51820", "[100::1]:51820", "[::ffff:1.2.3.4]:0"] {
+            #expect(RelayStreamEnd.decode(SocketAddress(real)!) == nil, "\(real) is not a stream end")
+        }
+    }
+
+    @Test func a_stream_end_binds_without_a_cookie_and_a_udp_source_cannot() {
+        let relay = Control.Relay()
+        let a = TestPeer("198.51.100.1:51820"), b = TestPeer("198.51.100.2:51820")
+        let request = relay.bindRequest(credential: relay.credential(a), partner: b.key)
+        #expect(relay.send(request, from: a.address).1 == .challenged)
+        let end = RelayStreamEnd.address(worker: 1, connection: ConnectionID(7))
+        #expect(relay.send(request, from: end, proven: true).1 == .waiting)
+        // Proven or not, the credential is checked.
+        let forged = Control.Credential(token: relay.credential(a).token, key: Crypto.randomBytes(32))
+        #expect(relay.send(relay.bindRequest(credential: forged, partner: b.key), from: end, proven: true).1 == .badCredential)
+    }
+
+    @Test func closing_a_stream_unbinds_every_end_bound_over_it() {
+        var s = RelaySessions(limits: RelaySessions.Limits())
+        let end = RelayStreamEnd.address(worker: 0, connection: ConnectionID(9))
+        let me = TestPeer("198.51.100.1:1"), p1 = TestPeer("198.51.100.2:2"), p2 = TestPeer("198.51.100.3:3")
+        #expect(s.bind(network: "n", key: me.wg, partner: p1.wg, address: end, now: 10) == .waiting)
+        #expect(s.bind(network: "n", key: me.wg, partner: p2.wg, address: end, now: 10) == .waiting)
+        #expect(s.bind(network: "n", key: p1.wg, partner: me.wg, address: p1.address, now: 10) == .active)
+        #expect(s.activeCount == 1 && s.sessionCount == 2)
+        #expect(s.unbindAll(at: end) == 2)
+        #expect(s.activeCount == 0 && s.sessionCount == 1, "p1's end stays bound, waiting")
+        #expect(!s.boundAddresses.contains(end))
+        #expect(s.unbindAll(at: end) == 0)
+    }
+}
