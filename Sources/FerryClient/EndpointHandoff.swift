@@ -24,6 +24,20 @@ public struct EndpointHandoff: Sendable {
 
     public init() {}
 
+    /// The endpoint WireGuard itself can use for a peer on the current route, or nil (the
+    /// agent's local endpoint): a bound native relay; on the shared port, the direct pair ICE
+    /// checked from WireGuard's own port, through whatever NAT is between; without it, a direct
+    /// pair to the peer's host address, at its WireGuard port (the agent's ICE port is not
+    /// WireGuard's). Relayed through TURN: the agent carries it.
+    public static func endpoint(direct: Bool, remote: SocketAddress, remoteKind: ICECandidate.Kind, remoteWireGuardPort: UInt16?,
+                                sharedPort: Bool, nativeRelay: SocketAddress?) -> SocketAddress? {
+        if let nativeRelay { return nativeRelay }
+        guard direct else { return nil }
+        if sharedPort { return remote }
+        guard remoteKind == .host, let port = remoteWireGuardPort else { return nil }
+        return SocketAddress(ip: remote.ip, port: port)
+    }
+
     /// The endpoint the current path would have WireGuard use (nil: the agent's).
     public mutating func want(_ endpoint: SocketAddress?) -> Change {
         let wanted = refused ? nil : endpoint

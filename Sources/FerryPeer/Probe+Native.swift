@@ -16,12 +16,15 @@ struct NativeCredential {
 
 /// `ferry probe wgrelay:HOST:PORT`: STUN Binding on the relay's port, both ends of a session
 /// bound from two sockets of the probe's (each through the challenge), and an echo: a WireGuard
-/// handshake initiation from one end arriving, byte for byte, at the other.
+/// handshake initiation from one end arriving, byte for byte, at the other. `wgrelays:HOST:PORT`
+/// checks the stream side the same way over two TLS connections (no STUN Binding there: a
+/// stream's first message must be the bind; WireGuard framed as ChannelData on channel 0x4000).
 extension Prober {
     mutating func probeNative(_ u: ServerURL) -> ProbeTarget {
         var t = ProbeTarget(url: u.text, host: u.host)
         guard let a = connect(u, alpn: [], into: &t), let b = connect(u, alpn: [], into: &t) else { return t }
-        binding(a, into: &t)
+        let stream = u.transport != .udp
+        if !stream { binding(a, into: &t) }
         guard let (ca, cb) = nativeCredentials(for: u) else {
             t.steps.append(step("relay bind", ok: false, "no credentials: give --secret, or a signaling URL whose welcome hands out this relay"))
             return t
@@ -38,7 +41,7 @@ extension Prober {
                     return t
                 }
                 if i == 1 {
-                    t.steps.append(step("relay bind", ok: true, "both ends bound (challenge answered), mapped \(mapped), idle timeout \(lifetime) s",
+                    t.steps.append(step("relay bind", ok: true, "both ends bound (\(stream ? "over TLS" : "challenge answered")), mapped \(mapped), idle timeout \(lifetime) s",
                                         rtt: (monotonicNanos() - start) / 2000, [("mapped", .string("\(mapped)"))]))
                 }
             case .refused(let code, let reason)?:
@@ -50,12 +53,14 @@ extension Prober {
             }
         }
         let initiation = WireGuardMessage.initiation(sender: UInt32.random(in: 1...UInt32.max), responder: cb.publicKey)
+        // On a stream: ChannelData on channel 0x4000 (148 bytes: no padding needed).
+        let framed = stream ? [0x40, 0x00, 0, UInt8(initiation.count)] + initiation : initiation
         let sent = monotonicNanos()
         do {
-            try a.send(initiation)
+            try a.send(framed)
             let deadline = sent + UInt64(options.timeoutMilliseconds) * 1_000_000
             while let m = try b.receiveMessage(until: deadline) {
-                guard m == initiation else { continue }
+                guard m == framed else { continue }
                 t.steps.append(step("relay echo", ok: true, "a WireGuard handshake initiation (148 bytes) from one end arrived at the other as it was sent",
                                     rtt: (monotonicNanos() - sent) / 1000))
                 for (i, c) in [a, b].enumerated() { _ = bind(c, &binders[i], lifetime: 0) }

@@ -30,31 +30,47 @@ extension Tunnel {
     /// The native relays of a welcome (`wgrelay:` URLs with a credential), first first.
     func noteNativeRelays(_ relays: [SignalClient.Relay]) {
         nativeRelays = []
+        nativeStreamURL = nil
         for r in relays where !r.relayToken.isEmpty && r.relayKey.count == 32 {
+            let first = nativeRelays.isEmpty
             for u in r.urls {
-                guard let s = ServerURL(u), s.kind == .native, s.transport == .udp, let a = try? Resolver.resolve(s.host, port: s.port).first(where: { $0.ip.isIPv4 }) else { continue }
+                guard let s = ServerURL(u), s.kind == .native else { continue }
+                if s.transport != .udp {
+                    if first && nativeStreamURL == nil { nativeStreamURL = s }
+                    continue
+                }
+                guard let a = try? Resolver.resolve(s.host, port: s.port).first(where: { $0.ip.isIPv4 }) else { continue }
                 nativeRelays.append(NativeRelay(url: u, address: a, token: r.relayToken, key: r.relayKey))
             }
+            if nativeRelays.isEmpty { nativeStreamURL = nil }
         }
+        probeNativeUDP()
     }
 
-    /// What this agent offers its partners: the first native relay, when it can bind from WireGuard's port.
-    var nativeOffer: String? { shared == nil ? nil : nativeRelays.first?.url }
+    /// What this agent offers its partners: the first native relay, when it can bind from
+    /// WireGuard's port or over the relay's stream side (never in proxy mode).
+    var nativeOffer: String? { config.proxy || (shared == nil && nativeStreamURL == nil) ? nil : nativeRelays.first?.url }
 
-    /// Starts, keeps or ends link `i`'s native session for its current route.
+    /// Starts, keeps or ends link `i`'s native session for its current route (`NativePath`).
     func updateNative(_ i: Int) {
-        let wanted = links[i].route?.throughRelay == true && !links[i].nativeRefused && links[i].remoteNative != nil
-            && links[i].remoteNative == nativeOffer
-        if !wanted {
-            if links[i].native != nil { endNative(i) }
+        let path = NativePath.choose(relayedRoute: links[i].route?.throughRelay == true, refused: links[i].nativeRefused,
+                                     remoteOffer: links[i].remoteNative, localOffer: nativeOffer,
+                                     udpReaches: nativeUDP, streamSide: nativeStreamURL != nil)
+        if path != .udp && links[i].native != nil { endNative(i) }
+        if path != .stream && links[i].nativeStream != nil { endNativeStream(i) }
+        switch path {
+        case .none, .wait:
             return
+        case .stream:
+            if links[i].nativeStream == nil { startNativeStream(i) }
+        case .udp:
+            guard links[i].native == nil, let relay = nativeRelays.first else { return }
+            var n = NativeBinding(relay: relay, partner: links[i].keyBytes)
+            log("peer \(short(links[i].key)): binding a native-relay session at \(relay.url) from WireGuard's port")
+            let actions = n.start(now: loop.now)
+            links[i].native = n
+            perform(actions, link: i)
         }
-        guard links[i].native == nil, let relay = nativeRelays.first else { return }
-        var n = NativeBinding(relay: relay, partner: links[i].keyBytes)
-        log("peer \(short(links[i].key)): binding a native-relay session at \(relay.url) from WireGuard's port")
-        let actions = n.start(now: loop.now)
-        links[i].native = n
-        perform(actions, link: i)
     }
 
     /// Ends the link's native session: the relay is told (LIFETIME 0), WireGuard is taken back.
@@ -92,11 +108,12 @@ extension Tunnel {
         guard let s = shared else { return }
         while let (payload, from) = (try? s.receive()) ?? nil {
             // Decided inside: a parsed message points into `payload`.
-            enum Kind { case reflexive(SocketAddress), ice, other }
-            let tid = sharedSTUN
+            enum Kind { case reflexive(SocketAddress), probe, ice, other }
+            let tid = sharedSTUN, probe = nativeProbe
             let kind: Kind = payload.withUnsafeBytes { b in
                 guard case .success(let m) = STUNMessage.parse(b), m.method == STUN.Method.binding else { return .other }
                 if let tid, let mapped = STUNBinding.mappedAddress(m, tid: tid) { return .reflexive(mapped) }
+                if let probe, STUNBinding.mappedAddress(m, tid: probe) != nil { return .probe }
                 return m.fingerprintOffset >= 0 ? .ice : .other
             }
             switch kind {
@@ -104,6 +121,9 @@ extension Tunnel {
                 sharedSTUN = nil
                 sharedReflexive = ICECandidate(kind: .srflx, address: mapped, base: SocketAddress(ip: .ipv4Any, port: s.port))
                 completeGathering()
+                continue
+            case .probe:
+                nativeUDPKnown(true)
                 continue
             case .ice:
                 var copy = payload
@@ -129,6 +149,7 @@ extension Tunnel {
     func rebindNative() {
         for i in links.indices {
             links[i].nativeRefused = false
+            if let s = links[i].nativeStream { performStream(s.binding.rebind(now: loop.now), link: i) }
             guard var n = links[i].native else { continue }
             let actions = n.rebind(now: loop.now)
             links[i].native = n
@@ -139,6 +160,7 @@ extension Tunnel {
     /// Retries unanswered binds and refreshes bound ones.
     func tickNative(now: UInt64) {
         for i in links.indices {
+            if let s = links[i].nativeStream { performStream(s.binding.tick(now: now), link: i) }
             guard var n = links[i].native else { continue }
             let actions = n.tick(now: now)
             links[i].native = n

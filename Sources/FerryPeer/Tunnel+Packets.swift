@@ -26,7 +26,7 @@ extension Tunnel {
                 let p = UnsafeMutableRawBufferPointer(start: batch.data(j), count: batch.length(j))
                 if from == relayServer {
                     fromRelayServer(p)
-                } else if !ranking.isEmpty && rankingAnswer(p, from: from) {
+                } else if relays.isRanking && rankingAnswer(p, from: from) {
                     continue
                 } else {
                     fromPeer(p, from: from, via: .direct)
@@ -106,6 +106,10 @@ extension Tunnel {
             guard case .done(let n)? = try? batch.receive(from: links[i].proxy.raw), n > 0 else { return }
             for j in 0..<n {
                 let length = batch.length(j)
+                if let s = links[i].nativeStream, s.binding.isBound {
+                    sendNativeStream(s, batch.data(j), length, link: i)
+                    continue
+                }
                 guard let route = links[i].route else {
                     // No path yet: held briefly for the selection ICE is confirming (HeldPackets).
                     if links[i].ice != nil { links[i].held.hold(batch.data(j), length, now: loop.now) } else { links[i].dropped &+= 1 }
@@ -169,51 +173,29 @@ extension Tunnel {
         guard case .stream(let c) = relay else { return }
         // Every return sends what is queued while the bytes it points to are still in place.
         defer { flush() }
-        while true {
-            let n = streamInput.withUnsafeMutableBytes { c.read(into: UnsafeMutableRawBufferPointer(rebasing: $0[streamFill...])) }
-            guard let n else { break }
+        while let n = c.read(into: streamReader.freeSpace) {
             if n == 0 {
                 log("relay: \(relayTransport) closed by the server; gathering again")
                 startGathering()
                 return
             }
-            streamFill += n
-            var consumed = 0
-            while true {
-                let next = streamInput.withUnsafeBytes { StreamFraming.next(UnsafeRawBufferPointer(rebasing: $0[consumed..<streamFill])) }
-                switch next {
-                case .stun(let length):
-                    streamInput.withUnsafeMutableBytes { fromRelayServer(UnsafeMutableRawBufferPointer(rebasing: $0[consumed..<(consumed + length)])) }
-                    consumed += length
-                    continue
-                case .channelData(_, let payload, let frameLength):
-                    streamInput.withUnsafeMutableBytes { fromRelayServer(UnsafeMutableRawBufferPointer(rebasing: $0[consumed..<(consumed + 4 + payload)])) }
-                    consumed += frameLength
-                    continue
-                case .invalid:
-                    log("relay: unframeable bytes on \(relayTransport); reconnecting")
-                    startGathering()
-                    return
-                case .incomplete:
-                    break
+            streamReader.didRead(n)
+            let outcome = streamReader.frames { frame in
+                switch frame {
+                case .stun(let m): fromRelayServer(m)
+                // The header is just before the payload, in place: the frame as it came.
+                case .channelData(_, let payload): fromRelayServer(UnsafeMutableRawBufferPointer(start: payload.baseAddress! - 4, count: payload.count + 4))
                 }
-                break
             }
-            // What was queued for WireGuard points into `streamInput`: send it before the
-            // partial frame left over is moved to the front over it (it was sent after, and
-            // packets arrived altered whenever a read ended inside a frame).
+            // What was queued for WireGuard points into the reader's buffer: sent before the
+            // partial frame left over moves to the front over it.
             flush()
-            if consumed > 0 {
-                streamInput.withUnsafeMutableBytes { b in
-                    b.baseAddress!.copyMemory(from: b.baseAddress! + consumed, byteCount: streamFill - consumed)
-                }
-                streamFill -= consumed
-            }
-            if streamFill == streamInput.count {
-                log("relay: frame larger than the buffer; reconnecting")
+            guard outcome == .more else {
+                log("relay: \(outcome == .invalid ? "unframeable bytes" : "a frame larger than the buffer") on \(relayTransport); reconnecting")
                 startGathering()
                 return
             }
+            streamReader.compact()
         }
     }
 

@@ -31,6 +31,7 @@ extension Tunnel {
                 handOff(i)
             case .failed(let reason):
                 if links[i].native != nil { links[i].native = nil }
+                if links[i].nativeStream != nil { endNativeStream(i) }
                 takeBack(i, because: "ICE failed")
                 log("peer \(short(links[i].key)): ICE failed (\(reason)); restarting")
                 if let old = links[i].route { byRemote[old.remote] = nil }
@@ -79,12 +80,9 @@ extension Tunnel {
         guard let wg = wireGuard, let route = links[i].route else { return }
         // The signalled kind (a pair first learned as peer-reflexive may be a host candidate).
         let kind = links[i].ice?.remotes.first { $0.address == route.remote }?.kind ?? route.remoteKind
-        var wanted: SocketAddress? = route.via == .direct && kind == .host
-            ? links[i].remoteWireGuardPort.map { SocketAddress(ip: route.remote.ip, port: $0) } : nil
-        // On the shared port ICE checked this very pair from WireGuard's port, through whatever
-        // NAT is between: WireGuard can use it as it is.
-        if shared != nil && route.via == .direct { wanted = route.remote }
-        if let n = links[i].native, n.isBound { wanted = n.relay.address }
+        let native = links[i].native.flatMap { $0.isBound ? $0.relay.address : nil }
+        let wanted = EndpointHandoff.endpoint(direct: route.via == .direct, remote: route.remote, remoteKind: kind,
+                                              remoteWireGuardPort: links[i].remoteWireGuardPort, sharedPort: shared != nil, nativeRelay: native)
         switch links[i].endpoint.want(wanted) {
         case .none: return
         case .takeBack: pointBack(i, because: "the path changed")

@@ -20,46 +20,45 @@ extension Tunnel {
         sharedReflexive = nil
         sharedSTUN = nil
         closeRelay()
-        relayAttempt = 0
-        rankRelays()
+        relayAttempt &+= 1  // a connection still being made for the last gathering is dropped
+        performRelay(relays.start(relayURLs, now: loop.now) { u in try? Resolver.resolve(u.host, port: u.port).first(where: { $0.ip.isIPv4 }) })
     }
 
-    /// Measures the round trip to every relay host that speaks UDP (one STUN binding each from
-    /// the ICE socket, answers awaited 300 ms), then tries relays in `RelayOrder`.
-    func rankRelays() {
-        ranking = [:]
-        roundTrips = [:]
-        var seen: Set<SocketAddress> = []
-        for u in relayURLs where u.transport == .udp {
-            guard let address = try? Resolver.resolve(u.host, port: u.port).first(where: { $0.ip.isIPv4 }), seen.insert(address).inserted else { continue }
-            let tid = TransactionID.random()
-            ranking[tid] = (u.host, address, loop.now)
-            _ = try? STUNBinding.request(tid).withUnsafeBytes { b throws(SystemError) in try Sockets.sendDatagram(ice.raw, b, to: address) }
-        }
-        let generation = relayGeneration &+ 1
-        relayGeneration = generation
-        guard ranking.count > 1 else {
-            relayURLs = RelayOrder.order(relayURLs, roundTrips: [:])
-            ranking = [:]
-            return tryNextRelay()
-        }
-        loop.schedule(after: 300_000_000) { [self] in
-            guard generation == relayGeneration, !ranking.isEmpty || !roundTrips.isEmpty else { return }
-            ranking = [:]
-            relayURLs = RelayOrder.order(relayURLs, roundTrips: roundTrips)
-            let measured = roundTrips.sorted { $0.value < $1.value }.map { "\($0.key) \(Double($0.value / 10_000) / 100) ms" }
-            log("relays by round trip: \(measured.isEmpty ? "none answered" : measured.joined(separator: ", "))")
-            tryNextRelay()
+    /// Carries out what `RelaySelection` decided: measurements from the ICE socket, an attempt,
+    /// or giving up on relays.
+    func performRelay(_ actions: [RelaySelection.Action]) {
+        for a in actions {
+            switch a {
+            case .measure(let tid, let address):
+                _ = try? STUNBinding.request(tid).withUnsafeBytes { b throws(SystemError) in try Sockets.sendDatagram(ice.raw, b, to: address) }
+            case .attempt(let u):
+                attemptRelay(u)
+            case .exhausted:
+                log("relay: no TURN server reachable (\(relays.urls.count) tried); direct paths only")
+                finishGathering()
+            }
         }
     }
 
     /// A binding answer from a relay being ranked; true when it was one.
     func rankingAnswer(_ p: UnsafeMutableRawBufferPointer, from: SocketAddress) -> Bool {
-        guard !ranking.isEmpty, case .success(let m) = STUNMessage.parse(UnsafeRawBufferPointer(p)),
-              let r = ranking[m.transactionID], r.address == from, STUNBinding.mappedAddress(m, tid: m.transactionID) != nil else { return false }
-        ranking[m.transactionID] = nil
-        roundTrips[r.host] = loop.now - r.sent
-        return true
+        guard case .success(let m) = STUNMessage.parse(UnsafeRawBufferPointer(p)) else { return false }
+        return relays.answer(m, from: from, now: loop.now)
+    }
+
+    /// The ranking ended or an attempt timed out (from `tick`).
+    func tickRelays(now: UInt64) {
+        let ranking = relays.isRanking
+        let actions = relays.tick(now: now)
+        guard !actions.isEmpty else { return }
+        if ranking {
+            let measured = relays.roundTrips.sorted { $0.value < $1.value }.map { "\($0.key) \(Double($0.value / 10_000) / 100) ms" }
+            log("relays by round trip: \(measured.isEmpty ? "none answered" : measured.joined(separator: ", "))")
+        } else {
+            log("relay: no answer over \(relayTransport) within 3 s")
+            closeRelay()
+        }
+        performRelay(actions)
     }
 
     func closeRelay() {
@@ -74,18 +73,13 @@ extension Tunnel {
         relayTransport = "none"
     }
 
-    func tryNextRelay() {
-        guard relayAttempt < relayURLs.count else {
-            log("relay: no TURN server reachable (\(relayURLs.count) tried); direct paths only")
-            finishGathering()
-            return
-        }
-        let u = relayURLs[relayAttempt]
-        relayAttempt += 1
-        guard let creds = relayCredentials[u.text] else { return tryNextRelay() }
-        relayDeadline = loop.now + 3_000_000_000
+    func attemptRelay(_ u: ServerURL) {
+        relayAttempt &+= 1
+        guard let creds = relayCredentials[u.text] else { return performRelay([relays.failed(now: loop.now)]) }
         if u.transport == .udp {
-            guard let address = try? Resolver.resolve(u.host, port: u.port).first(where: { $0.ip.isIPv4 }) else { return tryNextRelay() }
+            guard let address = try? Resolver.resolve(u.host, port: u.port).first(where: { $0.ip.isIPv4 }) else {
+                return performRelay([relays.failed(now: loop.now)])
+            }
             relay = .udp(address)
             relayTransport = "udp \(address)"
             var t = TURNClient(credentials: creds, reliable: false, software: "ferry-tunnel")
@@ -119,28 +113,28 @@ extension Tunnel {
                     switch box.value {
                     case .failure(let e):
                         log("relay: \(u): \(e)")
-                        tryNextRelay()
+                        performRelay([relays.failed(now: loop.now)])
                     case .success(let c):
                         adoptStream(c, url: u, credentials: creds)
                     }
                 }
             }
         } catch {
-            tryNextRelay()
+            performRelay([relays.failed(now: loop.now)])
         }
     }
 
     func adoptStream(_ c: ClientConnection, url: ServerURL, credentials: TURNClient.Credentials) {
         relay = .stream(c)
         relayTransport = "\(url.transport == .tls ? "tls" : "tcp") \(c.server)"
-        streamFill = 0
+        streamReader.reset()
         do {
             streamRegistration = try loop.register(fd: c.fdRaw, events: Epoll.input, handler: StreamHandler(tunnel: self))
         } catch {
             log("relay: cannot register \(url): \(error)")
-            return tryNextRelay()
+            return performRelay([relays.failed(now: loop.now)])
         }
-        relayDeadline = loop.now + 3_000_000_000
+        relays.connected(now: loop.now)
         var t = TURNClient(credentials: credentials, reliable: true, software: "ferry-tunnel")
         let request = t.allocate(now: loop.now)
         turn = t
@@ -199,6 +193,7 @@ extension Tunnel {
             switch e {
             case .allocated(let relayed, let mapped, let lifetime):
                 log("relay: allocated \(relayed) over \(relayTransport) (lifetime \(lifetime) s)")
+                relays.allocated()
                 // raddr 0.0.0.0 rport 0: the mapped address is the host's own where there is no
                 // NAT, and a relay candidate must not reveal it (--relay-only promises as much).
                 relayCandidate = ICECandidate(kind: .relay, address: relayed, base: ICECandidate.undisclosed, localPreference: 65535)
@@ -208,7 +203,7 @@ extension Tunnel {
                 if request == .allocate {
                     log("relay: allocate over \(relayTransport) failed: \(code == 0 ? reason : "\(code) \(reason)")")
                     closeRelay()
-                    tryNextRelay()
+                    performRelay([relays.failed(now: loop.now)])
                 } else if case .refresh = request {
                     log("relay: refresh failed (\(code) \(reason)); gathering again")
                     startGathering()

@@ -86,12 +86,8 @@ extension Tunnel {
 
     func description(_ i: Int, answering: String?) -> JSONValue {
         let agent = links[i].ice!
-        var members: [(String, JSONValue)] = [("ufrag", .string(agent.localUfrag)), ("pwd", .string(agent.localPassword)),
-                                             ("candidates", .array(agent.locals.map { .string($0.sdp) }))]
-        if let answering { members.append(("offer", .string(answering))) }
-        if let wg = wireGuard { members.append(("wg_port", .number(Double(wg.listenPort)))) }
-        if let native = nativeOffer { members.append(("native", .string(native))) }
-        return .object(members)
+        return SessionDescription(ufrag: agent.localUfrag, password: agent.localPassword, candidates: agent.locals, answering: answering,
+                                  wireGuardPort: wireGuard?.listenPort, native: nativeOffer).json
     }
 
     func send(_ type: String, link i: Int, body: JSONValue) {
@@ -112,13 +108,13 @@ extension Tunnel {
             log("peer \(short(links[i].key)): \(type) refused: \(error)")
             return
         }
-        guard let body = JSONValue.parse(plain), let ufrag = body["ufrag"]?.string, let pwd = body["pwd"]?.string else {
+        guard let body = JSONValue.parse(plain), let d = SessionDescription(body) else {
             log("peer \(short(links[i].key)): \(type) without ICE credentials")
             return
         }
-        let remotes = (body["candidates"]?.array ?? []).compactMap { $0.string.flatMap(ICECandidate.init(sdp:)) }
-        if let port = body["wg_port"]?.number, port >= 1, port <= 65535 { links[i].remoteWireGuardPort = UInt16(port) }
-        links[i].remoteNative = body["native"]?.string
+        let (ufrag, pwd, remotes) = (d.ufrag, d.password, d.candidates)
+        if let port = d.wireGuardPort { links[i].remoteWireGuardPort = port }
+        links[i].remoteNative = d.native
         switch type {
         case "offer":
             guard gathered else { return }  // we answer once gathered; the offerer retries
@@ -128,7 +124,7 @@ extension Tunnel {
             send("answer", link: i, body: description(i, answering: ufrag))
             log("peer \(short(links[i].key)): offer received, answered (\(remotes.count) remote candidates)")
         case "answer":
-            guard let agent = links[i].ice, agent.controlling, body["offer"]?.string == agent.localUfrag else { return }
+            guard let agent = links[i].ice, agent.controlling, d.answering == agent.localUfrag else { return }
             start(i, ufrag: ufrag, pwd: pwd, remotes: remotes)
             log("peer \(short(links[i].key)): answer received (\(remotes.count) remote candidates)")
         default:

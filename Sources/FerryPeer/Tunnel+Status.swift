@@ -32,11 +32,13 @@ extension Tunnel {
             ("peers", .array(links.map { l in
                 var path: String = l.route.map { $0.throughRelay ? "relayed" : "direct" } ?? (l.online ? "connecting" : "offline")
                 if l.native?.isBound == true && l.handedOff != nil { path = "native-relay" }
+                if l.nativeStream?.binding.isBound == true { path = "native-relay-stream" }
                 let handedOff: JSONValue = l.handedOff.map { .string("\($0)") } ?? .null
                 var m: [(String, JSONValue)] = [("key", .string(l.key)), ("path", .string(path)),
                                                 ("local_endpoint", .string("127.0.0.1:\(l.proxyPort)")), ("online", .bool(l.online)),
                                                 ("wireguard_endpoint", handedOff),
-                                                ("native_relay", l.native.map { .string($0.relay.url) } ?? .null)]
+                                                ("native_relay", l.native.map { .string($0.relay.url) }
+                                                    ?? l.nativeStream.map { _ in .string(nativeStreamURL?.text ?? "") } ?? .null)]
                 if let r = l.route {
                     m.append(("route", .string("\(r)")))
                     m.append(("remote", .string("\(r.remote)")))

@@ -88,6 +88,9 @@ public final class Tunnel: EventHandler, @unchecked Sendable {
         /// This link's end of a native-relay session (Tunnel+Native).
         var native: NativeBinding?
         var nativeRefused = false
+        /// Or over the relay's stream side, when UDP does not reach it (Tunnel+NativeStream).
+        var nativeStream: NativeStream?
+        var nativeConnecting = false
     }
 
     enum Relay { case none, udp(SocketAddress), stream(ClientConnection) }
@@ -121,6 +124,11 @@ public final class Tunnel: EventHandler, @unchecked Sendable {
     var sharedReflexive: ICECandidate?
     var sharedSTUN: TransactionID?
     var nativeRelays: [NativeRelay] = []
+    /// The first native relay's stream side (`wgrelays:`), and whether its UDP port answers
+    /// WireGuard's port (nil: being probed; Tunnel+NativeStream).
+    var nativeStreamURL: ServerURL?
+    var nativeUDP: Bool?
+    var nativeProbe: TransactionID?
 
     var links: [Link] = []
     var byKey: [String: Int] = [:]
@@ -133,19 +141,17 @@ public final class Tunnel: EventHandler, @unchecked Sendable {
     var reflexive: ICECandidate?
     var relayURLs: [ServerURL] = []
     var relayCredentials: [String: TURNClient.Credentials] = [:]
+    /// Which TURN server, in what order (RelaySelection); `relayAttempt` counts attempts, so a
+    /// connection finishing after the agent moved on is dropped.
+    var relays = RelaySelection()
     var relayAttempt = 0
     /// The relay's bound channels both ways, kept here for the packet path (a lookup in a
     /// dictionary, instead of a copy of the whole `TURNClient` and a scan of its channels).
     var channelPeers: [UInt16: SocketAddress] = [:]
     var peerChannels: [SocketAddress: UInt16] = [:]
-    var relayGeneration = 0
-    var ranking: [TransactionID: (host: String, address: SocketAddress, sent: UInt64)] = [:]
-    var roundTrips: [String: UInt64] = [:]
-    var relayDeadline: UInt64 = 0
     var relayTransport = "none"
     var streamRegistration: Registration?
-    var streamInput = [UInt8](repeating: 0, count: 1 << 17)
-    var streamFill = 0
+    let streamReader = StreamFrameReader()
     var streamFrame = [UInt8](repeating: 0, count: 4 + 65536 + 4)
     var gathered = false
     var welcomed = false
@@ -293,12 +299,8 @@ public final class Tunnel: EventHandler, @unchecked Sendable {
             turn = t
             for s in sends { sendTURN(s) }
             turnEvents(events)
-            if t.phase == .allocating && now > relayDeadline {
-                log("relay: no answer over \(relayTransport) within 3 s")
-                closeRelay()
-                tryNextRelay()
-            }
         }
+        tickRelays(now: now)
         for i in links.indices {
             guard var agent = links[i].ice else {
                 // A controlling side whose session failed (or never started) offers again.

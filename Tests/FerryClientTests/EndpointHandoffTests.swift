@@ -55,3 +55,25 @@ import FerryCore
         #expect(!h.roamed(peer, local: local), "WireGuard is where the agent pointed it")
     }
 }
+
+/// Which endpoint WireGuard may use itself, per route.
+@Suite struct HandoffEndpoints {
+    static let peer = SocketAddress("203.0.113.7:40000")!
+    static let relay = SocketAddress("198.51.100.1:3479")!
+
+    @Test func each_route_gives_its_endpoint() {
+        typealias H = EndpointHandoff
+        let p = HandoffEndpoints.peer
+        // A bound native relay wins over any route.
+        #expect(H.endpoint(direct: false, remote: p, remoteKind: .relay, remoteWireGuardPort: 51820, sharedPort: true, nativeRelay: HandoffEndpoints.relay) == HandoffEndpoints.relay)
+        // Relayed through TURN: the agent carries it.
+        #expect(H.endpoint(direct: false, remote: p, remoteKind: .relay, remoteWireGuardPort: 51820, sharedPort: true, nativeRelay: nil) == nil)
+        // On the shared port, the checked pair as it is, whatever its kind.
+        #expect(H.endpoint(direct: true, remote: p, remoteKind: .srflx, remoteWireGuardPort: 51820, sharedPort: true, nativeRelay: nil) == p)
+        // Without it, only a host pair, at the peer's WireGuard port.
+        #expect(H.endpoint(direct: true, remote: p, remoteKind: .host, remoteWireGuardPort: 51820, sharedPort: false, nativeRelay: nil)
+                == SocketAddress("203.0.113.7:51820")!)
+        #expect(H.endpoint(direct: true, remote: p, remoteKind: .srflx, remoteWireGuardPort: 51820, sharedPort: false, nativeRelay: nil) == nil)
+        #expect(H.endpoint(direct: true, remote: p, remoteKind: .host, remoteWireGuardPort: nil, sharedPort: false, nativeRelay: nil) == nil)
+    }
+}

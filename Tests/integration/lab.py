@@ -49,6 +49,7 @@ class Lab:
                 (self.nat_a, self.peer_a, "203.0.113.2/30", "203.0.113.1", "10.1.0", nat_a, False),
                 (self.nat_b, self.peer_b, "203.0.113.6/30", "203.0.113.5", "10.2.0", nat_b, block_b)):
             _, wan_if = veth(self.inet, f"{gw}/30", nat, wan)
+            self.wan_b = wan_if  # b's, once the loop is done (block_b_now)
             nat.exec("ip", "route", "add", "default", "via", gw)
             nat.exec("sysctl", "-qw", "net.ipv4.ip_forward=1")
             veth(nat, f"{lan}.1/24", peer, f"{lan}.2/24")
@@ -74,6 +75,12 @@ class Lab:
                           f'add rule ip lab forwarding iifname != "{wan_if}" tcp dport != 443 drop']
             self._nft(nat, rules)
         self.peer_addresses = {"a": "10.1.0.2", "b": "10.2.0.2"}
+
+    def block_b_now(self):
+        """What block_b does, on a lab already built (the tunnel benchmark measures UDP first)."""
+        self._nft(self.nat_b, ["add table ip labblock", "add chain ip labblock forwarding { type filter hook forward priority 0; }",
+                               f'add rule ip labblock forwarding iifname != "{self.wan_b}" meta l4proto udp drop',
+                               f'add rule ip labblock forwarding iifname != "{self.wan_b}" tcp dport != 443 drop'])
 
     def _nft(self, ns, rules):
         r = subprocess.run(["ip", "netns", "exec", ns.name, "nft", "-f", "-"], input="\n".join(rules) + "\n",

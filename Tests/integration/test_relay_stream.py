@@ -201,3 +201,17 @@ def test_stock_wireguard_with_udp_blocked_on_one_side_through_the_stream_side(fe
         for w in wgs:
             w.close()
         lab.close()
+
+
+def test_probe_checks_the_stream_side(relay):
+    from conftest import binary
+    import json
+    url = f"wgrelays:127.0.0.1:{relay.tls}"
+    ok = subprocess.run([binary("ferry"), "probe", "--json", "--insecure", "--secret", SECRET, url], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    steps = {s["name"]: s for s in json.loads(ok.stdout)["targets"][0]["steps"]}
+    assert steps["relay bind"]["ok"] and steps["relay echo"]["ok"] and "stun binding" not in steps, steps
+    wait_until(lambda: relay.f.metric("ferry_relay_packets_total") == 1 and relay.f.metric("ferry_relay_streams_total") == 2
+               and relay.f.metric("ferry_relay_binds_total", {"result": "unbound"}) == 2)
+    bad = subprocess.run([binary("ferry"), "probe", "--insecure", "--secret", "not-the-relay-secret-0123", url], capture_output=True, text=True)
+    assert bad.returncode == 1 and "403" in bad.stdout, bad.stdout
