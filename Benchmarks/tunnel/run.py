@@ -9,7 +9,10 @@ port-preserving NATs (--nat preserving), so that WireGuard's own endpoints work 
      host address; behind NAT: hole punched) and hand it to WireGuard (the agents step off it);
   3. relayed: the agents with --relay-only --proxy carry WireGuard through ferryd's TURN;
   4. native: the agents with --relay-only move WireGuard onto ferryd's native relay (bound from
-     WireGuard's port; no agent on the path).
+     WireGuard's port; no agent on the path);
+  5. then B's network is made to drop UDP and all TCP but 443 (lab.py's block_b): TURN over TLS
+     through the agents (`--proxy`) against the native relay's stream side (B's agent carries
+     B's side over TLS; A's WireGuard talks to the relay's UDP port).
 
 For each: the median and p90 round trip of `ping` across the WireGuard interfaces, and TCP
 throughput with iperf3 (A to B). Goals (docs/benchmarks.md): relayed throughput >= 0.8 x direct;
@@ -107,6 +110,7 @@ def agents(lab, wg_a, wg_b, directory, cert, relay_only, proxy=False, want=None,
         procs.append(subprocess.Popen(args + (["--relay-only"] if relay_only else []) + (["--proxy"] if proxy else []),
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
     want = want or ("relayed" if relay_only else "direct")
+    wants = want if isinstance(want, tuple) else (want, want)
 
     def path(name):
         try:
@@ -116,7 +120,7 @@ def agents(lab, wg_a, wg_b, directory, cert, relay_only, proxy=False, want=None,
         except (OSError, ValueError, IndexError, KeyError):
             return None
     deadline = time.time() + 40
-    while not (path("a") == want and path("b") == want):
+    while not (path("a") == wants[0] and path("b") == wants[1]):
         if time.time() > deadline:
             raise RuntimeError(f"agents did not reach a {want} path")
         time.sleep(0.2)
@@ -147,7 +151,7 @@ def main():
     with tempfile.TemporaryDirectory(prefix="ferry-tunnel-bench-") as d:
         lab = Lab(nat_a=args.nat, nat_b=args.nat)
         cert, key = lab_certificate(d)
-        config = ferryd_config(cert, key).replace('self_relay_urls = [', f'self_relay_urls = ["wgrelay:{FERRY_IP}:3479", ') \
+        config = ferryd_config(cert, key).replace('self_relay_urls = [', f'self_relay_urls = ["wgrelay:{FERRY_IP}:3479", "wgrelays:{FERRY_IP}:443", ') \
             + f'[[listener]]\nname = "relay-udp"\naddress = "{FERRY_IP}:3479"\nservice = "relay"\n'
         # Plain WireGuard aims at the other LAN's host, or at the other NAT (which keeps port 51820).
         ends = ("10.2.0.2", "10.1.0.2") if args.nat == "none" else ("203.0.113.6", "203.0.113.2")
@@ -180,6 +184,17 @@ def main():
             connect(lab, wg_b)
             mbps, cpu = iperf(lab, wg_b, args.seconds, watch)
             results["plain_again"] = {"ping": ping_stats(lab, wg_b, args.pings), "iperf_mbps": mbps, "cpu_per_second": cpu}
+            # B's UDP blocked: TURN over TLS through both agents, then the native relay's stream side.
+            lab.block_b_now()
+            for name, proxy, want in (("blocked_turn_tls", True, ("relayed", "relayed")),
+                                      ("blocked_native_stream", False, ("native-relay", "native-relay-stream"))):
+                procs = agents(lab, wg_a, wg_b, d, cert, True, proxy, want)
+                try:
+                    connect(lab, wg_b)
+                    mbps, cpu = iperf(lab, wg_b, args.seconds, dict(watch, agents=[p.pid for p in procs]))
+                    results[name] = {"ping": ping_stats(lab, wg_b, args.pings), "iperf_mbps": mbps, "cpu_per_second": cpu}
+                finally:
+                    stop(procs)
             results["relayed_packets_at_ferryd"] = ferryd.metric("ferry_turn_relayed_packets_total", {"direction": "to_peer"})
             results["native_packets_at_ferryd"] = ferryd.metric("ferry_relay_packets_total")
         finally:
@@ -199,6 +214,9 @@ def main():
         results["relayed_over_direct_throughput"] = round(rl["iperf_mbps"] / dr["iperf_mbps"], 3)
     if p["iperf_mbps"] and dr["iperf_mbps"]:
         results["direct_over_plain_throughput"] = round(dr["iperf_mbps"] / p["iperf_mbps"], 3)
+    bt, bs = results["blocked_turn_tls"], results["blocked_native_stream"]
+    if bt["iperf_mbps"] and bs["iperf_mbps"]:
+        results["blocked_stream_over_turn_tls_throughput"] = round(bs["iperf_mbps"] / bt["iperf_mbps"], 3)
     results["pinned"] = args.pin
     results["nat"] = args.nat
     print(json.dumps(results, indent=2))

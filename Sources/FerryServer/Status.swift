@@ -192,6 +192,7 @@ extension Server {
             ("max", n(Double(config.relay.maxSessions))), ("indices", n(m.sum("ferry_relay_indices"))),
             ("packets_total", n(m.sum("ferry_relay_packets_total"))), ("bytes_total", n(m.sum("ferry_relay_bytes_total"))),
             ("binds_by_result", .object(reasons("ferry_relay_binds_total", "result", prefix: ""))),
+            ("streams_total", n(m.sum("ferry_relay_streams_total"))),
         ])
         return .object([
             ("version", .string(FerryVersion.string)),

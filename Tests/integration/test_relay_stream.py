@@ -2,6 +2,7 @@
 TCP or TLS on a TURN stream listener, for a peer whose UDP is blocked, spoken by wgrelay.py (written
 from the document alone); UDP↔stream and stream↔stream sessions, the attacks a stream opens, and
 stock wireguard-go with UDP blocked on one side."""
+import json
 import os
 import shutil
 import socket
@@ -10,7 +11,7 @@ import subprocess
 
 import pytest
 
-from conftest import free_port, listener, turn_base, wait_until
+from conftest import free_port, http_get, listener, turn_base, wait_until
 from wgrelay import StreamPort, UDPPort, bind, credential, data, initiation, response, message
 from test_relay import SECRET, nothing_arrives
 
@@ -63,6 +64,7 @@ def test_a_udp_end_and_a_stream_end_make_a_session(relay):
     exchange(relay, lambda m: a.send(m, relay.addr), lambda: a.recv()[0], b.send_wg, b.recv_wg, ka, kb)
     wait_until(lambda: f.metric("ferry_relay_packets_total") == 8 and f.metric("ferry_relay_streams_total") == 1)
     wait_until(lambda: f.metric("ferry_relay_sessions_active") == 1)
+    assert json.loads(http_get(f.admin_port, "/v1/status")[1])["native_relay"]["streams_total"] == 1
     # The stream closing unbinds its end: the UDP end's packets go nowhere, and are counted.
     b.close()
     wait_until(lambda: f.metric("ferry_relay_sessions_active") == 0 and f.metric("ferry_relay_sessions") == 1)
@@ -205,7 +207,6 @@ def test_stock_wireguard_with_udp_blocked_on_one_side_through_the_stream_side(fe
 
 def test_probe_checks_the_stream_side(relay):
     from conftest import binary
-    import json
     url = f"wgrelays:127.0.0.1:{relay.tls}"
     ok = subprocess.run([binary("ferry"), "probe", "--json", "--insecure", "--secret", SECRET, url], capture_output=True, text=True)
     assert ok.returncode == 0, ok.stdout + ok.stderr

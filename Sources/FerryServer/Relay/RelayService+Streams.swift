@@ -17,7 +17,7 @@ extension RelayService {
         defer { sessions = table }
         var wall: UInt64 = 0
         var packets: UInt64 = 0, bytes: UInt64 = 0
-        let socket = udpSocket
+        let (socket4, socket6) = (udpSocket4, udpSocket6)
         RelayHandoff.forEach(batch) { id, kind, m in
             let source = RelayStreamEnd.address(worker: from, connection: id)
             switch kind {
@@ -35,14 +35,15 @@ extension RelayService {
                 bytes += UInt64(m.count)
                 if dest.port == 0 {
                     toStream(dest, .wireGuard, m)
-                } else if let socket {
+                } else if let socket = dest.ip.isIPv4 ? socket4 : socket6 {
                     if socket.toClient.isFull { _ = socket.flush(metrics: metrics) }
                     socket.toClient.append(m.baseAddress!, m.count, to: dest)
                 }
             }
         }
         // The queue points into `batch`: sent while it is alive.
-        if let socket { _ = socket.flush(metrics: metrics) }
+        if let socket4 { _ = socket4.flush(metrics: metrics) }
+        if let socket6 { _ = socket6.flush(metrics: metrics) }
         flushStreams()
         if packets > 0 {
             metrics.add(counters.packets, packets)

@@ -43,8 +43,10 @@ final class RelayService: DatagramService {
     /// (one per worker) at the end of the batch.
     var hub: RelayStreamHub?
     var streamOutboxes: [[UInt8]] = []
-    /// The socket UDP ends are reached through (the relay's port; the last one read).
-    var udpSocket: DatagramSocket?
+    /// The sockets UDP ends are reached through from stream ends, per family (the relay's port;
+    /// the last one read of each family).
+    var udpSocket4: DatagramSocket?
+    var udpSocket6: DatagramSocket?
     static let nowhere = SocketAddress(ip: .ipv4Any, port: 0)
 
     init(worker: Worker, limits: RelaySessions.Limits, secrets: [String], bindsPerSecond: Double, counters: RelayCounters) {
@@ -76,7 +78,9 @@ final class RelayService: DatagramService {
                  route: DatagramDemux.Route, socket: DatagramSocket, now: UInt64) {
         var table = sessions.take()!
         defer { sessions = table }
-        udpSocket = socket
+        if hub != nil {
+            if n > 0, let first = batch.source(0), first.ip.isIPv4 { udpSocket4 = socket } else { udpSocket6 = socket }
+        }
         let queue = socket.toClient
         let metrics = self.metrics
         var packets: UInt64 = 0, bytes: UInt64 = 0
