@@ -12,7 +12,9 @@ import FerryClient
 enum RelayTarget {
     static let secret = "fuzz-relay-secret-0123"
     static let keys: [[UInt8]] = (0..<4).map { i in (0..<32).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ i &* 31) } }
-    static let addresses = (0..<4).map { SocketAddress(ip: IPAddress(ipv4: 0xC000_0201 + UInt32($0)), port: 51820) }
+    /// Four UDP sources and a stream end (binds without a cookie; closing unbinds all it held).
+    static let streamEnd = RelayStreamEnd.address(worker: 1, connection: ConnectionID(9))
+    static let addresses = (0..<4).map { SocketAddress(ip: IPAddress(ipv4: 0xC000_0201 + UInt32($0)), port: 51820) } + [streamEnd]
 
     static func run(_ data: UnsafeRawBufferPointer) {
         var r = FuzzReader(data)
@@ -52,7 +54,8 @@ enum RelayTarget {
                     message = binder.request(TransactionID(high: 0, low: 0), lifetime: lifetime)
                 }
                 let (n, result) = message.withUnsafeBytes { m in
-                    reply.withUnsafeMutableBytes { control.handle(m, from: from, now: now, wall: wall, sessions: &sessions, reply: $0) }
+                    reply.withUnsafeMutableBytes { control.handle(m, from: from, now: now, wall: wall, sessions: &sessions, reply: $0,
+                                                                  proven: from == streamEnd) }
                 }
                 require(n <= message.count || result == .stunBinding, "no amplification: \(n) for \(message.count) (\(result))")
                 if result == .challenged || result == .wrongSource || result == .staleCookie {
@@ -84,6 +87,12 @@ enum RelayTarget {
                     }
                 }
             case 4:
+                if r.byte() % 4 == 0 {
+                    // The stream end's connection closes.
+                    sessions.unbindAll(at: streamEnd)
+                    require(!sessions.boundAddresses.contains(streamEnd), "a closed stream holds no end")
+                    break
+                }
                 indices.append(r.u32())
                 if indices.count > 6 { indices.removeFirst() }
             default:

@@ -112,6 +112,7 @@ public struct RelaySessions {
         case refused(Refusal)
     }
 
+    /// `samePeer`: a key bound to itself, or both ends of a session at one address.
     public enum Refusal: Equatable, Sendable { case samePeer, sessions, perPeer, perNetwork }
 
     /// Binds `key`'s end of its session with `partner` in `network` at `address` (a first bind,
@@ -127,6 +128,10 @@ public struct RelaySessions {
                 return .refused(.sessions)
             }
             slot = s
+            // Both ends at one address would reflect its packets back to it (a stream or a
+            // port holding both keys): refused, as binding a key to itself is.
+            let other = slots[Int(s)][1 - (key == pair.low ? 0 : 1)]
+            guard !(other.bound && other.address == address) else { return .refused(.samePeer) }
         } else {
             guard sessionCount < limits.maxSessions else { return .refused(.sessions) }
             guard networkSessions[net, default: 0] < limits.sessionsPerNetwork else { return .refused(.perNetwork) }

@@ -42,4 +42,20 @@ import FerryWire
         #expect(!s.boundAddresses.contains(end))
         #expect(s.unbindAll(at: end) == 0)
     }
+
+    /// Found by fuzzing: one stream (or one UDP port) holding both keys of a session bound both
+    /// ends there, and the relay sent its packets back to it.
+    @Test func both_ends_of_a_session_cannot_be_bound_at_one_address() {
+        var s = RelaySessions(limits: RelaySessions.Limits())
+        let end = RelayStreamEnd.address(worker: 0, connection: ConnectionID(3))
+        let a = TestPeer("198.51.100.1:1"), b = TestPeer("198.51.100.2:2")
+        #expect(s.bind(network: "n", key: a.wg, partner: b.wg, address: end, now: 10) == .waiting)
+        #expect(s.bind(network: "n", key: b.wg, partner: a.wg, address: end, now: 10) == .refused(.samePeer))
+        #expect(s.bind(network: "n", key: b.wg, partner: a.wg, address: b.address, now: 10) == .active)
+        // Nor can an end move onto its partner's address.
+        #expect(s.bind(network: "n", key: b.wg, partner: a.wg, address: end, now: 11) == .refused(.samePeer))
+        var initiation = WG.initiation(sender: 1, to: b.key)
+        let route = initiation.withUnsafeMutableBytes { s.route($0.baseAddress!, length: $0.count, kind: .initiation, from: end, now: 12_000_000_000) }
+        #expect(route == .forward(b.address))
+    }
 }
