@@ -169,8 +169,8 @@ def main():
             watch = {"wireguard-go": pids("wireguard-go wbench"), "ferryd": [ferryd.proc.pid]}
             mbps, cpu = iperf(lab, wg_b, args.seconds, watch)
             results["plain"] = {"ping": ping_stats(lab, wg_b, args.pings), "iperf_mbps": mbps, "cpu_per_second": cpu}
-            for name, relay_only, proxy, want in (("direct", False, False, "direct"), ("relayed", True, True, "relayed"),
-                                                  ("native", True, False, "native-relay")):
+
+            def with_agents(name, relay_only, proxy, want):
                 procs = agents(lab, wg_a, wg_b, d, cert, relay_only, proxy, want)
                 try:
                     connect(lab, wg_b)
@@ -178,6 +178,9 @@ def main():
                     results[name] = {"ping": ping_stats(lab, wg_b, args.pings), "iperf_mbps": mbps, "cpu_per_second": cpu}
                 finally:
                     stop(procs)
+            with_agents("direct", False, False, "direct")
+            with_agents("relayed", True, True, "relayed")
+            with_agents("native", True, False, "native-relay")
             # Plain WireGuard again, to bracket the agents' runs against the VM's drift.
             lab.peer_a.exec("wg", "set", wg_a.name, "peer", wg_b.public, "endpoint", f"{ends[0]}:51820")
             lab.peer_b.exec("wg", "set", wg_b.name, "peer", wg_a.public, "endpoint", f"{ends[1]}:51820")
@@ -186,15 +189,8 @@ def main():
             results["plain_again"] = {"ping": ping_stats(lab, wg_b, args.pings), "iperf_mbps": mbps, "cpu_per_second": cpu}
             # B's UDP blocked: TURN over TLS through both agents, then the native relay's stream side.
             lab.block_b_now()
-            for name, proxy, want in (("blocked_turn_tls", True, ("relayed", "relayed")),
-                                      ("blocked_native_stream", False, ("native-relay", "native-relay-stream"))):
-                procs = agents(lab, wg_a, wg_b, d, cert, True, proxy, want)
-                try:
-                    connect(lab, wg_b)
-                    mbps, cpu = iperf(lab, wg_b, args.seconds, dict(watch, agents=[p.pid for p in procs]))
-                    results[name] = {"ping": ping_stats(lab, wg_b, args.pings), "iperf_mbps": mbps, "cpu_per_second": cpu}
-                finally:
-                    stop(procs)
+            with_agents("blocked_turn_tls", True, True, ("relayed", "relayed"))
+            with_agents("blocked_native_stream", True, False, ("native-relay", "native-relay-stream"))
             results["relayed_packets_at_ferryd"] = ferryd.metric("ferry_turn_relayed_packets_total", {"direction": "to_peer"})
             results["native_packets_at_ferryd"] = ferryd.metric("ferry_relay_packets_total")
         finally:

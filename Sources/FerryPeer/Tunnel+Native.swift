@@ -17,7 +17,7 @@ extension Tunnel {
         guard !config.proxy else { return sharedPortState = "off (--proxy)" }
         do {
             let s = try SharedPort(port: wg.listenPort)
-            sharedRegistration = try loop.register(fd: s.fd.raw, events: Epoll.input, handler: SharedPortHandler(tunnel: self))
+            sharedRegistration = try loop.register(fd: s.fd.raw, events: Epoll.input, handler: TunnelSocket(tunnel: self) { $0.readShared() })
             shared = s
             sharedPortState = "udp \(wg.listenPort)"
             log("tunnel: sharing WireGuard's port \(wg.listenPort) for native-relay binds")
@@ -167,13 +167,4 @@ extension Tunnel {
             perform(actions, link: i)
         }
     }
-}
-
-/// The shared port's raw socket on the loop. `unowned`, as `ProxyHandler`: the tunnel lives as
-/// long as the process (`Tunnel.run` never returns, `stop` exits), so it outlives its loop and
-/// every handler registered there.
-final class SharedPortHandler: EventHandler {
-    unowned let tunnel: Tunnel
-    init(tunnel: Tunnel) { self.tunnel = tunnel }
-    func handleEvent(_ events: UInt32, loop: EventLoop) { tunnel.readShared() }
 }

@@ -88,9 +88,10 @@ extension Tunnel {
     }
 
     private func adoptNativeStream(_ i: Int, _ s: NativeStream) {
+        let key = links[i].key
         do {
             s.registration = try loop.register(fd: s.connection.fdRaw, events: Epoll.input,
-                                               handler: NativeStreamHandler(tunnel: self, key: links[i].key))
+                                               handler: TunnelSocket(tunnel: self) { $0.readNativeStream(key) })
         } catch {
             return
         }
@@ -172,16 +173,4 @@ extension Tunnel {
             s.reader.compact()
         }
     }
-}
-
-/// A link's native stream on the loop. `unowned`, as `SharedPortHandler`: the tunnel lives as
-/// long as the process, so it outlives its loop and every handler registered there.
-final class NativeStreamHandler: EventHandler {
-    unowned let tunnel: Tunnel
-    let key: String
-    init(tunnel: Tunnel, key: String) {
-        self.tunnel = tunnel
-        self.key = key
-    }
-    func handleEvent(_ events: UInt32, loop: EventLoop) { tunnel.readNativeStream(key) }
 }

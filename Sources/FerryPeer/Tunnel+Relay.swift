@@ -129,7 +129,7 @@ extension Tunnel {
         relayTransport = "\(url.transport == .tls ? "tls" : "tcp") \(c.server)"
         streamReader.reset()
         do {
-            streamRegistration = try loop.register(fd: c.fdRaw, events: Epoll.input, handler: StreamHandler(tunnel: self))
+            streamRegistration = try loop.register(fd: c.fdRaw, events: Epoll.input, handler: TunnelSocket(tunnel: self) { $0.readStream() })
         } catch {
             log("relay: cannot register \(url): \(error)")
             return performRelay([relays.failed(now: loop.now)])

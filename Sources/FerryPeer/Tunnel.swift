@@ -273,7 +273,7 @@ public final class Tunnel: EventHandler, @unchecked Sendable {
         do {
             iceRegistration = try loop.register(fd: ice.raw, events: Epoll.input, handler: self)
             for i in links.indices {
-                links[i].registration = try loop.register(fd: links[i].proxy.raw, events: Epoll.input, handler: ProxyHandler(tunnel: self, index: i))
+                links[i].registration = try loop.register(fd: links[i].proxy.raw, events: Epoll.input, handler: TunnelSocket(tunnel: self) { $0.readProxy(i) })
             }
         } catch {
             log("tunnel: cannot register sockets: \(error)")
@@ -329,22 +329,18 @@ public final class Tunnel: EventHandler, @unchecked Sendable {
 
 }
 
-/// A link's local socket on the loop.
-final class ProxyHandler: EventHandler {
+/// One of the tunnel's sockets on the loop (a link's local socket, the TURN stream, the shared
+/// port, a native-relay stream) and what reads it; one call per readiness event, not per packet.
+/// `unowned`: the tunnel lives as long as the process (`Tunnel.run` never returns, `stop` exits),
+/// so it outlives its loop and every handler registered there.
+final class TunnelSocket: EventHandler {
     unowned let tunnel: Tunnel
-    let index: Int
-    init(tunnel: Tunnel, index: Int) {
+    let readable: (Tunnel) -> Void
+    init(tunnel: Tunnel, _ readable: @escaping (Tunnel) -> Void) {
         self.tunnel = tunnel
-        self.index = index
+        self.readable = readable
     }
-    func handleEvent(_ events: UInt32, loop: EventLoop) { tunnel.readProxy(index) }
-}
-
-/// The TURN stream (TCP or TLS) on the loop.
-final class StreamHandler: EventHandler {
-    unowned let tunnel: Tunnel
-    init(tunnel: Tunnel) { self.tunnel = tunnel }
-    func handleEvent(_ events: UInt32, loop: EventLoop) { tunnel.readStream() }
+    func handleEvent(_ events: UInt32, loop: EventLoop) { readable(tunnel) }
 }
 
 /// Hands a value made on a helper thread to the loop thread (which alone uses it afterwards).
