@@ -12,7 +12,7 @@ import FerryClient
 enum RelayTarget {
     static let secret = "fuzz-relay-secret-0123"
     static let keys: [[UInt8]] = (0..<4).map { i in (0..<32).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ i &* 31) } }
-    /// Four UDP sources and a stream end (binds without a cookie; closing unbinds all it held).
+    /// Four UDP sources and a stream end (closing it unbinds all it held).
     static let streamEnd = RelayStreamEnd.address(worker: 1, connection: ConnectionID(9))
     static let addresses = (0..<4).map { SocketAddress(ip: IPAddress(ipv4: 0xC000_0201 + UInt32($0)), port: 51820) } + [streamEnd]
 
@@ -54,8 +54,7 @@ enum RelayTarget {
                     message = binder.request(TransactionID(high: 0, low: 0), lifetime: lifetime)
                 }
                 let (n, result) = message.withUnsafeBytes { m in
-                    reply.withUnsafeMutableBytes { control.handle(m, from: from, now: now, wall: wall, sessions: &sessions, reply: $0,
-                                                                  proven: from == streamEnd) }
+                    reply.withUnsafeMutableBytes { control.handle(m, from: from, now: now, wall: wall, sessions: &sessions, reply: $0) }
                 }
                 require(n <= message.count || result == .stunBinding, "no amplification: \(n) for \(message.count) (\(result))")
                 if result == .challenged || result == .wrongSource || result == .staleCookie {

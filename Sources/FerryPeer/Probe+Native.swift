@@ -41,7 +41,7 @@ extension Prober {
                     return t
                 }
                 if i == 1 {
-                    t.steps.append(step("relay bind", ok: true, "both ends bound (\(stream ? "over TLS" : "challenge answered")), mapped \(mapped), idle timeout \(lifetime) s",
+                    t.steps.append(step("relay bind", ok: true, "both ends bound (challenge answered\(stream ? ", over TLS" : "")), mapped \(mapped), idle timeout \(lifetime) s",
                                         rtt: (monotonicNanos() - start) / 2000, [("mapped", .string("\(mapped)"))]))
                 }
             case .refused(let code, let reason)?:

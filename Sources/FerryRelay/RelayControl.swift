@@ -46,11 +46,11 @@ public struct RelayControl {
 
     /// Answers the control message `m` from `source` into `reply`; returns the reply's length
     /// (0: no answer) and what happened. `now` is monotonic nanoseconds, `wall` Unix seconds
-    /// (credential expiry). `proven`: the source is a stream end (`RelayStreamEnd`), whose TCP
-    /// handshake already proved it can receive, so its binds need no cookie.
+    /// (credential expiry). A stream end (`RelayStreamEnd`) is challenged like any source: its
+    /// cookie is made for its connection, so a bind captured on the way (binds cross networks in
+    /// the clear) and replayed over the replayer's own stream cannot move an end there.
     public mutating func handle(_ m: UnsafeRawBufferPointer, from source: SocketAddress, now: UInt64, wall: UInt64,
-                                sessions: inout RelaySessions, reply: UnsafeMutableRawBufferPointer,
-                                proven: Bool = false) -> (Int, BindResult) {
+                                sessions: inout RelaySessions, reply: UnsafeMutableRawBufferPointer) -> (Int, BindResult) {
         guard case .success(let msg) = STUNMessage.parse(m), msg.messageClass == .request else { return (0, .malformed) }
         if msg.method == STUN.Method.binding {
             var w = STUNWriter(into: reply, method: STUN.Method.binding, class: .success, transactionID: msg.transactionID)
@@ -63,15 +63,13 @@ public struct RelayControl {
         guard rate.take(1, rate: ratePerSecond, capacity: ratePerSecond, now: now) else { return (0, .rateLimited) }
         let seconds = UInt32(truncatingIfNeeded: now / 1_000_000_000)
         if cookies.needsRotation(now: seconds) { cookies.rotate(now: seconds, key: Crypto.randomBytes(32)) }
-        if !proven {
-            guard let cookie = msg.attribute(RelayProtocol.Attribute.cookie) else {
-                return (challenge(msg, source, seconds, reply), .challenged)
-            }
-            switch cookies.check(cookie, from: source, now: seconds) {
-            case .failure(.wrongSource): return (challenge(msg, source, seconds, reply), .wrongSource)
-            case .failure: return (challenge(msg, source, seconds, reply), .staleCookie)
-            case .success: break
-            }
+        guard let cookie = msg.attribute(RelayProtocol.Attribute.cookie) else {
+            return (challenge(msg, source, seconds, reply), .challenged)
+        }
+        switch cookies.check(cookie, from: source, now: seconds) {
+        case .failure(.wrongSource): return (challenge(msg, source, seconds, reply), .wrongSource)
+        case .failure: return (challenge(msg, source, seconds, reply), .staleCookie)
+        case .success: break
         }
         let identity: RelayCredential
         switch RelayCredential.parse(credential, now: wall) {

@@ -24,10 +24,10 @@ import FerryWire
             return Credential(token: token, key: RelayCredential.integrityKey(secret: secret ?? self.secret, token: token))
         }
 
-        func send(_ m: [UInt8], from: SocketAddress, proven: Bool = false) -> ([UInt8], BindResult) {
+        func send(_ m: [UInt8], from: SocketAddress) -> ([UInt8], BindResult) {
             var reply = [UInt8](repeating: 0, count: 1500)
             let (n, result) = m.withUnsafeBytes { mb in
-                reply.withUnsafeMutableBytes { control.handle(mb, from: from, now: now, wall: wall, sessions: &sessions, reply: $0, proven: proven) }
+                reply.withUnsafeMutableBytes { control.handle(mb, from: from, now: now, wall: wall, sessions: &sessions, reply: $0) }
             }
             return (Array(reply[0..<n]), result)
         }

@@ -3,8 +3,8 @@ import FerryCore
 import FerryWire
 @testable import FerryRelay
 
-/// The stream side's pure parts: stream ends' synthetic addresses, binds without a cookie, and a
-/// closed stream unbinding every end it held.
+/// The stream side's pure parts: stream ends' synthetic addresses, their challenge, and a closed
+/// stream unbinding every end it held.
 @Suite struct StreamEnds {
     @Test func synthetic_addresses_round_trip_and_no_real_address_decodes() {
         let a = RelayStreamEnd.address(worker: 3, connection: ConnectionID(0xDEAD_BEEF))
@@ -17,16 +17,22 @@ import FerryWire
         }
     }
 
-    @Test func a_stream_end_binds_without_a_cookie_and_a_udp_source_cannot() {
+    /// Binds cross networks in the clear: one captured with its cookie and replayed over the
+    /// replayer's own stream gets a challenge for that stream, and the end stays where it was.
+    @Test func a_bind_captured_from_udp_and_replayed_over_a_stream_moves_nothing() {
         let relay = Control.Relay()
         let a = TestPeer("198.51.100.1:51820"), b = TestPeer("198.51.100.2:51820")
-        let request = relay.bindRequest(credential: relay.credential(a), partner: b.key)
-        #expect(relay.send(request, from: a.address).1 == .challenged)
-        let end = RelayStreamEnd.address(worker: 1, connection: ConnectionID(7))
-        #expect(relay.send(request, from: end, proven: true).1 == .waiting)
-        // Proven or not, the credential is checked.
-        let forged = Control.Credential(token: relay.credential(a).token, key: Crypto.randomBytes(32))
-        #expect(relay.send(relay.bindRequest(credential: forged, partner: b.key), from: end, proven: true).1 == .badCredential)
+        let credential = relay.credential(a)
+        let (challenge, first) = relay.send(relay.bindRequest(credential: credential, partner: b.key), from: a.address)
+        #expect(first == .challenged)
+        let captured = relay.bindRequest(credential: credential, partner: b.key, cookie: Control.STUNFields(challenge)?.cookie)
+        #expect(relay.send(captured, from: a.address).1 == .waiting)
+        let replayer = RelayStreamEnd.address(worker: 1, connection: ConnectionID(7))
+        #expect(relay.send(captured, from: replayer).1 == .wrongSource)
+        #expect(relay.sessions.boundAddresses == [a.address])
+        // The stream end binds for itself once it answers its own challenge (it holds the key).
+        #expect(relay.bind(a, to: b, from: replayer).0 == .waiting)
+        #expect(relay.sessions.boundAddresses == [replayer])
     }
 
     @Test func closing_a_stream_unbinds_every_end_bound_over_it() {

@@ -57,10 +57,10 @@ def test_a_udp_end_and_a_stream_end_make_a_session(relay):
     a, b = UDPPort(), relay.stream()
     ca, cb = credential(SECRET, ka, "acme"), credential(SECRET, kb, "acme")
     assert bind(a, relay.addr, ca, kb).state == 0
-    # Over a stream the bind needs no cookie: the first answer is the success, signed.
+    # Over a stream the bind is challenged as over UDP, then succeeds, signed.
     got = bind(b, None, cb, ka)
     assert got.success and got.state == 1 and got.signed_by(cb[1])
-    assert f.metric("ferry_relay_binds_total", {"result": "challenged"}) == 1, "only the UDP end was challenged"
+    assert f.metric("ferry_relay_binds_total", {"result": "challenged"}) == 2
     exchange(relay, lambda m: a.send(m, relay.addr), lambda: a.recv()[0], b.send_wg, b.recv_wg, ka, kb)
     wait_until(lambda: f.metric("ferry_relay_packets_total") == 8 and f.metric("ferry_relay_streams_total") == 1)
     wait_until(lambda: f.metric("ferry_relay_sessions_active") == 1)
@@ -82,6 +82,34 @@ def test_two_stream_ends_one_over_tcp_one_over_tls(relay):
     wait_until(lambda: relay.f.metric("ferry_relay_packets_total") == 8 and relay.f.metric("ferry_relay_streams_total") == 2)
     a.close()
     b.close()
+
+
+def test_a_bind_captured_on_udp_and_replayed_over_a_stream_moves_nothing(relay):
+    """Binds cross networks in the clear. One captured with its cookie, replayed by an attacker
+    over its own stream, is challenged for that stream: the victim's end stays where it was and
+    the partner's packets keep reaching the victim, not the replayer."""
+    from wgrelay import BindResult, bind_request
+    ka, kb = os.urandom(32), os.urandom(32)
+    a, b = UDPPort(), UDPPort()
+    ca = credential(SECRET, ka, "acme")
+    a.send(bind_request(ca, kb), relay.addr)
+    cookie = BindResult(a.recv()[0]).cookie
+    captured = bind_request(ca, kb, cookie)
+    a.send(captured, relay.addr)
+    assert BindResult(a.recv()[0]).success
+    assert bind(b, relay.addr, credential(SECRET, kb, "acme"), ka).state == 1
+    attacker = relay.stream()
+    attacker.send(captured)
+    answer = BindResult(attacker.recv()[0])
+    assert answer.code == 401 and not answer.success, "challenged again, for the attacker's own stream"
+    wait_until(lambda: relay.f.metric("ferry_relay_binds_total", {"result": "wrong_source"}) == 1)
+    ini = initiation(5, ka)
+    b.send(ini, relay.addr)
+    assert a.recv()[0] == ini, "the victim still receives its partner's packets"
+    with pytest.raises(socket.timeout):
+        attacker.frame(0.5)
+    for p in (a, b, attacker):
+        p.close()
 
 
 def test_turn_on_the_same_listener_is_unchanged(relay):

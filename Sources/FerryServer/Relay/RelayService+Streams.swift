@@ -26,7 +26,7 @@ extension RelayService {
             case .control:
                 if wall == 0 { wall = wallClockSeconds() }
                 let out = UnsafeMutableRawBufferPointer(start: replies, count: RelayService.replySlot)
-                let (len, result) = control.handle(m, from: source, now: now, wall: wall, sessions: &table, reply: out, proven: true)
+                let (len, result) = control.handle(m, from: source, now: now, wall: wall, sessions: &table, reply: out)
                 metrics.add(counters.binds[result])
                 if len > 0 { toStream(source, .control, UnsafeRawBufferPointer(start: out.baseAddress, count: len)) }
             case .wireGuard:
