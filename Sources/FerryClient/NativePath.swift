@@ -1,6 +1,7 @@
 /// How one link of `ferry tunnel` uses the native relay (docs/cli.md): not at all, over UDP from
 /// WireGuard's port, over the relay's stream side, or not yet (whether UDP reaches the relay is
-/// being probed). Pure: the tunnel carries out the change (Tunnel+Native).
+/// being probed: a session already bound stays meanwhile). Pure: the tunnel carries out the
+/// change (Tunnel+Native).
 public enum NativePath: Equatable, Sendable {
     case none, wait, udp, stream
 

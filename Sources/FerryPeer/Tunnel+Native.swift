@@ -56,6 +56,8 @@ extension Tunnel {
         let path = NativePath.choose(relayedRoute: links[i].route?.throughRelay == true, refused: links[i].nativeRefused,
                                      remoteOffer: links[i].remoteNative, localOffer: nativeOffer,
                                      udpReaches: nativeUDP, streamSide: nativeStreamURL != nil)
+        // While the probe runs (after each welcome), a session already bound stays.
+        if path == .wait { return }
         if path != .udp && links[i].native != nil { endNative(i) }
         if path != .stream && links[i].nativeStream != nil { endNativeStream(i) }
         switch path {
