@@ -112,6 +112,13 @@ class Peer:
     async def recv(self, timeout=5):
         return json.loads(await asyncio.wait_for(self.ws.recv(), timeout))
 
+    async def flush(self):
+        """Returns once the server has read everything sent before: it answers a ping only after
+        the frames ahead of it. `send` returns with up to the client's write limit still queued in
+        its transport, and a blocking `wait_until` stops the event loop that would write it: a test
+        that waited for the server's state right after sending waited for bytes never sent."""
+        await asyncio.wait_for(await self.ws.ping(), 30)
+
 
 def key_proof(priv, hello):
     """The X25519 proof of `priv`'s key for a server's hello (docs/signaling.md)."""

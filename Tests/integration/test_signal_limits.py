@@ -71,6 +71,7 @@ def test_a_subscription_flood_is_capped_and_answered(signal_server):  # noqa: F8
         assert subscriptions(f) == 4 * 2048 + 1
         # Unsubscribe releases; so does closing; so does being replaced by a newer connection.
         await honest.send(type="unsubscribe", peers=[watched.key])
+        await honest.flush()
         wait_until(lambda: subscriptions(f) == 4 * 2048)
         await peers[0].ws.close()
         wait_until(lambda: subscriptions(f) == 3 * 2048)
@@ -88,13 +89,14 @@ def test_the_network_and_server_caps_hold_across_peers(signal_server):  # noqa: 
     async def go():
         a, b = await connect(f.url), await connect(f.url)
         await a.send(type="subscribe", peers=random_keys(1000))
-        await asyncio.sleep(0.2)
+        await a.flush()
         await b.send(type="subscribe", peers=random_keys(600), id="b")
         m = await b.recv()
         assert m["code"] == "subscription_limit" and "network" in m["message"] and m["ref"] == "b", m
         assert subscriptions(f) == 1000
         assert f.metric("ferry_signal_subscriptions_refused_total", {"limit": "network"}) == 1
         await b.send(type="subscribe", peers=random_keys(500))
+        await b.flush()
         wait_until(lambda: subscriptions(f) == 1500)
         for p in (a, b):
             await p.ws.close()
@@ -276,14 +278,17 @@ def test_subscribe_cost_does_not_grow_with_what_is_watched(signal_server):  # no
         p = await connect(f.url)
         for _ in range(98):
             await p.send(type="subscribe", peers=random_keys(1024))
-        wait_until(lambda: subscriptions(f) >= 98 * 1024, timeout=30)
+        await p.flush()
+        assert subscriptions(f) == 98 * 1024
         before = cpu_ticks(f.proc.pid)
         for _ in range(10):
             await p.send(type="subscribe", peers=random_keys(1024))
-        wait_until(lambda: subscriptions(f) >= 108 * 1024, timeout=30)
+        await p.flush()
+        assert subscriptions(f) == 108 * 1024
         used = cpu_ticks(f.proc.pid) - before
         assert used < 50 * CPU_SCALE, f"{used / 100:.2f} s of CPU for ten subscribes at 100,000 watched"
         await p.send(type="unsubscribe", peers=random_keys(1024))
+        await p.flush()
         await p.ws.close()
         wait_until(lambda: subscriptions(f) == 0)
     run(go())
