@@ -1,7 +1,7 @@
 // swift-tools-version:6.2
 //
 // Modules, lowest first; nothing imports upward:
-//   C shims (CFerryLinux, COpenSSL, CSystemd)
+//   C shims (CFerryLinux, COpenSSL, CSystemd, CNATS, CFerryXDP)
 //   → FerryCore     what every layer shares: IP and socket addresses, counter blocks, SplitMix64
 //   → FerrySystem   syscalls, sockets, epoll loop, workers, timers, systemd
 //   → FerryWire     pure codecs (HTTP/1.1 heads, STUN/TURN messages, crypto helpers); no FerrySystem
@@ -9,6 +9,8 @@
 //   → FerryTURN     TURN state machines: allocations, auth, nonces, peer policy, quotas (pure)
 //   → FerryRelay    the native WireGuard relay's state machines: credentials, bind challenges,
 //                   sessions and index learning (pure)
+//   → FerryXDP      the XDP fast path: the kernel program (built by the BPFObject plugin), its
+//                   loader and maps (CFerryXDP over libbpf)
 //   → FerrySignal   signaling sessions: identity proofs, tokens, JWT, messages, rate limits (pure;
 //                   no FerrySystem, no FerryTURN)
 //   → FerryClient   the peer side as pure state machines: TURN and STUN clients, the signaling
@@ -49,6 +51,10 @@ let package = Package(
         .systemLibrary(name: "CNATS", pkgConfig: "libnats",
                        providers: [.apt(["libnats-dev"])]),
         .target(name: "CFerryTLS", dependencies: ["COpenSSL"]),
+        // libbpf (Debian's libbpf-dev) behind a thin shim, for the XDP fast path.
+        .target(name: "CFerryXDP", linkerSettings: [.linkedLibrary("bpf")]),
+        // Compiles FerryXDP's kernel program with clang's BPF target (SwiftPM builds C for the host only).
+        .plugin(name: "BPFObject", capability: .buildTool(), path: "Sources/BPFObject"),
         .target(name: "FerryCore", dependencies: ["CFerryLinux"], swiftSettings: strict),
         .target(name: "FerrySystem", dependencies: ["FerryCore", "CFerryLinux", "CSystemd"],
                 swiftSettings: strict),
@@ -56,6 +62,8 @@ let package = Package(
         .target(name: "FerryTLS", dependencies: ["COpenSSL", "CFerryTLS", "FerrySystem"], swiftSettings: strict),
         .target(name: "FerryTURN", dependencies: ["FerryCore", "FerryWire"], swiftSettings: strict),
         .target(name: "FerryRelay", dependencies: ["FerryCore", "FerryWire"], swiftSettings: strict),
+        .target(name: "FerryXDP", dependencies: ["CFerryXDP", "FerryCore", "FerryWire", "FerryRelay"], exclude: ["bpf"],
+                swiftSettings: strict, plugins: ["BPFObject"]),
         .target(name: "FerrySignal", dependencies: ["FerryCore", "FerryWire", "FerryTLS", "FerryRelay"], swiftSettings: strict),
         .target(name: "FerryClient", dependencies: ["FerryCore", "FerryWire", "FerryTLS", "FerrySignal", "FerryRelay"], swiftSettings: strict),
         .target(name: "FerryConfig",
@@ -64,7 +72,7 @@ let package = Package(
         .target(name: "FerryPreflight",
                 dependencies: ["FerryCore", "FerrySystem", "FerryConfig", "FerryTLS", "FerryTURN"], swiftSettings: strict),
         .target(name: "FerryServer",
-                dependencies: ["FerryCore", "FerrySystem", "FerryWire", "FerryTURN", "FerryRelay", "FerryTLS", "FerrySignal", "FerryConfig", "FerryPreflight", "CNATS",
+                dependencies: ["FerryCore", "FerrySystem", "FerryWire", "FerryTURN", "FerryRelay", "FerryXDP", "FerryTLS", "FerrySignal", "FerryConfig", "FerryPreflight", "CNATS",
                                .product(name: "Logging", package: "swift-log"),
                                .product(name: "DequeModule", package: "swift-collections")],
                 swiftSettings: strict),

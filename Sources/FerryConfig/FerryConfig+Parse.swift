@@ -36,6 +36,15 @@ extension FerryConfig {
         c.engine.udpSendBuffer = engine.int("udp_send_buffer", default: 8 << 20, range: 0...(1 << 30))
         c.engine.gro = engine.bool("gro", default: true)
         c.engine.gso = engine.bool("gso", default: true)
+        c.engine.xdp = engine.choice("xdp", default: FerryConfig.XDPMode.off)
+        c.engine.xdpInterfaces = engine.stringArray("xdp_interfaces", default: [])
+        c.engine.xdpSessions = engine.int("xdp_sessions", default: 16384, range: 1...1_048_576)
+        if c.engine.xdp != .off && c.engine.xdpInterfaces.isEmpty {
+            engine.report("xdp_interfaces", "must name at least one interface when engine.xdp is \"\(c.engine.xdp.rawValue)\"")
+        }
+        for (i, name) in c.engine.xdpInterfaces.enumerated() where name.isEmpty || name.utf8.count > 15 || name.contains("/") || name.contains(" ") {
+            engine.report("xdp_interfaces[\(i)]", "must be an interface name (1–15 characters, no '/' or spaces), got \"\(name)\"")
+        }
         engine.finish()
 
         let admin = root.table("admin")

@@ -187,6 +187,10 @@ public struct FerryConfig: Sendable, Equatable {
         public var sessions = true
     }
 
+    public enum XDPMode: String, Sendable, Equatable, CaseIterable {
+        case off, generic, native
+    }
+
     public struct Engine: Sendable, Equatable {
         /// Datagrams per recvmmsg/sendmmsg.
         public var batchSize = 64
@@ -200,6 +204,12 @@ public struct FerryConfig: Sendable, Equatable {
         public var gro = true
         /// Send runs of equal-size datagrams to one destination as one UDP_SEGMENT (GSO) train.
         public var gso = true
+        /// The XDP fast path (docs/xdp.md): off, or the mode it attaches in.
+        public var xdp: XDPMode = .off
+        /// Interfaces the XDP program attaches to (by name).
+        public var xdpInterfaces: [String] = []
+        /// Native-relay sessions the kernel path holds at once (its maps are sized for them).
+        public var xdpSessions = 16384
     }
 
     public struct Admin: Sendable, Equatable {

@@ -126,6 +126,7 @@ extension RelaySessions {
     mutating func learn(_ slot: UInt32, from carrier: Int, index: UInt32, now: UInt32) {
         var e = slots[Int(slot)][carrier]
         let dest = RelaySessions.ref(slot, 1 - carrier)
+        if mirrorsFastPath && (!e.carried.contains(index) || byIndex[IndexKey(index: index, source: e.address)] != dest) { markFastPath(slot) }
         e.learned = now
         if !e.carried.contains(index) {
             if Int(e.carried.count) == RelaySessions.ringSize {
@@ -143,6 +144,7 @@ extension RelaySessions {
     /// Forgets the indices packets from `end` carry.
     mutating func forgetIndices(_ slot: UInt32, _ end: Int) {
         let e = slots[Int(slot)][end]
+        if e.carried.count > 0 { markFastPath(slot) }
         let dest = RelaySessions.ref(slot, 1 - end)
         for i in 0..<Int(e.carried.count) { removeIndex(IndexKey(index: e.carried[i], source: e.address), ifLeadingTo: dest) }
         slots[Int(slot)][end].carried = IndexRing()

@@ -95,6 +95,10 @@ public struct RelaySessions {
     var networkSessions: [UInt32: Int] = [:]
     public private(set) var sessionCount = 0
     public private(set) var activeCount = 0
+    /// With a kernel fast path (`RelayFastPath`): slots whose indices or addresses changed since
+    /// it last synced. Marked on binds, handshakes, unbinds and expiry, never per data packet.
+    public var mirrorsFastPath = false
+    public var fastPathDirty: [UInt32] = []
 
     public init(limits: Limits) {
         self.limits = limits
@@ -104,6 +108,10 @@ public struct RelaySessions {
     }
 
     static func ref(_ slot: UInt32, _ end: Int) -> UInt32 { slot << 1 | UInt32(end) }
+
+    @inline(__always) mutating func markFastPath(_ slot: UInt32) {
+        if mirrorsFastPath { fastPathDirty.append(slot) }
+    }
 
     // MARK: Binding
 
@@ -242,6 +250,7 @@ public struct RelaySessions {
     }
 
     mutating func unbindEnd(_ slot: UInt32, _ end: Int) {
+        markFastPath(slot)
         if slots[Int(slot)].active { activeCount -= 1 }
         forgetIndices(slot, end)
         forgetIndices(slot, 1 - end)
@@ -282,6 +291,7 @@ public struct RelaySessions {
     /// The end moved (a NAT rebinding, bound afresh from its new address): its chain and the
     /// index entries keyed by its old address move with it.
     private mutating func rebind(_ slot: UInt32, _ end: Int, to address: SocketAddress) {
+        markFastPath(slot)
         unlink(slot, end)
         let old = slots[Int(slot)][end].address
         let ring = slots[Int(slot)][end].carried

@@ -9,6 +9,7 @@ import FerryTURN
 import FerryTLS
 import FerrySignal
 import FerryPreflight
+import FerryXDP
 import Logging
 import Foundation
 import Synchronization
@@ -44,6 +45,8 @@ public final class Server: @unchecked Sendable {
     var turnCounters: TURNCounters?
     /// The native relay, on the worker that serves its port (nil without a relay listener).
     var relay: RelayService?
+    /// The XDP fast path, when engine.xdp is on and the kernel took it (Server+XDP).
+    var xdp: XDPProgram?
     /// The TLS contexts in use (control thread); workers get their own reference on reload.
     var tlsContexts: TLSContextSet?
     let certificateExpiry = UnixSecondsBox()
@@ -150,6 +153,8 @@ public final class Server: @unchecked Sendable {
         startStatusHistory()
         control.run()
         engine.stopAndJoin()
+        // Detached before ferryd exits, so nothing forwards for the sessions that end with it.
+        xdp?.close()
         // What the drain published (peers going offline) reaches NATS before the process ends.
         natsDirectory?.link.closeAndWait(timeoutMillis: 1000)
         for w in workers { w.close() }
@@ -211,6 +216,7 @@ public final class Server: @unchecked Sendable {
                                                 "address": "\(boundAddresses[listener.name].map { "\($0)" } ?? "-")",
                                                 "sockets": "\(sockets.count)"])
         }
+        setUpXDP()
         adminToken = try Server.adminToken(config.admin) { [logger] in logger.warning("\($0)") }
         adminUnauthorized = metrics.counter("ferry_admin_unauthorized_total",
                                             "Admin API requests refused for a missing or wrong bearer token (or with no admin.token set).")

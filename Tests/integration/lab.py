@@ -42,7 +42,8 @@ class Lab:
         self.nat_a, self.nat_b = self.ns("lna"), self.ns("lnb")
         self.peer_a, self.peer_b = self.ns("lpa"), self.ns("lpb")
         self.inet.exec("sysctl", "-qw", "net.ipv4.ip_forward=1")
-        veth(self.inet, "198.51.100.254/24", self.ferry, f"{FERRY_IP}/24")
+        # ferry_if: ferryd's one interface toward the peers (the XDP tests attach there).
+        _, self.ferry_if = veth(self.inet, "198.51.100.254/24", self.ferry, f"{FERRY_IP}/24")
         self.ferry.exec("ip", "route", "add", "default", "via", "198.51.100.254")
         veth(None, "10.254.77.1/30", self.ferry, f"{ADMIN_IP}/30")
         for nat, peer, wan, gw, lan, mode, block in (

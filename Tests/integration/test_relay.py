@@ -227,12 +227,16 @@ class StockPair:
     the agent does: wgrelay.py --raw-port) and have the relay as each other's endpoint. No Ferry
     process runs on either peer."""
 
-    def __init__(self, ferryd_factory, directory):
+    def __init__(self, ferryd_factory, directory, xdp=False):
         from lab import ADMIN_IP, FERRY_IP, Lab, WireGuard
         self.lab = Lab(nat_a="symmetric", nat_b="symmetric")
         self.wgs = []
         try:
-            config = f'[admin]\naddress = "{ADMIN_IP}:9100"\n[server]\nworkers = 2\ndrain_seconds = 0\n[turn]\nrealm = "lab"\n' \
+            engine = ""
+            if xdp:  # test_xdp.py: the fast path on ferryd's interface (which must forward: docs/xdp.md)
+                self.lab.ferry.exec("sysctl", "-qw", f"net.ipv4.conf.{self.lab.ferry_if}.forwarding=1")
+                engine = f'[engine]\nxdp = "generic"\nxdp_interfaces = ["{self.lab.ferry_if}"]\n'
+            config = f'[admin]\naddress = "{ADMIN_IP}:9100"\n[server]\nworkers = 2\ndrain_seconds = 0\n{engine}[turn]\nrealm = "lab"\n' \
                      f'static_auth_secrets = ["{SECRET}"]\n' + listener("relay-udp", 3479, service="relay", host=FERRY_IP)
             self.ferryd = ferryd_factory(config, prefix=self.lab.ferry.prefix(), admin_host=ADMIN_IP, admin_port=9100)
             tag = str(os.getpid() % 10000)

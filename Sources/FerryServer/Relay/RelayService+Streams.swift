@@ -14,7 +14,10 @@ extension RelayService {
     /// A batch from worker `from`'s stream side, on the relay's worker.
     func fromStreams(_ batch: [UInt8], worker from: Int, now: UInt64) {
         guard var table = sessions.take() else { return }
-        defer { sessions = table }
+        defer {
+            syncFastPath(&table)
+            sessions = table
+        }
         var wall: UInt64 = 0
         var packets: UInt64 = 0, bytes: UInt64 = 0
         let (socket4, socket6) = (udpSocket4, udpSocket6)

@@ -48,6 +48,8 @@ final class RelayService: DatagramService {
     var udpSocket4: DatagramSocket?
     var udpSocket6: DatagramSocket?
     static let nowhere = SocketAddress(ip: .ipv4Any, port: 0)
+    /// The XDP fast path (RelayService+FastPath), when engine.xdp is on and attached.
+    var fastPath: FastPathState?
 
     init(worker: Worker, limits: RelaySessions.Limits, secrets: [String], bindsPerSecond: Double, counters: RelayCounters) {
         let now = worker.loop.now
@@ -156,6 +158,7 @@ final class RelayService: DatagramService {
         }
         _ = socket.flush(metrics: metrics)
         flushStreams()
+        syncFastPath(&table)
         if packets > 0 {
             metrics.add(counters.packets, packets)
             metrics.add(counters.bytes, bytes)
@@ -181,7 +184,9 @@ final class RelayService: DatagramService {
     private func sweep(now: UInt64) {
         guard var table = sessions.take() else { return }
         defer { sessions = table }
+        collectFastPath(&table, now: now)
         let expired = table.sweep(now: UInt32(truncatingIfNeeded: now / 1_000_000_000))
+        syncFastPath(&table)
         if expired > 0 { metrics.add(counters.expired, UInt64(expired)) }
         metrics.set(counters.sessions, UInt64(table.sessionCount))
         metrics.set(counters.sessionsActive, UInt64(table.activeCount))
