@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the Debian package of ferry: ferryd and ferry (the Swift runtime linked in statically, so
-# the package needs nothing beyond Debian's libssl3 and libsystemd0), systemd units for a
+# the package needs nothing beyond Debian's libssl3, libsystemd0, libnats3.4 and libbpf1), systemd units for a
 # `ferry` system user with the hardened sandbox of deploy/systemd, the configuration in
 # /etc/ferry (a conffile), the state directory /var/lib/ferry, man pages made from `--help`, and
 # the dashboard, alert rules and certificate hooks of deploy/ in /usr/share/ferry. Installing does not start the
@@ -75,6 +75,9 @@ install -m 0644 deploy/grafana/ferry-dashboard.json "$stage/usr/share/$pkg/grafa
 install -d "$stage/usr/share/$pkg/certbot"
 install -m 0755 deploy/certbot/ferry-deploy-hook deploy/certbot/ferry-self-signed "$stage/usr/share/$pkg/certbot/"
 install -m 0644 deploy/prometheus/ferry-alerts.yml deploy/prometheus/ferry-alerts.test.yml "$stage/usr/share/$pkg/prometheus/"
+# engine.xdp's capabilities, as a drop-in the operator installs (docs/xdp.md): not granted by default.
+install -d "$stage/usr/share/$pkg/systemd"
+install -m 0644 deploy/systemd/ferryd-xdp.conf "$stage/usr/share/$pkg/systemd/"
 install -m 0644 README.md "$stage/usr/share/doc/$pkg/README.md"
 for d in docs/*.md; do install -m 0644 "$d" "$stage/usr/share/doc/$pkg/"; done
 

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Installs what building and testing Ferry needs on Debian (run as root, or with sudo present).
-#   scripts/setup.sh build   — the C libraries ferryd links (OpenSSL, libsystemd, cnats) and pkg-config
+#   scripts/setup.sh build   — the C libraries ferryd links (OpenSSL, libsystemd, cnats, libbpf) and pkg-config
 #   scripts/setup.sh test    — also the real clients the tests drive (curl, coturn's tools,
 #                              systemd-socket-activate, Python's pytest and aioice)
 # Idempotent: apt-get runs only when a package is missing.
 set -euo pipefail
 mode=${1:-test}
-apt_pkgs=(pkg-config libssl-dev libsystemd-dev libnats-dev)
+apt_pkgs=(pkg-config libssl-dev libsystemd-dev libnats-dev libbpf-dev)
 pip_pkgs=()
 if [ "$mode" = test ]; then
   # wireguard-go, wireguard-tools, nftables, ping and iperf3: the tunnel tests in network namespaces.

@@ -10,6 +10,8 @@ from conftest import ROOT, binary
 def test_units_verify(tmpdir_path):
     src = os.path.join(ROOT, "deploy", "systemd")
     for name in os.listdir(src):
+        if name.endswith(".conf"):
+            continue  # drop-ins: test_xdp_drop_in_verifies
         text = open(os.path.join(src, name)).read()
         text = text.replace("/usr/local/bin/ferryd", binary("ferryd")).replace("/usr/local/bin/ferry ", binary("ferry") + " ")
         with open(os.path.join(tmpdir_path, name), "w") as f:
@@ -46,3 +48,21 @@ def test_deploy_config_is_valid(tmpdir_path):
                   .replace("203.0.113.10", "10.0.3.7").replace("relay.example.org", "relay.acme.test"))
     r = subprocess.run([binary("ferry"), "config", "check", "--no-host", edited], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+def test_xdp_drop_in_verifies_and_grants_only_what_xdp_needs(tmpdir_path):
+    """deploy/systemd/ferryd-xdp.conf (docs/xdp.md) applied to the service: still valid, and it
+    adds CAP_BPF, CAP_NET_ADMIN and the bpf() call to the hardened sandbox, nothing else."""
+    src = os.path.join(ROOT, "deploy", "systemd")
+    drop_in = open(os.path.join(src, "ferryd-xdp.conf")).read()
+    service = open(os.path.join(src, "ferryd.service")).read().replace("/usr/local/bin/ferryd", binary("ferryd")) \
+        .replace("/usr/local/bin/ferry ", binary("ferry") + " ")
+    service = "\n".join(l for l in service.splitlines() if not l.startswith(("Requires=ferryd.socket", "After=")))
+    path = os.path.join(tmpdir_path, "ferryd.service")
+    with open(path, "w") as f:
+        f.write(service + "\n" + drop_in)
+    r = subprocess.run(["systemd-analyze", "verify", path], capture_output=True, text=True, cwd=tmpdir_path)
+    assert r.returncode == 0 and not r.stderr.strip(), r.stderr
+    granted = [l for l in drop_in.splitlines() if l and not l.startswith(("#", "["))]
+    assert granted == ["CapabilityBoundingSet=CAP_NET_BIND_SERVICE CAP_BPF CAP_NET_ADMIN",
+                       "AmbientCapabilities=CAP_NET_BIND_SERVICE CAP_BPF CAP_NET_ADMIN", "SystemCallFilter=bpf"], granted
