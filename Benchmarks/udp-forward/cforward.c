@@ -1,5 +1,5 @@
 // The reference: a minimal C UDP forwarder with recvmmsg/sendmmsg, batches of 64, one thread.
-// Usage: cforward LISTEN_PORT TARGET_PORT   (both on 127.0.0.1)
+// Usage: cforward LISTEN_PORT TARGET_PORT [LISTEN_IP TARGET_IP]   (default: both on 127.0.0.1)
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -12,14 +12,16 @@
 #define SLOT 2048
 
 int main(int argc, char **argv) {
-    if (argc != 3) { fprintf(stderr, "usage: cforward LISTEN_PORT TARGET_PORT\n"); return 2; }
+    if (argc != 3 && argc != 5) { fprintf(stderr, "usage: cforward LISTEN_PORT TARGET_PORT [LISTEN_IP TARGET_IP]\n"); return 2; }
     int fd = socket(AF_INET, SOCK_DGRAM, 0);
     int size = 8 << 20;
     setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &size, sizeof size);
     setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &size, sizeof size);
     struct sockaddr_in me = {.sin_family = AF_INET, .sin_port = htons(atoi(argv[1])), .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    if (argc == 5) inet_pton(AF_INET, argv[3], &me.sin_addr);
     if (bind(fd, (struct sockaddr *)&me, sizeof me) != 0) { perror("bind"); return 1; }
     struct sockaddr_in target = {.sin_family = AF_INET, .sin_port = htons(atoi(argv[2])), .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    if (argc == 5) inet_pton(AF_INET, argv[4], &target.sin_addr);
     static char buf[BATCH][SLOT];
     static struct iovec iov[BATCH];
     static struct mmsghdr in[BATCH], out[BATCH];

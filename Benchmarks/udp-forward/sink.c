@@ -1,6 +1,6 @@
 // Sink: counts datagrams arriving on 127.0.0.1:PORT with recvmmsg until SECONDS have passed
 // since the first one, or IDLE seconds pass without any. Prints the count.
-// Usage: sink PORT SECONDS
+// Usage: sink PORT SECONDS [IP]   (default 127.0.0.1)
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -12,11 +12,12 @@
 #define BATCH 64
 
 int main(int argc, char **argv) {
-    if (argc != 3) { fprintf(stderr, "usage: sink PORT SECONDS\n"); return 2; }
+    if (argc != 3 && argc != 4) { fprintf(stderr, "usage: sink PORT SECONDS [IP]\n"); return 2; }
     int fd = socket(AF_INET, SOCK_DGRAM, 0);
     int b = 16 << 20;
     setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &b, sizeof b);
     struct sockaddr_in me = {.sin_family = AF_INET, .sin_port = htons(atoi(argv[1])), .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    if (argc == 4) inet_pton(AF_INET, argv[3], &me.sin_addr);
     if (bind(fd, (struct sockaddr *)&me, sizeof me) != 0) { perror("bind"); return 1; }
     struct timeval tv = {.tv_sec = 0, .tv_usec = 500000};
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
