@@ -13,7 +13,7 @@ if [ "$mode" = test ]; then
   # chromium: the status page test (headless, over the DevTools protocol).
   # prometheus: promtool for the alert rules (test_monitoring.py); lintian and dpkg-dev: the package test.
   # nats-server and nats-py: signaling across instances (test_nats.py starts its own clusters).
-  apt_pkgs+=(curl systemd coturn gcc openssl iproute2 wireguard-go wireguard-tools nftables iputils-ping iperf3 chromium prometheus lintian dpkg-dev adduser nats-server)
+  apt_pkgs+=(curl systemd coturn gcc openssl iproute2 ethtool bpftool wireguard-go wireguard-tools nftables iputils-ping iperf3 chromium prometheus lintian dpkg-dev adduser nats-server)
   pip_pkgs+=(pytest aioice websockets pyjwt cryptography nats-py)
 fi
 sudo=""

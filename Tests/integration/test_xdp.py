@@ -7,6 +7,7 @@ import ctypes
 import os
 import signal
 import socket
+import struct
 import subprocess
 
 import pytest
@@ -98,11 +99,57 @@ def xdp_forwarded(r):
     return r.metric("ferry_xdp_forwarded_packets_total")
 
 
+def interface(ns):
+    """The namespace's one interface besides loopback."""
+    out = ns.exec("ip", "-o", "link", "show").stdout
+    return next(l.split(": ")[1].split("@")[0] for l in out.splitlines() if ": lo:" not in l)
+
+
+def capture_in(ns):
+    """An AF_PACKET socket in namespace `ns` that reads the IPv4 packets arriving there."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    home = os.open("/proc/self/ns/net", os.O_RDONLY)
+    there = os.open(f"/run/netns/{ns.name}", os.O_RDONLY)
+    try:
+        assert libc.setns(there, CLONE_NEWNET) == 0
+        try:
+            s = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x0800))
+            s.bind((interface(ns), 0x0800))
+            s.settimeout(2)
+            return s
+        finally:
+            assert libc.setns(home, CLONE_NEWNET) == 0
+    finally:
+        os.close(home)
+        os.close(there)
+
+
+def ones_sum(b):
+    if len(b) % 2:
+        b += b"\0"
+    s = sum(struct.unpack(f"!{len(b) // 2}H", b))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return s
+
+
+def checksums_hold(packet):
+    """The IPv4 header checksum and the UDP checksum (over its pseudo-header) of `packet` verify."""
+    ihl = (packet[0] & 15) * 4
+    udp = packet[ihl:]
+    pseudo = packet[12:20] + struct.pack("!BBH", 0, 17, len(udp))
+    return ones_sum(packet[:ihl]) == 0xFFFF and struct.unpack("!H", udp[6:8])[0] != 0 and ones_sum(pseudo + udp) == 0xFFFF
+
+
 def test_bound_session_data_is_forwarded_in_the_kernel_byte_for_byte(routed):
     r = routed
     assert r.metric("ferry_xdp_attached") == 1, r.ferryd.output()
     r.pair()
     wait_until(lambda: r.metric("ferry_xdp_entries") == 2, what=lambda: r.ferryd.output()[-2000:])
+    # a's kernel writes whole UDP checksums (no offload), and what reaches b is read raw: the
+    # program's rewritten checksums are checked here, not trusted along a veth path.
+    r.lab.peer_a.exec("ethtool", "-K", interface(r.lab.peer_a), "tx", "off")
+    raw = capture_in(r.lab.peer_b)
     seen_by_user_space = r.metric("ferry_udp_datagrams_received_total", LISTENER)
     relay_packets = r.metric("ferry_relay_packets_total")
     sent = []
@@ -113,8 +160,18 @@ def test_bound_session_data_is_forwarded_in_the_kernel_byte_for_byte(routed):
             got, frm = dst.recv()
             assert got == m and frm == RELAY, "as it was sent, from the relay's address and port"
             sent.append(len(m))
-    assert xdp_forwarded(r) == 100, [(k, r.metric("ferry_xdp_passed_total", {"reason": k})) for k in ("no_entry", "not_data", "fragment", "truncated", "no_route", "forwarding_off")]
+    assert xdp_forwarded(r) == 100, [(k, r.metric("ferry_xdp_passed_total", {"reason": k})) for k in
+                                     ("no_entry", "not_data", "fragment", "truncated", "no_route", "forwarding_off")]
     assert r.metric("ferry_xdp_forwarded_bytes_total") == sum(sent)
+    b_port = r.b.address[1]
+    checked = 0
+    while checked < 50:
+        packet = raw.recv(4096)
+        if packet[9] == 17 and struct.unpack("!H", packet[22:24])[0] == b_port and packet[28] == 4:
+            assert checksums_hold(packet), packet[:48].hex()
+            assert packet[8] == 64 - 2, "64 from the relay, as its own sends, less the lab's two routers"
+            checked += 1
+    raw.close()
     assert r.metric("ferry_udp_datagrams_received_total", LISTENER) == seen_by_user_space, "user space never saw them"
     # Read back within a second into the relay's own counters (and the session's).
     wait_until(lambda: r.metric("ferry_relay_packets_total") == relay_packets + 100)
