@@ -298,6 +298,10 @@ extension FerryConfig {
                   meaning: "true: only RFC 8656's 0x4000–0x4FFF; false also RFC 5766's up to 0x7FFF (coturn's clients pick from all of it)", [
             .field("turn.strict_channel_numbers", \.turn.strictChannelNumbers, example: [("turn.strict_channel_numbers", "true")]),
         ]),
+        ConfigKey(default: "true", allowed: "bool", override: "", reload: .restart,
+                  meaning: "ChannelData and Send from one allocation to another of the same worker are delivered inside ferryd, checked as if they had crossed the network (docs/turn.md)", [
+            .field("turn.short_circuit", \.turn.shortCircuit, example: [("turn.short_circuit", "false")]),
+        ]),
         ConfigKey(default: "[]", allowed: "strings ≥ 16 bytes", override: "", reload: .applied,
                   meaning: "coturn-compatible TURN REST secrets, several for rotation", [
             .field("turn.static_auth_secrets", \.turn.staticAuthSecrets, example: [("turn.static_auth_secrets", "[\"another-rest-secret-0001\"]")]),

@@ -82,6 +82,8 @@ public struct FerryConfig: Sendable, Equatable {
         public var unauthorizedPerSecond = 5
         public var unauthorizedBurst = 20
         public var strictChannelNumbers = false
+        /// TURN to TURN inside ferryd: allocations of one worker reach each other without the kernel.
+        public var shortCircuit = true
         /// SO_RCVBUF/SO_SNDBUF of each relayed socket (0 = kernel default).
         public var relayBufferBytes = 1 << 20
         public var staticAuthSecrets: [String] = []

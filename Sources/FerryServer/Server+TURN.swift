@@ -58,6 +58,7 @@ extension Server {
         settings.unauthorizedPerSecond = Double(t.unauthorizedPerSecond)
         settings.unauthorizedBurst = Double(t.unauthorizedBurst)
         settings.strictChannelNumbers = t.strictChannelNumbers
+        settings.shortCircuit = t.shortCircuit
         let credentials = Server.credentials(t, realm: t.realm)
         let policy = Server.policy(config)
         let nonces = NonceCodec(secret: try nonceSecret(), lifetimeSeconds: UInt64(t.nonceLifetime))

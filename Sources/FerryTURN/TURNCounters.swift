@@ -16,6 +16,9 @@ public struct TURNCounters: Sendable {
     public let channelsBound: CounterID
     public let relayedPackets: (toPeer: CounterID, toClient: CounterID)
     public let relayedBytes: (toPeer: CounterID, toClient: CounterID)
+    /// TURN to TURN inside ferryd (`turn.short_circuit`): datagrams between two allocations of
+    /// one worker delivered without a socket in between.
+    public let shortCircuited: CounterID
 
     public static let methods: [UInt16] = [STUNMethods.binding, STUNMethods.allocate, STUNMethods.refresh,
                                            STUNMethods.createPermission, STUNMethods.channelBind]
@@ -110,6 +113,8 @@ public struct TURNCounters: Sendable {
                           registry.counter("ferry_turn_relayed_packets_total", packets, labels: [("direction", "to_client")]))
         relayedBytes = (registry.counter("ferry_turn_relayed_bytes_total", bytes, labels: [("direction", "to_peer")]),
                         registry.counter("ferry_turn_relayed_bytes_total", bytes, labels: [("direction", "to_client")]))
+        shortCircuited = registry.counter("ferry_turn_short_circuit_packets_total",
+                                          "Datagrams from one allocation to another of this ferryd delivered inside it (turn.short_circuit), not through the kernel.")
     }
 
     /// Slots numbered 0… in a standalone block (tests).

@@ -116,6 +116,32 @@ extension TURNServer {
         return .indication(client: a.pointee.client, via: a.pointee.transport)
     }
 
+    // MARK: TURN to TURN inside ferryd
+
+    /// Whether datagrams to `peer` may be short-circuited at all: on, and `peer` is one of this
+    /// ferryd's own relayed addresses (a comparison with its few addresses).
+    @inlinable
+    public func mayShortCircuit(to peer: SocketAddress) -> Bool {
+        settings.shortCircuit && policy.isOwnRelay(peer.ip)
+    }
+
+    /// Whether a datagram from this ferryd's relayed address `from` to the allocation in `slot`
+    /// can be handed to that allocation's client directly: the allocation is live, its client is
+    /// on UDP, and, when the datagram has no room for a Data indication's header in front
+    /// (`needsChannel`: it came as ChannelData), a channel to `from` is bound. Otherwise it takes
+    /// the kernel's path. What it is then checked against (the permission, the bandwidth) is
+    /// `peerRoute`'s, as for any datagram from a peer.
+    @inlinable
+    public func takesShortCircuit(slot: Int32, generation: UInt32, from: SocketAddress, needsChannel: Bool, now: UInt64) -> Bool {
+        let t = table
+        let a = t.pointee.allocations + Int(slot)
+        guard a.pointee.active, a.pointee.generation == generation, case .udp = a.pointee.transport else { return false }
+        return !needsChannel || t.pointee.channel(slot, peer: from, now: now) != 0
+    }
+
+    /// Counts datagrams delivered between two allocations inside ferryd.
+    public func countShortCircuited(_ n: UInt64) { metrics.add(counters.shortCircuited, n) }
+
     @usableFromInline
     func drop(_ reason: TURNCounters.Drop) { metrics.add(counters.drops[reason]) }
 

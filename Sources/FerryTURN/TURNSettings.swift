@@ -32,6 +32,9 @@ public struct TURNSettings: Sendable {
     public var unauthorizedBurst: Double = 20
     /// Only RFC 8656's channel numbers (0x4000–0x4FFF); otherwise RFC 5766's up to 0x7FFF too.
     public var strictChannelNumbers = false
+    /// TURN to TURN inside ferryd: a datagram from one allocation to another's relayed address on
+    /// the same worker is delivered directly, checked as if it had crossed the network.
+    public var shortCircuit = true
 
     public init() {}
 }

@@ -25,13 +25,16 @@ extension TURNService {
     }
 
     func register(_ fd: FileDescriptor, slot: Int32, generation: UInt32) -> RelayID? {
-        let socket = RelaySocket(fd: fd, slot: slot, generation: generation, worker: self)
+        let local = (try? Sockets.localAddress(fd.raw)) ?? SocketAddress(ip: .ipv4Any, port: 0)
+        let socket = RelaySocket(fd: fd, slot: slot, generation: generation, local: local, worker: self)
         guard let registration = try? loop.register(fd: fd.raw, events: Epoll.input, handler: socket) else {
             fd.close()
             return nil
         }
         socket.registration = registration
-        return relays.insert(socket)
+        let id = relays.insert(socket)
+        if local.port != 0 { localRelays[local] = id }
+        return id
     }
 
     func openReserved(ip: IPAddress, port: UInt16) -> ReservedRelay? {
@@ -62,6 +65,7 @@ extension TURNService {
         // number could be reused by the next relayed socket.
         if handle == toPeerFD || (train.count > 0 && train.handle == handle) { flushPeer() }
         guard let socket = relays.remove(relay) else { return }
+        if localRelays[socket.local] == relay { localRelays[socket.local] = nil }
         if let r = socket.registration { loop.deregister(fd: handle, r) }
         socket.fd.close()
     }
@@ -82,16 +86,19 @@ final class RelaySocket: EventHandler {
     let fd: FileDescriptor
     let slot: Int32
     let generation: UInt32
+    /// Its relayed address as bound (what a peer sees as the source of its datagrams).
+    let local: SocketAddress
     var registration: Registration?
     var hot = HotSocket()
     /// The service owns every relayed socket (its `RelayTable`) and deregisters one from the
     /// loop before dropping it, so no event reaches a socket whose service is gone.
     private unowned let worker: TURNService
 
-    init(fd: FileDescriptor, slot: Int32, generation: UInt32, worker: TURNService) {
+    init(fd: FileDescriptor, slot: Int32, generation: UInt32, local: SocketAddress, worker: TURNService) {
         self.fd = fd
         self.slot = slot
         self.generation = generation
+        self.local = local
         self.worker = worker
     }
 

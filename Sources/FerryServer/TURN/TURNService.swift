@@ -24,7 +24,7 @@ import FerryTURN
 final class TURNService: RelayProvider, DatagramService, StreamFrameHandler {
     /// The worker and its loop outlive the service: the engine's loops live until the process
     /// ends, and the service is dropped with its worker after the loops have stopped.
-    private unowned let worker: Worker
+    unowned let worker: Worker
     unowned let loop: EventLoop
     private(set) var server: TURNServer!
     /// Peer-side reads, with room for a Data-indication header in front and padding behind.
@@ -61,10 +61,12 @@ final class TURNService: RelayProvider, DatagramService, StreamFrameHandler {
     private let replies: UnsafeMutableRawPointer
     private static let replySlot = 1500
     var relays = RelayTable()
+    /// This worker's relayed sockets by local address: TURN to TURN (TURNService+ShortCircuit).
+    var localRelays: [SocketAddress: RelayID] = [:]
     var ports: RelayPorts
     private let metrics: CounterBlock
     private let batchSize: Int
-    private var dataIndications = DataIndicationWriter()
+    var dataIndications = DataIndicationWriter()
 
     /// Where a Data indication's header starts before the payload (see `DataIndicationWriter`).
     static let headroom = DataIndicationWriter.headroom
@@ -141,6 +143,7 @@ final class TURNService: RelayProvider, DatagramService, StreamFrameHandler {
         batchHistograms.client.observe(UInt64(n), in: metrics)
         var relayedPackets: UInt64 = 0
         var relayedBytes: UInt64 = 0
+        var shortCircuit = ShortCircuitBatch()
         for i in 0..<n where routes[i] == route {
             let data = batch.data(i)
             let length = batch.length(i)
@@ -159,6 +162,12 @@ final class TURNService: RelayProvider, DatagramService, StreamFrameHandler {
                 }
                 guard let target = server.channelTarget(client: ClientKey(address: source, transport: .udp(listener: index)),
                                                         channel: channel, length: payload, now: now) else { continue }
+                if server.mayShortCircuit(to: target.peer),
+                   deliver(from: target.relay, to: target.peer, data + 4, payload, headroom: ChannelData.headerLength, now: now, &shortCircuit) {
+                    relayedPackets += 1
+                    relayedBytes += UInt64(payload)
+                    continue
+                }
                 queueToPeer(target.relay, peer: target.peer, data + 4, payload)
                 relayedPackets += 1
                 relayedBytes += UInt64(payload)
@@ -180,10 +189,17 @@ final class TURNService: RelayProvider, DatagramService, StreamFrameHandler {
                 if toClient.isFull { flushClient(socket) }
                 toClient.append(out.baseAddress!, len, to: source)
             case .relay(let relay, let peer, let payload):
+                // A Send indication's header and XOR-PEER-ADDRESS leave room for a Data indication's.
+                let room = payload.baseAddress! - UnsafeRawPointer(data)
+                if server.mayShortCircuit(to: peer),
+                   deliver(from: relay, to: peer, UnsafeMutableRawPointer(mutating: payload.baseAddress!), payload.count, headroom: room, now: now, &shortCircuit) {
+                    continue
+                }
                 queueToPeer(relay, peer: peer, payload.baseAddress!, payload.count)
             }
         }
         flushPeer()
+        finish(shortCircuit)
         flushClient(socket)
         if relayedPackets > 0 { server.countRelayed(toPeer: true, packets: relayedPackets, bytes: relayedBytes) }
     }
@@ -268,7 +284,7 @@ final class TURNService: RelayProvider, DatagramService, StreamFrameHandler {
 
     /// Sends what is queued for clients on `socket`; counted on the listener and, for drops, on
     /// the relay.
-    private func flushClient(_ socket: DatagramSocket) {
+    func flushClient(_ socket: DatagramSocket) {
         if let r = socket.flush(metrics: metrics) { account(r) }
     }
 
@@ -341,7 +357,7 @@ final class TURNService: RelayProvider, DatagramService, StreamFrameHandler {
     }
 
     /// Queues a relayed message for a stream client; false (and counted) when its queue is full.
-    private func toStream(_ id: ConnectionID, _ bytes: UnsafeRawBufferPointer) -> Bool {
+    func toStream(_ id: ConnectionID, _ bytes: UnsafeRawBufferPointer) -> Bool {
         guard let conn = worker.connection(id) else {
             server.countDrop(.noAllocation)
             return false

@@ -1,0 +1,118 @@
+"""TURN to TURN inside ferryd (`turn.short_circuit`, docs/turn.md): two allocations of one worker
+that send to each other's relayed addresses are delivered inside ferryd, not through two relayed
+sockets and the kernel. What arrives is what the kernel's path delivers, and it is checked as if it
+had crossed the network: the receiver's permission, the sender's channel and the peer address it
+sees. One worker, so both allocations are on it."""
+import socket
+import struct
+
+import turnclient as tc
+from conftest import free_port, wait_until
+from test_turn import run_uclient, turn_config
+
+
+def one_worker(ferryd_factory, short_circuit=True):
+    port = free_port(socket.SOCK_DGRAM)
+    extra = "" if short_circuit else "short_circuit = false"
+    f = ferryd_factory(turn_config(port, extra_turn=extra).replace("workers = 2", "workers = 1"))
+    f.port = port
+    return f
+
+
+def short_circuited(f):
+    return f.metric("ferry_turn_short_circuit_packets_total") or 0
+
+
+def channel_data(number, payload):
+    return struct.pack("!HH", number, len(payload)) + payload
+
+
+def pair(f):
+    a, b = tc.TurnClient(("127.0.0.1", f.port), "test", "pass"), tc.TurnClient(("127.0.0.1", f.port), "test", "pass")
+    ra, rb = a.allocate(), b.allocate()
+    assert ra.ok and rb.ok
+    return a, b, ra.addresses(tc.XOR_RELAYED_ADDRESS)[0], rb.addresses(tc.XOR_RELAYED_ADDRESS)[0]
+
+
+def send_indication(c, ip, port, payload):
+    tid = bytes(12)
+    data, _ = tc.encode(tc.SEND, 1, [(tc.XOR_PEER_ADDRESS, tc.xor_address(ip, port, tid)), (tc.DATA_ATTR, payload)],
+                        tid=tid, fingerprint=False)
+    c.send_raw(data)
+
+
+def exchange(f):
+    """What b receives from a: ChannelData both ways, a Send, and ChannelData to a b with no
+    channel back (a Data indication)."""
+    a, b, ra, rb = pair(f)
+    assert a.create_permission("127.0.0.1").ok and b.create_permission("127.0.0.1").ok
+    got = []
+    # a → b before b has a channel: a Data indication naming a's relayed address.
+    assert a.channel_bind(0x4001, *rb).ok
+    a.send_raw(channel_data(0x4001, b"no channel back"))
+    m = tc.Response(b.sock.recv(2048))
+    got.append(("indication", m.attrs[tc.DATA_ATTR], m.addresses(tc.XOR_PEER_ADDRESS)))
+    assert b.channel_bind(0x4002, *ra).ok
+    for size in (0, 1, 100, 1200):
+        payload = bytes(range(256)) * 5
+        a.send_raw(channel_data(0x4001, payload[:size]))
+        got.append(("channel", b.sock.recv(2048)))
+        b.send_raw(channel_data(0x4002, payload[:size]))
+        got.append(("channel back", a.sock.recv(2048)))
+    send_indication(a, *rb, b"by send")
+    got.append(("send", b.sock.recv(2048)))
+    a.close()
+    b.close()
+    return got, ra, rb
+
+
+def test_allocations_of_one_worker_reach_each_other_inside_ferryd_as_through_the_kernel(ferryd_factory):
+    inside = one_worker(ferryd_factory)
+    got, ra, rb = exchange(inside)
+    # ChannelData both ways (4 + 4) and the Send go inside; ChannelData to a receiver with no
+    # channel back needs a Data indication's room and takes the kernel's path.
+    assert short_circuited(inside) == 9
+    kernel = one_worker(ferryd_factory, short_circuit=False)
+    through, ka, kb = exchange(kernel)
+    assert short_circuited(kernel) == 0
+    assert got[0] == ("indication", [b"no channel back"], [ra]) and through[0][2] == [ka]
+    assert got[1:] == through[1:], "byte for byte what the kernel's path delivers"
+    assert got[-1] == ("send", channel_data(0x4002, b"by send"))
+    for f in (inside, kernel):
+        assert f.metric("ferry_turn_relayed_packets_total", {"direction": "to_client"}) == 10
+        assert f.metric("ferry_turn_relayed_packets_total", {"direction": "to_peer"}) == 10
+
+
+def test_the_receivers_permission_is_checked_as_if_the_datagram_had_crossed(ferryd_factory):
+    f = one_worker(ferryd_factory)
+    a, b, ra, rb = pair(f)
+    assert a.create_permission("127.0.0.1").ok
+    assert a.channel_bind(0x4001, *rb).ok
+    before = f.metric("ferry_turn_drops_total", {"reason": "no_permission"}) or 0
+    a.send_raw(channel_data(0x4001, b"b never allowed a"))
+    send_indication(a, *rb, b"nor by send")
+    wait_until(lambda: f.metric("ferry_turn_drops_total", {"reason": "no_permission"}) == before + 2)
+    b.sock.settimeout(0.3)
+    try:
+        assert b.sock.recv(2048) is None, "b has no permission for a's relayed address"
+    except socket.timeout:
+        pass
+    assert short_circuited(f) == 0
+    # Once b allows it, the same datagram arrives, from a's relayed address.
+    assert b.create_permission("127.0.0.1").ok
+    send_indication(a, *rb, b"now allowed")
+    b.sock.settimeout(2)
+    m = tc.Response(b.sock.recv(2048))
+    assert m.attrs[tc.DATA_ATTR] == [b"now allowed"] and m.addresses(tc.XOR_PEER_ADDRESS) == [ra]
+    assert short_circuited(f) == 1
+    a.close()
+    b.close()
+
+
+def test_coturns_client_to_client_mode_goes_inside_ferryd(ferryd_factory):
+    """turnutils_uclient -y: its clients allocate and send to each other's relayed addresses."""
+    f = one_worker(ferryd_factory)
+    lost, out = run_uclient(["-y", "-p", str(f.port), "-u", "test", "-w", "pass", "-n", "200", "-m", "4", "-l", "1200",
+                             "-z", "5", "127.0.0.1"])
+    assert lost == 0, out[-2000:]
+    assert short_circuited(f) >= 4 * 200, out[-1000:]
