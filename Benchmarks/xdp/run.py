@@ -1,18 +1,14 @@
 #!/usr/bin/env python3
 """XDP fast-path benchmark (docs/xdp.md): native-relay forwarding of WireGuard data by the plain C
 forwarder (Benchmarks/udp-forward/cforward.c), ferryd in user space, and ferryd with XDP
-(generic, native), in one run, on one topology:
-
-    namespace xbp (10.66.0.2): generator and sink, CPU 0 ── veth ── namespace xbr (10.66.0.1): the relay, CPU 1
-
-RPS steers the relay side's receive processing to CPU 1 and the peers' side to CPU 0, so that
-everything the relay costs (the kernel's UDP path, the XDP program, the server process) lands on
-CPU 1 and everything the load costs on CPU 0. Per server: the most packets/s forwarded at
-<= 0.1% loss, and CPU 1's busy time per packet at one common rate (from /proc/stat); "packets/s
-per core" is 1 s over that time, the rate one core could sustain. Both CPUs' time per packet is
-printed too: native mode on a veth runs on the sender's core, out of RPS's reach. The generator sends one
-datagram per packet (no GSO: a GSO train crosses a veth as one buffer, which the program passes
-up), so it, not the relay, may set the pps ceiling: the per-core figure is the comparison.
+(generic, native), in one run, on Benchmarks/netpair.py's two namespaces: everything the relay
+costs (the kernel's UDP path, the XDP program, the server process) lands on CPU 1 and everything
+the load costs on CPU 0. Per server: the most packets/s forwarded at <= 0.1% loss, and CPU 1's
+busy time per packet at one common rate (from /proc/stat); "packets/s per core" is 1 s over that
+time, the rate one core could sustain. Both CPUs' time per packet is printed too: native mode on
+a veth runs on the sender's core, out of RPS's reach. The generator sends one datagram per packet
+(no GSO: a GSO train crosses a veth as one buffer, which the program passes up), so it, not the
+relay, may set the pps ceiling: the per-core figure is the comparison.
 Not part of the tests; needs root."""
 import argparse
 import os
@@ -27,32 +23,16 @@ sys.path.insert(0, os.path.join(HERE, "..", "..", "Tests", "integration"))
 sys.path.insert(0, os.path.join(HERE, ".."))
 import wgrelay  # noqa: E402
 from common import write_ferryd_config  # noqa: E402
+from netpair import PEERS_IF, PEERS_IP, PEERS_NS, RELAY_IF, RELAY_IP, RELAY_NS, busy, sh, start  # noqa: E402
+import netpair  # noqa: E402
 
-RELAY_NS, PEERS_NS = "xbr", "xbp"
-RELAY_IP, PEERS_IP = "10.66.0.1", "10.66.0.2"
-RELAY_IF, PEERS_IF = "xbr0", "xbp0"
 SECRET = "xdp-bench-secret-0123456"
 B_INDEX = 0x42
 PAYLOAD = 1184  # 1200-byte WireGuard data messages
 PASS_OBJECT = os.path.join(HERE, "..", "out", "xdp-pass.o")
 
 
-def sh(*args, ns=None, check=True):
-    cmd = (["ip", "netns", "exec", ns] if ns else []) + [str(a) for a in args]
-    return subprocess.run(cmd, check=check, capture_output=True, text=True)
-
-
-def topology_up():
-    topology_down()
-    for ns in (RELAY_NS, PEERS_NS):
-        sh("ip", "netns", "add", ns)
-        sh("ip", "link", "set", "lo", "up", ns=ns)
-    sh("ip", "link", "add", RELAY_IF, "type", "veth", "peer", "name", PEERS_IF)
-    for ns, name, addr, cpus in ((RELAY_NS, RELAY_IF, RELAY_IP, "2"), (PEERS_NS, PEERS_IF, PEERS_IP, "1")):
-        sh("ip", "link", "set", name, "netns", ns)
-        sh("ip", "addr", "add", f"{addr}/24", "dev", name, ns=ns)
-        sh("ip", "link", "set", name, "up", ns=ns)
-        sh("sh", "-c", f"echo {cpus} > /sys/class/net/{name}/queues/rx-0/rps_cpus", ns=ns)
+def prepare():
     # XDP's route lookup needs a forwarding interface (docs/xdp.md).
     sh("sysctl", "-qw", f"net.ipv4.conf.{RELAY_IF}.forwarding=1", ns=RELAY_NS)
     # Native XDP_TX on a veth hands frames to its peer, which takes them only with an XDP program
@@ -61,21 +41,6 @@ def topology_up():
     # Whole checksums from the sender, checked by the sink's kernel: a checksum the XDP program
     # got wrong shows as loss (a veth otherwise passes offloaded, partial checksums along).
     sh("ethtool", "-K", PEERS_IF, "tx", "off", "rx", "off", ns=PEERS_NS)
-
-
-def topology_down():
-    for ns in (RELAY_NS, PEERS_NS):
-        sh("ip", "netns", "del", ns, check=False)
-
-
-def busy():
-    """Busy jiffies (everything but idle and iowait) of CPU 0 and CPU 1, system-wide."""
-    out = {}
-    for line in open("/proc/stat"):
-        if line.startswith(("cpu0 ", "cpu1 ")):
-            f = [int(x) for x in line.split()[1:]]
-            out[line[:4]] = sum(f) - f[3] - f[4]
-    return out["cpu0"], out["cpu1"]
 
 
 def free_port():
@@ -87,10 +52,6 @@ def free_port():
 class Port(wgrelay.UDPPort):
     def __init__(self, port=0):
         super().__init__(host=PEERS_IP, port=port)
-
-
-def start(args, cpu="1"):
-    return subprocess.Popen(["ip", "netns", "exec", RELAY_NS, "taskset", "-c", cpu, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def ferryd(binary, tmp, xdp, port, sessions):
@@ -225,12 +186,7 @@ def main():
     a = p.parse_args()
     if a.inner:
         return inner(a)
-    topology_up()
-    try:
-        r = subprocess.run(["ip", "netns", "exec", PEERS_NS, sys.executable, os.path.abspath(__file__), "--inner", *sys.argv[1:]])
-        sys.exit(r.returncode)
-    finally:
-        topology_down()
+    netpair.run_inside(__file__, prepare)
 
 
 if __name__ == "__main__":

@@ -6,13 +6,18 @@ import FerryTURN
 /// never descriptor numbers: closing a socket bumps its slot's generation, so an id kept past the
 /// close no longer resolves, while a kernel descriptor number would name the next socket to get it.
 ///
-/// Two views of one table: `fds` (a slab of descriptor and generation, resolved per packet by an
-/// index and a compare, no hashing, no retain) and `sockets` (the event handlers, touched only when
-/// a relay opens or closes). Owned by the worker's loop thread.
+/// Two views of one table: `fds` (a slab of values: descriptor and generation, resolved per
+/// packet by an index and a compare, no hashing, no retain; and for TURN to TURN the socket's
+/// address and allocation) and `sockets` (the event handlers, touched only when a relay opens or
+/// closes). Owned by the worker's loop thread.
 struct RelayTable {
     struct Entry {
         var fd: Int32 = -1
         var generation: UInt32 = 0
+        /// The relayed address as bound, and the allocation (slot, generation) it serves.
+        var local = SocketAddress(ip: .ipv4Any, port: 0)
+        var allocation: Int32 = -1
+        var allocationGeneration: UInt32 = 0
     }
     private(set) var fds: UnsafeMutablePointer<Entry>
     private(set) var capacity: Int
@@ -39,6 +44,14 @@ struct RelayTable {
         return e.generation == id.generation ? e.fd : -1
     }
 
+    /// The slab entry `id` names, or nil when its socket is closed.
+    @inline(__always)
+    func entry(_ id: RelayID) -> Entry? {
+        guard id.slot >= 0 && Int(id.slot) < capacity else { return nil }
+        let e = fds[Int(id.slot)]
+        return e.generation == id.generation && e.fd >= 0 ? e : nil
+    }
+
     func socket(_ id: RelayID) -> RelaySocket? {
         guard fd(id) >= 0 else { return nil }
         return sockets[Int(id.slot)]
@@ -55,7 +68,8 @@ struct RelayTable {
             sockets.append(nil)
         }
         let generation = fds[Int(slot)].generation &+ 1
-        fds[Int(slot)] = Entry(fd: socket.fd.raw, generation: generation)
+        fds[Int(slot)] = Entry(fd: socket.fd.raw, generation: generation, local: socket.local,
+                               allocation: socket.slot, allocationGeneration: socket.generation)
         sockets[Int(slot)] = socket
         count += 1
         return RelayID(slot: slot, generation: generation)

@@ -33,12 +33,13 @@ extension TURNService {
     @inline(__always)
     func deliver(from: RelayID, to peer: SocketAddress, _ payload: UnsafeMutableRawPointer, _ length: Int, headroom: Int,
                  now: UInt64, _ batch: inout ShortCircuitBatch) -> Bool {
-        guard let dest = localRelays[peer], let receiver = relays.socket(dest), let sender = relays.socket(from) else { return false }
+        // Values from the relay table's slab: no socket object is touched per packet.
+        guard let dest = localRelays[peer], let receiver = relays.entry(dest), let sender = relays.entry(from) else { return false }
         let source = sender.local
         let needsChannel = headroom < DataIndicationWriter.headroom - (source.ip.isIPv4 ? 12 : 0)
-        guard server.takesShortCircuit(slot: receiver.slot, generation: receiver.generation, from: source,
+        guard server.takesShortCircuit(slot: receiver.allocation, generation: receiver.allocationGeneration, from: source,
                                        needsChannel: needsChannel, now: now) else { return false }
-        switch server.peerRoute(slot: receiver.slot, generation: receiver.generation, peer: source, length: length, now: now) {
+        switch server.peerRoute(slot: receiver.allocation, generation: receiver.allocationGeneration, peer: source, length: length, now: now) {
         case .drop:
             return true  // counted there, as the datagram would have been on arrival
         case .channel(let number, let client, .udp(let listener)):
