@@ -3,6 +3,7 @@ import Glibc
 #endif
 import CFerryXDP
 import FerryCore
+import FerrySystem
 import FerryWire
 
 /// ferryd's XDP program in the kernel (docs/xdp.md): loaded from the object built into the
@@ -22,8 +23,8 @@ public final class XDPProgram: @unchecked Sendable {
     }
 
     private let handle: OpaquePointer
-    /// Interface name → link descriptor.
-    public private(set) var attached: [(interface: String, link: Int32)] = []
+    /// Interface name → link descriptor (owned: closing it detaches).
+    public private(set) var attached: [(interface: String, link: FileDescriptor)] = []
     public let mode: Mode
     let relayMap: Int32
     let countsMap: Int32
@@ -81,7 +82,7 @@ public final class XDPProgram: @unchecked Sendable {
             }
             throw Failure(description: "attaching XDP (\(mode.rawValue)) to \(name): \(reason)\(hint)")
         }
-        attached.append((name, fd))
+        attached.append((name, FileDescriptor(fd)))
     }
 
     /// The relay listeners' UDP ports: only packets to these are looked at.
@@ -94,7 +95,7 @@ public final class XDPProgram: @unchecked Sendable {
 
     /// Detaches from every interface and unloads (shutdown; the process ending does the same).
     public func close() {
-        for (_, fd) in attached { Glibc.close(fd) }
+        for (_, link) in attached { _ = link.close() }
         attached = []
         if !closed {
             ferry_xdp_close(handle)
@@ -118,9 +119,8 @@ public final class XDPProgram: @unchecked Sendable {
     /// Whether `interface` forwards IPv4 (nil: cannot tell). The kernel's route lookup for XDP
     /// is a forwarding lookup, refused on an interface that does not.
     public static func forwarding(_ interface: String) -> Bool? {
-        guard let f = fopen("/proc/sys/net/ipv4/conf/\(interface)/forwarding", "r") else { return nil }
-        defer { fclose(f) }
-        return fgetc(f) == Int32(UInt8(ascii: "1"))
+        guard let text = Files.read("/proc/sys/net/ipv4/conf/\(interface)/forwarding"), let first = text.first else { return nil }
+        return first == UInt8(ascii: "1")
     }
 
     /// The relay's flow table on this program's maps, for the relay's worker.

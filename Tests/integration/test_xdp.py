@@ -182,6 +182,16 @@ def test_unbind_and_a_rebinding_take_entries_out_at_once(routed):
     r = routed
     r.pair()
     wait_until(lambda: r.metric("ferry_xdp_entries") == 2)
+    # Another port on a's host that knows b's index (an on-path observer would) is not a's flow:
+    # the kernel passes it up, and user space drops it.
+    stranger = udp_port_in(r.lab.peer_a)
+    unknown = r.metric("ferry_relay_drops_total", {"reason": "unknown_index"})
+    stranger.send(data(r.ib, b"spoofed"), RELAY)
+    wait_until(lambda: r.metric("ferry_relay_drops_total", {"reason": "unknown_index"}) == unknown + 1)
+    with pytest.raises(socket.timeout):
+        r.b.recv(timeout=0.3)
+    assert xdp_forwarded(r) == 0
+    stranger.close()
     # b's NAT moved it: a fresh bind from a new port. a's data goes to the new port, in the kernel.
     moved = udp_port_in(r.lab.peer_b)
     assert bind(moved, RELAY, credential(SECRET, r.kb, "lab"), r.ka).state == 1
