@@ -45,3 +45,17 @@ level = "warning"
 address = ""
 """ + body)
     return path
+
+
+def sweep(name, rates, run):
+    """Runs `run(rate)` at each rate in turn until the loss passes 0.1%; returns the last result
+    at or under it (None if the first rate lost more). Each result prints as one line."""
+    best = None
+    for rate in rates:
+        r = run(rate)
+        print(f"{name:20s} offered {r['offered'] / 1000:6.1f}k  forwarded {r['pps'] / 1000:6.1f}k pkt/s  "
+              f"loss {r['loss'] * 100:6.3f}%  cpu {r['cpu_us']:5.2f} us/pkt", flush=True)
+        if r["loss"] > 0.001:
+            break
+        best = r
+    return best

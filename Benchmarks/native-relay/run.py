@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "..", "Tests", "integration"))
 sys.path.insert(0, os.path.join(HERE, ".."))
 sys.path.insert(0, os.path.join(HERE, "..", "turn-relay"))
 import wgrelay  # noqa: E402
-from common import cpu_seconds, free_udp_port, rss_kib, write_ferryd_config  # noqa: E402
+from common import cpu_seconds, free_udp_port, rss_kib, sweep, write_ferryd_config  # noqa: E402
 import run as turnrelay  # noqa: E402  (Benchmarks/turn-relay/run.py: coturn's setup and its blast)
 
 SECRET = "native-bench-secret-0123"
@@ -114,18 +114,6 @@ def blast(bindir, pid, socks, rate, duration, payload, sink_port, wg, receiver):
     sent = int(gen.stdout.strip())
     return {"offered": sent / duration, "pps": got / duration, "loss": max(0.0, 1 - got / max(sent, 1)),
             "cpu_us": (after - before) / max(got, 1) * 1e6}
-
-
-def sweep(name, rates, run):
-    best = None
-    for rate in rates:
-        r = run(rate)
-        print(f"{name:16s} offered {r['offered'] / 1000:6.1f}k  forwarded {r['pps'] / 1000:6.1f}k pkt/s  "
-              f"loss {r['loss'] * 100:6.3f}%  cpu {r['cpu_us']:5.2f} us/pkt", flush=True)
-        if r["loss"] > 0.001:
-            break
-        best = r
-    return best
 
 
 def main():

@@ -142,6 +142,8 @@ def main():
     ap.add_argument("--pin", action="store_true",
                     help="ferryd alone on CPU 1, the peers (WireGuard, agents, ping, iperf3) on CPU 0: the relay "
                          "as on a machine of its own, not competing with the peers for the same two cores")
+    ap.add_argument("--xdp", choices=["off", "generic", "native"], default="off",
+                    help="ferryd's XDP fast path on its interface toward the peers (docs/xdp.md)")
     args = ap.parse_args()
     global PEERS_CPU
     PEERS_CPU = ["taskset", "-c", "0"] if args.pin else []
@@ -153,6 +155,9 @@ def main():
         cert, key = lab_certificate(d)
         config = ferryd_config(cert, key).replace('self_relay_urls = [', f'self_relay_urls = ["wgrelay:{FERRY_IP}:3479", "wgrelays:{FERRY_IP}:443", ') \
             + f'[[listener]]\nname = "relay-udp"\naddress = "{FERRY_IP}:3479"\nservice = "relay"\n'
+        if args.xdp != "off":
+            lab.ferry.exec("sysctl", "-qw", f"net.ipv4.conf.{lab.ferry_if}.forwarding=1")
+            config += f'[engine]\nxdp = "{args.xdp}"\nxdp_interfaces = ["{lab.ferry_if}"]\n'
         # Plain WireGuard aims at the other LAN's host, or at the other NAT (which keeps port 51820).
         ends = ("10.2.0.2", "10.1.0.2") if args.nat == "none" else ("203.0.113.6", "203.0.113.2")
         ferryd = conftest.Ferryd(config, d, prefix=lab.ferry.prefix() + (["taskset", "-c", "1"] if args.pin else []),
@@ -193,6 +198,7 @@ def main():
             with_agents("blocked_native_stream", True, False, ("native-relay", "native-relay-stream"))
             results["relayed_packets_at_ferryd"] = ferryd.metric("ferry_turn_relayed_packets_total", {"direction": "to_peer"})
             results["native_packets_at_ferryd"] = ferryd.metric("ferry_relay_packets_total")
+            results["native_packets_in_xdp"] = ferryd.metric("ferry_xdp_forwarded_packets_total")
         finally:
             wg_a.close()
             wg_b.close()
@@ -214,6 +220,7 @@ def main():
     if bt["iperf_mbps"] and bs["iperf_mbps"]:
         results["blocked_stream_over_turn_tls_throughput"] = round(bs["iperf_mbps"] / bt["iperf_mbps"], 3)
     results["pinned"] = args.pin
+    results["xdp"] = args.xdp
     results["nat"] = args.nat
     print(json.dumps(results, indent=2))
 

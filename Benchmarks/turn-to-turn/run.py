@@ -14,7 +14,6 @@ kernel's work for what reaches ferryd, its sends and its own loopback hop lands 
 the most packets/s at <= 0.1% loss. Not part of the tests; needs root."""
 import argparse
 import os
-import socket
 import struct
 import subprocess
 import sys
@@ -25,15 +24,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "..", "Tests", "integration"))
 sys.path.insert(0, os.path.join(HERE, ".."))
 import turnclient as tc  # noqa: E402
-from common import write_ferryd_config  # noqa: E402
+from common import sweep, write_ferryd_config  # noqa: E402
 from netpair import PEERS_IP, RELAY_IP, busy, start  # noqa: E402
 import netpair  # noqa: E402
-
-
-def free_port(ip):
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind((ip, 0))
-        return s.getsockname()[1]
 
 
 class Ferryd:
@@ -140,14 +133,7 @@ def main():
         for name, short in modes:
             f = Ferryd(a.ferryd, tmp, short, a.sessions)
             senders, sink = f.pairs(a.sessions)
-            best = None
-            for rate in rates:
-                r = blast(a.bindir, senders, sink, rate, a.duration, a.size, a.gen_gso)
-                print(f"{name:14s} offered {r['offered'] / 1000:6.1f}k  delivered {r['pps'] / 1000:6.1f}k pkt/s  loss {r['loss'] * 100:6.3f}%  "
-                      f"CPU 1 {r['cpu_us']:5.2f} us/pkt", flush=True)
-                if r["loss"] > 0.001:
-                    break
-                best = r
+            best = sweep(name, rates, lambda rate: blast(a.bindir, senders, sink, rate, a.duration, a.size, a.gen_gso))
             cpus = []
             for _ in range(a.rounds):
                 cpu = blast(a.bindir, senders, sink, a.cpu_rate, a.duration, a.size, a.gen_gso)

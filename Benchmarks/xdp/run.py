@@ -22,7 +22,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "..", "Tests", "integration"))
 sys.path.insert(0, os.path.join(HERE, ".."))
 import wgrelay  # noqa: E402
-from common import write_ferryd_config  # noqa: E402
+from common import sweep, write_ferryd_config  # noqa: E402
 from netpair import PEERS_IF, PEERS_IP, PEERS_NS, RELAY_IF, RELAY_IP, RELAY_NS, busy, sh, start  # noqa: E402
 import netpair  # noqa: E402
 
@@ -141,14 +141,7 @@ def inner(a):
             else:
                 proc = ferryd(a.ferryd, tmp, {"ferryd": "off", "ferryd-xdp-generic": "generic", "ferryd-xdp-native": "native"}[kind], port, a.sessions)
                 socks = sessions((RELAY_IP, port), a.sessions, sink)
-            best = None
-            for rate in rates:
-                r = blast(a.bindir, socks, rate, a.duration, sink)
-                print(f"{kind:20s} offered {r['offered'] / 1000:6.1f}k  forwarded {r['pps'] / 1000:6.1f}k pkt/s  loss {r['loss'] * 100:6.3f}%  "
-                      f"CPU 1 {r['cpu1'] * 100:5.1f}%  {r['cpu_us']:5.2f} us/pkt", flush=True)
-                if r["loss"] > 0.001:
-                    break
-                best = r
+            best = sweep(kind, rates, lambda rate: blast(a.bindir, socks, rate, a.duration, sink))
             cpu = blast(a.bindir, socks, a.cpu_rate, a.duration, sink)
             for s in socks:
                 s.close()

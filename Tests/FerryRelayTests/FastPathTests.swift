@@ -34,23 +34,6 @@ struct FakeFlowTable: RelayFlowTable {
 @Suite struct FastPath {
     var a = TestPeer("203.0.113.1:51820"), b = TestPeer("198.51.100.2:40000"), c = TestPeer("192.0.2.3:51820")
 
-    func bound(_ pairs: [(TestPeer, TestPeer)], limits: RelaySessions.Limits = RelaySessions.Limits(), now: UInt32 = 100) -> RelaySessions {
-        var s = RelaySessions(limits: limits)
-        s.mirrorsFastPath = true
-        for (x, y) in pairs {
-            _ = s.bind(network: "acme", key: x.wg, partner: y.wg, address: x.address, now: now)
-            _ = s.bind(network: "acme", key: y.wg, partner: x.wg, address: y.address, now: now)
-        }
-        return s
-    }
-
-    func handshake(_ s: inout RelaySessions, _ x: TestPeer, _ y: TestPeer, at t: UInt32 = 100) -> (UInt32, UInt32) {
-        let ix = UInt32.random(in: 1...UInt32.max), iy = UInt32.random(in: 1...UInt32.max)
-        #expect(s.route(WG.initiation(sender: ix, to: y.key), from: x.address, at: t) == .forward(y.address))
-        #expect(s.route(WG.response(sender: iy, receiver: ix, to: x.key), from: y.address, at: t) == .forward(x.address))
-        return (ix, iy)
-    }
-
     /// Every kernel entry is a packet user space would forward to the same place (the kernel
     /// never forwards where user space would not), and every UDP-to-UDP IPv4 index user space
     /// forwards by is in the kernel (nothing forwardable stays slow).
@@ -68,7 +51,7 @@ struct FakeFlowTable: RelayFlowTable {
     }
 
     @Test func aHandshakePutsBothDirectionsInTheKernelAndUnbindTakesThemOut() {
-        var s = bound([(a, b)])
+        var s = bound([(a, b)], mirrorsFastPath: true)
         var fast = RelayFastPath(), table = FakeFlowTable()
         let none = fast.sync(&s, table: &table)
         #expect(none == (0, 0))
@@ -88,7 +71,7 @@ struct FakeFlowTable: RelayFlowTable {
     }
 
     @Test func expiryRebindingAndForgottenIndicesLeaveTheKernelInTheSameSync() {
-        var s = bound([(a, b)])
+        var s = bound([(a, b)], mirrorsFastPath: true)
         var fast = RelayFastPath(), table = FakeFlowTable()
         let (ia, ib) = handshake(&s, a, b)
         _ = fast.sync(&s, table: &table)
@@ -109,7 +92,7 @@ struct FakeFlowTable: RelayFlowTable {
     }
 
     @Test func kernelTrafficIsReadBackIntoTheSessionSoItDoesNotExpire() {
-        var s = bound([(a, b)])
+        var s = bound([(a, b)], mirrorsFastPath: true)
         var fast = RelayFastPath(), table = FakeFlowTable()
         let (ia, ib) = handshake(&s, a, b)
         _ = fast.sync(&s, table: &table)
@@ -131,7 +114,7 @@ struct FakeFlowTable: RelayFlowTable {
     }
 
     @Test func whatTheKernelForwardedIsCountedWhenTheSessionLeaves() {
-        var s = bound([(a, b)])
+        var s = bound([(a, b)], mirrorsFastPath: true)
         var fast = RelayFastPath(), table = FakeFlowTable()
         let (_, ib) = handshake(&s, a, b)
         _ = fast.sync(&s, table: &table)
@@ -155,7 +138,7 @@ struct FakeFlowTable: RelayFlowTable {
         _ = fast.sync(&s, table: &table)
         #expect(table.entries.isEmpty)
         let v6 = TestPeer("[2001:db8::1]:51820")
-        var s6 = bound([(v6, b)])
+        var s6 = bound([(v6, b)], mirrorsFastPath: true)
         _ = handshake(&s6, v6, b)
         _ = fast.sync(&s6, table: &table)
         #expect(table.entries.isEmpty)
@@ -165,7 +148,7 @@ struct FakeFlowTable: RelayFlowTable {
         var limits = RelaySessions.Limits()
         limits.bandwidth = 10_000
         limits.burst = 20_000
-        var s = bound([(a, b)], limits: limits)
+        var s = bound([(a, b)], limits: limits, mirrorsFastPath: true)
         var fast = RelayFastPath(), table = FakeFlowTable()
         let (_, ib) = handshake(&s, a, b)
         _ = fast.sync(&s, table: &table)
@@ -185,7 +168,7 @@ struct FakeFlowTable: RelayFlowTable {
     }
 
     @Test func aFullKernelTableLeavesTheRestInUserSpaceAndCountsIt() {
-        var s = bound([(a, b), (c, b)])
+        var s = bound([(a, b), (c, b)], mirrorsFastPath: true)
         var fast = RelayFastPath(), table = FakeFlowTable()
         table.capacity = 2
         _ = handshake(&s, a, b)

@@ -1,3 +1,4 @@
+import Testing
 import FerryCore
 import FerryWire
 @testable import FerryRelay
@@ -52,6 +53,26 @@ enum WG {
         }
         for i in 0..<16 { m[offset + i] = mac[i] }
     }
+}
+
+/// Sessions with each pair's two ends bound at `now` (and kept in a fast-path mirror's view).
+func bound(_ pairs: [(TestPeer, TestPeer)], limits: RelaySessions.Limits = RelaySessions.Limits(), now: UInt32 = 100,
+           mirrorsFastPath: Bool = false) -> RelaySessions {
+    var s = RelaySessions(limits: limits)
+    s.mirrorsFastPath = mirrorsFastPath
+    for (x, y) in pairs {
+        _ = s.bind(network: "acme", key: x.wg, partner: y.wg, address: x.address, now: now)
+        _ = s.bind(network: "acme", key: y.wg, partner: x.wg, address: y.address, now: now)
+    }
+    return s
+}
+
+/// One full handshake x → y, learning both indices; returns them.
+func handshake(_ s: inout RelaySessions, _ x: TestPeer, _ y: TestPeer, at t: UInt32 = 100) -> (UInt32, UInt32) {
+    let ix = UInt32.random(in: 1...UInt32.max), iy = UInt32.random(in: 1...UInt32.max)
+    #expect(s.route(WG.initiation(sender: ix, to: y.key), from: x.address, at: t) == .forward(y.address))
+    #expect(s.route(WG.response(sender: iy, receiver: ix, to: x.key), from: y.address, at: t) == .forward(x.address))
+    return (ix, iy)
 }
 
 extension RelaySessions {

@@ -8,23 +8,6 @@ import FerryWire
 @Suite struct Sessions {
     var a = TestPeer("203.0.113.1:51820"), b = TestPeer("198.51.100.2:40000"), c = TestPeer("192.0.2.3:51820")
 
-    func bound(_ pairs: [(TestPeer, TestPeer)], limits: RelaySessions.Limits = RelaySessions.Limits(), now: UInt32 = 100) -> RelaySessions {
-        var s = RelaySessions(limits: limits)
-        for (x, y) in pairs {
-            _ = s.bind(network: "acme", key: x.wg, partner: y.wg, address: x.address, now: now)
-            _ = s.bind(network: "acme", key: y.wg, partner: x.wg, address: y.address, now: now)
-        }
-        return s
-    }
-
-    /// One full handshake a → b, learning both indices; returns them.
-    func handshake(_ s: inout RelaySessions, _ x: TestPeer, _ y: TestPeer, at t: UInt32 = 100) -> (UInt32, UInt32) {
-        let ix = UInt32.random(in: 1...UInt32.max), iy = UInt32.random(in: 1...UInt32.max)
-        #expect(s.route(WG.initiation(sender: ix, to: y.key), from: x.address, at: t) == .forward(y.address))
-        #expect(s.route(WG.response(sender: iy, receiver: ix, to: x.key), from: y.address, at: t) == .forward(x.address))
-        return (ix, iy)
-    }
-
     @Test func aHandshakeTeachesTheIndicesAndDataFlowsBothWays() {
         var s = bound([(a, b)])
         let (ia, ib) = handshake(&s, a, b)
