@@ -219,7 +219,12 @@ def test_stock_wireguard_with_udp_blocked_on_one_side_through_the_stream_side(fe
         lab.peer_b.exec("wg", "set", b.name, "peer", a.public, "allowed-ips", f"{a.address}/32",
                         "endpoint", "127.0.0.1:51999", "persistent-keepalive", "5")
         r = lab.peer_b.exec("ping", "-c", "5", "-i", "0.2", "-W", "5", a.address, check=False)
-        assert r.returncode == 0, r.stdout + f.output()
+        if r.returncode != 0:
+            from conftest import http_get
+            metrics = "\n".join(l for l in http_get(9100, "/metrics", host=ADMIN_IP)[1].splitlines() if l.startswith("ferry_relay"))
+            shows = lab.peer_a.exec("wg", "show", a.name).stdout + lab.peer_b.exec("wg", "show", b.name).stdout
+            carrier.kill()
+            raise AssertionError(r.stdout + metrics + "\n" + shows + "\ncarrier: " + carrier.stdout.read())
         r = lab.peer_a.exec("ping", "-c", "20", "-i", "0.05", "-s", "1300", b.address, check=False)
         assert r.returncode == 0 and " 0% packet loss" in r.stdout, r.stdout
         assert f.metric("ferry_relay_streams_total") == 1 and f.metric("ferry_relay_sessions_active") == 1
