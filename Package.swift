@@ -62,7 +62,7 @@ let package = Package(
         .target(name: "FerryTLS", dependencies: ["COpenSSL", "CFerryTLS", "FerrySystem"], swiftSettings: strict),
         .target(name: "FerryTURN", dependencies: ["FerryCore", "FerryWire"], swiftSettings: strict),
         .target(name: "FerryRelay", dependencies: ["FerryCore", "FerryWire"], swiftSettings: strict),
-        .target(name: "FerryXDP", dependencies: ["CFerryXDP", "FerryCore", "FerrySystem", "FerryWire", "FerryRelay"], exclude: ["bpf"],
+        .target(name: "FerryXDP", dependencies: ["CFerryXDP", "FerryCore", "FerrySystem", "FerryWire", "FerryTURN", "FerryRelay"], exclude: ["bpf"],
                 swiftSettings: strict, plugins: ["BPFObject"]),
         .target(name: "FerrySignal", dependencies: ["FerryCore", "FerryWire", "FerryTLS", "FerryRelay"], swiftSettings: strict),
         .target(name: "FerryClient", dependencies: ["FerryCore", "FerryWire", "FerryTLS", "FerrySignal", "FerryRelay"], swiftSettings: strict),

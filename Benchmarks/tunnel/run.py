@@ -157,6 +157,8 @@ def main():
             + f'[[listener]]\nname = "relay-udp"\naddress = "{FERRY_IP}:3479"\nservice = "relay"\n'
         if args.xdp != "off":
             lab.ferry.exec("sysctl", "-qw", f"net.ipv4.conf.{lab.ferry_if}.forwarding=1")
+            # As from a real network: over veth, offloaded checksums would reach XDP unfinished.
+            lab.checksums_in_software()
             config += f'[engine]\nxdp = "{args.xdp}"\nxdp_interfaces = ["{lab.ferry_if}"]\n'
         # Plain WireGuard aims at the other LAN's host, or at the other NAT (which keeps port 51820).
         ends = ("10.2.0.2", "10.1.0.2") if args.nat == "none" else ("203.0.113.6", "203.0.113.2")

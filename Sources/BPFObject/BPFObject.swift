@@ -1,7 +1,7 @@
 import Foundation
 import PackagePlugin
 
-/// Compiles FerryXDP's kernel program (`bpf/ferry_xdp.bpf.c`) with clang's BPF target and hands
+/// Compiles FerryXDP's kernel program (`bpf/ferry_xdp.bpf.c` and the header it includes) with clang's BPF target and hands
 /// the object to the target as a generated Swift source (scripts/bpf-object.sh). SwiftPM compiles
 /// C only for the host, so the BPF build is a plugin; clang is the Swift toolchain's own.
 @main
@@ -17,7 +17,7 @@ struct BPFObject: BuildToolPlugin {
             displayName: "Compiling the XDP program (BPF)",
             executable: URL(fileURLWithPath: "/bin/sh"),
             arguments: [script.path, try clang(context).path, source.path, include.path, output.path],
-            inputFiles: [source, include.appending(path: "ferry_xdp.h"), script],
+            inputFiles: [source, module.directoryURL.appending(path: "bpf/ferry_xdp_turn.h"), include.appending(path: "ferry_xdp.h"), script],
             outputFiles: [output])]
     }
 

@@ -12,7 +12,7 @@
 struct ferry_xdp {
     struct bpf_object *object;
     int program;
-    int maps[4];
+    int maps[FERRY_XDP_MAP_COUNT];
 };
 
 // libbpf prints its diagnostics through this hook: the last warning is kept for the error ferryd
@@ -34,9 +34,17 @@ static void fail(char *err, size_t errlen, const char *what, int code) {
         snprintf(err, errlen, "%s: %s", what, strerror(code));
 }
 
-struct ferry_xdp *ferry_xdp_load(const void *object, size_t size, uint32_t flows, uint32_t counters,
+static int size_map(struct bpf_object *obj, const char *name, uint32_t entries) {
+    struct bpf_map *map = bpf_object__find_map_by_name(obj, name);
+    return map && entries > 0 ? bpf_map__set_max_entries(map, entries) : -1;
+}
+
+struct ferry_xdp *ferry_xdp_load(const void *object, size_t size, const struct ferry_xdp_sizes *sizes,
                                  char *err, size_t errlen) {
-    static const char *names[4] = {"relay4", "relay_counts", "relay_ports", "stats"};
+    static const char *names[FERRY_XDP_MAP_COUNT] = {
+        "relay4", "relay_counts", "relay_ports", "stats",
+        "channel_in4", "channel_out4", "channel_counts", "turn_ports", "turn_config",
+    };
     last_message[0] = 0;
     libbpf_set_print(keep_last);
     struct bpf_object *obj = bpf_object__open_mem(object, size, NULL);
@@ -44,9 +52,9 @@ struct ferry_xdp *ferry_xdp_load(const void *object, size_t size, uint32_t flows
         fail(err, errlen, "opening the XDP object", errno);
         return NULL;
     }
-    struct bpf_map *relay = bpf_object__find_map_by_name(obj, "relay4");
-    struct bpf_map *counts = bpf_object__find_map_by_name(obj, "relay_counts");
-    if (!relay || !counts || bpf_map__set_max_entries(relay, flows) || bpf_map__set_max_entries(counts, counters)) {
+    if (size_map(obj, "relay4", sizes->relay_flows) || size_map(obj, "relay_counts", sizes->relay_counters) ||
+        size_map(obj, "channel_in4", sizes->channels) || size_map(obj, "channel_out4", sizes->channels) ||
+        size_map(obj, "channel_counts", sizes->channel_counters)) {
         fail(err, errlen, "sizing the XDP maps", EINVAL);
         bpf_object__close(obj);
         return NULL;
@@ -66,7 +74,7 @@ struct ferry_xdp *ferry_xdp_load(const void *object, size_t size, uint32_t flows
     }
     x->object = obj;
     x->program = bpf_program__fd(prog);
-    for (int i = 0; i < 4; i++) x->maps[i] = bpf_object__find_map_fd_by_name(obj, names[i]);
+    for (int i = 0; i < FERRY_XDP_MAP_COUNT; i++) x->maps[i] = bpf_object__find_map_fd_by_name(obj, names[i]);
     return x;
 }
 

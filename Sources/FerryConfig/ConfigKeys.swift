@@ -173,7 +173,7 @@ extension FerryConfig {
             .field("engine.gso", \.engine.gso, example: [("engine.gso", "false")]),
         ]),
         ConfigKey(default: "\"off\"", allowed: "off, generic, native", override: "", reload: .restart,
-                  meaning: "the XDP fast path for native-relay sessions (docs/xdp.md); if the kernel refuses, ferryd says why and serves from user space", [
+                  meaning: "the XDP fast path for native-relay sessions and TURN channels (docs/xdp.md); if the kernel refuses, ferryd says why and serves from user space", [
             .field("engine.xdp", \.engine.xdp, example: [("engine.xdp", "\"generic\""), ("engine.xdp_interfaces", "[\"lo\"]")]),
         ]),
         ConfigKey(default: "[]", allowed: "interface names", override: "", reload: .restart,
@@ -183,6 +183,10 @@ extension FerryConfig {
         ConfigKey(default: "16384", allowed: "1–1048576", override: "", reload: .restart,
                   meaning: "native-relay sessions the kernel path holds at once; the rest stay in user space (`ferry_xdp_refused_total`)", [
             .field("engine.xdp_sessions", \.engine.xdpSessions, example: [("engine.xdp_sessions", "100")]),
+        ]),
+        ConfigKey(default: "16384", allowed: "1–1048576", override: "", reload: .restart,
+                  meaning: "TURN channels (UDP clients, IPv4) the kernel path holds at once, shared by the workers; the rest stay in user space (`ferry_xdp_refused_total`)", [
+            .field("engine.xdp_channels", \.engine.xdpChannels, example: [("engine.xdp_channels", "100")]),
         ]),
         ConfigKey(default: "\"127.0.0.1:9090\"", allowed: "address or \"\"", override: "`FERRY_ADMIN_ADDRESS`, `--admin-address`", reload: .restart,
                   meaning: "\"\" disables; systemd socket \"admin\" wins", [

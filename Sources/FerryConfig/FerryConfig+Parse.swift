@@ -39,6 +39,7 @@ extension FerryConfig {
         c.engine.xdp = engine.choice("xdp", default: FerryConfig.XDPMode.off)
         c.engine.xdpInterfaces = engine.stringArray("xdp_interfaces", default: [])
         c.engine.xdpSessions = engine.int("xdp_sessions", default: 16384, range: 1...1_048_576)
+        c.engine.xdpChannels = engine.int("xdp_channels", default: 16384, range: 1...1_048_576)
         if c.engine.xdp != .off && c.engine.xdpInterfaces.isEmpty {
             engine.report("xdp_interfaces", "must name at least one interface when engine.xdp is \"\(c.engine.xdp.rawValue)\"")
         }

@@ -212,6 +212,8 @@ public struct FerryConfig: Sendable, Equatable {
         public var xdpInterfaces: [String] = []
         /// Native-relay sessions the kernel path holds at once (its maps are sized for them).
         public var xdpSessions = 16384
+        /// TURN channels the kernel path holds at once (all workers together).
+        public var xdpChannels = 16384
     }
 
     public struct Admin: Sendable, Equatable {

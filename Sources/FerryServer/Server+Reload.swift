@@ -137,7 +137,10 @@ extension Server {
                 let credentials = Server.credentials(next.turn, realm: next.turn.realm)
                 let policy = Server.policy(next)
                 for loop in engine.loops {
-                    loop.execute { [self] l in self.turnServices[l.index].server.update(credentials: credentials, policy: policy) }
+                    loop.execute { [self] l in
+                        self.turnServices[l.index].server.update(credentials: credentials, policy: policy)
+                        self.turnServices[l.index].syncFastPath()
+                    }
                 }
             }
             if relay != nil {

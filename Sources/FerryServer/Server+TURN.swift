@@ -77,7 +77,10 @@ extension Server {
                                     relays: turn, shared: shared, counters: counters, metrics: metrics.block(loop.index))
             turn.attach(server, sessionLog: sessionLog)
             turnServices.append(turn)
-            loop.onSweep { now in server.sweep(now: now) }
+            loop.onSweep { now in
+                server.sweep(now: now)
+                turn.collectFastPath(now: now)
+            }
         }
         warnIfRelayPortsAreEphemeral()
         logger.info("turn", metadata: ["realm": "\(t.realm)", "relay_ipv4": "\(t.relayIPv4.map { "\($0)" } ?? "-")",

@@ -71,6 +71,7 @@ extension TURNServer {
         table.pointee.allocations[Int(slot)].channelCount = Int32(count)
         // Counted once the binding exists (a 508 from the permission above made none).
         if isNew { metrics.add(counters.channelsBound) }
+        markFastPath(slot)
         return success(ctx) { _ in }
     }
 }

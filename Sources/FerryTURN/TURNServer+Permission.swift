@@ -68,6 +68,7 @@ extension TURNServer {
             metrics.add(counters.permissionsCreated)
         }
         table.pointee.allocations[Int(slot)].permissionCount = Int32(count)
+        markFastPath(slot)
         return true
     }
 }

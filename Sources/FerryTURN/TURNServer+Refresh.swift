@@ -12,6 +12,7 @@ extension TURNServer {
         }
         let a = table.pointee.allocations[Int(slot)]
         let lifetime = grantedLifetime(ctx.msg, allowZero: true)
+        markFastPath(slot)
         // REQUESTED-ADDRESS-FAMILY in a Refresh names one family of a dual allocation
         // (RFC 8656 §7.5): 443 if the allocation has no relay of that family.
         if let f = ctx.msg.attribute(STUN.Attribute.requestedAddressFamily) {
@@ -33,6 +34,10 @@ extension TURNServer {
     }
 
     func delete(_ slot: Int32, _ reason: AllocationRecord.End, now: UInt64) {
+        if mirrorsFastPath {
+            willEnd?(slot)
+            fastPathDirty.append(slot)
+        }
         if let onEnd { onEnd(AllocationRecord(table.pointee.allocations[Int(slot)], now: now), reason) }
         let user = table.pointee.allocations[Int(slot)].username
         closeRelays(slot)

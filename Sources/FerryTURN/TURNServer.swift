@@ -26,6 +26,16 @@ public final class TURNServer {
     /// Called when an allocation ends, with its last state and why (the session log). Set once
     /// by the owner before traffic; runs on this worker's thread.
     public var onEnd: ((AllocationRecord, AllocationRecord.End) -> Void)?
+    /// The kernel fast path (TURNFastPath): when `mirrorsFastPath`, allocations whose forwardable
+    /// channels may have changed are listed here for the next sync, and `willEnd` runs before an
+    /// allocation ends (its kernel counts join it). Set once by the owner before traffic.
+    public var mirrorsFastPath = false
+    public var fastPathDirty: [Int32] = []
+    public var willEnd: ((Int32) -> Void)?
+
+    @inline(__always) func markFastPath(_ slot: Int32) {
+        if mirrorsFastPath { fastPathDirty.append(slot) }
+    }
 
     public init(settings: TURNSettings, credentials: CredentialStore, nonces: NonceCodec, policy: PeerPolicy,
                 relays: RelayProvider, shared: TURNShared, counters: TURNCounters, metrics: CounterBlock) {
@@ -51,17 +61,25 @@ public final class TURNServer {
         table.deallocate()
     }
 
-    /// Reload: new users, secrets and peer policy apply to new requests at once, and to bound
-    /// channels' next packet (whether a channel's peer is limited to live ports).
+    /// Reload: new users, secrets and peer policy apply to new requests at once, and to what is
+    /// installed: a permission or channel for a peer the new policy denies lapses now (nothing
+    /// more is relayed to or from it), and bound channels' next packet sees whether their peer
+    /// is limited to live ports.
     public func update(credentials: CredentialStore, policy: PeerPolicy) {
         self.credentials = credentials
         self.policy = policy
         let t = table
         for i in 0..<t.pointee.usedSlots where t.pointee.allocations[i].active {
+            let permissions = t.pointee.permissionBase(Int32(i))
+            for p in 0..<Int(t.pointee.allocations[i].permissionCount) where !policy.permitsPermission(permissions[p].ip) {
+                permissions[p].expiry = 0
+            }
             let base = t.pointee.channelBase(Int32(i))
             for c in 0..<Int(t.pointee.allocations[i].channelCount) {
                 base[c].liveOnly = policy.limitsToLivePorts(base[c].peer.ip)
+                if !policy.permitsPermission(base[c].peer.ip) { base[c].expiry = 0 }
             }
+            markFastPath(Int32(i))
         }
     }
 

@@ -12,7 +12,8 @@ public struct XDPFlowTable: RelayFlowTable {
     let program: XDPProgram
     /// One value per CPU (a per-CPU map's lookup fills them all).
     private var scratch: [ferry_flow_count]
-    /// Map calls the kernel refused other than a full table (ENOMEM, EPERM…), for the metrics.
+    /// Map calls the kernel refused other than a full table (ENOMEM, EPERM…), not yet taken
+    /// into the metrics.
     public private(set) var errors: UInt64 = 0
     /// Sessions the maps are sized for (`engine.xdp_sessions`).
     public let capacity: Int
@@ -21,6 +22,12 @@ public struct XDPFlowTable: RelayFlowTable {
         self.program = program
         capacity = program.sessions
         scratch = [ferry_flow_count](repeating: ferry_flow_count(), count: program.cpus)
+    }
+
+    /// The errors counted since the last call (the caller adds them to the metrics).
+    public mutating func takeErrors() -> UInt64 {
+        defer { errors = 0 }
+        return errors
     }
 
     static func key(_ k: RelayFastPath.Key) -> ferry_relay_key {

@@ -30,22 +30,33 @@ public final class XDPProgram: @unchecked Sendable {
     let countsMap: Int32
     let portsMap: Int32
     let statsMap: Int32
+    let channelInMap: Int32
+    let channelOutMap: Int32
+    let channelCountsMap: Int32
+    let turnPortsMap: Int32
+    let turnConfigMap: Int32
     /// CPUs a per-CPU value has a slot for.
     let cpus: Int
 
     /// Native-relay sessions the maps hold at once.
     public let sessions: Int
+    /// TURN channels the maps hold at once (each with an entry per direction), and allocations
+    /// with counters (at most one per channel).
+    public let channels: Int
     /// WireGuard keeps up to four receiver indices per direction (RelaySessions.ringSize).
     static let flowsPerSession = 8
 
-    /// Loads the program with maps for `sessions` native-relay sessions.
-    public init(mode: Mode, sessions: Int) throws(Failure) {
+    /// Loads the program with maps for `sessions` native-relay sessions and `channels` TURN channels.
+    public init(mode: Mode, sessions: Int, channels: Int) throws(Failure) {
         self.sessions = sessions
-        let flows = sessions * XDPProgram.flowsPerSession, counters = sessions * 2
+        self.channels = channels
+        var sizes = ferry_xdp_sizes(relay_flows: UInt32(max(sessions * XDPProgram.flowsPerSession, 1)),
+                                    relay_counters: UInt32(max(sessions * 2, 1)),
+                                    channels: UInt32(max(channels, 1)), channel_counters: UInt32(max(channels * 2, 1)))
         guard let object = Base64.decode(XDPObject.base64) else { throw Failure(description: "the built-in XDP object is damaged") }
         var err = [CChar](repeating: 0, count: 640)
         let loaded = object.withUnsafeBytes { b in
-            ferry_xdp_load(b.baseAddress, b.count, UInt32(max(flows, 1)), UInt32(max(counters, 1)), &err, err.count)
+            ferry_xdp_load(b.baseAddress, b.count, &sizes, &err, err.count)
         }
         guard let loaded else {
             throw Failure(description: String(decoding: err.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))
@@ -62,6 +73,11 @@ public final class XDPProgram: @unchecked Sendable {
         countsMap = ferry_xdp_map_fd(loaded, FERRY_XDP_MAP_COUNTS)
         portsMap = ferry_xdp_map_fd(loaded, FERRY_XDP_MAP_PORTS)
         statsMap = ferry_xdp_map_fd(loaded, FERRY_XDP_MAP_STATS)
+        channelInMap = ferry_xdp_map_fd(loaded, FERRY_XDP_MAP_CHANNEL_IN4)
+        channelOutMap = ferry_xdp_map_fd(loaded, FERRY_XDP_MAP_CHANNEL_OUT4)
+        channelCountsMap = ferry_xdp_map_fd(loaded, FERRY_XDP_MAP_CHANNEL_COUNTS)
+        turnPortsMap = ferry_xdp_map_fd(loaded, FERRY_XDP_MAP_TURN_PORTS)
+        turnConfigMap = ferry_xdp_map_fd(loaded, FERRY_XDP_MAP_TURN_CONFIG)
     }
 
     deinit { close() }
@@ -91,6 +107,21 @@ public final class XDPProgram: @unchecked Sendable {
         var one: UInt8 = 1
         let rc = ferry_xdp_update(portsMap, &key, &one)
         guard rc == 0 else { throw Failure(description: "adding port \(port) to the XDP program: \(String(cString: strerror(-rc)))") }
+    }
+
+    /// TURN's UDP listener ports and relayed port range: ChannelData to the former and datagrams
+    /// to the latter are looked at.
+    public func watchTURN(ports: [UInt16], relayPorts: ClosedRange<UInt16>) throws(Failure) {
+        for port in ports {
+            var key = port.bigEndian
+            var one: UInt8 = 1
+            let rc = ferry_xdp_update(turnPortsMap, &key, &one)
+            guard rc == 0 else { throw Failure(description: "adding TURN port \(port) to the XDP program: \(String(cString: strerror(-rc)))") }
+        }
+        var zero: UInt32 = 0
+        var range = ferry_turn_config(relay_port_min: relayPorts.lowerBound, relay_port_max: relayPorts.upperBound, pad: 0)
+        let rc = ferry_xdp_update(turnConfigMap, &zero, &range)
+        guard rc == 0 else { throw Failure(description: "setting TURN's relayed ports in the XDP program: \(String(cString: strerror(-rc)))") }
     }
 
     /// Detaches from every interface and unloads (shutdown; the process ending does the same).
@@ -125,6 +156,10 @@ public final class XDPProgram: @unchecked Sendable {
 
     /// The relay's flow table on this program's maps, for the relay's worker.
     public func flowTable() -> XDPFlowTable { XDPFlowTable(program: self) }
+
+    /// A TURN worker's channel table on this program's maps (each worker has its own, on the
+    /// same maps: the kernel's map calls are safe from any thread).
+    public func channelTable() -> XDPChannelTable { XDPChannelTable(program: self) }
 }
 
 /// The program's counters (`enum ferry_xdp_stat`) as ferryd names them.
@@ -139,5 +174,15 @@ public enum XDPStat {
         ("truncated", FERRY_XDP_PASS_TRUNCATED.rawValue),
         ("no_route", FERRY_XDP_PASS_NO_ROUTE.rawValue),
         ("forwarding_off", FERRY_XDP_PASS_FORWARDING_OFF.rawValue),
+        ("expired", FERRY_XDP_PASS_EXPIRED.rawValue),
+        ("padded", FERRY_XDP_PASS_PADDED.rawValue),
+        ("too_big", FERRY_XDP_PASS_TOO_BIG.rawValue),
+        ("no_headroom", FERRY_XDP_PASS_NO_HEADROOM.rawValue),
+        ("checksum_partial", FERRY_XDP_PASS_CHECKSUM_PARTIAL.rawValue),
+    ]
+    /// TURN channels forwarded, by direction (`ferry_xdp_channel_packets_total{direction}`).
+    public static let channels: [(label: String, packets: UInt32, bytes: UInt32)] = [
+        ("to_peer", FERRY_XDP_CHANNEL_TO_PEER.rawValue, FERRY_XDP_CHANNEL_TO_PEER_BYTES.rawValue),
+        ("to_client", FERRY_XDP_CHANNEL_TO_CLIENT.rawValue, FERRY_XDP_CHANNEL_TO_CLIENT_BYTES.rawValue),
     ]
 }

@@ -77,6 +77,15 @@ class Lab:
             self._nft(nat, rules)
         self.peer_addresses = {"a": "10.1.0.2", "b": "10.2.0.2"}
 
+    def checksums_in_software(self):
+        """The peers' kernels write whole UDP checksums (`ethtool -K tx off`), as packets from a
+        real network arrive. Over veth an offloaded checksum reaches ferryd still to be completed
+        (CHECKSUM_PARTIAL), and the XDP program passes such packets up (docs/xdp.md)."""
+        for ns in (self.peer_a, self.peer_b):
+            out = ns.exec("ip", "-o", "link", "show").stdout
+            name = next(l.split(": ")[1].split("@")[0] for l in out.splitlines() if ": lo:" not in l)
+            ns.exec("ethtool", "-K", name, "tx", "off")
+
     def block_b_now(self):
         """What block_b does, on a lab already built (the tunnel benchmark measures UDP first)."""
         self._nft(self.nat_b, ["add table ip labblock", "add chain ip labblock forwarding { type filter hook forward priority 0; }",

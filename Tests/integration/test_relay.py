@@ -235,6 +235,7 @@ class StockPair:
             engine = ""
             if xdp:  # test_xdp.py: the fast path on ferryd's interface (which must forward: docs/xdp.md)
                 self.lab.ferry.exec("sysctl", "-qw", f"net.ipv4.conf.{self.lab.ferry_if}.forwarding=1")
+                self.lab.checksums_in_software()
                 engine = f'[engine]\nxdp = "generic"\nxdp_interfaces = ["{self.lab.ferry_if}"]\n'
             config = f'[admin]\naddress = "{ADMIN_IP}:9100"\n[server]\nworkers = 2\ndrain_seconds = 0\n{engine}[turn]\nrealm = "lab"\n' \
                      f'static_auth_secrets = ["{SECRET}"]\n' + listener("relay-udp", 3479, service="relay", host=FERRY_IP)

@@ -24,20 +24,26 @@ CLONE_NEWNET = 0x40000000
 LISTENER = {"listener": "relay-udp"}
 
 
-def udp_port_in(ns):
-    """A UDP socket made inside namespace `ns` (it stays there once the test switches back)."""
+def made_in(ns, make):
+    """What `make()` returns, made inside namespace `ns` (a socket stays there once the test
+    switches back)."""
     libc = ctypes.CDLL(None, use_errno=True)
     home = os.open("/proc/self/ns/net", os.O_RDONLY)
     there = os.open(f"/run/netns/{ns.name}", os.O_RDONLY)
     try:
         assert libc.setns(there, CLONE_NEWNET) == 0, os.strerror(ctypes.get_errno())
         try:
-            return UDPPort(host="0.0.0.0")
+            return make()
         finally:
             assert libc.setns(home, CLONE_NEWNET) == 0
     finally:
         os.close(home)
         os.close(there)
+
+
+def udp_port_in(ns):
+    """A UDP socket made inside namespace `ns`."""
+    return made_in(ns, lambda: UDPPort(host="0.0.0.0"))
 
 
 def config(lab, mode="generic", interfaces=None, extra=""):
@@ -55,6 +61,7 @@ class Routed:
         self.factory = factory
         self.lab = Lab(nat_a="none", nat_b="none")
         try:
+            self.lab.checksums_in_software()
             self.start(factory, mode, extra)
         except BaseException:
             self.lab.close()
@@ -107,21 +114,14 @@ def interface(ns):
 
 def capture_in(ns):
     """An AF_PACKET socket in namespace `ns` that reads the IPv4 packets arriving there."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    home = os.open("/proc/self/ns/net", os.O_RDONLY)
-    there = os.open(f"/run/netns/{ns.name}", os.O_RDONLY)
-    try:
-        assert libc.setns(there, CLONE_NEWNET) == 0
-        try:
-            s = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x0800))
-            s.bind((interface(ns), 0x0800))
-            s.settimeout(2)
-            return s
-        finally:
-            assert libc.setns(home, CLONE_NEWNET) == 0
-    finally:
-        os.close(home)
-        os.close(there)
+    name = interface(ns)
+
+    def make():
+        s = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x0800))
+        s.bind((name, 0x0800))
+        s.settimeout(2)
+        return s
+    return made_in(ns, make)
 
 
 def ones_sum(b):
@@ -146,9 +146,8 @@ def test_bound_session_data_is_forwarded_in_the_kernel_byte_for_byte(routed):
     assert r.metric("ferry_xdp_attached") == 1, r.ferryd.output()
     r.pair()
     wait_until(lambda: r.metric("ferry_xdp_entries") == 2, what=lambda: r.ferryd.output()[-2000:])
-    # a's kernel writes whole UDP checksums (no offload), and what reaches b is read raw: the
-    # program's rewritten checksums are checked here, not trusted along a veth path.
-    r.lab.peer_a.exec("ethtool", "-K", interface(r.lab.peer_a), "tx", "off")
+    # a's kernel writes whole UDP checksums (Lab.checksums_in_software), and what reaches b is
+    # read raw: the program's rewritten checksums are checked here, not trusted along a veth path.
     raw = capture_in(r.lab.peer_b)
     seen_by_user_space = r.metric("ferry_udp_datagrams_received_total", LISTENER)
     relay_packets = r.metric("ferry_relay_packets_total")

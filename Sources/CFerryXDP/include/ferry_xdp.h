@@ -44,6 +44,59 @@ struct ferry_flow_count {
     fx_u64 bytes;
 };
 
+// A TURN channel, client to peer: ChannelData over UDP from (client address, client port) to a
+// TURN listener's port, on channel `channel` (the two bytes as on the wire). Mirrors a bound
+// channel of a UDP client's allocation (TURNFastPath).
+struct ferry_channel_in_key {
+    fx_u32 client_ip;
+    fx_u16 client_port;
+    fx_u16 server_port;
+    fx_u16 channel;
+    fx_u16 pad;
+};
+
+// Where its data goes: from the allocation's relayed address to the peer. `relay_ip` 0: the
+// relayed socket is bound to every address, and the route picks the source. `expiry`:
+// monotonic nanoseconds (bpf_ktime_get_ns) at which the channel, its permission or its
+// allocation lapses first; from then on the entry forwards nothing, whenever ferryd removes it.
+struct ferry_channel_in_dest {
+    fx_u32 relay_ip;
+    fx_u32 peer_ip;
+    fx_u16 relay_port;
+    fx_u16 peer_port;
+    fx_u32 counter;
+    fx_u64 expiry;
+};
+
+// A TURN channel, peer to client: a datagram from (peer address, peer port) to a relayed port.
+struct ferry_channel_out_key {
+    fx_u32 peer_ip;
+    fx_u16 peer_port;
+    fx_u16 relay_port;
+};
+
+// Where it goes, as ChannelData on `channel`: to the client, from the listener's address and
+// port it reached (`server_ip` 0: a listener bound to every address; the route picks). A
+// datagram to another address than `relay_ip` (when not 0) is not the relayed socket's.
+struct ferry_channel_out_dest {
+    fx_u32 client_ip;
+    fx_u32 server_ip;
+    fx_u32 relay_ip;
+    fx_u16 client_port;
+    fx_u16 server_port;
+    fx_u16 channel;
+    fx_u16 pad;
+    fx_u32 counter;
+    fx_u64 expiry;
+};
+
+// Where TURN's relayed ports are (host order; 0, 0 when ferryd serves no TURN over UDP).
+struct ferry_turn_config {
+    fx_u16 relay_port_min;
+    fx_u16 relay_port_max;
+    fx_u32 pad;
+};
+
 // The program's own per-CPU counters (index into the stats map).
 enum ferry_xdp_stat {
     FERRY_XDP_FORWARDED = 0,       // rewritten and sent back out (XDP_TX)
@@ -54,6 +107,15 @@ enum ferry_xdp_stat {
     FERRY_XDP_PASS_TRUNCATED,      // lengths that do not add up
     FERRY_XDP_PASS_NO_ROUTE,       // no neighbour or route out of the arrival interface
     FERRY_XDP_PASS_FORWARDING_OFF, // the interface does not forward: the kernel refuses XDP route lookups
+    FERRY_XDP_CHANNEL_TO_PEER,     // TURN ChannelData stripped and sent to its peer
+    FERRY_XDP_CHANNEL_TO_PEER_BYTES,
+    FERRY_XDP_CHANNEL_TO_CLIENT,   // a peer's datagram sent to its client as ChannelData
+    FERRY_XDP_CHANNEL_TO_CLIENT_BYTES,
+    FERRY_XDP_PASS_EXPIRED,        // an entry past its expiry: user space decides (and removes it)
+    FERRY_XDP_PASS_PADDED,         // ChannelData with padding after its data (legal, rare over UDP)
+    FERRY_XDP_PASS_TOO_BIG,        // the ChannelData header would take it past the route's MTU
+    FERRY_XDP_PASS_NO_HEADROOM,    // the driver left no room in front for the ChannelData header
+    FERRY_XDP_PASS_CHECKSUM_PARTIAL, // the UDP checksum is still to be completed (a local or virtual sender's offload)
     FERRY_XDP_STAT_COUNT
 };
 

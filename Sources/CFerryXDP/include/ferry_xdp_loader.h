@@ -10,11 +10,23 @@
 
 struct ferry_xdp;
 
-enum ferry_xdp_map { FERRY_XDP_MAP_RELAY4 = 0, FERRY_XDP_MAP_COUNTS, FERRY_XDP_MAP_PORTS, FERRY_XDP_MAP_STATS };
+enum ferry_xdp_map {
+    FERRY_XDP_MAP_RELAY4 = 0, FERRY_XDP_MAP_COUNTS, FERRY_XDP_MAP_PORTS, FERRY_XDP_MAP_STATS,
+    FERRY_XDP_MAP_CHANNEL_IN4, FERRY_XDP_MAP_CHANNEL_OUT4, FERRY_XDP_MAP_CHANNEL_COUNTS,
+    FERRY_XDP_MAP_TURN_PORTS, FERRY_XDP_MAP_TURN_CONFIG, FERRY_XDP_MAP_COUNT
+};
 
-// Loads the program into the kernel with `flows` entries in relay4 and `counters` in relay_counts.
-// NULL on failure, with libbpf's or the kernel's reason in `err`.
-struct ferry_xdp *ferry_xdp_load(const void *object, size_t size, uint32_t flows, uint32_t counters,
+// Sizes of the maps that depend on the configuration (each at least 1).
+struct ferry_xdp_sizes {
+    uint32_t relay_flows;       // relay4
+    uint32_t relay_counters;    // relay_counts
+    uint32_t channels;          // channel_in4 and channel_out4 each
+    uint32_t channel_counters;  // channel_counts
+};
+
+// Loads the program into the kernel with its maps sized. NULL on failure, with libbpf's or the
+// kernel's reason in `err`.
+struct ferry_xdp *ferry_xdp_load(const void *object, size_t size, const struct ferry_xdp_sizes *sizes,
                                  char *err, size_t errlen);
 
 // The descriptor of one of the program's maps (owned by the loaded object).

@@ -29,8 +29,9 @@ extension RelayService {
         let got = state.mirror.collect(&table, table: &state.table, now: now)
         account(got)
         metrics.set(state.counters.entries, UInt64(state.mirror.count))
-        metrics.set(state.counters.refused, state.mirror.refused)
-        metrics.set(state.counters.errors, state.table.errors)
+        metrics.add(state.counters.refused, state.mirror.refused &- state.refusedSeen)
+        state.refusedSeen = state.mirror.refused
+        metrics.add(state.counters.errors, state.table.takeErrors())
     }
 
     private func account(_ got: (packets: UInt64, bytes: UInt64)) {
@@ -45,18 +46,22 @@ struct FastPathState {
     var mirror: RelayFastPath
     var table: XDPFlowTable
     let counters: XDPCounters
+    /// `mirror.refused` as last added to the metrics (TURN's workers add to the same series).
+    var refusedSeen: UInt64 = 0
 }
 
 /// The fast path's series that ferryd keeps (the program's own are read from its stats map:
-/// `Server.registerXDPStats`).
+/// `Server.registerXDPStats`). The relay's worker and every TURN worker add to them.
 struct XDPCounters {
     let entries: CounterID
+    let channelEntries: CounterID
     let refused: CounterID
     let errors: CounterID
 
     init(registering r: some CounterRegistry) {
         entries = r.gauge("ferry_xdp_entries", "Native-relay flows (source, receiver index) in the XDP program's table now.")
-        refused = r.counter("ferry_xdp_refused_total", "Flows left in user space because the kernel table was full (engine.xdp_sessions).", labels: [], gauge: false)
+        channelEntries = r.gauge("ferry_xdp_channel_entries", "TURN channels in the XDP program's tables now.")
+        refused = r.counter("ferry_xdp_refused_total", "Flows and channels left in user space because a kernel table was full (engine.xdp_sessions, engine.xdp_channels).", labels: [], gauge: false)
         errors = r.counter("ferry_xdp_map_errors_total", "XDP map calls the kernel refused for another reason than a full table.", labels: [], gauge: false)
     }
 }

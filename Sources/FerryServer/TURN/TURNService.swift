@@ -64,9 +64,11 @@ final class TURNService: RelayProvider, DatagramService, StreamFrameHandler {
     /// This worker's relayed sockets by local address: TURN to TURN (TURNService+ShortCircuit).
     var localRelays: [SocketAddress: RelayID] = [:]
     var ports: RelayPorts
-    private let metrics: CounterBlock
+    let metrics: CounterBlock
     private let batchSize: Int
     var dataIndications = DataIndicationWriter()
+    /// The XDP fast path (TURNService+FastPath), when engine.xdp is on and attached.
+    var fastPath: ChannelFastPathState?
 
     /// Where a Data indication's header starts before the payload (see `DataIndicationWriter`).
     static let headroom = DataIndicationWriter.headroom
@@ -202,6 +204,7 @@ final class TURNService: RelayProvider, DatagramService, StreamFrameHandler {
         finish(shortCircuit)
         flushClient(socket)
         if relayedPackets > 0 { server.countRelayed(toPeer: true, packets: relayedPackets, bytes: relayedBytes) }
+        syncFastPath()
     }
 
     /// Queues one datagram for a relayed socket, extending the current GSO train when it can.
@@ -376,7 +379,10 @@ final class TURNService: RelayProvider, DatagramService, StreamFrameHandler {
     /// returns, while `input` is still theirs.
     func consume(_ input: UnsafeRawBufferPointer, from conn: StreamConnection) -> Int? {
         var consumed = 0
-        defer { flushPeer() }
+        defer {
+            flushPeer()
+            syncFastPath()
+        }
         while consumed < input.count && !conn.closed {
             let rest = UnsafeRawBufferPointer(rebasing: input[consumed...])
             switch StreamFraming.next(rest, maxFrame: StreamConnection.maxFrame) {
@@ -398,6 +404,7 @@ final class TURNService: RelayProvider, DatagramService, StreamFrameHandler {
 
     func connectionClosed(_ conn: StreamConnection) {
         server.clientGone(ClientKey(address: conn.peer, transport: .stream(conn.id)), now: loop.now)
+        syncFastPath()
     }
 
     private func handleStreamSTUN(_ bytes: UnsafeRawBufferPointer, from conn: StreamConnection) {

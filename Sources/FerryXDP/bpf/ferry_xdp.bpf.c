@@ -3,11 +3,16 @@
 // program only acts on what user space put there and passes everything else up unchanged, so the
 // user-space relay stays complete on its own.
 //
-// Forwarded here: WireGuard transport data (type 4) over IPv4 without options or fragmentation,
-// to a relay port, from a (source, receiver index) that a bound native-relay session has in
-// `relay4`: rewritten to the partner's bound address, from the relay's own address and port,
-// and sent back out of the arrival interface (XDP_TX). Handshakes, control messages, STUN, TURN,
-// IPv6 and anything not parsed to the end go up.
+// Forwarded here, IPv4 without options or fragmentation only, each sent back out of the arrival
+// interface (XDP_TX) as ferryd's socket would have sent it:
+// - native relay: WireGuard transport data (type 4) to a relay port, from a (source, receiver
+//   index) a bound session has in `relay4`: to the partner's bound address, from the relay's
+//   own address and port;
+// - TURN channels: ChannelData from a client to a TURN listener's port whose (client, port,
+//   channel) is in `channel_in4`: the 4-byte header stripped, to the peer from the relayed
+//   address; and a datagram from a peer to a relayed port whose (peer, port) is in
+//   `channel_out4`: the header added, to the client from the listener's address.
+// Handshakes, control messages, STUN, TURN requests, IPv6 and anything not parsed to the end go up.
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
 #include <linux/in.h>
@@ -26,7 +31,7 @@
 #define WG_DATA 4
 #define WG_DATA_MIN 32
 
-// max_entries are set by ferryd before loading (from relay.max_sessions).
+// max_entries are set by ferryd before loading (from engine.xdp_sessions).
 struct {
     __uint(type, BPF_MAP_TYPE_HASH);
     __uint(max_entries, 1);
@@ -50,6 +55,42 @@ struct {
 } relay_ports SEC(".maps");
 
 struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, 1);
+    __type(key, struct ferry_channel_in_key);
+    __type(value, struct ferry_channel_in_dest);
+} channel_in4 SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, 1);
+    __type(key, struct ferry_channel_out_key);
+    __type(value, struct ferry_channel_out_dest);
+} channel_out4 SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, struct ferry_flow_count);
+} channel_counts SEC(".maps");
+
+// The TURN UDP listeners' ports (network order) → 1.
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, 64);
+    __type(key, __u16);
+    __type(value, __u8);
+} turn_ports SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, struct ferry_turn_config);
+} turn_config SEC(".maps");
+
+struct {
     __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
     __uint(max_entries, FERRY_XDP_STAT_COUNT);
     __type(key, __u32);
@@ -66,10 +107,43 @@ static __always_inline int pass(__u32 stat) {
     return XDP_PASS;
 }
 
+static __always_inline void count_flow(void *counts, __u32 counter, __u64 bytes) {
+    struct ferry_flow_count *flow = bpf_map_lookup_elem(counts, &counter);
+    if (flow) {
+        flow->packets += 1;
+        flow->bytes += bytes;
+    }
+}
+
+// Ones' complement arithmetic (RFC 1071, RFC 1624). Fields are summed as they lie in the packet
+// (network order): the sum does not depend on byte order as long as every term is read alike.
 static __always_inline __u16 fold(__u32 sum) {
     sum = (sum & 0xffff) + (sum >> 16);
     sum = (sum & 0xffff) + (sum >> 16);
     return (__u16)sum;
+}
+
+static __always_inline __u32 add32(__u32 sum, __u32 v) { return sum + (v & 0xffff) + (v >> 16); }
+static __always_inline __u32 sub32(__u32 sum, __u32 v) { return sum + (__u16)~(v & 0xffff) + (__u16)~(v >> 16); }
+static __always_inline __u32 sub16(__u32 sum, __u16 v) { return sum + (__u16)~v; }
+
+// A UDP checksum from `sum` (the old one's complement plus the changes): zero is sent as 0xffff,
+// since zero means none.
+static __always_inline __u16 udp_check(__u32 sum) {
+    __u16 check = ~fold(sum);
+    return check ? check : 0xffff;
+}
+
+// Whether the UDP checksum field holds only the pseudo-header's sum: a packet whose sender left
+// the checksum to be completed by offload (CHECKSUM_PARTIAL: a veth from a local namespace, a
+// virtio NIC's host) reaches generic XDP that way. The kernel would complete it later from the
+// packet's old layout, so such a packet goes up (user space's socket gets it whole). A complete
+// checksum equal to that sum by chance (1 in 65536) goes up too: harmless.
+static __always_inline int checksum_partial(struct iphdr *ip, struct udphdr *udp) {
+    __u32 sum = add32(0, ip->saddr);
+    sum = add32(sum, ip->daddr);
+    sum += bpf_htons(IPPROTO_UDP) + udp->len;
+    return udp->check == fold(sum);
 }
 
 // The header checksum of a 20-byte IPv4 header, computed afresh.
@@ -82,24 +156,36 @@ static __always_inline __u16 ip_checksum(struct iphdr *ip) {
     return ~fold(sum);
 }
 
-SEC("xdp")
-int ferry_xdp(struct xdp_md *ctx) {
-    void *data = (void *)(long)ctx->data;
-    void *end = (void *)(long)ctx->data_end;
-    struct ethhdr *eth = data;
-    if ((void *)(eth + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP)) return XDP_PASS;
-    struct iphdr *ip = (void *)(eth + 1);
-    if ((void *)(ip + 1) > end || ip->protocol != IPPROTO_UDP) return XDP_PASS;
-    struct udphdr *udp = (void *)(ip + 1);
-    if (ip->ihl != 5) {
-        // Options: the UDP header is elsewhere; only a relay port's traffic is counted.
-        return XDP_PASS;
-    }
-    if ((void *)(udp + 1) > end) return XDP_PASS;
-    __u16 relay_port = udp->dest;
-    if (!bpf_map_lookup_elem(&relay_ports, &relay_port)) return XDP_PASS;
-    if (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET)) return pass(FERRY_XDP_PASS_FRAGMENT);
+// The route and neighbour the kernel has for `dst` from `*src` (0: the address the route
+// prefers, written back), out of the arrival interface, as the relay's socket would send it.
+// XDP_TX or the reason to pass; MACs filled in on success. No neighbour yet, or a route out of
+// another interface: user space sends it (and the kernel resolves the neighbour for next time).
+static __always_inline int route(struct xdp_md *ctx, struct ethhdr *eth, __u32 *src, __u32 dst,
+                                 __u16 sport, __u16 dport, __u32 tot_len) {
+    struct bpf_fib_lookup fib = {};
+    fib.family = AF_INET;
+    fib.l4_protocol = IPPROTO_UDP;
+    fib.sport = sport;
+    fib.dport = dport;
+    fib.tot_len = tot_len;
+    fib.ipv4_src = *src;
+    fib.ipv4_dst = dst;
+    fib.ifindex = ctx->ingress_ifindex;
+    __u32 flags = BPF_FIB_LOOKUP_OUTPUT | (*src ? 0 : BPF_FIB_LOOKUP_SRC);
+    long rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), flags);
+    // The kernel answers route lookups from XDP only on interfaces that forward
+    // (net.ipv4.conf.<interface>.forwarding = 1): ferryd warns at start when one does not.
+    if (rc == BPF_FIB_LKUP_RET_FWD_DISABLED) return pass(FERRY_XDP_PASS_FORWARDING_OFF);
+    if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED) return pass(FERRY_XDP_PASS_TOO_BIG);
+    if (rc != BPF_FIB_LKUP_RET_SUCCESS || fib.ifindex != ctx->ingress_ifindex) return pass(FERRY_XDP_PASS_NO_ROUTE);
+    *src = fib.ipv4_src;
+    __builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN);
+    __builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN);
+    return XDP_TX;
+}
 
+// Native relay: WireGuard data to a relay listener's port.
+static __always_inline int relay(struct xdp_md *ctx, struct ethhdr *eth, struct iphdr *ip, struct udphdr *udp, void *end) {
     __u8 *wg = (void *)(udp + 1);
     if ((void *)(wg + 8) > end) return pass(FERRY_XDP_PASS_TRUNCATED);
     if (wg[0] != WG_DATA || wg[1] | wg[2] | wg[3]) return pass(FERRY_XDP_PASS_NOT_DATA);
@@ -114,53 +200,62 @@ int ferry_xdp(struct xdp_md *ctx) {
     };
     struct ferry_relay_dest *dest = bpf_map_lookup_elem(&relay4, &key);
     if (!dest) return pass(FERRY_XDP_PASS_NO_ENTRY);
+    __u32 src = ip->daddr;
+    int verdict = route(ctx, eth, &src, dest->dest_ip, udp->dest, dest->dest_port, ip_len);
+    if (verdict != XDP_TX) return verdict;
 
-    // Out of the arrival interface, as the relay's socket would send it: the route and neighbour
-    // the kernel has for the partner. No neighbour yet, or a route out of another interface:
-    // user space sends it (and the kernel resolves the neighbour for next time).
-    struct bpf_fib_lookup fib = {};
-    fib.family = AF_INET;
-    fib.l4_protocol = IPPROTO_UDP;
-    fib.sport = relay_port;
-    fib.dport = dest->dest_port;
-    fib.tot_len = ip_len;
-    fib.ipv4_src = ip->daddr;
-    fib.ipv4_dst = dest->dest_ip;
-    fib.ifindex = ctx->ingress_ifindex;
-    long rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), BPF_FIB_LOOKUP_OUTPUT);
-    // The kernel answers route lookups from XDP only on interfaces that forward
-    // (net.ipv4.conf.<interface>.forwarding = 1): ferryd warns at start when one does not.
-    if (rc == BPF_FIB_LKUP_RET_FWD_DISABLED) return pass(FERRY_XDP_PASS_FORWARDING_OFF);
-    if (rc != BPF_FIB_LKUP_RET_SUCCESS || fib.ifindex != ctx->ingress_ifindex) return pass(FERRY_XDP_PASS_NO_ROUTE);
-
-    // The UDP checksum, updated (RFC 1624): the pair (source, source port) becomes (partner,
-    // partner port) while the relay's address and port only change places, which a ones'
-    // complement sum does not see. Zero means none was sent (IPv4) and stays zero.
+    // The pair (source, source port) becomes (partner, partner port) while the relay's address
+    // and port only change places, which a ones' complement sum does not see. Zero means none
+    // was sent (IPv4) and stays zero.
     if (udp->check) {
         __u32 sum = (__u16)~udp->check;
-        sum += (__u16)~(ip->saddr & 0xffff) + (__u16)~(ip->saddr >> 16) + (__u16)~udp->source;
-        sum += (dest->dest_ip & 0xffff) + (dest->dest_ip >> 16) + dest->dest_port;
-        __u16 check = ~fold(sum);
-        udp->check = check ? check : 0xffff;
+        sum = sub32(sum, ip->saddr);
+        sum = sub16(sum, udp->source);
+        sum = add32(sum, dest->dest_ip) + dest->dest_port;
+        udp->check = udp_check(sum);
     }
+    __u16 relay_port = udp->dest;
     ip->saddr = ip->daddr;
     ip->daddr = dest->dest_ip;
     udp->source = relay_port;
     udp->dest = dest->dest_port;
     ip->ttl = RELAY_TTL;
     ip->check = ip_checksum(ip);
-    __builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN);
-    __builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN);
 
     __u32 payload = udp_len - sizeof(*udp);
-    struct ferry_flow_count *flow = bpf_map_lookup_elem(&relay_counts, &dest->counter);
-    if (flow) {
-        flow->packets += 1;
-        flow->bytes += payload;
-    }
+    count_flow(&relay_counts, dest->counter, payload);
     count(FERRY_XDP_FORWARDED, 1);
     count(FERRY_XDP_FORWARDED_BYTES, payload);
     return XDP_TX;
+}
+
+#include "ferry_xdp_turn.h"
+
+SEC("xdp")
+int ferry_xdp(struct xdp_md *ctx) {
+    void *data = (void *)(long)ctx->data;
+    void *end = (void *)(long)ctx->data_end;
+    struct ethhdr *eth = data;
+    if ((void *)(eth + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP)) return XDP_PASS;
+    struct iphdr *ip = (void *)(eth + 1);
+    if ((void *)(ip + 1) > end || ip->protocol != IPPROTO_UDP) return XDP_PASS;
+    struct udphdr *udp = (void *)(ip + 1);
+    // Options put the UDP header elsewhere: never parsed here (and not counted: the port is unknown).
+    if (ip->ihl != 5 || (void *)(udp + 1) > end) return XDP_PASS;
+    __u16 port = udp->dest;
+    int which = bpf_map_lookup_elem(&relay_ports, &port) ? 1 : bpf_map_lookup_elem(&turn_ports, &port) ? 2 : 0;
+    if (!which) {
+        __u32 zero = 0;
+        struct ferry_turn_config *turn = bpf_map_lookup_elem(&turn_config, &zero);
+        __u16 p = bpf_ntohs(port);
+        if (!turn || p < turn->relay_port_min || p > turn->relay_port_max) return XDP_PASS;
+        which = 3;
+    }
+    if (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET)) return pass(FERRY_XDP_PASS_FRAGMENT);
+    if (checksum_partial(ip, udp)) return pass(FERRY_XDP_PASS_CHECKSUM_PARTIAL);
+    if (which == 1) return relay(ctx, eth, ip, udp, end);
+    if (which == 2) return channel_to_peer(ctx, eth, ip, udp, end);
+    return channel_to_client(ctx, eth, ip, udp, end);
 }
 
 // GPL-compatible: bpf_fib_lookup is offered to such programs only.
