@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """XDP fast-path benchmark (docs/xdp.md): native-relay forwarding of WireGuard data by the plain C
 forwarder (Benchmarks/udp-forward/cforward.c), ferryd in user space, and ferryd with XDP
-(generic, native), in one run, on Benchmarks/netpair.py's two namespaces: everything the relay
+(generic, native); and TURN ChannelData from clients to a peer (stripped to the data) by ferryd
+in user space, with XDP, and coturn; in one run, on Benchmarks/netpair.py's two namespaces: everything the relay
 costs (the kernel's UDP path, the XDP program, the server process) lands on CPU 1 and everything
 the load costs on CPU 0. Per server: the most packets/s forwarded at <= 0.1% loss, and CPU 1's
 busy time per packet at one common rate (from /proc/stat); "packets/s per core" is 1 s over that
@@ -13,6 +14,7 @@ Not part of the tests; needs root."""
 import argparse
 import os
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -21,6 +23,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "..", "Tests", "integration"))
 sys.path.insert(0, os.path.join(HERE, ".."))
+import turnclient as tc  # noqa: E402
 import wgrelay  # noqa: E402
 from common import sweep, write_ferryd_config  # noqa: E402
 from netpair import PEERS_IF, PEERS_IP, PEERS_NS, RELAY_IF, RELAY_IP, RELAY_NS, busy, sh, start  # noqa: E402
@@ -82,6 +85,60 @@ service = "relay"
             probe.close()
 
 
+def turn_server(binary, tmp, kind, port):
+    """ferryd (user space or XDP) or coturn serving TURN over UDP on RELAY_IP:port."""
+    if kind == "turn-coturn":
+        args = ["turnserver", "-n", "--no-cli", "--no-tls", "--no-dtls", "-L", RELAY_IP, "-E", RELAY_IP, "-p", str(port), "-r", "bench",
+                "-a", "-u", "test:pass", "--allowed-peer-ip", PEERS_IP, "-m", "1", "--db", os.path.join(tmp, "turndb"),
+                "--log-file", "/dev/null", "--no-stdout-log", "--min-port", "40000", "--max-port", "49999",
+                "--pidfile", os.path.join(tmp, "turn.pid"), "--no-software-attribute"]
+    else:
+        xdp = kind.removeprefix("turn-ferryd").removeprefix("-xdp-") or "off"
+        engine = "[engine]\n" + (f'xdp = "{xdp}"\nxdp_interfaces = ["{RELAY_IF}"]\n' if xdp != "off" else "")
+        args = [binary, "--config", write_ferryd_config(tmp, engine + f"""[turn]
+realm = "bench"
+relay_ipv4 = "{RELAY_IP}"
+port_min = 40000
+port_max = 49999
+unauthorized_per_second = 0
+max_allocations_per_user = 1000
+[[turn.user]]
+name = "test"
+password = "pass"
+[policy]
+allow = ["{PEERS_IP}/32"]
+[[listener]]
+name = "turn-udp"
+address = "{RELAY_IP}:{port}"
+service = "turn"
+""")]
+    proc = start(args)
+    deadline = time.time() + 10
+    while True:
+        try:
+            c = tc.TurnClient((RELAY_IP, port), timeout=0.3, bind=PEERS_IP)
+            c.binding()
+            c.close()
+            return proc
+        except OSError:
+            if time.time() > deadline or proc.poll() is not None:
+                raise RuntimeError(f"{kind} did not start")
+            time.sleep(0.1)
+
+
+def channels(server, n, sink_port):
+    """n TURN clients, each with an allocation and channel 0x4000 to the sink; their sockets."""
+    out = []
+    for _ in range(n):
+        c = tc.TurnClient(server, "test", "pass", timeout=3, bind=PEERS_IP)
+        assert c.allocate([(tc.LIFETIME, struct.pack("!I", 3600))]).ok
+        assert c.channel_bind(0x4000, PEERS_IP, sink_port).ok
+        c.sock.connect(server)
+        out.append(c.sock)
+    time.sleep(0.2)  # ferryd writes the kernel table after the batch
+    return out
+
+
 def sessions(relay, n, sink_port):
     """n sessions whose B end is the sink's address, with a handshake each; their A sockets."""
     sink = Port(sink_port)
@@ -102,15 +159,18 @@ def sessions(relay, n, sink_port):
     return out
 
 
-def blast(bindir, socks, rate, duration, sink_port):
+def blast(bindir, socks, rate, duration, sink_port, turn=False):
     sink = subprocess.Popen(["taskset", "-c", "0", f"{bindir}/sink", str(sink_port), str(duration), PEERS_IP], stdout=subprocess.PIPE, text=True)
     time.sleep(0.2)
     base = 1000
     for i, s in enumerate(socks):
         os.dup2(s.fileno(), base + i)
     (c0, c1), t0 = busy(), time.time()
-    gen = subprocess.run(["taskset", "-c", "0", f"{bindir}/tgen", str(base), str(len(socks)), str(B_INDEX), str(PAYLOAD), str(rate),
-                          str(duration), "1", "wg"], capture_output=True, text=True, check=True, pass_fds=range(base, base + len(socks)))
+    # The same 1200-byte datagrams: WireGuard data, or ChannelData carrying 1196 bytes.
+    load = [str(0x4000), str(PAYLOAD + 12), str(rate), str(duration), "1"] if turn else \
+        [str(B_INDEX), str(PAYLOAD), str(rate), str(duration), "1", "wg"]
+    gen = subprocess.run(["taskset", "-c", "0", f"{bindir}/tgen", str(base), str(len(socks)), *load],
+                         capture_output=True, text=True, check=True, pass_fds=range(base, base + len(socks)))
     (d0, d1), t1 = busy(), time.time()
     for i in range(len(socks)):
         os.close(base + i)
@@ -138,11 +198,15 @@ def inner(a):
                     s.bind((PEERS_IP, 0))
                     s.connect((RELAY_IP, port))
                     socks.append(s)
+            elif kind.startswith("turn-"):
+                proc = turn_server(a.ferryd, tmp, kind, port)
+                socks = channels((RELAY_IP, port), a.sessions, sink)
             else:
                 proc = ferryd(a.ferryd, tmp, {"ferryd": "off", "ferryd-xdp-generic": "generic", "ferryd-xdp-native": "native"}[kind], port, a.sessions)
                 socks = sessions((RELAY_IP, port), a.sessions, sink)
-            best = sweep(kind, rates, lambda rate: blast(a.bindir, socks, rate, a.duration, sink))
-            cpu = blast(a.bindir, socks, a.cpu_rate, a.duration, sink)
+            turn = kind.startswith("turn-")
+            best = sweep(kind, rates, lambda rate: blast(a.bindir, socks, rate, a.duration, sink, turn))
+            cpu = blast(a.bindir, socks, a.cpu_rate, a.duration, sink, turn)
             for s in socks:
                 s.close()
             proc.terminate()
@@ -156,7 +220,7 @@ def inner(a):
     for k, r in results.items():
         print(f"{k:20s} {r['best']:23.0f} {r['cpu']:18.2f} {1e6 / max(r['cpu'], 0.01):15.0f} {r['all']:17.2f}")
     c = results.get("cforward")
-    for k in ("ferryd", "ferryd-xdp-generic", "ferryd-xdp-native"):
+    for k in ("ferryd", "ferryd-xdp-generic", "ferryd-xdp-native", "turn-ferryd", "turn-ferryd-xdp-generic", "turn-ferryd-xdp-native", "turn-coturn"):
         if k in results and c and results[k]["cpu"] > 0:
             print(f"ratio {k}/C forwarder: packets/s per core {c['cpu'] / results[k]['cpu']:.2f}"
                   f"{' (goal >= 5)' if 'xdp' in k else ''}, max packets/s {results[k]['best'] / max(c['best'], 1):.2f}")
@@ -174,7 +238,8 @@ def main():
     p.add_argument("--duration", type=float, default=3)
     p.add_argument("--rates", default="50000,100000,150000,200000,250000,300000")
     p.add_argument("--cpu-rate", type=int, default=100000)
-    p.add_argument("--servers", default="cforward,ferryd,ferryd-xdp-generic,ferryd-xdp-native")
+    p.add_argument("--servers", default="cforward,ferryd,ferryd-xdp-generic,ferryd-xdp-native,"
+                                        "turn-ferryd,turn-ferryd-xdp-generic,turn-ferryd-xdp-native,turn-coturn")
     p.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.inner:
