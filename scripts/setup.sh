@@ -22,6 +22,11 @@ missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
 done
+if [ "$mode" = test ]; then
+  # No man-db index rebuild after each install (apt here, dpkg in the package test): minutes of
+  # CI time spent on an index nobody searches on a test machine.
+  echo "man-db man-db/auto-update boolean false" | $sudo debconf-set-selections
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}"
   $sudo apt-get update -qq

@@ -1,16 +1,7 @@
 import FerryCore
 
-/// A kernel table the fast path mirrors sessions into (the XDP program's `relay4` and
-/// `relay_counts` maps; a dictionary in tests). Called on the relay's worker only, after a batch
-/// and once a second: never per packet.
-public protocol RelayFlowTable {
-    /// Inserts or replaces; false when the kernel refused (the flow stays in user space).
-    mutating func set(_ key: RelayFastPath.Key, _ entry: RelayFastPath.Entry) -> Bool
-    mutating func remove(_ key: RelayFastPath.Key)
-    /// What the kernel forwarded under `counter` since it was reset, summed over CPUs.
-    func read(counter: UInt32) -> (packets: UInt64, bytes: UInt64)
-    mutating func reset(counter: UInt32)
-}
+/// The native relay's kernel table (the XDP program's `relay4` and `relay_counts` maps).
+public protocol RelayFlowTable: KernelFlowTable where Key == RelayFastPath.Key, Entry == RelayFastPath.Entry {}
 
 /// What the kernel fast path holds for the native relay (docs/xdp.md), kept by ferryd as the
 /// single source of truth: the forwardable part of `RelaySessions`' index table. A (source,
@@ -39,9 +30,8 @@ public struct RelayFastPath {
         public var counter: UInt32
     }
 
-    /// Installed entries and the slot that owns each (a key moves between slots on a collision,
-    /// and only its owner may remove it).
-    private(set) var installed: [Key: (slot: UInt32, entry: Entry)] = [:]
+    /// Installed entries and the slot that owns each (a key moves between slots on a collision).
+    private(set) var installed = InstalledEntries<Key, Entry, UInt32>()
     private var bySlot: [UInt32: [Key]] = [:]
     /// Per slot: what was read of its two counters so far (to turn totals into deltas).
     private var seen: [UInt32: (p0: UInt64, b0: UInt64, p1: UInt64, b1: UInt64)] = [:]
@@ -49,16 +39,13 @@ public struct RelayFastPath {
     private var throttled: Set<UInt32> = []
     /// Kernel refusals (a full map, or no counter slot free): the flow stays in user space.
     public private(set) var refused: UInt64 = 0
-    /// Counter slots are handed out in pairs (one per direction), `capacity` pairs in all: the
-    /// kernel's counter map is sized for the sessions it may hold, not for every session.
-    private let capacity: UInt32
+    /// Counter slots, a pair per session (one per direction).
+    private var pool: CounterPairPool
     private var counterBase: [UInt32: UInt32] = [:]
-    private var freeBases: [UInt32] = []
-    private var nextBase: UInt32 = 0
 
     /// A mirror for a kernel that holds at most `capacity` sessions at once.
     public init(capacity: Int = 1 << 20) {
-        self.capacity = UInt32(capacity)
+        pool = CounterPairPool(capacity: capacity)
     }
 
     /// Entries in the kernel now.
@@ -78,7 +65,7 @@ public struct RelayFastPath {
             var base = counterBase[slot]
             var wanted: [Key: Entry] = [:]
             if !throttled.contains(slot) && RelayFastPath.isForwardable(slot, in: sessions) {
-                if base == nil, let fresh = allocateCounters() {
+                if base == nil, let fresh = pool.take() {
                     table.reset(counter: fresh)
                     table.reset(counter: fresh + 1)
                     seen[slot] = (0, 0, 0, 0)
@@ -96,25 +83,12 @@ public struct RelayFastPath {
                 total.packets &+= got.packets
                 total.bytes &+= got.bytes
             }
-            for key in before where wanted[key] == nil && installed[key]?.slot == slot {
-                table.remove(key)
-                installed[key] = nil
-            }
-            var keys: [Key] = []
-            for (key, entry) in wanted {
-                if installed[key]?.entry != entry || installed[key]?.slot != slot {
-                    guard table.set(key, entry) else {
-                        refused &+= 1
-                        continue
-                    }
-                    installed[key] = (slot, entry)
-                }
-                keys.append(key)
-            }
+            let (keys, refusals) = installed.apply(slot, before: before, wanted: wanted, table: &table)
+            refused &+= refusals
             if keys.isEmpty {
                 bySlot[slot] = nil
                 seen[slot] = nil
-                if let base = counterBase.removeValue(forKey: slot) { freeBases.append(base) }
+                if let base = counterBase.removeValue(forKey: slot) { pool.give(base) }
             } else {
                 bySlot[slot] = keys
             }
@@ -181,13 +155,6 @@ public struct RelayFastPath {
             }
         }
         return (packets, bytes)
-    }
-
-    private mutating func allocateCounters() -> UInt32? {
-        if let base = freeBases.popLast() { return base }
-        guard nextBase / 2 < capacity else { return nil }
-        defer { nextBase += 2 }
-        return nextBase
     }
 
     /// Whether `slot`'s session can be forwarded in the kernel at all: active, both ends UDP

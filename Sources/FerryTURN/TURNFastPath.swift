@@ -1,16 +1,7 @@
 import FerryCore
 
-/// A kernel table the TURN fast path mirrors channels into (the XDP program's `channel_in4`,
-/// `channel_out4` and `channel_counts` maps; a dictionary in tests). Called on the worker's
-/// thread after a batch that changed allocations and once a second: never per packet.
-public protocol ChannelFlowTable {
-    /// Inserts or replaces; false when the kernel refused (the channel stays in user space).
-    mutating func set(_ key: TURNFastPath.Key, _ entry: TURNFastPath.Entry) -> Bool
-    mutating func remove(_ key: TURNFastPath.Key)
-    /// What the kernel forwarded under `counter` since it was reset, summed over CPUs.
-    func read(counter: UInt32) -> (packets: UInt64, bytes: UInt64)
-    mutating func reset(counter: UInt32)
-}
+/// TURN's kernel table (the XDP program's `channel_in4`, `channel_out4` and `channel_counts` maps).
+public protocol ChannelFlowTable: KernelFlowTable where Key == TURNFastPath.Key, Entry == TURNFastPath.Entry {}
 
 /// What the kernel fast path holds for one worker's TURN channels (docs/xdp.md), kept by ferryd
 /// as the single source of truth. A bound channel is forwardable when its allocation is live,
@@ -50,26 +41,23 @@ public struct TURNFastPath {
     }
 
     /// Installed entries and the allocation slot that owns each.
-    private(set) var installed: [Key: (slot: Int32, entry: Entry)] = [:]
+    private(set) var installed = InstalledEntries<Key, Entry, Int32>()
     private var bySlot: [Int32: (keys: [Key], expiry: UInt64)] = [:]
     /// Per slot: what was read of its two counters so far (to turn totals into deltas).
     private var seen: [Int32: (p0: UInt64, b0: UInt64, p1: UInt64, b1: UInt64)] = [:]
     private var throttled: Set<Int32> = []
     /// Kernel refusals (a full map, or no counter pair free): the channel stays in user space.
     public private(set) var refused: UInt64 = 0
-    private let capacity: UInt32
-    private let counterOffset: UInt32
+    /// Counter slots, a pair per allocation (to the peer, to the client).
+    private var pool: CounterPairPool
     private var counterBase: [Int32: UInt32] = [:]
-    private var freeBases: [UInt32] = []
-    private var nextBase: UInt32 = 0
     /// The worker's UDP listener sockets' bound addresses, by `ClientTransport.udp(listener:)`.
     let listeners: [SocketAddress]
 
     /// A mirror for `capacity` allocations' counters, from `counterOffset` on in the kernel's
     /// counter map (each worker has its own range).
     public init(capacity: Int, counterOffset: UInt32, listeners: [SocketAddress]) {
-        self.capacity = UInt32(capacity)
-        self.counterOffset = counterOffset
+        pool = CounterPairPool(capacity: capacity, offset: counterOffset)
         self.listeners = listeners
     }
 
@@ -102,7 +90,7 @@ public struct TURNFastPath {
             var wanted: [Key: Entry] = [:]
             var expiry = UInt64.max
             if !throttled.contains(slot) && hasForwardable(slot, server, now: now) {
-                if counterBase[slot] == nil, let fresh = allocateCounters() {
+                if counterBase[slot] == nil, let fresh = pool.take() {
                     table.reset(counter: fresh)
                     table.reset(counter: fresh + 1)
                     seen[slot] = (0, 0, 0, 0)
@@ -115,25 +103,12 @@ public struct TURNFastPath {
                 }
             }
             if !before.isEmpty && wanted.isEmpty { total.add(read(slot, table: table, server: server, now: nil)) }
-            for key in before where wanted[key] == nil && installed[key]?.slot == slot {
-                table.remove(key)
-                installed[key] = nil
-            }
-            var keys: [Key] = []
-            for (key, entry) in wanted {
-                if installed[key]?.entry != entry || installed[key]?.slot != slot {
-                    guard table.set(key, entry) else {
-                        refused &+= 1
-                        continue
-                    }
-                    installed[key] = (slot, entry)
-                }
-                keys.append(key)
-            }
+            let (keys, refusals) = installed.apply(slot, before: before, wanted: wanted, table: &table)
+            refused &+= refusals
             if keys.isEmpty {
                 bySlot[slot] = nil
                 seen[slot] = nil
-                if let base = counterBase.removeValue(forKey: slot) { freeBases.append(base) }
+                if let base = counterBase.removeValue(forKey: slot) { pool.give(base) }
             } else {
                 bySlot[slot] = (keys, expiry)
             }
@@ -201,13 +176,6 @@ public struct TURNFastPath {
             a.pointee.bandwidth.spend(Double(got.toPeer.bytes &+ got.toClient.bytes))
         }
         return got
-    }
-
-    private mutating func allocateCounters() -> UInt32? {
-        if let base = freeBases.popLast() { return base }
-        guard nextBase / 2 < capacity else { return nil }
-        defer { nextBase += 2 }
-        return counterOffset + nextBase
     }
 
     /// Whether `slot`'s allocation can have entries at all: live, its client on UDP over IPv4

@@ -10,13 +10,13 @@ import FerryTURN
 /// batch or once a second, never per packet.
 public struct XDPChannelTable: ChannelFlowTable {
     let program: XDPProgram
-    private var scratch: [ferry_flow_count]
+    private var counters: FlowCounters
     /// Map calls the kernel refused other than a full table, not yet taken into the metrics.
     public private(set) var errors: UInt64 = 0
 
     init(program: XDPProgram) {
         self.program = program
-        scratch = [ferry_flow_count](repeating: ferry_flow_count(), count: program.cpus)
+        counters = FlowCounters(map: program.channelCountsMap, cpus: program.cpus)
     }
 
     /// The errors counted since the last call (the caller adds them to the metrics).
@@ -63,16 +63,9 @@ public struct XDPChannelTable: ChannelFlowTable {
         if rc != 0 && rc != -ENOENT { errors &+= 1 }
     }
 
-    public func read(counter: UInt32) -> (packets: UInt64, bytes: UInt64) {
-        var key = counter
-        var values = scratch
-        guard ferry_xdp_lookup(program.channelCountsMap, &key, &values) == 0 else { return (0, 0) }
-        return values.reduce((0, 0)) { ($0.0 &+ $1.packets, $0.1 &+ $1.bytes) }
-    }
+    public func read(counter: UInt32) -> (packets: UInt64, bytes: UInt64) { counters.read(counter) }
 
     public mutating func reset(counter: UInt32) {
-        var key = counter
-        for i in scratch.indices { scratch[i] = ferry_flow_count() }
-        if ferry_xdp_update(program.channelCountsMap, &key, &scratch) != 0 { errors &+= 1 }
+        if !counters.reset(counter) { errors &+= 1 }
     }
 }

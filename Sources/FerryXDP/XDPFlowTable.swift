@@ -10,8 +10,7 @@ import FerryRelay
 /// worker, never per packet.
 public struct XDPFlowTable: RelayFlowTable {
     let program: XDPProgram
-    /// One value per CPU (a per-CPU map's lookup fills them all).
-    private var scratch: [ferry_flow_count]
+    private var counters: FlowCounters
     /// Map calls the kernel refused other than a full table (ENOMEM, EPERM…), not yet taken
     /// into the metrics.
     public private(set) var errors: UInt64 = 0
@@ -21,7 +20,7 @@ public struct XDPFlowTable: RelayFlowTable {
     init(program: XDPProgram) {
         self.program = program
         capacity = program.sessions
-        scratch = [ferry_flow_count](repeating: ferry_flow_count(), count: program.cpus)
+        counters = FlowCounters(map: program.countsMap, cpus: program.cpus)
     }
 
     /// The errors counted since the last call (the caller adds them to the metrics).
@@ -49,16 +48,9 @@ public struct XDPFlowTable: RelayFlowTable {
         if rc != 0 && rc != -ENOENT { errors &+= 1 }
     }
 
-    public func read(counter: UInt32) -> (packets: UInt64, bytes: UInt64) {
-        var key = counter
-        var values = scratch
-        guard ferry_xdp_lookup(program.countsMap, &key, &values) == 0 else { return (0, 0) }
-        return values.reduce((0, 0)) { ($0.0 &+ $1.packets, $0.1 &+ $1.bytes) }
-    }
+    public func read(counter: UInt32) -> (packets: UInt64, bytes: UInt64) { counters.read(counter) }
 
     public mutating func reset(counter: UInt32) {
-        var key = counter
-        for i in scratch.indices { scratch[i] = ferry_flow_count() }
-        if ferry_xdp_update(program.countsMap, &key, &scratch) != 0 { errors &+= 1 }
+        if !counters.reset(counter) { errors &+= 1 }
     }
 }
