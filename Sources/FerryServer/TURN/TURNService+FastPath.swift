@@ -14,6 +14,8 @@ extension TURNService {
         server.mirrorsFastPath = true
         fastPath = ChannelFastPathState(mirror: TURNFastPath(capacity: capacity, counterOffset: counterOffset, listeners: listeners),
                                         table: table, counters: counters)
+        // unowned: this service owns the server that holds the closure, and the server ends
+        // allocations only when driven by this service or by the loop's sweep, which holds it.
         server.willEnd = { [unowned self] slot in
             guard var state = self.fastPath.take() else { return }
             defer { self.fastPath = state }
