@@ -42,6 +42,8 @@ final class FastPathRig {
     init(settings: (inout TURNSettings) -> Void = { _ in }, policy: PeerPolicy = PeerPolicy()) {
         h = Harness(settings: settings, policy: policy)
         h.server.mirrorsFastPath = true
+        // unowned: the rig owns the harness, whose server holds these closures and runs them
+        // only inside the rig's own calls (requests, sync, collect).
         h.server.willEnd = { [unowned self] slot in _ = self.mirror.settle(slot, self.h.server, table: self.table) }
         h.server.onEnd = { [unowned self] record, _ in self.ended.append(record) }
     }
