@@ -17,8 +17,7 @@ extension Tunnel {
 
     /// The ICE socket: TURN from the relay server, checks and data from peers.
     func readICE() {
-        var relayServer: SocketAddress?
-        if case .udp(let s) = relay { relayServer = s }
+        let relayServer = relay.udpServer
         while true {
             guard case .done(let n)? = try? batch.receive(from: ice.raw), n > 0 else { return }
             for j in 0..<n {
@@ -26,7 +25,7 @@ extension Tunnel {
                 let p = UnsafeMutableRawBufferPointer(start: batch.data(j), count: batch.length(j))
                 if from == relayServer {
                     fromRelayServer(p)
-                } else if relays.isRanking && rankingAnswer(p, from: from) {
+                } else if relay.isRanking && rankingAnswer(p, from: from) {
                     continue
                 } else {
                     fromPeer(p, from: from, via: .direct)
@@ -41,7 +40,7 @@ extension Tunnel {
     func fromRelayServer(_ p: UnsafeMutableRawBufferPointer) {
         guard p.count >= 4 else { return }
         if ChannelData.isChannelData(firstByte: p[0]) {
-            guard let (channel, length) = ChannelData.parse(UnsafeRawBufferPointer(p)), let peer = channelPeers[channel] else { return }
+            guard let (channel, length) = ChannelData.parse(UnsafeRawBufferPointer(p)), let peer = relay.peer(forChannel: channel) else { return }
             fromPeer(UnsafeMutableRawBufferPointer(rebasing: p[4..<(4 + length)]), from: peer, via: .relayed)
             return
         }
@@ -51,11 +50,7 @@ extension Tunnel {
             fromPeer(UnsafeMutableRawBufferPointer(mutating: data), from: peer, via: .relayed)
             return
         }
-        guard var t = turn else { return }
-        let (events, sends) = t.receive(m, now: loop.now)
-        turn = t
-        for s in sends { sendTURN(s) }
-        turnEvents(events)
+        performRelay(relay.receive(m, now: loop.now))
     }
 
     /// A datagram from a peer (directly, or unwrapped from the relay): an ICE check if it is
@@ -144,18 +139,19 @@ extension Tunnel {
     }
 
     func forwardRelayed(_ data: UnsafeMutableRawPointer, _ length: Int, to peer: SocketAddress, link i: Int) {
-        guard let channel = peerChannels[peer] else {
+        guard let channel = relay.channel(for: peer) else {
             // Until the channel is bound: a Send indication (allocates; a few packets at most).
-            if let t = turn, t.phase == .allocated { sendTURN(t.sendIndication(to: peer, data: Array(UnsafeRawBufferPointer(start: data, count: length)))) }
+            if let f = relay.frame(Array(UnsafeRawBufferPointer(start: data, count: length)), to: peer) { sendTURN(f) }
             return
         }
-        switch relay {
+        switch relay.transport {
         case .udp(let server):
             // The ChannelData header goes into the slot's headroom: no copy.
             let start = data - ChannelData.headerLength
             ChannelData.writeHeader(channel: channel, length: length, at: start)
             iceOut.append(start, length + ChannelData.headerLength, to: server)
-        case .stream(let c):
+        case .stream:
+            guard let c = relayStream else { return }
             let padded = (length + 3) & ~3
             streamFrame.withUnsafeMutableBytes { f in
                 ChannelData.writeHeader(channel: channel, length: length, at: f.baseAddress!)
@@ -170,12 +166,12 @@ extension Tunnel {
 
     /// Bytes on the TURN stream (TCP or TLS): framed, then as datagrams from the server.
     func readStream() {
-        guard case .stream(let c) = relay else { return }
+        guard let c = relayStream, relay.isStream else { return }
         // Every return sends what is queued while the bytes it points to are still in place.
         defer { flush() }
         while let n = c.read(into: streamReader.freeSpace) {
             if n == 0 {
-                log("relay: \(relayTransport) closed by the server; gathering again")
+                log("relay: \(relay.transportDescription) closed by the server; gathering again")
                 startGathering()
                 return
             }
@@ -191,7 +187,7 @@ extension Tunnel {
             // partial frame left over moves to the front over it.
             flush()
             guard outcome == .more else {
-                log("relay: \(outcome == .invalid ? "unframeable bytes" : "a frame larger than the buffer") on \(relayTransport); reconnecting")
+                log("relay: \(outcome == .invalid ? "unframeable bytes" : "a frame larger than the buffer") on \(relay.transportDescription); reconnecting")
                 startGathering()
                 return
             }

@@ -21,11 +21,8 @@ extension Tunnel {
                 links[i].route = route
                 links[i].routeSince = loop.now
                 byRemote[route.remote] = i
-                log("peer \(short(links[i].key)): path \(route.throughRelay ? "RELAYED" : "DIRECT") \(route)" + (route.via == .relayed ? " via \(relayTransport)" : ""))
-                if route.via == .relayed, var t = turn, t.channel(for: route.remote) == nil {
-                    sendTURN(t.bindChannel(to: route.remote, now: loop.now).request)
-                    turn = t
-                }
+                log("peer \(short(links[i].key)): path \(route.throughRelay ? "RELAYED" : "DIRECT") \(route)" + (route.via == .relayed ? " via \(relay.transportDescription)" : ""))
+                if route.via == .relayed { performRelay(relay.bindChannel(to: route.remote, now: loop.now)) }
                 sendHeld(i, on: route)
                 updateNative(i)
                 handOff(i)
@@ -53,16 +50,7 @@ extension Tunnel {
                 _ = try? s.bytes.withUnsafeBytes { b throws(SystemError) in try Sockets.sendDatagram(ice.raw, b, to: s.to) }
             }
         case .relayed:
-            guard let t = turn, t.phase == .allocated else { return }
-            if let n = t.channel(for: s.to) {
-                var frame = [UInt8](repeating: 0, count: 4 + s.bytes.count)
-                frame.withUnsafeMutableBytes { ChannelData.writeHeader(channel: n, length: s.bytes.count, at: $0.baseAddress!) }
-                frame.replaceSubrange(4..., with: s.bytes)
-                if case .stream = relay { frame += [UInt8](repeating: 0, count: (4 - frame.count % 4) % 4) }
-                sendTURN(frame)
-            } else {
-                sendTURN(t.sendIndication(to: s.to, data: s.bytes))
-            }
+            if let f = relay.frame(s.bytes, to: s.to) { sendTURN(f) }
         }
     }
 

@@ -15,27 +15,32 @@ extension Tunnel {
 
     func startGathering() {
         gathered = false
-        relayCandidate = nil
-        reflexive = nil
         sharedReflexive = nil
         sharedSTUN = nil
-        closeRelay()
-        relayAttempt &+= 1  // a connection still being made for the last gathering is dropped
-        performRelay(relays.start(relayURLs, now: loop.now) { u in try? Resolver.resolve(u.host, port: u.port).first(where: { $0.ip.isIPv4 }) })
+        performRelay(relay.start(now: loop.now))
     }
 
-    /// Carries out what `RelaySelection` decided: measurements from the ICE socket, an attempt,
-    /// or giving up on relays.
-    func performRelay(_ actions: [RelaySelection.Action]) {
+    /// Carries out what `AgentRelay` decided: measurements and TURN bytes from the ICE socket (or
+    /// on the stream), connecting a stream off the loop, closing it, and what gathering does next.
+    func performRelay(_ actions: [AgentRelay.Action]) {
         for a in actions {
             switch a {
             case .measure(let tid, let address):
                 _ = try? STUNBinding.request(tid).withUnsafeBytes { b throws(SystemError) in try Sockets.sendDatagram(ice.raw, b, to: address) }
-            case .attempt(let u):
-                attemptRelay(u)
-            case .exhausted:
-                log("relay: no TURN server reachable (\(relays.urls.count) tried); direct paths only")
+            case .send(let bytes):
+                sendTURN(bytes)
+            case .connect(let u, let attempt):
+                connectRelay(u, attempt: attempt)
+            case .closeStream:
+                if let c = relayStream, let r = streamRegistration { loop.deregister(fd: c.fdRaw, r) }
+                streamRegistration = nil
+                relayStream = nil
+            case .gathered:
                 finishGathering()
+            case .regather:
+                startGathering()
+            case .log(let line):
+                log(line)
             }
         }
     }
@@ -43,54 +48,12 @@ extension Tunnel {
     /// A binding answer from a relay being ranked; true when it was one.
     func rankingAnswer(_ p: UnsafeMutableRawBufferPointer, from: SocketAddress) -> Bool {
         guard case .success(let m) = STUNMessage.parse(UnsafeRawBufferPointer(p)) else { return false }
-        return relays.answer(m, from: from, now: loop.now)
+        return relay.rankingAnswer(m, from: from, now: loop.now)
     }
 
-    /// The ranking ended or an attempt timed out (from `tick`).
-    func tickRelays(now: UInt64) {
-        let ranking = relays.isRanking
-        let actions = relays.tick(now: now)
-        guard !actions.isEmpty else { return }
-        if ranking {
-            let measured = relays.roundTrips.sorted { $0.value < $1.value }.map { "\($0.key) \(Double($0.value / 10_000) / 100) ms" }
-            log("relays by round trip: \(measured.isEmpty ? "none answered" : measured.joined(separator: ", "))")
-        } else {
-            log("relay: no answer over \(relayTransport) within 3 s")
-            closeRelay()
-        }
-        performRelay(actions)
-    }
-
-    func closeRelay() {
-        if case .stream(let c) = relay, let r = streamRegistration {
-            loop.deregister(fd: c.fdRaw, r)
-            streamRegistration = nil
-        }
-        relay = .none
-        turn = nil
-        channelPeers = [:]
-        peerChannels = [:]
-        relayTransport = "none"
-    }
-
-    func attemptRelay(_ u: ServerURL) {
-        relayAttempt &+= 1
-        guard let creds = relayCredentials[u.text] else { return performRelay([relays.failed(now: loop.now)]) }
-        if u.transport == .udp {
-            guard let address = try? Resolver.resolve(u.host, port: u.port).first(where: { $0.ip.isIPv4 }) else {
-                return performRelay([relays.failed(now: loop.now)])
-            }
-            relay = .udp(address)
-            relayTransport = "udp \(address)"
-            var t = TURNClient(credentials: creds, reliable: false, software: "ferry-tunnel")
-            let request = t.allocate(now: loop.now)
-            turn = t
-            sendTURN(request)
-            return
-        }
-        // TCP and TLS connect on a helper thread; the connection comes back to the loop.
-        let caFile = config.caFile, insecure = config.insecure, log = self.log
-        let attempt = relayAttempt
+    /// TCP and TLS connect on a helper thread; the connection comes back to the loop.
+    func connectRelay(_ u: ServerURL, attempt: Int) {
+        let caFile = config.caFile, insecure = config.insecure
         do {
             try Threads.detach(name: "ferry-connect") { [self] in
                 let result: Result<ClientConnection, ClientConnection.Failure>
@@ -109,36 +72,35 @@ extension Tunnel {
                 }
                 let box = UncheckedBox(result)
                 loop.execute { [self] _ in
-                    guard attempt == relayAttempt else { return }
                     switch box.value {
                     case .failure(let e):
-                        log("relay: \(u): \(e)")
-                        performRelay([relays.failed(now: loop.now)])
+                        performRelay(relay.connectFailed(attempt: attempt, url: u, reason: "\(e)", now: loop.now))
                     case .success(let c):
-                        adoptStream(c, url: u, credentials: creds)
+                        adoptStream(c, url: u, attempt: attempt)
                     }
                 }
             }
         } catch {
-            performRelay([relays.failed(now: loop.now)])
+            performRelay(relay.connectFailed(attempt: attempt, url: u, reason: "\(error)", now: loop.now))
         }
     }
 
-    func adoptStream(_ c: ClientConnection, url: ServerURL, credentials: TURNClient.Credentials) {
-        relay = .stream(c)
-        relayTransport = "\(url.transport == .tls ? "tls" : "tcp") \(c.server)"
+    /// A connected stream for `attempt`: the relay allocates on it (a late one is dropped).
+    func adoptStream(_ c: ClientConnection, url: ServerURL, attempt: Int) {
+        guard attempt == relay.attempt else { return }
         streamReader.reset()
         do {
             streamRegistration = try loop.register(fd: c.fdRaw, events: Epoll.input, handler: TunnelSocket(tunnel: self) { $0.readStream() })
         } catch {
-            log("relay: cannot register \(url): \(error)")
-            return performRelay([relays.failed(now: loop.now)])
+            return performRelay(relay.connectFailed(attempt: attempt, url: url, reason: "cannot register: \(error)", now: loop.now))
         }
-        relays.connected(now: loop.now)
-        var t = TURNClient(credentials: credentials, reliable: true, software: "ferry-tunnel")
-        let request = t.allocate(now: loop.now)
-        turn = t
-        sendTURN(request)
+        guard let actions = relay.connected(attempt: attempt, tls: url.transport == .tls, server: c.server, now: loop.now) else {
+            loop.deregister(fd: c.fdRaw, streamRegistration!)
+            streamRegistration = nil
+            return
+        }
+        relayStream = c
+        performRelay(actions)
     }
 
     /// Gathering ends once the relay is allocated and, with the shared port, WireGuard's own
@@ -147,9 +109,7 @@ extension Tunnel {
     func finishGathering() {
         guard !gathered else { return }
         if let s = shared, !config.relayOnly, sharedReflexive == nil, sharedSTUN == nil {
-            var server: SocketAddress?
-            if case .udp(let a) = relay { server = a }
-            if let a = server ?? nativeRelays.first?.address {
+            if let a = relay.udpServer ?? nativeRelays.first?.address {
                 let tid = TransactionID.random()
                 sharedSTUN = tid
                 try? s.send(STUNBinding.request(tid), to: a)
@@ -179,42 +139,10 @@ extension Tunnel {
 
     /// A TURN control message to the server over the relay's transport.
     func sendTURN(_ bytes: [UInt8]) {
-        switch relay {
-        case .none: break
-        case .udp(let server):
+        if let server = relay.udpServer {
             _ = try? bytes.withUnsafeBytes { b throws(SystemError) in try Sockets.sendDatagram(ice.raw, b, to: server) }
-        case .stream(let c):
+        } else if let c = relayStream, relay.isStream {
             try? c.send(bytes, timeoutMilliseconds: 1000)
-        }
-    }
-
-    func turnEvents(_ events: [TURNClient.Event]) {
-        for e in events {
-            switch e {
-            case .allocated(let relayed, let mapped, let lifetime):
-                log("relay: allocated \(relayed) over \(relayTransport) (lifetime \(lifetime) s)")
-                relays.allocated()
-                // raddr 0.0.0.0 rport 0: the mapped address is the host's own where there is no
-                // NAT, and a relay candidate must not reveal it (--relay-only promises as much).
-                relayCandidate = ICECandidate(kind: .relay, address: relayed, base: ICECandidate.undisclosed, localPreference: 65535)
-                if case .udp = relay, let mapped { reflexive = ICECandidate(kind: .srflx, address: mapped, base: SocketAddress(ip: .ipv4Any, port: icePort)) }
-                finishGathering()
-            case .failed(let request, let code, let reason):
-                if request == .allocate {
-                    log("relay: allocate over \(relayTransport) failed: \(code == 0 ? reason : "\(code) \(reason)")")
-                    closeRelay()
-                    performRelay([relays.failed(now: loop.now)])
-                } else if case .refresh = request {
-                    log("relay: refresh failed (\(code) \(reason)); gathering again")
-                    startGathering()
-                }
-            case .channelBound(let number, let peer):
-                channelPeers[number] = peer
-                peerChannels[peer] = number
-                log("relay: channel 0x\(String(number, radix: 16)) bound to \(peer)")
-            default:
-                break
-            }
         }
     }
 }

@@ -18,15 +18,7 @@ extension Tunnel {
         case .welcome(let network, _, let relays):
             log("signaling: welcome to network \(network) as \(short(publicKey)); \(relays.count) relay(s)")
             welcomed = true
-            relayURLs = []
-            relayCredentials = [:]
-            for r in relays {
-                for u in r.urls {
-                    guard let s = ServerURL(u), s.kind == .turn else { continue }
-                    relayURLs.append(s)
-                    relayCredentials[s.text] = .init(username: r.username, password: r.credential)
-                }
-            }
+            relay.configure(relays)
             noteNativeRelays(relays)
             for i in links.indices { links[i].online = false }
             rebindNative()
@@ -62,12 +54,12 @@ extension Tunnel {
             // With the shared port, ICE runs on WireGuard's own port: the pair it finds is one
             // WireGuard can use itself (Tunnel+Native). Otherwise on the agent's ICE socket.
             let port = shared != nil ? wireGuard?.listenPort ?? icePort : icePort
-            let srflx = shared != nil ? sharedReflexive : reflexive
+            let srflx = shared != nil ? sharedReflexive : relay.reflexive
             // Never the WireGuard interface's own addresses: the tunnel must not run over itself.
             for ip in Interfaces.ipv4Addresses(excluding: config.interface) { out.append(ICECandidate(kind: .host, address: SocketAddress(ip: ip, port: port))) }
             if let srflx, !out.contains(where: { $0.address == srflx.address }) { out.append(srflx) }
         }
-        if let relayCandidate { out.append(relayCandidate) }
+        if let c = relay.candidate { out.append(c) }
         return out
     }
 
@@ -137,11 +129,6 @@ extension Tunnel {
         for r in remotes where r.address.ip.isIPv4 { links[i].ice!.addRemote(r) }
         // Permissions on our relay for every remote address, so relayed checks get through.
         handOff(i)
-        // One request per address: the server refuses a request whole when its policy forbids
-        // one of the addresses in it (a remote's private host candidate, say).
-        if var t = turn, t.phase == .allocated {
-            for ip in Set(remotes.map(\.address.ip).filter(\.isIPv4)) { sendTURN(t.permit([ip], now: loop.now)) }
-            turn = t
-        }
+        performRelay(relay.permit(remotes.map(\.address.ip), now: loop.now))
     }
 }

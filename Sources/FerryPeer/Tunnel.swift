@@ -93,8 +93,6 @@ public final class Tunnel: EventHandler, @unchecked Sendable {
         var nativeConnecting = false
     }
 
-    enum Relay { case none, udp(SocketAddress), stream(ClientConnection) }
-
     public let config: TunnelConfig
     let loop: EventLoop
     let engine: Engine
@@ -134,22 +132,10 @@ public final class Tunnel: EventHandler, @unchecked Sendable {
     var byKey: [String: Int] = [:]
     var byRemote: [SocketAddress: Int] = [:]
 
-    // The relay: one allocation shared by every link.
-    var relay = Relay.none
-    var turn: TURNClient?
-    var relayCandidate: ICECandidate?
-    var reflexive: ICECandidate?
-    var relayURLs: [ServerURL] = []
-    var relayCredentials: [String: TURNClient.Credentials] = [:]
-    /// Which TURN server, in what order (RelaySelection); `relayAttempt` counts attempts, so a
-    /// connection finishing after the agent moved on is dropped.
-    var relays = RelaySelection()
-    var relayAttempt = 0
-    /// The relay's bound channels both ways, kept here for the packet path (a lookup in a
-    /// dictionary, instead of a copy of the whole `TURNClient` and a scan of its channels).
-    var channelPeers: [UInt16: SocketAddress] = [:]
-    var peerChannels: [SocketAddress: UInt16] = [:]
-    var relayTransport = "none"
+    /// The TURN relay: one allocation shared by every link (AgentRelay decides, Tunnel+Relay
+    /// carries it out), and the TCP or TLS connection it runs on when not over UDP.
+    var relay: AgentRelay
+    var relayStream: ClientConnection?
     var streamRegistration: Registration?
     let streamReader = StreamFrameReader()
     var streamFrame = [UInt8](repeating: 0, count: 4 + 65536 + 4)
@@ -224,6 +210,7 @@ public final class Tunnel: EventHandler, @unchecked Sendable {
             loop = engine.loops[0]
             ice = try Sockets.udpClient(local: SocketAddress(ip: .ipv4Any, port: config.port))
             icePort = try Sockets.localAddress(ice.raw).port
+            relay = AgentRelay(icePort: icePort) { u in try? Resolver.resolve(u.host, port: u.port).first(where: { $0.ip.isIPv4 }) }
             try Sockets.applyBuffers(ice.raw, receive: Tunnel.socketBuffer, send: Tunnel.socketBuffer)
             for p in cfg.peers {
                 let fd = try Sockets.udpClient(local: SocketAddress(ip: IPAddress("127.0.0.1")!, port: 0))
@@ -294,13 +281,7 @@ public final class Tunnel: EventHandler, @unchecked Sendable {
 
     func tick() {
         let now = loop.now
-        if var t = turn {
-            let (events, sends) = t.tick(now: now)
-            turn = t
-            for s in sends { sendTURN(s) }
-            turnEvents(events)
-        }
-        tickRelays(now: now)
+        performRelay(relay.tick(now: now))
         for i in links.indices {
             guard var agent = links[i].ice else {
                 // A controlling side whose session failed (or never started) offers again.
