@@ -43,7 +43,7 @@ struct ferry_xdp *ferry_xdp_load(const void *object, size_t size, const struct f
                                  char *err, size_t errlen) {
     static const char *names[FERRY_XDP_MAP_COUNT] = {
         "relay4", "relay_counts", "relay_ports", "stats",
-        "channel_in4", "channel_out4", "channel_counts", "turn_ports", "turn_config",
+        "channel_in4", "channel_out4", "channel_counts", "turn_ports", "turn_config", "tx_ports",
     };
     last_message[0] = 0;
     libbpf_set_print(keep_last);

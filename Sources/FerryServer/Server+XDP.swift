@@ -65,6 +65,9 @@ extension Server {
         metrics.computedCounter("ferry_xdp_forwarded_bytes_total", "Bytes of WireGuard packets the XDP program forwarded.") {
             [(labels: "", value: Double(program.stats()[Int(XDPStat.forwardedBytes)]))]
         }
+        metrics.computedCounter("ferry_xdp_redirected_packets_total", "Packets the XDP program forwarded (native relay and TURN channels) out of another attached interface than the one they arrived on (XDP_REDIRECT).") {
+            [(labels: "", value: Double(program.stats()[Int(XDPStat.redirected)]))]
+        }
         metrics.computedCounter("ferry_xdp_passed_total", "Packets to a relay port the XDP program passed to user space, by reason.") {
             let s = program.stats()
             return XDPStat.passed.map { (labels: "reason=\"\($0.label)\"", value: Double(s[Int($0.stat)])) }

@@ -35,6 +35,7 @@ public final class XDPProgram: @unchecked Sendable {
     let channelCountsMap: Int32
     let turnPortsMap: Int32
     let turnConfigMap: Int32
+    let txPortsMap: Int32
     /// CPUs a per-CPU value has a slot for.
     let cpus: Int
 
@@ -78,12 +79,15 @@ public final class XDPProgram: @unchecked Sendable {
         channelCountsMap = ferry_xdp_map_fd(loaded, FERRY_XDP_MAP_CHANNEL_COUNTS)
         turnPortsMap = ferry_xdp_map_fd(loaded, FERRY_XDP_MAP_TURN_PORTS)
         turnConfigMap = ferry_xdp_map_fd(loaded, FERRY_XDP_MAP_TURN_CONFIG)
+        txPortsMap = ferry_xdp_map_fd(loaded, FERRY_XDP_MAP_TX_PORTS)
     }
 
     deinit { close() }
 
-    /// Attaches to the interface called `name`. A refusal (no such interface, no XDP support in
-    /// native mode, another program already there, missing CAP_BPF/CAP_NET_ADMIN) says why.
+    /// Attaches to the interface called `name`, which also becomes a place the program may
+    /// redirect to (a route from one attached interface out of another). A refusal (no such
+    /// interface, no XDP support in native mode, another program already there, missing
+    /// CAP_BPF/CAP_NET_ADMIN) says why.
     public func attach(_ name: String) throws(Failure) {
         let index = if_nametoindex(name)
         guard index > 0 else { throw Failure(description: "no interface \"\(name)\"") }
@@ -98,7 +102,14 @@ public final class XDPProgram: @unchecked Sendable {
             }
             throw Failure(description: "attaching XDP (\(mode.rawValue)) to \(name): \(reason)\(hint)")
         }
-        attached.append((name, FileDescriptor(fd)))
+        let link = FileDescriptor(fd)
+        var key = UInt32(index), value = UInt32(index)
+        let rc = ferry_xdp_update(txPortsMap, &key, &value)
+        guard rc == 0 else {
+            _ = link.close()
+            throw Failure(description: "adding \(name) to the XDP program's interfaces: \(String(cString: strerror(-rc)))")
+        }
+        attached.append((name, link))
     }
 
     /// The relay listeners' UDP ports: only packets to these are looked at.
@@ -166,6 +177,8 @@ public final class XDPProgram: @unchecked Sendable {
 public enum XDPStat {
     public static let forwarded = FERRY_XDP_FORWARDED.rawValue
     public static let forwardedBytes = FERRY_XDP_FORWARDED_BYTES.rawValue
+    /// Of all forwarded (native and channels), those out of another attached interface.
+    public static let redirected = FERRY_XDP_REDIRECTED.rawValue
     /// Why packets to a relay port went up to user space (`ferry_xdp_passed_total{reason}`).
     public static let passed: [(label: String, stat: UInt32)] = [
         ("no_entry", FERRY_XDP_PASS_NO_ENTRY.rawValue),
@@ -179,6 +192,7 @@ public enum XDPStat {
         ("too_big", FERRY_XDP_PASS_TOO_BIG.rawValue),
         ("no_headroom", FERRY_XDP_PASS_NO_HEADROOM.rawValue),
         ("checksum_partial", FERRY_XDP_PASS_CHECKSUM_PARTIAL.rawValue),
+        ("other_interface", FERRY_XDP_PASS_OTHER_INTERFACE.rawValue),
     ]
     /// TURN channels forwarded, by direction (`ferry_xdp_channel_packets_total{direction}`).
     public static let channels: [(label: String, packets: UInt32, bytes: UInt32)] = [

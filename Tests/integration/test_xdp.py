@@ -14,7 +14,7 @@ import pytest
 
 from conftest import ferryd_factory, listener, tmpdir_path, wait_until  # noqa: F401
 from lab import ADMIN_IP, FERRY_IP, Lab
-from netns import available
+from netns import available, veth
 from wgrelay import UDPPort, bind, credential, data, initiation, response
 from test_relay import StockPair, needs_lab
 
@@ -60,6 +60,7 @@ class Routed:
     def __init__(self, factory, mode="generic", extra=""):
         self.factory = factory
         self.lab = Lab(nat_a="none", nat_b="none")
+        self.b_ns = self.lab.peer_b
         try:
             self.lab.checksums_in_software()
             self.start(factory, mode, extra)
@@ -74,7 +75,7 @@ class Routed:
 
     def pair(self):
         self.ka, self.kb = os.urandom(32), os.urandom(32)
-        self.a, self.b = udp_port_in(self.lab.peer_a), udp_port_in(self.lab.peer_b)
+        self.a, self.b = udp_port_in(self.lab.peer_a), udp_port_in(self.b_ns)
         assert bind(self.a, RELAY, credential(SECRET, self.ka, "lab"), self.kb).state == 0
         assert bind(self.b, RELAY, credential(SECRET, self.kb, "lab"), self.ka).state == 1
         self.ia, self.ib = 0x01020304, 0x0A0B0C0D
@@ -296,3 +297,73 @@ def test_stock_wireguard_behind_nats_is_carried_by_the_kernel(ferryd_factory, tm
         assert f.metric("ferry_udp_datagrams_received_total", LISTENER) - user <= 4
     finally:
         p.close()
+
+
+class TwoLANs(Routed):
+    """Routed, with b on a LAN behind a second interface of ferryd's own (10.9.0.0/24): what one
+    side sends leaves by the other interface. `both`: the program is attached to both."""
+
+    def __init__(self, factory, both):
+        self.both = both
+        super().__init__(factory)
+
+    def start(self, factory, mode="generic", extra=""):
+        c = self.lab.ns("lpc")
+        self.ferry_c, _ = veth(self.lab.ferry, "10.9.0.1/24", c, "10.9.0.2/24")
+        c.exec("ip", "route", "add", "default", "via", "10.9.0.1")
+        c.exec("ethtool", "-K", interface(c), "tx", "off")
+        self.b_ns = c
+        for i in (self.lab.ferry_if, self.ferry_c):
+            self.lab.ferry.exec("sysctl", "-qw", f"net.ipv4.conf.{i}.forwarding=1")
+        interfaces = [self.lab.ferry_if] + ([self.ferry_c] if self.both else [])
+        self.ferryd = (factory or self.factory)(config(self.lab, mode, interfaces=interfaces), prefix=self.lab.ferry.prefix(),
+                                                admin_host=ADMIN_IP, admin_port=9100)
+
+
+def exchange(r, rounds):
+    """`rounds` data messages each way, each received as sent and from the relay; their lengths."""
+    sent = []
+    for i in range(rounds):
+        for src, dst, index in ((r.a, r.b, r.ib), (r.b, r.a, r.ia)):
+            m = data(index, os.urandom(i * 25))
+            src.send(m, RELAY)
+            got, frm = dst.recv()
+            assert got == m and frm == RELAY
+            sent.append(len(m))
+    return sent
+
+
+@pytest.mark.parametrize("both", [True, False], ids=["attached-to-both", "attached-to-one"])
+def test_a_route_out_of_another_interface_is_redirected_there_or_left_to_user_space(ferryd_factory, both):  # noqa: F811
+    """A session between the lab's internet and a LAN behind ferryd's second interface. With
+    the program on both interfaces, both directions are forwarded in the kernel (XDP_REDIRECT),
+    byte for byte, checksums whole on arrival; with it on one only, the route out of the other
+    is counted (other_interface) and user space forwards, losing nothing."""
+    if not available():
+        pytest.skip("ip netns needs root")
+    r = TwoLANs(ferryd_factory, both)
+    try:
+        assert r.metric("ferry_xdp_attached") == (2 if both else 1), r.ferryd.output()
+        r.pair()
+        wait_until(lambda: r.metric("ferry_xdp_entries") == 2)
+        raw = capture_in(r.b_ns)
+        user = r.metric("ferry_udp_datagrams_received_total", LISTENER)
+        sent = exchange(r, 30)
+        if both:
+            assert xdp_forwarded(r) == 60 and r.metric("ferry_xdp_redirected_packets_total") == 60
+            assert r.metric("ferry_xdp_forwarded_bytes_total") == sum(sent)
+            assert r.metric("ferry_udp_datagrams_received_total", LISTENER) == user, "user space never saw them"
+            b_port, checked = r.b.address[1], 0
+            while checked < 30:
+                packet = raw.recv(4096)
+                if packet[9] == 17 and struct.unpack("!H", packet[22:24])[0] == b_port and packet[28] == 4:
+                    assert checksums_hold(packet), packet[:48].hex()
+                    assert packet[8] == 64, "sent as the relay's own socket sends, no router between"
+                    checked += 1
+        else:
+            assert xdp_forwarded(r) == 0
+            assert r.metric("ferry_xdp_passed_total", {"reason": "other_interface"}) == 30
+            assert r.metric("ferry_udp_datagrams_received_total", LISTENER) == user + 60
+        raw.close()
+    finally:
+        r.close()

@@ -99,13 +99,13 @@ struct ferry_turn_config {
 
 // The program's own per-CPU counters (index into the stats map).
 enum ferry_xdp_stat {
-    FERRY_XDP_FORWARDED = 0,       // rewritten and sent back out (XDP_TX)
+    FERRY_XDP_FORWARDED = 0,       // rewritten and sent on (XDP_TX, or XDP_REDIRECT to another attached interface)
     FERRY_XDP_FORWARDED_BYTES,     // their UDP payload bytes
     FERRY_XDP_PASS_NO_ENTRY,       // WireGuard data to a relay port with no entry: user space decides
     FERRY_XDP_PASS_NOT_DATA,       // to a relay port but not WireGuard data (control, handshakes)
     FERRY_XDP_PASS_FRAGMENT,       // a fragment, or IP options: never parsed here
     FERRY_XDP_PASS_TRUNCATED,      // lengths that do not add up
-    FERRY_XDP_PASS_NO_ROUTE,       // no neighbour or route out of the arrival interface
+    FERRY_XDP_PASS_NO_ROUTE,       // no route, or no neighbour yet (user space's send resolves it)
     FERRY_XDP_PASS_FORWARDING_OFF, // the interface does not forward: the kernel refuses XDP route lookups
     FERRY_XDP_CHANNEL_TO_PEER,     // TURN ChannelData stripped and sent to its peer
     FERRY_XDP_CHANNEL_TO_PEER_BYTES,
@@ -116,6 +116,8 @@ enum ferry_xdp_stat {
     FERRY_XDP_PASS_TOO_BIG,        // the ChannelData header would take it past the route's MTU
     FERRY_XDP_PASS_NO_HEADROOM,    // the driver left no room in front for the ChannelData header
     FERRY_XDP_PASS_CHECKSUM_PARTIAL, // the UDP checksum is still to be completed (a local or virtual sender's offload)
+    FERRY_XDP_REDIRECTED,          // of the packets forwarded, those sent out of another attached interface
+    FERRY_XDP_PASS_OTHER_INTERFACE, // routed out of an interface the program is not attached to
     FERRY_XDP_STAT_COUNT
 };
 

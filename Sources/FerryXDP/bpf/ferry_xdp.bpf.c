@@ -3,8 +3,9 @@
 // program only acts on what user space put there and passes everything else up unchanged, so the
 // user-space relay stays complete on its own.
 //
-// Forwarded here, IPv4 without options or fragmentation only, each sent back out of the arrival
-// interface (XDP_TX) as ferryd's socket would have sent it:
+// Forwarded here, IPv4 without options or fragmentation only, each sent as ferryd's socket would
+// have sent it: back out of the arrival interface (XDP_TX), or out of another interface the
+// program is attached to when the route says so (XDP_REDIRECT through `tx_ports`):
 // - native relay: WireGuard transport data (type 4) to a relay port, from a (source, receiver
 //   index) a bound session has in `relay4`: to the partner's bound address, from the relay's
 //   own address and port;
@@ -90,6 +91,16 @@ struct {
     __type(value, struct ferry_turn_config);
 } turn_config SEC(".maps");
 
+// The interfaces ferryd attached the program to (ifindex → ifindex): a packet the route sends out
+// of one of them other than its arrival interface is redirected there. Any other interface: the
+// packet goes up and the kernel's stack sends what user space decides.
+struct {
+    __uint(type, BPF_MAP_TYPE_DEVMAP_HASH);
+    __uint(max_entries, 64);
+    __type(key, __u32);
+    __type(value, __u32);
+} tx_ports SEC(".maps");
+
 struct {
     __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
     __uint(max_entries, FERRY_XDP_STAT_COUNT);
@@ -157,11 +168,11 @@ static __always_inline __u16 ip_checksum(struct iphdr *ip) {
 }
 
 // The route and neighbour the kernel has for `dst` from `*src` (0: the address the route
-// prefers, written back), out of the arrival interface, as the relay's socket would send it.
-// XDP_TX or the reason to pass; MACs filled in on success. No neighbour yet, or a route out of
-// another interface: user space sends it (and the kernel resolves the neighbour for next time).
+// prefers, written back), as the relay's socket would send it. XDP_TX (go, out of `*out_if`:
+// MACs filled in) or the reason to pass. No neighbour yet: user space sends it (and the kernel
+// resolves the neighbour for next time); a route out of an interface the program is not on too.
 static __always_inline int route(struct xdp_md *ctx, struct ethhdr *eth, __u32 *src, __u32 dst,
-                                 __u16 sport, __u16 dport, __u32 tot_len) {
+                                 __u16 sport, __u16 dport, __u32 tot_len, __u32 *out_if) {
     struct bpf_fib_lookup fib = {};
     fib.family = AF_INET;
     fib.l4_protocol = IPPROTO_UDP;
@@ -170,18 +181,33 @@ static __always_inline int route(struct xdp_md *ctx, struct ethhdr *eth, __u32 *
     fib.tot_len = tot_len;
     fib.ipv4_src = *src;
     fib.ipv4_dst = dst;
+    // A lookup as for a packet arriving on this interface, not BPF_FIB_LOOKUP_OUTPUT: that one
+    // takes the interface as the way out and so finds only routes through it (a peer on another
+    // of the relay's networks was sent back out of the arrival interface, toward its default route).
     fib.ifindex = ctx->ingress_ifindex;
-    __u32 flags = BPF_FIB_LOOKUP_OUTPUT | (*src ? 0 : BPF_FIB_LOOKUP_SRC);
+    __u32 flags = *src ? 0 : BPF_FIB_LOOKUP_SRC;
     long rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), flags);
     // The kernel answers route lookups from XDP only on interfaces that forward
     // (net.ipv4.conf.<interface>.forwarding = 1): ferryd warns at start when one does not.
     if (rc == BPF_FIB_LKUP_RET_FWD_DISABLED) return pass(FERRY_XDP_PASS_FORWARDING_OFF);
     if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED) return pass(FERRY_XDP_PASS_TOO_BIG);
-    if (rc != BPF_FIB_LKUP_RET_SUCCESS || fib.ifindex != ctx->ingress_ifindex) return pass(FERRY_XDP_PASS_NO_ROUTE);
+    if (rc != BPF_FIB_LKUP_RET_SUCCESS) return pass(FERRY_XDP_PASS_NO_ROUTE);
+    __u32 out = fib.ifindex;
+    if (out != ctx->ingress_ifindex && !bpf_map_lookup_elem(&tx_ports, &out)) return pass(FERRY_XDP_PASS_OTHER_INTERFACE);
+    *out_if = out;
     *src = fib.ipv4_src;
     __builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN);
     __builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN);
     return XDP_TX;
+}
+
+// The rewritten packet out of `out_if`: back out of the arrival interface, or redirected to
+// another the program is attached to (checked by `route`; were it gone meanwhile, the packet
+// goes up as rewritten and the kernel's stack forwards it).
+static __always_inline int send(struct xdp_md *ctx, __u32 out_if) {
+    if (out_if == ctx->ingress_ifindex) return XDP_TX;
+    count(FERRY_XDP_REDIRECTED, 1);
+    return bpf_redirect_map(&tx_ports, out_if, XDP_PASS);
 }
 
 // Native relay: WireGuard data to a relay listener's port.
@@ -200,8 +226,8 @@ static __always_inline int relay(struct xdp_md *ctx, struct ethhdr *eth, struct 
     };
     struct ferry_relay_dest *dest = bpf_map_lookup_elem(&relay4, &key);
     if (!dest) return pass(FERRY_XDP_PASS_NO_ENTRY);
-    __u32 src = ip->daddr;
-    int verdict = route(ctx, eth, &src, dest->dest_ip, udp->dest, dest->dest_port, ip_len);
+    __u32 src = ip->daddr, out_if = 0;
+    int verdict = route(ctx, eth, &src, dest->dest_ip, udp->dest, dest->dest_port, ip_len, &out_if);
     if (verdict != XDP_TX) return verdict;
 
     // The pair (source, source port) becomes (partner, partner port) while the relay's address
@@ -226,7 +252,7 @@ static __always_inline int relay(struct xdp_md *ctx, struct ethhdr *eth, struct 
     count_flow(&relay_counts, dest->counter, payload);
     count(FERRY_XDP_FORWARDED, 1);
     count(FERRY_XDP_FORWARDED_BYTES, payload);
-    return XDP_TX;
+    return send(ctx, out_if);
 }
 
 #include "ferry_xdp_turn.h"

@@ -18,7 +18,8 @@ struct headers {
 
 // Moves the packet's head by `delta` (positive: strips that many bytes after the headers;
 // negative: makes room for them), writes `h` at the new start and, when room was made, the
-// ChannelData header after it. XDP_TX, or XDP_PASS when the kernel had no room (nothing changed).
+// ChannelData header after it. XDP_TX (done: the caller sends it), or XDP_PASS when the kernel
+// had no room (nothing changed).
 static __always_inline int move_headers(struct xdp_md *ctx, int delta, struct headers *h, __u16 channel, __u16 length) {
     if (bpf_xdp_adjust_head(ctx, delta)) return pass(FERRY_XDP_PASS_NO_HEADROOM);
     void *data = (void *)(long)ctx->data;
@@ -84,8 +85,8 @@ static __always_inline int channel_to_peer(struct xdp_md *ctx, struct ethhdr *et
     struct headers old __attribute__((aligned(8))), h __attribute__((aligned(8)));
     __builtin_memcpy(&old, eth, HEADERS);
     h = old;
-    __u32 src = dest->relay_ip;
-    int verdict = route(ctx, &h.eth, &src, dest->peer_ip, dest->relay_port, dest->peer_port, ip_len - CHANNEL_HEADER);
+    __u32 src = dest->relay_ip, out_if = 0;
+    int verdict = route(ctx, &h.eth, &src, dest->peer_ip, dest->relay_port, dest->peer_port, ip_len - CHANNEL_HEADER, &out_if);
     if (verdict != XDP_TX) return verdict;
     h.ip.saddr = src;
     h.ip.daddr = dest->peer_ip;
@@ -102,7 +103,7 @@ static __always_inline int channel_to_peer(struct xdp_md *ctx, struct ethhdr *et
     count_flow(&channel_counts, counter, length);
     count(FERRY_XDP_CHANNEL_TO_PEER, 1);
     count(FERRY_XDP_CHANNEL_TO_PEER_BYTES, length);
-    return XDP_TX;
+    return send(ctx, out_if);
 }
 
 // A peer's datagram to a relayed port.
@@ -118,8 +119,8 @@ static __always_inline int channel_to_client(struct xdp_md *ctx, struct ethhdr *
     struct headers old __attribute__((aligned(8))), h __attribute__((aligned(8)));
     __builtin_memcpy(&old, eth, HEADERS);
     h = old;
-    __u32 src = dest->server_ip;
-    int verdict = route(ctx, &h.eth, &src, dest->client_ip, dest->server_port, dest->client_port, ip_len + CHANNEL_HEADER);
+    __u32 src = dest->server_ip, out_if = 0;
+    int verdict = route(ctx, &h.eth, &src, dest->client_ip, dest->server_port, dest->client_port, ip_len + CHANNEL_HEADER, &out_if);
     if (verdict != XDP_TX) return verdict;
     __u32 length = udp_len - sizeof(*udp);
     __u16 channel = dest->channel, length_field = bpf_htons(length);
@@ -138,5 +139,5 @@ static __always_inline int channel_to_client(struct xdp_md *ctx, struct ethhdr *
     count_flow(&channel_counts, counter, length);
     count(FERRY_XDP_CHANNEL_TO_CLIENT, 1);
     count(FERRY_XDP_CHANNEL_TO_CLIENT_BYTES, length);
-    return XDP_TX;
+    return send(ctx, out_if);
 }
