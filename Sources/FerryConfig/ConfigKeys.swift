@@ -303,8 +303,12 @@ extension FerryConfig {
             .field("turn.strict_channel_numbers", \.turn.strictChannelNumbers, example: [("turn.strict_channel_numbers", "true")]),
         ]),
         ConfigKey(default: "true", allowed: "bool", override: "", reload: .restart,
-                  meaning: "ChannelData and Send from one allocation to another of the same worker are delivered inside ferryd, checked as if they had crossed the network (docs/turn.md)", [
+                  meaning: "ChannelData and Send from one allocation to another of this ferryd are delivered inside it (on one worker directly, across workers in batches), checked as if they had crossed the network (docs/turn.md)", [
             .field("turn.short_circuit", \.turn.shortCircuit, example: [("turn.short_circuit", "false")]),
+        ]),
+        ConfigKey(default: "4194304", allowed: "65536–1073741824", override: "", reload: .restart,
+                  meaning: "TURN to TURN across workers: bytes in flight towards each worker; past it datagrams take the kernel's path (counted: ferry_turn_short_circuit_handoff_full_total)", [
+            .field("turn.short_circuit_handoff_bytes", \.turn.shortCircuitHandoffBytes, example: [("turn.short_circuit_handoff_bytes", "1048576")]),
         ]),
         ConfigKey(default: "[]", allowed: "strings ≥ 16 bytes", override: "", reload: .applied,
                   meaning: "coturn-compatible TURN REST secrets, several for rotation", [

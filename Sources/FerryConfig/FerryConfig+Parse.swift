@@ -126,6 +126,7 @@ extension FerryConfig {
         c.turn.unauthorizedBurst = turn.int("unauthorized_burst", default: 20, range: 1...1_000_000)
         c.turn.strictChannelNumbers = turn.bool("strict_channel_numbers", default: false)
         c.turn.shortCircuit = turn.bool("short_circuit", default: true)
+        c.turn.shortCircuitHandoffBytes = turn.int("short_circuit_handoff_bytes", default: 4 << 20, range: 65536...(1 << 30))
         c.turn.relayBufferBytes = turn.int("relay_buffer_bytes", default: 1 << 20, range: 0...(1 << 30))
         c.turn.staticAuthSecrets = turn.stringArray("static_auth_secrets", default: [])
         for (i, secret) in c.turn.staticAuthSecrets.enumerated() where secret.utf8.count < 16 {

@@ -82,8 +82,10 @@ public struct FerryConfig: Sendable, Equatable {
         public var unauthorizedPerSecond = 5
         public var unauthorizedBurst = 20
         public var strictChannelNumbers = false
-        /// TURN to TURN inside ferryd: allocations of one worker reach each other without the kernel.
+        /// TURN to TURN inside ferryd: allocations reach each other without the kernel (on one
+        /// worker directly, across workers in batches with this many bytes in flight to each).
         public var shortCircuit = true
+        public var shortCircuitHandoffBytes = 4 << 20
         /// SO_RCVBUF/SO_SNDBUF of each relayed socket (0 = kernel default).
         public var relayBufferBytes = 1 << 20
         public var staticAuthSecrets: [String] = []

@@ -82,6 +82,14 @@ extension Server {
                 turn.collectFastPath(now: now)
             }
         }
+        if workers > 1 && t.shortCircuit {
+            let hub = TURNHandoffHub(workers: workers, ports: t.portMin...t.portMax, block: block, budget: t.shortCircuitHandoffBytes)
+            hub.services = turnServices
+            for service in turnServices {
+                service.handoff = hub
+                service.outboxes = Array(repeating: nil, count: workers)
+            }
+        }
         warnIfRelayPortsAreEphemeral()
         logger.info("turn", metadata: ["realm": "\(t.realm)", "relay_ipv4": "\(t.relayIPv4.map { "\($0)" } ?? "-")",
                                        "relay_ipv6": "\(t.relayIPv6.map { "\($0)" } ?? "-")",

@@ -19,6 +19,7 @@ public struct TURNCounters: Sendable {
     /// TURN to TURN inside ferryd (`turn.short_circuit`): datagrams between two allocations of
     /// one worker delivered without a socket in between.
     public let shortCircuited: CounterID
+    public let shortCircuitHandoffFull: CounterID
 
     public static let methods: [UInt16] = [STUNMethods.binding, STUNMethods.allocate, STUNMethods.refresh,
                                            STUNMethods.createPermission, STUNMethods.channelBind]
@@ -115,6 +116,8 @@ public struct TURNCounters: Sendable {
                         registry.counter("ferry_turn_relayed_bytes_total", bytes, labels: [("direction", "to_client")]))
         shortCircuited = registry.counter("ferry_turn_short_circuit_packets_total",
                                           "Datagrams from one allocation to another of this ferryd delivered inside it (turn.short_circuit), not through the kernel.")
+        shortCircuitHandoffFull = registry.counter("ferry_turn_short_circuit_handoff_full_total",
+                                                   "Datagrams to an allocation on another worker that took the kernel's path because turn.short_circuit_handoff_bytes were in flight.")
     }
 
     /// Slots numbered 0… in a standalone block (tests).

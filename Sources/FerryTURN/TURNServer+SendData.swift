@@ -142,6 +142,9 @@ extension TURNServer {
     /// Counts datagrams delivered between two allocations inside ferryd.
     public func countShortCircuited(_ n: UInt64) { metrics.add(counters.shortCircuited, n) }
 
+    /// Counts a datagram for another worker's allocation sent through the kernel: the hand-off was full.
+    public func countShortCircuitHandoffFull() { metrics.add(counters.shortCircuitHandoffFull) }
+
     @usableFromInline
     func drop(_ reason: TURNCounters.Drop) { metrics.add(counters.drops[reason]) }
 

@@ -1,8 +1,8 @@
-"""TURN to TURN inside ferryd (`turn.short_circuit`, docs/turn.md): two allocations of one worker
-that send to each other's relayed addresses are delivered inside ferryd, not through two relayed
-sockets and the kernel. What arrives is what the kernel's path delivers, and it is checked as if it
-had crossed the network: the receiver's permission, the sender's channel and the peer address it
-sees. One worker, so both allocations are on it."""
+"""TURN to TURN inside ferryd (`turn.short_circuit`, docs/turn.md): two allocations that send to
+each other's relayed addresses are delivered inside ferryd, not through two relayed sockets and
+the kernel: on one worker from the batch, across workers in a batch handed over. What arrives is
+what the kernel's path delivers, and it is checked as if it had crossed the network: the
+receiver's permission, the sender's channel and the peer address it sees."""
 import socket
 import struct
 
@@ -41,10 +41,40 @@ def send_indication(c, ip, port, payload):
     c.send_raw(data)
 
 
-def exchange(f):
+PORTS = "port_min = 50000\nport_max = 50999"  # worker 0 relays from 50000–50499, worker 1 from 50500
+
+
+def two_workers(ferryd_factory, short_circuit=True, extra_turn="", extra=""):
+    port = free_port(socket.SOCK_DGRAM)
+    turn = PORTS + "\n" + extra_turn + ("" if short_circuit else "\nshort_circuit = false")
+    f = ferryd_factory(turn_config(port, extra_turn=turn, extra=extra))
+    f.port = port
+    return f
+
+
+def cross_pair(f):
+    """Two allocations on different workers (the relayed port's block says which), made from
+    new client ports until SO_REUSEPORT's hash has put one on each."""
+    held = {}
+    for _ in range(40):
+        c = tc.TurnClient(("127.0.0.1", f.port), "test", "pass")
+        r = c.allocate()
+        assert r.ok
+        relayed = r.addresses(tc.XOR_RELAYED_ADDRESS)[0]
+        w = (relayed[1] - 50000) // 500
+        if w in held:
+            c.close()
+            continue
+        held[w] = (c, relayed)
+        if len(held) == 2:
+            return held[0][0], held[1][0], held[0][1], held[1][1]
+    raise AssertionError("every allocation landed on one worker")
+
+
+def exchange(f, make=pair):
     """What b receives from a: ChannelData both ways, a Send, and ChannelData to a b with no
     channel back (a Data indication)."""
-    a, b, ra, rb = pair(f)
+    a, b, ra, rb = make(f)
     assert a.create_permission("127.0.0.1").ok and b.create_permission("127.0.0.1").ok
     got = []
     # a → b before b has a channel: a Data indication naming a's relayed address.
@@ -116,3 +146,88 @@ def test_coturns_client_to_client_mode_goes_inside_ferryd(ferryd_factory):
                              "-z", "5", "127.0.0.1"])
     assert lost == 0, out[-2000:]
     assert short_circuited(f) >= 4 * 200, out[-1000:]
+
+
+def test_allocations_on_two_workers_reach_each_other_in_a_handed_over_batch(ferryd_factory):
+    inside = two_workers(ferryd_factory)
+    got, ra, rb = exchange(inside, cross_pair)
+    # All ten, the one to a receiver with no channel back too: the record has a Data
+    # indication's room in front of the payload.
+    assert short_circuited(inside) == 10
+    kernel = two_workers(ferryd_factory, short_circuit=False)
+    through, ka, kb = exchange(kernel, cross_pair)
+    assert short_circuited(kernel) == 0
+    assert got[0] == ("indication", [b"no channel back"], [ra]) and through[0][2] == [ka]
+    assert got[1:] == through[1:], "byte for byte what the kernel's path delivers"
+    for f in (inside, kernel):
+        assert f.metric("ferry_turn_relayed_packets_total", {"direction": "to_client"}) == 10
+        assert f.metric("ferry_turn_relayed_packets_total", {"direction": "to_peer"}) == 10
+
+
+def test_across_workers_the_receivers_permission_is_checked_on_its_worker(ferryd_factory):
+    f = two_workers(ferryd_factory)
+    a, b, ra, rb = cross_pair(f)
+    assert a.create_permission("127.0.0.1").ok
+    assert a.channel_bind(0x4001, *rb).ok
+    before = f.metric("ferry_turn_drops_total", {"reason": "no_permission"}) or 0
+    a.send_raw(channel_data(0x4001, b"b never allowed a"))
+    wait_until(lambda: f.metric("ferry_turn_drops_total", {"reason": "no_permission"}) == before + 1)
+    b.sock.settimeout(0.3)
+    try:
+        assert b.sock.recv(2048) is None, "b has no permission for a's relayed address"
+    except socket.timeout:
+        pass
+    assert short_circuited(f) == 0
+    # b's allocation ends: its port is no longer a live allocation's, nothing is handed over.
+    b.refresh(0)
+    a.send_raw(channel_data(0x4001, b"to nobody"))
+    try:
+        assert b.sock.recv(2048) is None
+    except socket.timeout:
+        pass
+    assert short_circuited(f) == 0
+    a.close()
+    b.close()
+
+
+def test_another_programs_socket_in_the_relayed_range_is_reached_through_the_kernel(ferryd_factory):
+    """A socket of another program on the relay's address, at a port of a worker's block that no
+    allocation holds, is a peer like any other: handed to no worker (this once dropped what
+    coturn's client sent to a peer on the relay's host)."""
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.bind(("127.0.0.1", 50999))
+    sink.settimeout(2)
+    f = two_workers(ferryd_factory)
+    for _ in range(8):  # from allocations on both workers, whichever the hash picks
+        c = tc.TurnClient(("127.0.0.1", f.port), "test", "pass")
+        assert c.allocate().ok and c.create_permission("127.0.0.1").ok
+        assert c.channel_bind(0x4001, "127.0.0.1", 50999).ok
+        c.send_raw(channel_data(0x4001, b"to the sink"))
+        assert sink.recv(100) == b"to the sink"
+        c.close()
+    assert short_circuited(f) == 0
+    sink.close()
+
+
+def test_past_the_handoff_budget_a_datagram_takes_the_kernels_path(ferryd_factory):
+    """turn.short_circuit_handoff_bytes at its least (64 KiB): the record of a 65,482-byte payload
+    (56 bytes of head in front: 65,540) does not fit, so it crosses through the kernel instead,
+    whole, and is counted. (65,483 is the most a relayed socket takes: room for a Data
+    indication's header within 16 bits.)"""
+    f = two_workers(ferryd_factory, extra_turn="short_circuit_handoff_bytes = 65536",
+                    extra="[engine]\nmax_datagram = 65535")
+    a, b, ra, rb = cross_pair(f)
+    for c in (a, b):
+        c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        assert c.create_permission("127.0.0.1").ok
+    assert a.channel_bind(0x4001, *rb).ok and b.channel_bind(0x4002, *ra).ok
+    small, big = b"fits", bytes(range(256)) * 255 + bytes(202)
+    a.send_raw(channel_data(0x4001, small))
+    assert b.sock.recv(70000) == channel_data(0x4002, small)
+    assert short_circuited(f) == 1
+    a.send_raw(channel_data(0x4001, big))
+    assert b.sock.recv(70000) == channel_data(0x4002, big)
+    assert short_circuited(f) == 1
+    assert f.metric("ferry_turn_short_circuit_handoff_full_total") == 1
+    a.close()
+    b.close()

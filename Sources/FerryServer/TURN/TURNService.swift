@@ -63,6 +63,10 @@ final class TURNService: RelayProvider, DatagramService, StreamFrameHandler {
     var relays = RelayTable()
     /// This worker's relayed sockets by local address: TURN to TURN (TURNService+ShortCircuit).
     var localRelays: [SocketAddress: RelayID] = [:]
+    /// Across workers (TURNHandoff): the hub, and this batch's records for each worker.
+    var handoff: TURNHandoffHub?
+    var outboxes: [TURNHandoffBatch?] = []
+    let outboxCapacity: Int
     var ports: RelayPorts
     let metrics: CounterBlock
     private let batchSize: Int
@@ -96,6 +100,7 @@ final class TURNService: RelayProvider, DatagramService, StreamFrameHandler {
         ports = RelayPorts(range: portRange, options: Sockets.UDPOptions(reusePort: false, receiveBuffer: relayBuffer, sendBuffer: relayBuffer))
         self.gso = gso
         arenaCapacity = batchSize * maxDatagram
+        outboxCapacity = batchSize * TURNHandoffBatch.size(maxDatagram)
         arena = .allocate(byteCount: arenaCapacity, alignment: 64)
         staging = .allocate(byteCount: arenaCapacity, alignment: 64)
         self.batchHistograms = batchHistograms
@@ -104,7 +109,10 @@ final class TURNService: RelayProvider, DatagramService, StreamFrameHandler {
         toPeer4 = UDPSendQueue(capacity: batchSize, ipv6Socket: false)
         toPeer6 = UDPSendQueue(capacity: batchSize, ipv6Socket: true)
         replies = .allocate(byteCount: batchSize * TURNService.replySlot, alignment: 8)
-        worker.onStop { [unowned self] in self.server?.closeAll(now: self.loop.now) }
+        worker.onStop { [unowned self] in
+            self.server?.closeAll(now: self.loop.now)
+            self.handoff = nil  // the hub holds every service: the cycle ends here
+        }
     }
 
     deinit {
@@ -316,35 +324,8 @@ final class TURNService: RelayProvider, DatagramService, StreamFrameHandler {
                     server.countDrop(.malformed)
                     continue
                 }
-                switch server.peerRoute(slot: relay.slot, generation: relay.generation, peer: peer, length: length, now: now) {
-                case .drop:
-                    continue
-                case .channel(let number, _, .stream(let id)):
-                    // Over a stream, ChannelData is padded to 4 bytes (RFC 8656 §12.5).
-                    let start = data - ChannelData.headerLength
-                    ChannelData.writeHeader(channel: number, length: length, at: start)
-                    let padded = (length + 3) & ~3
-                    for i in length..<padded { (data + i).storeBytes(of: UInt8(0), as: UInt8.self) }
-                    guard toStream(id, UnsafeRawBufferPointer(start: start, count: ChannelData.headerLength + padded)) else { continue }
-                case .indication(_, .stream(let id)):
-                    let start = dataIndications.write(before: data, length: length, peer: peer)
-                    let total = start.distance(to: data) + (length + 3) & ~3
-                    guard toStream(id, UnsafeRawBufferPointer(start: start, count: total)) else { continue }
-                case .channel(let number, let client, .udp(let listener)):
-                    let start = data - ChannelData.headerLength
-                    ChannelData.writeHeader(channel: number, length: length, at: start)
-                    let socket = sockets[Int(listener)]
-                    if socket.toClient.isFull { flushClient(socket) }
-                    socket.toClient.append(start, length + ChannelData.headerLength, to: client)
-                    touched |= 1 << UInt64(listener & 63)
-                case .indication(let client, .udp(let listener)):
-                    let start = dataIndications.write(before: data, length: length, peer: peer)
-                    let total = start.distance(to: data) + (length + 3) & ~3
-                    let socket = sockets[Int(listener)]
-                    if socket.toClient.isFull { flushClient(socket) }
-                    socket.toClient.append(UnsafeRawPointer(start), total, to: client)
-                    touched |= 1 << UInt64(listener & 63)
-                }
+                guard toClient(slot: relay.slot, generation: relay.generation, from: peer, data, length, now: now,
+                               sockets: sockets, touched: &touched) else { continue }
                 packets += 1
                 bytes += UInt64(length)
             }
@@ -357,6 +338,47 @@ final class TURNService: RelayProvider, DatagramService, StreamFrameHandler {
             if packets > 0 { server.countRelayed(toPeer: false, packets: packets, bytes: bytes) }
         }
         if let last { relay.hot.settle(received: last, capacity: batchSize, fd: fd, registration: relay.registration, loop: loop) }
+    }
+
+    /// A datagram from `peer` to the allocation in `slot` (read on its relayed socket, or handed
+    /// over from another worker's allocation), queued for the allocation's client as ChannelData
+    /// or a Data indication written in place in front of `data` (which has
+    /// `TURNService.headroom` bytes before it and its padding after); false when the permission,
+    /// the bandwidth or the client's queue refused it (counted there). UDP clients' sockets
+    /// with datagrams queued are marked in `touched` for the caller to flush.
+    @inline(__always)
+    func toClient(slot: Int32, generation: UInt32, from peer: SocketAddress, _ data: UnsafeMutableRawPointer, _ length: Int,
+                  now: UInt64, sockets: [DatagramSocket], touched: inout UInt64) -> Bool {
+        switch server.peerRoute(slot: slot, generation: generation, peer: peer, length: length, now: now) {
+        case .drop:
+            return false
+        case .channel(let number, _, .stream(let id)):
+            // Over a stream, ChannelData is padded to 4 bytes (RFC 8656 §12.5).
+            let start = data - ChannelData.headerLength
+            ChannelData.writeHeader(channel: number, length: length, at: start)
+            let padded = (length + 3) & ~3
+            for i in length..<padded { (data + i).storeBytes(of: UInt8(0), as: UInt8.self) }
+            return toStream(id, UnsafeRawBufferPointer(start: start, count: ChannelData.headerLength + padded))
+        case .indication(_, .stream(let id)):
+            let start = dataIndications.write(before: data, length: length, peer: peer)
+            let total = start.distance(to: data) + (length + 3) & ~3
+            return toStream(id, UnsafeRawBufferPointer(start: start, count: total))
+        case .channel(let number, let client, .udp(let listener)):
+            let start = data - ChannelData.headerLength
+            ChannelData.writeHeader(channel: number, length: length, at: start)
+            let socket = sockets[Int(listener)]
+            if socket.toClient.isFull { flushClient(socket) }
+            socket.toClient.append(start, length + ChannelData.headerLength, to: client)
+            touched |= 1 << UInt64(listener & 63)
+        case .indication(let client, .udp(let listener)):
+            let start = dataIndications.write(before: data, length: length, peer: peer)
+            let total = start.distance(to: data) + (length + 3) & ~3
+            let socket = sockets[Int(listener)]
+            if socket.toClient.isFull { flushClient(socket) }
+            socket.toClient.append(UnsafeRawPointer(start), total, to: client)
+            touched |= 1 << UInt64(listener & 63)
+        }
+        return true
     }
 
     /// Queues a relayed message for a stream client; false (and counted) when its queue is full.
