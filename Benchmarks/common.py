@@ -30,13 +30,13 @@ def rss_kib(pid):
     return int(re.search(r"VmRSS:\s+(\d+)", open(f"/proc/{pid}/status").read()).group(1))
 
 
-def write_ferryd_config(tmp, body):
-    """A benchmark ferryd's config file: one unpinned worker, no drain, warnings only, no admin
-    endpoint, then `body` (the [turn] table onwards). Returns its path."""
+def write_ferryd_config(tmp, body, workers=1):
+    """A benchmark ferryd's config file: `workers` unpinned workers (one by default), no drain,
+    warnings only, no admin endpoint, then `body` (the [turn] table onwards). Returns its path."""
     path = os.path.join(tmp, "ferry.toml")
     with open(path, "w") as f:
-        f.write("""[server]
-workers = 1
+        f.write(f"""[server]
+workers = {workers}
 pin_workers = false
 drain_seconds = 0
 [log]

@@ -11,7 +11,11 @@ Run twice, side by side: with the short circuit (delivered inside ferryd) and wi
 the sender's relayed socket, the kernel's loopback, a read on the receiver's, then the send to the
 client). Reported: CPU 1's busy time per delivered packet at one common rate (/proc/stat: the
 kernel's work for what reaches ferryd, its sends and its own loopback hop lands there too), and
-the most packets/s at <= 0.1% loss. Not part of the tests; needs root."""
+the most packets/s at <= 0.1% loss. Not part of the tests; needs root.
+
+--across: ferryd with two workers (both on CPU 1), every sender's allocation on the other worker
+than the receiver's (made until the relayed ports' blocks say so): the short circuit then hands
+each batch to the receiver's worker (docs/turn.md), against the kernel's path between them."""
 import argparse
 import os
 import struct
@@ -30,8 +34,9 @@ import netpair  # noqa: E402
 
 
 class Ferryd:
-    def __init__(self, binary, tmp, short_circuit, sessions):
+    def __init__(self, binary, tmp, short_circuit, sessions, workers=1):
         self.port = 3478
+        self.workers = workers
         cfg = write_ferryd_config(tmp, f"""[turn]
 realm = "bench"
 relay_ipv4 = "{RELAY_IP}"
@@ -40,6 +45,7 @@ port_max = 60000
 short_circuit = {"true" if short_circuit else "false"}
 max_channels_per_allocation = {sessions + 1}
 max_permissions_per_allocation = 4
+max_allocations_per_user = 1000
 unauthorized_per_second = 0
 [[turn.user]]
 name = "u"
@@ -48,7 +54,7 @@ password = "p"
 name = "turn-udp"
 address = "{RELAY_IP}:{self.port}"
 service = "turn"
-""")
+""", workers=workers)
         self.proc = start([binary, "--config", cfg])
         deadline = time.time() + 10
         while True:
@@ -72,10 +78,16 @@ service = "turn"
         relayed = r.addresses(tc.XOR_RELAYED_ADDRESS)[0]
         assert receiver.create_permission(RELAY_IP).ok
         senders = []
-        for i in range(n):
+        worker = lambda port: min((port - 20000) // (40001 // self.workers), self.workers - 1)  # noqa: E731
+        while len(senders) < n:
+            i = len(senders)
             c = tc.TurnClient(server, "u", "p", timeout=3, bind=PEERS_IP)
             r = c.allocate([(tc.LIFETIME, struct.pack("!I", 3600))])
             assert r.ok, r.code
+            if self.workers > 1 and worker(r.addresses(tc.XOR_RELAYED_ADDRESS)[0][1]) == worker(relayed[1]):
+                c.refresh(0)  # --across: only senders on the other worker
+                c.close()
+                continue
             assert c.create_permission(RELAY_IP).ok
             assert c.channel_bind(0x4000, *relayed).ok
             assert receiver.channel_bind(0x4001 + i, *r.addresses(tc.XOR_RELAYED_ADDRESS)[0]).ok
@@ -121,6 +133,7 @@ def main():
     p.add_argument("--rounds", type=int, default=5, help="runs at --cpu-rate per path (the median is reported)")
     p.add_argument("--gen-gso", type=int, default=16,
                    help="datagrams per generator send, in runs from one sender (1: senders interleave, so the kernel path's relay hop forms no GSO trains)")
+    p.add_argument("--across", action="store_true", help="two workers, senders on the other one than the receiver")
     p.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
     if not a.inner:
@@ -131,7 +144,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         # One server at a time (they share the listener's port).
         for name, short in modes:
-            f = Ferryd(a.ferryd, tmp, short, a.sessions)
+            f = Ferryd(a.ferryd, tmp, short, a.sessions, workers=2 if a.across else 1)
             senders, sink = f.pairs(a.sessions)
             best = sweep(name, rates, lambda rate: blast(a.bindir, senders, sink, rate, a.duration, a.size, a.gen_gso))
             cpus = []
