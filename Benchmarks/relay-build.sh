@@ -5,4 +5,4 @@ mkdir -p "$out"
 command -v turnserver >/dev/null || "$root/scripts/setup.sh" test
 gcc -O2 -Wall -o "$out/tgen" "$root/Benchmarks/turn-relay/tgen.c"
 for p in cforward loadgen sink; do gcc -O2 -Wall -o "$out/$p" "$root/Benchmarks/udp-forward/$p.c"; done
-(cd "$root" && swift build -c release --product ferryd >/dev/null)
+("$root/scripts/build-release.sh" --product ferryd >/dev/null)

@@ -6,6 +6,6 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 scripts/setup.sh build
-swift build -c release --product ferryd
-swift build -c release --product ferry   # ferry probe checks the running server (README)
+scripts/build-release.sh --product ferryd
+scripts/build-release.sh --product ferry   # ferry probe checks the running server (README)
 exec .build/release/ferryd "$@"

@@ -24,11 +24,11 @@ while [ $# -gt 0 ]; do
 done
 
 if [ $build = 1 ]; then
-  # The Swift runtime and Foundation go into the binaries: a Debian machine has no Swift. Symbols
-  # are bound at load (-z now; with the default RELRO the GOT is then read-only). (lintian's
-  # informational hardening-no-fortify-functions stays: -Xcc -D_FORTIFY_SOURCE=2 would rebuild
-  # every module for the few libc calls of the C shims, a minute more of every CI run.)
-  swift build -c release --static-swift-stdlib -Xlinker -z -Xlinker now >&2
+  # The Swift runtime statically, symbols bound at load: scripts/build-release.sh, the build the
+  # tests made too (so this one finds it done). (lintian's informational
+  # hardening-no-fortify-functions stays: -Xcc -D_FORTIFY_SOURCE=2 would rebuild every module for
+  # the few libc calls of the C shims, a minute more of every CI run.)
+  scripts/build-release.sh >&2
 fi
 bin=$root/.build/release
 for b in ferryd ferry; do

@@ -5,6 +5,6 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 scripts/setup.sh test
-swift build -c release
+scripts/build-release.sh
 swift test
 FERRY_BIN_DIR="$root/.build/release" python3 -m pytest -q Tests/integration "$@"

@@ -6,7 +6,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 command -v nats-server >/dev/null || "$root/scripts/setup.sh" test
-(cd "$root" && swift build -c release --product ferryd >/dev/null && swift build -c release --product ferry >/dev/null)
+("$root/scripts/build-release.sh" --product ferryd >/dev/null && "$root/scripts/build-release.sh" --product ferry >/dev/null)
 out="$root/Benchmarks/out"
 mkdir -p "$out"
 cc -O2 -Wall -o "$out/signal-floor" "$here/floor.c" -lcrypto

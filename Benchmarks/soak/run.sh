@@ -8,5 +8,5 @@ python3 -c "import websockets, cryptography" 2>/dev/null || python3 -m pip insta
 case " $* " in
   *" --ferryd "*) exec python3 "$here/run.py" "$@" ;;
 esac
-(cd "$root" && swift build -c release --product ferryd >/dev/null)
+("$root/scripts/build-release.sh" --product ferryd >/dev/null)
 exec python3 "$here/run.py" --ferryd "$root/.build/release/ferryd" "$@"

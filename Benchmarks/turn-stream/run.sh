@@ -10,5 +10,5 @@ command -v stunnel4 >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=nonint
 gcc -O2 -Wall -o "$out/streamgen" "$here/streamgen.c"
 gcc -O2 -Wall -o "$out/tgen" "$root/Benchmarks/turn-relay/tgen.c"
 gcc -O2 -Wall -o "$out/sink" "$root/Benchmarks/udp-forward/sink.c"
-(cd "$root" && swift build -c release --product ferryd >/dev/null)
+("$root/scripts/build-release.sh" --product ferryd >/dev/null)
 exec python3 "$here/run.py" --ferryd "$root/.build/release/ferryd" --bindir "$out" "$@"

@@ -7,5 +7,5 @@ root=$(cd "$here/../.." && pwd)
 out="$root/Benchmarks/out"
 mkdir -p "$out"
 for p in cforward loadgen sink; do gcc -O2 -Wall -o "$out/$p" "$here/$p.c"; done
-(cd "$root" && swift build -c release --product ferryd >/dev/null)
+("$root/scripts/build-release.sh" --product ferryd >/dev/null)
 exec python3 "$here/run.py" --ferryd "$root/.build/release/ferryd" --bindir "$out" "$@"
