@@ -242,3 +242,46 @@ def test_a_checksum_left_to_offload_goes_up_and_user_space_relays_it(channel):
     c.to_peer(b"finished")
     assert c.peer.recv()[0] == b"finished"
     assert c.kernel("to_peer") == 1
+
+
+def test_ipv6_goes_up_and_user_space_relays_it(ferryd_factory):  # noqa: F811
+    """The program handles IPv4 only: IPv6 on the attached interface goes up untouched and TURN
+    over IPv6 works as without XDP, its channel never mirrored into the kernel's maps. A client
+    and a peer in the lab's router namespace reach ferryd over IPv6 on the same veth."""
+    if not available():
+        pytest.skip("ip netns needs root")
+    lab = Lab(nat_a="none", nat_b="none")
+    try:
+        inet_if = next(l.split()[1] for l in lab.inet.exec("ip", "-o", "-4", "addr", "show").stdout.splitlines() if "198.51.100.254" in l)
+        lab.inet.exec("ip", "addr", "add", "fd00:77::fe/64", "dev", inet_if, "nodad")
+        lab.ferry.exec("ip", "addr", "add", "fd00:77::1/64", "dev", lab.ferry_if, "nodad")
+        lab.ferry.exec("sysctl", "-qw", f"net.ipv4.conf.{lab.ferry_if}.forwarding=1")
+        cfg = config(lab).replace('relay_ipv4 = "198.51.100.1"', 'relay_ipv4 = "198.51.100.1"\nrelay_ipv6 = "fd00:77::1"') \
+                         .replace('allow = ["10.0.0.0/8"]', 'allow = ["10.0.0.0/8", "fd00::/8"]') \
+            + '[[listener]]\nname = "turn-udp6"\naddress = "[fd00:77::1]:3478"\nservice = "turn"\n'
+        f = ferryd_factory(cfg, prefix=lab.ferry.prefix(), admin_host=ADMIN_IP, admin_port=9100)
+        assert f.metric("ferry_xdp_attached") == 1, f.output()
+        client = made_in(lab.inet, lambda: tc.TurnClient(("fd00:77::1", 3478), "test", "pass", family=socket.AF_INET6, bind="fd00:77::fe"))
+        peer = made_in(lab.inet, lambda: socket.socket(socket.AF_INET6, socket.SOCK_DGRAM))
+        peer.bind(("fd00:77::fe", 0))
+        peer.settimeout(2)
+        r = client.allocate([(tc.REQUESTED_ADDRESS_FAMILY, struct.pack("!I", 2 << 24))])
+        assert r.ok, r.attrs
+        relayed = r.addresses(tc.XOR_RELAYED_ADDRESS)[0]
+        assert relayed[0] == "fd00:77::1"
+        assert client.channel_bind(0x4001, "fd00:77::fe", peer.getsockname()[1]).ok
+        for i in range(20):
+            payload = os.urandom(100 + i)
+            client.send_raw(struct.pack("!HH", 0x4001, len(payload)) + payload)
+            got, frm = peer.recvfrom(2048)
+            assert got == payload and frm[:2] == relayed
+            peer.sendto(payload[::-1], relayed)
+            assert client.sock.recv(2048) == struct.pack("!HH", 0x4001, len(payload)) + payload[::-1]
+        assert (f.metric("ferry_xdp_channel_entries") or 0) == 0, "an IPv6 channel is not mirrored"
+        assert sum(f.metric("ferry_xdp_channel_packets_total", {"direction": d}) or 0 for d in DIRECTIONS) == 0
+        assert f.metric("ferry_turn_relayed_packets_total", {"direction": "to_peer"}) == 20
+        assert f.metric("ferry_turn_relayed_packets_total", {"direction": "to_client"}) == 20
+        client.close()
+        peer.close()
+    finally:
+        lab.close()
