@@ -96,14 +96,11 @@ def exchange(f, make=pair):
     return got, ra, rb
 
 
-def test_allocations_of_one_worker_reach_each_other_inside_ferryd_as_through_the_kernel(ferryd_factory):
-    inside = one_worker(ferryd_factory)
-    got, ra, rb = exchange(inside)
-    # ChannelData both ways (4 + 4) and the Send go inside; ChannelData to a receiver with no
-    # channel back needs a Data indication's room and takes the kernel's path.
-    assert short_circuited(inside) == 9
-    kernel = one_worker(ferryd_factory, short_circuit=False)
-    through, ka, kb = exchange(kernel)
+def same_as_the_kernels_path(inside, got, ra, kernel, make):
+    """`got` (from `inside`, a's relayed address `ra`) against what `kernel` (short_circuit off)
+    delivers for the same exchange between allocations made by `make`: byte for byte, the peer
+    address the receiver sees being the sender's relayed address on each; counted alike."""
+    through, ka, kb = exchange(kernel, make)
     assert short_circuited(kernel) == 0
     assert got[0] == ("indication", [b"no channel back"], [ra]) and through[0][2] == [ka]
     assert got[1:] == through[1:], "byte for byte what the kernel's path delivers"
@@ -111,6 +108,15 @@ def test_allocations_of_one_worker_reach_each_other_inside_ferryd_as_through_the
     for f in (inside, kernel):
         assert f.metric("ferry_turn_relayed_packets_total", {"direction": "to_client"}) == 10
         assert f.metric("ferry_turn_relayed_packets_total", {"direction": "to_peer"}) == 10
+
+
+def test_allocations_of_one_worker_reach_each_other_inside_ferryd_as_through_the_kernel(ferryd_factory):
+    inside = one_worker(ferryd_factory)
+    got, ra, rb = exchange(inside)
+    # ChannelData both ways (4 + 4) and the Send go inside; ChannelData to a receiver with no
+    # channel back needs a Data indication's room and takes the kernel's path.
+    assert short_circuited(inside) == 9
+    same_as_the_kernels_path(inside, got, ra, one_worker(ferryd_factory, short_circuit=False), pair)
 
 
 def test_the_receivers_permission_is_checked_as_if_the_datagram_had_crossed(ferryd_factory):
@@ -154,14 +160,7 @@ def test_allocations_on_two_workers_reach_each_other_in_a_handed_over_batch(ferr
     # All ten, the one to a receiver with no channel back too: the record has a Data
     # indication's room in front of the payload.
     assert short_circuited(inside) == 10
-    kernel = two_workers(ferryd_factory, short_circuit=False)
-    through, ka, kb = exchange(kernel, cross_pair)
-    assert short_circuited(kernel) == 0
-    assert got[0] == ("indication", [b"no channel back"], [ra]) and through[0][2] == [ka]
-    assert got[1:] == through[1:], "byte for byte what the kernel's path delivers"
-    for f in (inside, kernel):
-        assert f.metric("ferry_turn_relayed_packets_total", {"direction": "to_client"}) == 10
-        assert f.metric("ferry_turn_relayed_packets_total", {"direction": "to_peer"}) == 10
+    same_as_the_kernels_path(inside, got, ra, two_workers(ferryd_factory, short_circuit=False), cross_pair)
 
 
 def test_across_workers_the_receivers_permission_is_checked_on_its_worker(ferryd_factory):

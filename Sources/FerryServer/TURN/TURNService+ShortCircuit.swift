@@ -122,12 +122,7 @@ extension TURNService {
             server.countRelayed(toPeer: false, packets: packets, bytes: bytes)
             server.countShortCircuited(packets)
         }
-        var i = 0
-        while touched != 0 {
-            if touched & 1 != 0 { flushClient(sockets[i]) }
-            touched >>= 1
-            i += 1
-        }
+        flushClients(touched)
     }
 
     /// After the batch: what was queued for clients leaves, and is counted; records for other
@@ -138,11 +133,6 @@ extension TURNService {
         // Counted before they leave: whoever sees one arrive sees it counted.
         server.countRelayed(toPeer: false, packets: batch.packets, bytes: batch.bytes)
         server.countShortCircuited(batch.packets)
-        var touched = batch.touched, i = 0
-        while touched != 0 {
-            if touched & 1 != 0 { flushClient(worker.datagramSockets[i]) }
-            touched >>= 1
-            i += 1
-        }
+        flushClients(batch.touched)
     }
 }

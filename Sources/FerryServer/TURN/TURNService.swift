@@ -295,6 +295,16 @@ final class TURNService: RelayProvider, DatagramService, StreamFrameHandler {
 
     /// Sends what is queued for clients on `socket`; counted on the listener and, for drops, on
     /// the relay.
+    /// Flushes the listener sockets marked in `touched` (bit i: socket i, the first 64).
+    func flushClients(_ touched: UInt64) {
+        var touched = touched, i = 0
+        while touched != 0 {
+            if touched & 1 != 0 { flushClient(worker.datagramSockets[i]) }
+            touched >>= 1
+            i += 1
+        }
+    }
+
     func flushClient(_ socket: DatagramSocket) {
         if let r = socket.flush(metrics: metrics) { account(r) }
     }
@@ -329,12 +339,7 @@ final class TURNService: RelayProvider, DatagramService, StreamFrameHandler {
                 packets += 1
                 bytes += UInt64(length)
             }
-            var li = 0
-            while touched != 0 {
-                if touched & 1 != 0 { flushClient(sockets[li]) }
-                touched >>= 1
-                li += 1
-            }
+            flushClients(touched)
             if packets > 0 { server.countRelayed(toPeer: false, packets: packets, bytes: bytes) }
         }
         if let last { relay.hot.settle(received: last, capacity: batchSize, fd: fd, registration: relay.registration, loop: loop) }
