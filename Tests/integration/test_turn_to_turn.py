@@ -119,21 +119,28 @@ def test_allocations_of_one_worker_reach_each_other_inside_ferryd_as_through_the
     same_as_the_kernels_path(inside, got, ra, one_worker(ferryd_factory, short_circuit=False), pair)
 
 
-def test_the_receivers_permission_is_checked_as_if_the_datagram_had_crossed(ferryd_factory):
-    f = one_worker(ferryd_factory)
-    a, b, ra, rb = pair(f)
+def refused_for_want_of_permission(f, a, b, rb, by_send=False):
+    """a sends to b's relayed address `rb` by its channel (and by a Send) while b never allowed
+    a: counted as no_permission, nothing reaches b, nothing was short-circuited."""
     assert a.create_permission("127.0.0.1").ok
     assert a.channel_bind(0x4001, *rb).ok
     before = f.metric("ferry_turn_drops_total", {"reason": "no_permission"}) or 0
     a.send_raw(channel_data(0x4001, b"b never allowed a"))
-    send_indication(a, *rb, b"nor by send")
-    wait_until(lambda: f.metric("ferry_turn_drops_total", {"reason": "no_permission"}) == before + 2)
+    if by_send:
+        send_indication(a, *rb, b"nor by send")
+    wait_until(lambda: f.metric("ferry_turn_drops_total", {"reason": "no_permission"}) == before + 1 + by_send)
     b.sock.settimeout(0.3)
     try:
         assert b.sock.recv(2048) is None, "b has no permission for a's relayed address"
     except socket.timeout:
         pass
     assert short_circuited(f) == 0
+
+
+def test_the_receivers_permission_is_checked_as_if_the_datagram_had_crossed(ferryd_factory):
+    f = one_worker(ferryd_factory)
+    a, b, ra, rb = pair(f)
+    refused_for_want_of_permission(f, a, b, rb, by_send=True)
     # Once b allows it, the same datagram arrives, from a's relayed address.
     assert b.create_permission("127.0.0.1").ok
     send_indication(a, *rb, b"now allowed")
@@ -166,17 +173,7 @@ def test_allocations_on_two_workers_reach_each_other_in_a_handed_over_batch(ferr
 def test_across_workers_the_receivers_permission_is_checked_on_its_worker(ferryd_factory):
     f = two_workers(ferryd_factory)
     a, b, ra, rb = cross_pair(f)
-    assert a.create_permission("127.0.0.1").ok
-    assert a.channel_bind(0x4001, *rb).ok
-    before = f.metric("ferry_turn_drops_total", {"reason": "no_permission"}) or 0
-    a.send_raw(channel_data(0x4001, b"b never allowed a"))
-    wait_until(lambda: f.metric("ferry_turn_drops_total", {"reason": "no_permission"}) == before + 1)
-    b.sock.settimeout(0.3)
-    try:
-        assert b.sock.recv(2048) is None, "b has no permission for a's relayed address"
-    except socket.timeout:
-        pass
-    assert short_circuited(f) == 0
+    refused_for_want_of_permission(f, a, b, rb)
     # b's allocation ends: its port is no longer a live allocation's, nothing is handed over.
     b.refresh(0)
     a.send_raw(channel_data(0x4001, b"to nobody"))
