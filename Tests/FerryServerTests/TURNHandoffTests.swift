@@ -7,7 +7,7 @@ import FerryCore
 /// refuses what does not fit; the hub finds a relayed port's worker from its block.
 @Suite struct TURNHandoffRecords {
     @Test func recordsComeOutAsTheyWentInWithRoomAroundThem() {
-        let batch = TURNHandoffBatch(capacity: 4096)
+        let batch = TURNHandoffBatch(capacity: 64, limit: 4096)  // grows from room for one small record
         let receiver = SocketAddress("192.0.2.1:50600")!, v6 = SocketAddress("[2001:db8::7]:50001")!
         let payloads: [[UInt8]] = [[], [1], [1, 2, 3, 4, 5], Array(0..<200).map { UInt8($0) }]
         for (i, p) in payloads.enumerated() {
@@ -26,7 +26,7 @@ import FerryCore
     }
 
     @Test func aFullBatchRefusesTheRecordThatDoesNotFit() {
-        let batch = TURNHandoffBatch(capacity: TURNHandoffBatch.size(100) * 2)
+        let batch = TURNHandoffBatch(capacity: TURNHandoffBatch.size(100), limit: TURNHandoffBatch.size(100) * 2)
         let a = SocketAddress("192.0.2.1:50600")!
         let p = [UInt8](repeating: 7, count: 100)
         for _ in 0..<2 { #expect(p.withUnsafeBytes { batch.append(to: a, from: a, $0.baseAddress!, 100) }) }

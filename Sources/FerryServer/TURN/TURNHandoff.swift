@@ -46,7 +46,10 @@ final class TURNHandoffHub: @unchecked Sendable {
 
 /// One batch of hand-off records for one worker: a buffer made when the batch's first record
 /// is written and freed by the receiving worker once delivered (or, were the loop to end first,
-/// when the post is dropped). One allocation per batch and destination, never per datagram.
+/// when the post is dropped). One allocation per batch and destination, never per datagram: it
+/// starts with room for a few records of the largest datagram (small enough for the allocator's
+/// own bins, not a mapping of its own) and doubles, copying what it holds, up to `limit` (the
+/// most one receive batch can hand over), which it never needs to pass.
 ///
 /// A record: the receiver's relayed address, the sender's relayed address (the peer the
 /// receiver sees), the payload's length, then the payload at `head`. The head is room enough
@@ -54,13 +57,15 @@ final class TURNHandoffHub: @unchecked Sendable {
 /// followed by its padding to 4 bytes (ChannelData over a stream).
 final class TURNHandoffBatch: @unchecked Sendable {
     static let head = 56
-    let base: UnsafeMutableRawPointer
-    let capacity: Int
+    private(set) var base: UnsafeMutableRawPointer
+    private(set) var capacity: Int
+    let limit: Int
     private(set) var used = 0
 
-    init(capacity: Int) {
-        self.capacity = capacity
-        base = .allocate(byteCount: capacity, alignment: 8)
+    init(capacity: Int, limit: Int) {
+        self.capacity = min(capacity, limit)
+        self.limit = limit
+        base = .allocate(byteCount: self.capacity, alignment: 8)
     }
 
     deinit { base.deallocate() }
@@ -68,11 +73,14 @@ final class TURNHandoffBatch: @unchecked Sendable {
     @inline(__always)
     static func size(_ length: Int) -> Int { (head + ((length + 3) & ~3) + 7) & ~7 }
 
-    /// Appends a record; false when it does not fit.
+    /// Appends a record; false when it would pass `limit`.
     @inline(__always)
     func append(to receiver: SocketAddress, from sender: SocketAddress, _ payload: UnsafeRawPointer, _ length: Int) -> Bool {
         let size = TURNHandoffBatch.size(length)
-        guard used + size <= capacity else { return false }
+        if used + size > capacity {
+            guard used + size <= limit else { return false }
+            grow(to: min(limit, max(capacity * 2, used + size)))
+        }
         let r = base + used
         r.storeBytes(of: receiver, as: SocketAddress.self)
         r.storeBytes(of: sender, toByteOffset: 24, as: SocketAddress.self)
@@ -80,6 +88,14 @@ final class TURNHandoffBatch: @unchecked Sendable {
         (r + TURNHandoffBatch.head).copyMemory(from: payload, byteCount: length)
         used += size
         return true
+    }
+
+    private func grow(to bigger: Int) {
+        let new = UnsafeMutableRawPointer.allocate(byteCount: bigger, alignment: 8)
+        new.copyMemory(from: base, byteCount: used)
+        base.deallocate()
+        base = new
+        capacity = bigger
     }
 
     /// Each record, in order: receiver, sender, and the payload (with its head in front).

@@ -83,7 +83,7 @@ extension TURNService {
             server.countShortCircuitHandoffFull()
             return false
         }
-        if outboxes[w] == nil { outboxes[w] = TURNHandoffBatch(capacity: outboxCapacity) }
+        if outboxes[w] == nil { outboxes[w] = TURNHandoffBatch(capacity: outboxStart, limit: outboxCapacity) }
         return outboxes[w]!.append(to: peer, from: sender.local, payload, length)
     }
 

@@ -66,7 +66,7 @@ final class TURNService: RelayProvider, DatagramService, StreamFrameHandler {
     /// Across workers (TURNHandoff): the hub, and this batch's records for each worker.
     var handoff: TURNHandoffHub?
     var outboxes: [TURNHandoffBatch?] = []
-    let outboxCapacity: Int
+    let outboxStart: Int, outboxCapacity: Int
     var ports: RelayPorts
     let metrics: CounterBlock
     private let batchSize: Int
@@ -101,6 +101,7 @@ final class TURNService: RelayProvider, DatagramService, StreamFrameHandler {
         self.gso = gso
         arenaCapacity = batchSize * maxDatagram
         outboxCapacity = batchSize * TURNHandoffBatch.size(maxDatagram)
+        outboxStart = 8 * TURNHandoffBatch.size(maxDatagram)
         arena = .allocate(byteCount: arenaCapacity, alignment: 64)
         staging = .allocate(byteCount: arenaCapacity, alignment: 64)
         self.batchHistograms = batchHistograms
