@@ -17,12 +17,13 @@ from conftest import UNDER_ASAN, Ferryd, free_port
 SECRET = "0123456789abcdef0123"
 
 
-def turn_config(port, allow_loopback=True, extra_turn="", extra="", drain=1):
+def turn_config(port, allow_loopback=True, extra_turn="", extra="", drain=0):
     allow = 'allow = ["127.0.0.0/8", "::1/128"]' if allow_loopback else ""
     return f"""
 [server]
 workers = 2
-# Tests stop servers with live allocations; the drain itself is tested in test_lifecycle.
+# Tests stop servers with live allocations: no drain then (the drain is tested in test_lifecycle,
+# and by the tests that ask for one).
 drain_seconds = {drain}
 [turn]
 realm = "ferry.test"
@@ -45,7 +46,7 @@ service = "turn"
 
 @pytest.fixture
 def turn_server(ferryd_factory):
-    def start(allow_loopback=True, extra_turn="", extra="", drain=1):
+    def start(allow_loopback=True, extra_turn="", extra="", drain=0):
         port = free_port(socket.SOCK_DGRAM)
         f = ferryd_factory(turn_config(port, allow_loopback, extra_turn, extra, drain))
         f.port = port
